@@ -1,0 +1,756 @@
+//! The concurrent bus.
+//!
+//! Each subscription owns a queue and a small pool of worker tasks (at most its
+//! concurrency limit). Publishing appends the batch to the [`EventLog`], then pushes each
+//! event onto the queue of every matching subscription and wakes workers. A worker pops
+//! work, takes a permit of the bus-wide limit and calls the handler.
+//!
+//! Ordering: a queue holds unkeyed events and *keys*. All events with one ordering key wait
+//! in that key's own FIFO; the key is handed to one worker at a time, so a subscription
+//! sees a key's events one by one in publish order while other keys run in parallel.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher as _;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::in_flight::InFlight;
+use super::{
+    BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, EventBus, EventHandler, EventSink, HandlerError,
+    HandlerOutcome, Pattern, StopReport, SubscribeOptions, Subscription, SubscriptionId, invoke, validate,
+};
+use crate::event::Event;
+use crate::metrics::BusMetrics;
+use crate::monitor::{self, ErrorMonitor, ErrorStream};
+use crate::store::{EventLog, MemoryLog, Offset};
+
+/// How many events of one key a worker handles in a row before letting other keys in.
+const KEY_STREAK: u32 = 64;
+/// Finished events a worker counts out of the bus at once.
+const RELEASE_BATCH: usize = 64;
+/// How many invocations a worker makes on one bus-wide permit before queueing for it
+/// again, so a busy subscription cannot starve the others.
+const PERMIT_STREAK: u32 = 64;
+
+/// What `publish` does when the bus already holds `capacity` unfinished events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backpressure {
+    /// Wait until enough events finish.
+    #[default]
+    Wait,
+    /// Fail at once with [`BusError::Full`].
+    Reject,
+}
+
+/// Settings of an [`AsyncEventBus`].
+#[derive(Debug, Clone)]
+pub struct AsyncBusConfig {
+    /// Handler invocations running at once across all subscriptions.
+    pub max_concurrency: usize,
+    /// Default limit of concurrent invocations per subscription (never above
+    /// `max_concurrency`); [`SubscribeOptions::concurrency`] overrides it.
+    pub subscription_concurrency: usize,
+    /// Default per-invocation timeout.
+    pub handler_timeout: Duration,
+    /// Accepted events not yet fully handled that the bus holds at most. This bounds memory.
+    pub capacity: usize,
+    /// What publishing does when `capacity` is reached.
+    pub backpressure: Backpressure,
+    /// Unconsumed failure records the error monitor keeps before counting overflow.
+    pub monitor_capacity: usize,
+    /// How long [`EventBus::stop`] waits for in-flight events.
+    pub drain_timeout: Duration,
+}
+
+impl Default for AsyncBusConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 256,
+            subscription_concurrency: 256,
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
+            capacity: 100_000,
+            backpressure: Backpressure::Wait,
+            monitor_capacity: monitor::DEFAULT_CAPACITY,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+const CREATED: u8 = 0;
+const RUNNING: u8 = 1;
+const STOPPING: u8 = 2;
+const STOPPED: u8 = 3;
+
+/// A bus whose `publish` returns once the event is accepted; handlers run concurrently.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), evhost::BusError> {
+/// use evhost::{AsyncEventBus, Event, EventBus, HandlerError, bus::from_fn};
+///
+/// let bus = AsyncEventBus::new();
+/// bus.subscribe("User*", from_fn("audit", |event| async move {
+///     println!("{}", event.ty);
+///     Ok::<_, HandlerError>(())
+/// }))?;
+/// bus.start().await?;
+/// bus.publish(Event::new("UserCreated", "users", serde_json::json!({"id": "u1"}))).await?;
+/// bus.wait().await;
+/// bus.stop().await?;
+/// # Ok(()) }
+/// ```
+///
+/// Cloning gives another handle to the same bus. When the last handle is dropped the
+/// workers stop; call [`EventBus::stop`] first to drain.
+#[derive(Debug, Clone)]
+pub struct AsyncEventBus {
+    inner: Arc<Inner>,
+    _stop_workers_on_drop: Arc<tokio_util::sync::DropGuard>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: AsyncBusConfig,
+    log: Arc<dyn EventLog>,
+    /// Copy-on-write, so publishing reads it without holding a lock while routing.
+    lanes: RwLock<Arc<[Arc<Lane>]>>,
+    next_id: AtomicU64,
+    state: AtomicU8,
+    in_flight: InFlight,
+    accepted: AtomicU64,
+    /// Workers kept runnable per subscription: about one per thread.
+    runnable_target: usize,
+    key_hasher: std::hash::RandomState,
+    /// The bus-wide concurrency limit: a worker holds one permit while it calls handlers.
+    permits: Arc<Semaphore>,
+    monitor: ErrorMonitor,
+    workers: TaskTracker,
+    cancel: CancellationToken,
+}
+
+/// A subscription with its queue.
+#[derive(Debug)]
+struct Lane {
+    subscription: Subscription,
+    concurrency: usize,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// Work not yet claimed by a worker.
+    ready: VecDeque<Work>,
+    /// Waiting events per ordering key, by the key's hash. A key in this map is either in
+    /// `ready` (its FIFO is non-empty) or claimed by exactly one worker. Two keys with one
+    /// hash share a FIFO: still in order, merely less parallel.
+    keys: HashMap<u64, VecDeque<Arc<Delivery>>>,
+    /// Workers alive.
+    workers: usize,
+    /// Workers holding a claimed piece of work.
+    running: usize,
+    /// Workers whose handler is pending (waiting on I/O or time).
+    blocked: usize,
+}
+
+#[derive(Debug)]
+enum Work {
+    Unkeyed(Arc<Delivery>),
+    Key(u64),
+}
+
+/// One accepted event on its way to every matching subscription.
+#[derive(Debug)]
+struct Delivery {
+    event: Arc<Event>,
+    offset: Offset,
+    /// Subscriptions that have not finished with it yet.
+    remaining: AtomicUsize,
+    /// Present for `publish_sync`, which waits for every outcome.
+    report: Option<ReportCollector>,
+}
+
+#[derive(Debug)]
+struct ReportCollector {
+    outcomes: Mutex<Vec<HandlerOutcome>>,
+    done: Mutex<Option<oneshot::Sender<DeliveryReport>>>,
+}
+
+impl Default for AsyncEventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AsyncEventBus {
+    /// A bus with the default settings and an in-memory log.
+    pub fn new() -> Self {
+        Self::with_config(AsyncBusConfig::default())
+    }
+
+    /// A bus with the given settings and an in-memory log.
+    pub fn with_config(config: AsyncBusConfig) -> Self {
+        Self::with_log(config, Arc::new(MemoryLog::default()))
+    }
+
+    /// A bus that stores accepted events and progress in `log`.
+    ///
+    /// # Panics
+    /// If `max_concurrency`, `subscription_concurrency`, `capacity` or `monitor_capacity`
+    /// is zero.
+    pub fn with_log(config: AsyncBusConfig, log: Arc<dyn EventLog>) -> Self {
+        assert!(config.max_concurrency > 0, "max_concurrency must be at least 1");
+        assert!(
+            config.subscription_concurrency > 0,
+            "subscription_concurrency must be at least 1"
+        );
+        assert!(config.capacity > 0, "capacity must be at least 1");
+        let cancel = CancellationToken::new();
+        let inner = Inner {
+            log,
+            lanes: RwLock::new(Arc::from(Vec::new())),
+            next_id: AtomicU64::new(1),
+            state: AtomicU8::new(CREATED),
+            in_flight: InFlight::new(config.capacity),
+            accepted: AtomicU64::new(0),
+            runnable_target: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            key_hasher: std::hash::RandomState::new(),
+            permits: Arc::new(Semaphore::new(config.max_concurrency)),
+            monitor: ErrorMonitor::new(config.monitor_capacity),
+            workers: TaskTracker::new(),
+            cancel: cancel.clone(),
+            config,
+        };
+        Self {
+            inner: Arc::new(inner),
+            _stop_workers_on_drop: Arc::new(cancel.drop_guard()),
+        }
+    }
+
+    /// The bus's settings.
+    pub fn config(&self) -> &AsyncBusConfig {
+        &self.inner.config
+    }
+
+    /// The error monitor every failure is reported to.
+    pub fn monitor(&self) -> &ErrorMonitor {
+        &self.inner.monitor
+    }
+
+    /// Takes the stream of failure records (once; see [`ErrorMonitor::errors`]).
+    pub fn errors(&self) -> Option<ErrorStream> {
+        self.inner.monitor.errors()
+    }
+
+    /// Logs every failure through `tracing` on a background task.
+    pub fn start_error_monitor(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.inner.monitor.start_logging()
+    }
+
+    /// Counters and latency per subscription.
+    pub fn metrics(&self) -> BusMetrics {
+        let inner = &self.inner;
+        BusMetrics {
+            accepted: inner.accepted.load(Ordering::Relaxed),
+            in_flight: inner.in_flight.get() as u64,
+            running: inner.lanes().iter().map(|lane| lane.lock().running as u64).sum(),
+            failures_reported: inner.monitor.reported(),
+            monitor_overflow: inner.monitor.overflowed(),
+            subscriptions: inner
+                .lanes()
+                .iter()
+                .map(|lane| {
+                    let s = &lane.subscription;
+                    s.metrics.snapshot(&s.name, s.pattern.to_string())
+                })
+                .collect(),
+        }
+    }
+
+    /// Subscribes with explicit settings (name, concurrency limit, timeout).
+    pub fn subscribe_with(
+        &self,
+        pattern: &str,
+        handler: Arc<dyn EventHandler>,
+        options: SubscribeOptions,
+    ) -> Result<SubscriptionId, BusError> {
+        let inner = &self.inner;
+        let pattern = Pattern::parse(pattern)?;
+        let id = SubscriptionId(inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let concurrency = options
+            .concurrency
+            .unwrap_or(inner.config.subscription_concurrency)
+            .clamp(1, inner.config.max_concurrency);
+        let lane = Lane {
+            subscription: Subscription {
+                id,
+                name: options.name.unwrap_or_else(|| handler.name().to_owned()),
+                pattern,
+                handler,
+                timeout: options.timeout.unwrap_or(inner.config.handler_timeout),
+                metrics: Default::default(),
+            },
+            concurrency,
+            queue: Mutex::default(),
+        };
+        let mut lanes = inner.lanes.write().unwrap_or_else(|e| e.into_inner());
+        let mut updated = lanes.to_vec();
+        updated.push(Arc::new(lane));
+        *lanes = Arc::from(updated);
+        Ok(id)
+    }
+
+    /// A handle that publishes onto this bus without keeping it alive, for handlers that
+    /// emit events (Wasm plugins). Emitted events skip the capacity check: a handler
+    /// waiting for room its own event occupies would wait forever.
+    pub fn sink(&self) -> Arc<dyn EventSink> {
+        Arc::new(WeakSink(Arc::downgrade(&self.inner)))
+    }
+
+    async fn accept(
+        &self,
+        events: Vec<Event>,
+        collect: bool,
+    ) -> Result<Vec<oneshot::Receiver<DeliveryReport>>, BusError> {
+        Inner::accept(&self.inner, events, collect, true).await
+    }
+}
+
+/// See [`AsyncEventBus::sink`].
+#[derive(Debug)]
+struct WeakSink(Weak<Inner>);
+
+impl EventSink for WeakSink {
+    fn emit(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let inner = self.0.upgrade().ok_or(BusError::Stopped)?;
+            Inner::accept(&inner, events, false, false).await.map(drop)
+        })
+    }
+}
+
+impl Inner {
+    /// Accepts `events`, returning one report receiver per event when `collect` is set.
+    /// `bounded` applies the capacity limit.
+    async fn accept(
+        inner: &Arc<Self>,
+        events: Vec<Event>,
+        collect: bool,
+        bounded: bool,
+    ) -> Result<Vec<oneshot::Receiver<DeliveryReport>>, BusError> {
+        for event in &events {
+            validate(event)?;
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        inner.check_open()?;
+        let n = events.len();
+        let capacity = inner.in_flight.capacity();
+        if !bounded {
+            inner.in_flight.force_reserve(n);
+        } else if n > capacity {
+            return Err(BusError::BatchTooLarge { len: n, capacity });
+        } else if !inner.in_flight.try_reserve(n) {
+            match inner.config.backpressure {
+                Backpressure::Reject => return Err(BusError::Full { capacity }),
+                Backpressure::Wait => {
+                    if !inner.in_flight.reserve(n, || inner.cancel.is_cancelled()).await {
+                        return Err(BusError::Stopped);
+                    }
+                    if let Err(stopped) = inner.check_open() {
+                        inner.in_flight.release(n);
+                        return Err(stopped);
+                    }
+                }
+            }
+        }
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        let first_offset = match inner.log.append(&events).await {
+            Ok(offset) => offset,
+            Err(error) => {
+                inner.in_flight.release(n);
+                return Err(error.into());
+            }
+        };
+        inner.accepted.fetch_add(n as u64, Ordering::Relaxed);
+
+        let lanes = inner.lanes();
+        let mut per_lane: Vec<Vec<Arc<Delivery>>> = vec![Vec::new(); lanes.len()];
+        let mut receivers = Vec::new();
+        let mut unrouted = 0;
+        for (offset, event) in (first_offset..).zip(events) {
+            let (report, receiver) = if collect {
+                let (sender, receiver) = oneshot::channel();
+                let collector = ReportCollector {
+                    outcomes: Mutex::default(),
+                    done: Mutex::new(Some(sender)),
+                };
+                (Some(collector), Some(receiver))
+            } else {
+                (None, None)
+            };
+            receivers.extend(receiver);
+            let delivery = Arc::new(Delivery {
+                event,
+                offset,
+                remaining: AtomicUsize::new(0),
+                report,
+            });
+            let mut matching = 0;
+            for (lane, queue) in lanes.iter().zip(&mut per_lane) {
+                if lane.subscription.pattern.matches(&delivery.event.ty) {
+                    queue.push(Arc::clone(&delivery));
+                    matching += 1;
+                }
+            }
+            // Set before any worker can see the delivery: queues are filled below.
+            delivery.remaining.store(matching, Ordering::Relaxed);
+            if matching == 0 {
+                delivery.complete();
+                unrouted += 1;
+            }
+        }
+        inner.in_flight.release(unrouted);
+        let dispatching = inner.state.load(Ordering::SeqCst) != CREATED;
+        for (lane, deliveries) in lanes.iter().zip(per_lane) {
+            if !deliveries.is_empty() {
+                inner.enqueue(lane, deliveries, dispatching);
+            }
+        }
+        Ok(receivers)
+    }
+
+    fn lanes(&self) -> Arc<[Arc<Lane>]> {
+        Arc::clone(&self.lanes.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn check_open(&self) -> Result<(), BusError> {
+        match self.state.load(Ordering::SeqCst) {
+            CREATED | RUNNING => Ok(()),
+            _ => Err(BusError::Stopped),
+        }
+    }
+
+    fn enqueue(self: &Arc<Self>, lane: &Arc<Lane>, deliveries: Vec<Arc<Delivery>>, spawn: bool) {
+        let mut queue = lane.lock();
+        for delivery in deliveries {
+            match delivery.event.ordering_key() {
+                None => queue.ready.push_back(Work::Unkeyed(delivery)),
+                Some(key) => {
+                    let key = self.key_hasher.hash_one(key);
+                    if let Some(waiting) = queue.keys.get_mut(&key) {
+                        waiting.push_back(delivery);
+                    } else {
+                        queue.keys.insert(key, VecDeque::from([delivery]));
+                        queue.ready.push_back(Work::Key(key));
+                    }
+                }
+            }
+        }
+        if spawn {
+            self.spawn_workers(lane, queue);
+        }
+    }
+
+    /// Starts workers for the ready work: enough to keep `runnable_target` of them running
+    /// (workers waiting on a pending handler do not count), never more than the lane's limit.
+    fn spawn_workers(self: &Arc<Self>, lane: &Arc<Lane>, mut queue: MutexGuard<'_, Queue>) {
+        let runnable = queue.workers - queue.blocked;
+        let wanted = queue
+            .ready
+            .len()
+            .min(self.runnable_target.saturating_sub(runnable))
+            .min(lane.concurrency.saturating_sub(queue.workers));
+        queue.workers += wanted;
+        drop(queue);
+        for _ in 0..wanted {
+            self.workers.spawn(Arc::clone(self).work(Arc::clone(lane)));
+        }
+    }
+
+    /// A worker: claims work from the lane and calls the handler until nothing is ready.
+    ///
+    /// A handler that finishes on its first poll keeps the worker busy; one that returns
+    /// `Pending` marks the worker blocked, which lets another worker start, up to the
+    /// lane's limit. So CPU-bound handlers get about one worker per thread and I/O-bound
+    /// ones as many as are allowed, without a task spawned per event.
+    async fn work(self: Arc<Self>, lane: Arc<Lane>) {
+        let mut worker = WorkerState::default();
+        loop {
+            if self.cancel.is_cancelled() {
+                self.release_finished(&mut worker);
+                return;
+            }
+            let Some(delivery) = lane.next(&mut worker) else {
+                self.release_finished(&mut worker);
+                return;
+            };
+            if worker.permit.is_none() || worker.permit_uses >= PERMIT_STREAK {
+                drop(worker.permit.take());
+                self.release_finished(&mut worker);
+                tokio::select! {
+                    acquired = Arc::clone(&self.permits).acquire_owned() => {
+                        worker.permit = Some(acquired.expect("the bus never closes its semaphore"));
+                    }
+                    () = self.cancel.cancelled() => return,
+                }
+                worker.permit_uses = 0;
+            }
+            worker.permit_uses += 1;
+            let call = invoke(&lane.subscription, &delivery.event, 1, &self.monitor);
+            tokio::pin!(call);
+            let result = match futures::poll!(call.as_mut()) {
+                Poll::Ready(result) => result,
+                Poll::Pending => {
+                    // Nothing finished may wait behind a slow handler.
+                    self.release_finished(&mut worker);
+                    worker.blocked = true;
+                    {
+                        let mut queue = lane.lock();
+                        queue.blocked += 1;
+                        self.spawn_workers(&lane, queue);
+                    }
+                    tokio::select! {
+                        result = &mut call => result,
+                        () = self.cancel.cancelled() => return,
+                    }
+                }
+            };
+            self.finish(&lane, &delivery, result, &mut worker);
+        }
+    }
+
+    fn finish(
+        &self,
+        lane: &Lane,
+        delivery: &Delivery,
+        result: Result<(), HandlerError>,
+        worker: &mut WorkerState,
+    ) {
+        self.log.ack(&lane.subscription.name, delivery.offset);
+        if let Some(report) = &delivery.report {
+            report
+                .outcomes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(HandlerOutcome {
+                    subscription: lane.subscription.name.clone(),
+                    error: result.err(),
+                });
+        }
+        if delivery.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            delivery.complete();
+            worker.finished += 1;
+            if worker.finished >= RELEASE_BATCH || delivery.report.is_some() {
+                self.release_finished(worker);
+            }
+        }
+    }
+
+    /// Counts the worker's finished events out of the bus (batched: one shared atomic
+    /// update per batch instead of per event).
+    fn release_finished(&self, worker: &mut WorkerState) {
+        self.in_flight.release(std::mem::take(&mut worker.finished));
+    }
+
+    fn start_all_workers(self: &Arc<Self>) {
+        for lane in self.lanes().iter() {
+            self.spawn_workers(lane, lane.lock());
+        }
+    }
+}
+
+/// What one worker holds between invocations.
+#[derive(Default)]
+struct WorkerState {
+    permit: Option<OwnedSemaphorePermit>,
+    permit_uses: u32,
+    /// The key whose event the worker handles (it owns the key until it lets go).
+    claimed_key: Option<u64>,
+    /// Events of `claimed_key` handled in a row.
+    streak: u32,
+    /// Whether the worker holds a claimed piece of work.
+    running: bool,
+    /// Whether the worker's current handler returned `Pending`.
+    blocked: bool,
+    /// Events this worker completed that are not yet counted out of the bus.
+    finished: usize,
+}
+
+impl Lane {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets go of what the worker just finished (keeping its key for a streak) and claims
+    /// the next piece of work. `None` retires the worker.
+    fn next(&self, worker: &mut WorkerState) -> Option<Arc<Delivery>> {
+        let mut queue = self.lock();
+        if std::mem::take(&mut worker.blocked) {
+            queue.blocked -= 1;
+        }
+        if let Some(key) = worker.claimed_key.take() {
+            let waiting = queue.keys.get_mut(&key).expect("a claimed key stays in the map");
+            match waiting.pop_front() {
+                None => {
+                    queue.keys.remove(&key);
+                }
+                Some(delivery) if worker.streak < KEY_STREAK => {
+                    worker.streak += 1;
+                    worker.claimed_key = Some(key);
+                    return Some(delivery);
+                }
+                Some(delivery) => {
+                    waiting.push_front(delivery);
+                    queue.ready.push_back(Work::Key(key));
+                }
+            }
+        }
+        if std::mem::take(&mut worker.running) {
+            queue.running -= 1;
+        }
+        worker.streak = 0;
+        let delivery = match queue.ready.pop_front() {
+            None => {
+                queue.workers -= 1;
+                return None;
+            }
+            Some(Work::Unkeyed(delivery)) => delivery,
+            Some(Work::Key(key)) => {
+                worker.claimed_key = Some(key);
+                queue
+                    .keys
+                    .get_mut(&key)
+                    .and_then(VecDeque::pop_front)
+                    .expect("a ready key has a waiting event")
+            }
+        };
+        queue.running += 1;
+        worker.running = true;
+        Some(delivery)
+    }
+}
+
+impl Delivery {
+    /// Hands the collected outcomes to a waiting `publish_sync`.
+    fn complete(&self) {
+        if let Some(report) = &self.report {
+            let outcomes = std::mem::take(&mut *report.outcomes.lock().unwrap_or_else(|e| e.into_inner()));
+            if let Some(done) = report.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                // The publisher may have given up waiting; the outcome is then unobserved.
+                let _ = done.send(DeliveryReport {
+                    event_id: self.event.id.clone(),
+                    outcomes,
+                });
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for AsyncEventBus {
+    async fn publish(&self, event: Event) -> Result<(), BusError> {
+        self.accept(vec![event], false).await.map(drop)
+    }
+
+    async fn publish_sync(&self, event: Event) -> Result<DeliveryReport, BusError> {
+        let receiver = self
+            .accept(vec![event], true)
+            .await?
+            .pop()
+            .expect("one receiver per event");
+        // The sender is dropped without a report only when the bus abandoned the event.
+        let report = receiver.await.map_err(|_| BusError::Stopped)?;
+        report.into_result()
+    }
+
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<(), BusError> {
+        self.accept(events, false).await.map(drop)
+    }
+
+    fn subscribe(&self, pattern: &str, handler: Arc<dyn EventHandler>) -> Result<SubscriptionId, BusError> {
+        self.subscribe_with(pattern, handler, SubscribeOptions::default())
+    }
+
+    fn unsubscribe(&self, id: SubscriptionId) -> Result<(), BusError> {
+        let mut lanes = self.inner.lanes.write().unwrap_or_else(|e| e.into_inner());
+        if !lanes.iter().any(|lane| lane.subscription.id == id) {
+            return Err(BusError::NoSuchSubscription(id));
+        }
+        let remaining: Vec<_> = lanes
+            .iter()
+            .filter(|lane| lane.subscription.id != id)
+            .cloned()
+            .collect();
+        *lanes = Arc::from(remaining);
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<(), BusError> {
+        match self
+            .inner
+            .state
+            .compare_exchange(CREATED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => {
+                self.inner.start_all_workers();
+                Ok(())
+            }
+            Err(RUNNING) => Ok(()),
+            Err(_) => Err(BusError::Stopped),
+        }
+    }
+
+    /// Refuses new events at once, then waits up to
+    /// [`drain_timeout`](AsyncBusConfig::drain_timeout) for accepted events; what is left
+    /// then is abandoned (and counted). A bus that was never started is started so that
+    /// what it accepted is handled. Stopping twice is harmless.
+    async fn stop(&self) -> Result<StopReport, BusError> {
+        let inner = &self.inner;
+        let previous = inner.state.swap(STOPPING, Ordering::SeqCst);
+        if previous == STOPPED || previous == STOPPING {
+            inner.state.store(previous, Ordering::SeqCst);
+            return Ok(StopReport::default());
+        }
+        if previous == CREATED {
+            inner.start_all_workers();
+        }
+        let at_stop = inner.in_flight.get() as u64;
+        let drained_in_time =
+            tokio::time::timeout(inner.config.drain_timeout, inner.in_flight.idle(|| false))
+                .await
+                .is_ok();
+        let abandoned = if drained_in_time {
+            0
+        } else {
+            inner.in_flight.get() as u64
+        };
+        inner.cancel.cancel();
+        inner.workers.close();
+        inner.workers.wait().await;
+        inner.state.store(STOPPED, Ordering::SeqCst);
+        inner.in_flight.wake_all();
+        if abandoned > 0 {
+            tracing::warn!(abandoned, "bus stopped with events still unhandled");
+        }
+        Ok(StopReport {
+            drained: at_stop.saturating_sub(abandoned),
+            abandoned,
+        })
+    }
+
+    /// Returns once every accepted event is fully handled, or the bus has stopped.
+    async fn wait(&self) {
+        let inner = &self.inner;
+        inner
+            .in_flight
+            .idle(|| inner.state.load(Ordering::SeqCst) == STOPPED)
+            .await;
+    }
+}

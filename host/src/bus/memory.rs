@@ -1,0 +1,198 @@
+//! The synchronous bus: handlers run in the publisher's task, in subscription order.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::in_flight::InFlight;
+use std::sync::{Arc, RwLock};
+
+use super::{
+    BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, EventBus, EventHandler, HandlerOutcome, Pattern,
+    StopReport, Subscription, SubscriptionId, invoke, validate,
+};
+use crate::event::Event;
+use crate::metrics::BusMetrics;
+use crate::monitor::{self, ErrorMonitor};
+
+/// A bus that handles each event before `publish` returns.
+///
+/// Handlers run one after another in the order they subscribed; the first failure stops
+/// the event there and is returned to the publisher (and reported to the monitor).
+/// Panics are caught and returned as [`FailureKind::Panic`](crate::FailureKind::Panic).
+#[derive(Debug)]
+pub struct InMemoryEventBus {
+    subscriptions: RwLock<Vec<Arc<Subscription>>>,
+    next_id: AtomicU64,
+    stopped: AtomicBool,
+    accepted: AtomicU64,
+    in_flight: InFlight,
+    monitor: ErrorMonitor,
+}
+
+impl Default for InMemoryEventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryEventBus {
+    /// An empty bus with an error monitor of the default capacity.
+    pub fn new() -> Self {
+        Self {
+            subscriptions: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            stopped: AtomicBool::new(false),
+            accepted: AtomicU64::new(0),
+            in_flight: InFlight::new(usize::MAX),
+            monitor: ErrorMonitor::new(monitor::DEFAULT_CAPACITY),
+        }
+    }
+
+    /// The error monitor every failure is reported to.
+    pub fn monitor(&self) -> &ErrorMonitor {
+        &self.monitor
+    }
+
+    /// Counters and latency per subscription.
+    pub fn metrics(&self) -> BusMetrics {
+        let subscriptions = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+        BusMetrics {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            in_flight: self.in_flight.get() as u64,
+            running: self.in_flight.get() as u64,
+            failures_reported: self.monitor.reported(),
+            monitor_overflow: self.monitor.overflowed(),
+            subscriptions: subscriptions
+                .iter()
+                .map(|s| s.metrics.snapshot(&s.name, s.pattern.to_string()))
+                .collect(),
+        }
+    }
+
+    async fn deliver(&self, event: Event, stop_at_first_failure: bool) -> Result<DeliveryReport, BusError> {
+        validate(&event)?;
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(BusError::Stopped);
+        }
+        // Counted as in flight so `wait` and `stop` see publishes still running.
+        assert!(
+            self.in_flight.try_reserve(1),
+            "the in-memory bus has no capacity limit"
+        );
+        let _done = scopeguard(|| self.in_flight.release(1));
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        let event = Arc::new(event);
+        let matching: Vec<_> = self
+            .subscriptions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|s| s.pattern.matches(&event.ty))
+            .cloned()
+            .collect();
+        let mut outcomes = Vec::with_capacity(matching.len());
+        for subscription in matching {
+            let error = invoke(&subscription, &event, 1, &self.monitor).await.err();
+            let failed = error.is_some();
+            outcomes.push(HandlerOutcome {
+                subscription: subscription.name.clone(),
+                error,
+            });
+            if failed && stop_at_first_failure {
+                break;
+            }
+        }
+        DeliveryReport {
+            event_id: event.id.clone(),
+            outcomes,
+        }
+        .into_result()
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for InMemoryEventBus {
+    async fn publish(&self, event: Event) -> Result<(), BusError> {
+        self.deliver(event, true).await.map(drop)
+    }
+
+    /// Runs every handler, even after one failed, and reports each outcome.
+    async fn publish_sync(&self, event: Event) -> Result<DeliveryReport, BusError> {
+        self.deliver(event, false).await
+    }
+
+    /// Validates every event first, then publishes them in order, stopping at the first
+    /// failure (later events of the batch are then not handled).
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<(), BusError> {
+        for event in &events {
+            validate(event)?;
+        }
+        for event in events {
+            self.publish(event).await?;
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self, pattern: &str, handler: Arc<dyn EventHandler>) -> Result<SubscriptionId, BusError> {
+        let pattern = Pattern::parse(pattern)?;
+        let id = SubscriptionId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let subscription = Subscription {
+            id,
+            name: handler.name().to_owned(),
+            pattern,
+            handler,
+            timeout: DEFAULT_HANDLER_TIMEOUT,
+            metrics: Default::default(),
+        };
+        self.subscriptions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(subscription));
+        Ok(id)
+    }
+
+    fn unsubscribe(&self, id: SubscriptionId) -> Result<(), BusError> {
+        let mut subscriptions = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
+        let before = subscriptions.len();
+        subscriptions.retain(|s| s.id != id);
+        if subscriptions.len() == before {
+            return Err(BusError::NoSuchSubscription(id));
+        }
+        Ok(())
+    }
+
+    /// Nothing to start: handlers run in the publisher's task.
+    async fn start(&self) -> Result<(), BusError> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(BusError::Stopped);
+        }
+        Ok(())
+    }
+
+    /// Refuses new events and waits for publishes still running.
+    async fn stop(&self) -> Result<StopReport, BusError> {
+        self.stopped.store(true, Ordering::SeqCst);
+        let drained = self.in_flight.get() as u64;
+        self.in_flight.idle(|| false).await;
+        Ok(StopReport {
+            drained,
+            abandoned: 0,
+        })
+    }
+
+    async fn wait(&self) {
+        self.in_flight.idle(|| false).await;
+    }
+}
+
+/// Runs `f` when dropped, so a cancelled publish still counts itself out.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

@@ -1,0 +1,307 @@
+//! The event bus: the API of the original Go design, in Rust.
+//!
+//! Two implementations share the [`EventBus`] trait:
+//! - [`InMemoryEventBus`] runs handlers in the publisher's task, in subscription order, and
+//!   returns the first failure. For tests and simple programs.
+//! - [`AsyncEventBus`] accepts an event and returns; handlers run concurrently under a global
+//!   and a per-subscription limit, each call under a timeout, with per-key ordering.
+//!
+//! Both report every failure to the [`ErrorMonitor`](crate::monitor::ErrorMonitor).
+
+mod async_bus;
+mod in_flight;
+mod memory;
+mod pattern;
+mod subscription;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::event::{Event, EventError};
+use crate::monitor::FailureKind;
+use crate::store::LogError;
+
+pub use async_bus::{AsyncBusConfig, AsyncEventBus, Backpressure};
+pub use memory::InMemoryEventBus;
+pub use pattern::Pattern;
+pub(crate) use subscription::{Subscription, invoke};
+
+/// Per-invocation timeout unless a subscription sets its own.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The contract shared by every bus.
+#[async_trait::async_trait]
+pub trait EventBus: Send + Sync {
+    /// Accepts one event. The in-memory bus also runs its handlers before returning.
+    async fn publish(&self, event: Event) -> Result<(), BusError>;
+
+    /// Accepts one event and returns once every subscribed handler has finished with it,
+    /// with each handler's outcome. Any failure makes it [`BusError::HandlersFailed`].
+    async fn publish_sync(&self, event: Event) -> Result<DeliveryReport, BusError>;
+
+    /// Accepts several events at once, in order. Either all are accepted or none.
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<(), BusError>;
+
+    /// Subscribes `handler` to events whose type matches `pattern`: an exact type
+    /// (`UserCreated`), a prefix (`User*`) or everything (`*`).
+    fn subscribe(&self, pattern: &str, handler: Arc<dyn EventHandler>) -> Result<SubscriptionId, BusError>;
+
+    /// Removes a subscription. Events already queued for it are still handled.
+    fn unsubscribe(&self, id: SubscriptionId) -> Result<(), BusError>;
+
+    /// Starts delivering. Events published before `start` wait for it.
+    async fn start(&self) -> Result<(), BusError>;
+
+    /// Refuses new events, drains accepted ones up to the configured deadline and reports
+    /// how many were drained and how many abandoned.
+    async fn stop(&self) -> Result<StopReport, BusError>;
+
+    /// Returns once every accepted event has been fully handled.
+    async fn wait(&self);
+}
+
+/// Where a handler's emitted events go (see [`AsyncEventBus::sink`]).
+pub trait EventSink: Send + Sync + 'static {
+    /// Publishes `events`, in order.
+    fn emit(&self, events: Vec<Event>) -> futures::future::BoxFuture<'_, Result<(), BusError>>;
+}
+
+/// A native Rust event handler.
+///
+/// ```
+/// use std::sync::Arc;
+/// use evhost::{Event, EventHandler, HandlerError};
+///
+/// struct SendWelcomeMail;
+///
+/// #[evhost::async_trait]
+/// impl EventHandler for SendWelcomeMail {
+///     fn name(&self) -> &str {
+///         "send-welcome-mail"
+///     }
+///
+///     async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
+///         let email = event
+///             .json_data()
+///             .and_then(|d| d["email"].as_str())
+///             .ok_or_else(|| HandlerError::reject("UserCreated without an email"))?;
+///         let _ = email; // send it; a transient outage would be HandlerError::retry(...)
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    /// The name failures and metrics are reported under. Defaults to the type's name.
+    fn name(&self) -> &str {
+        std::any::type_name::<Self>()
+    }
+
+    /// A version string (Wasm plugins use their content hash).
+    fn version(&self) -> Option<&str> {
+        None
+    }
+
+    /// Handles one event.
+    async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError>;
+}
+
+/// Wraps an async closure as a handler.
+///
+/// ```
+/// use evhost::{bus::from_fn, HandlerError};
+/// let handler = from_fn("audit", |event| async move {
+///     println!("{} {}", event.ty, event.id);
+///     Ok::<_, HandlerError>(())
+/// });
+/// ```
+pub fn from_fn<F, Fut>(name: impl Into<String>, f: F) -> Arc<dyn EventHandler>
+where
+    F: Fn(Arc<Event>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    Arc::new(FnHandler { name: name.into(), f })
+}
+
+struct FnHandler<F> {
+    name: String,
+    f: F,
+}
+
+#[async_trait::async_trait]
+impl<F, Fut> EventHandler for FnHandler<F>
+where
+    F: Fn(Arc<Event>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
+        (self.f)(event).await
+    }
+}
+
+/// Why a handler did not handle an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[error("{kind}: {message}")]
+pub struct HandlerError {
+    kind: FailureKind,
+    message: String,
+}
+
+impl HandlerError {
+    /// A transient failure: the event may succeed if delivered again later.
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self::new(FailureKind::Retry, message)
+    }
+
+    /// A permanent failure: delivering the event again cannot help.
+    pub fn reject(message: impl Into<String>) -> Self {
+        Self::new(FailureKind::Reject, message)
+    }
+
+    /// A failure of a given kind (used by the host for traps, timeouts and the like).
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// How it failed.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// What the handler or the host said.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Identifies one subscription on one bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SubscriptionId(pub(crate) u64);
+
+/// Settings for one subscription; see [`AsyncEventBus::subscribe_with`].
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOptions {
+    /// Name for failures and metrics; the handler's [`EventHandler::name`] otherwise.
+    pub name: Option<String>,
+    /// At most this many concurrent invocations for this subscription (the bus-wide limit
+    /// applies too).
+    pub concurrency: Option<usize>,
+    /// Per-invocation timeout; the bus default otherwise.
+    pub timeout: Option<Duration>,
+}
+
+/// One handler's outcome for one event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HandlerOutcome {
+    /// The subscription's name.
+    pub subscription: String,
+    /// `None` on success.
+    pub error: Option<HandlerError>,
+}
+
+/// What happened to one event: one outcome per subscription it reached.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryReport {
+    /// The event's id.
+    pub event_id: String,
+    /// One entry per matching subscription.
+    pub outcomes: Vec<HandlerOutcome>,
+}
+
+impl DeliveryReport {
+    /// The outcomes that are failures.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &HandlerError)> {
+        self.outcomes
+            .iter()
+            .filter_map(|o| o.error.as_ref().map(|e| (o.subscription.as_str(), e)))
+    }
+
+    fn into_result(self) -> Result<Self, BusError> {
+        if self.failures().next().is_some() {
+            Err(BusError::HandlersFailed(self))
+        } else {
+            Ok(self)
+        }
+    }
+}
+
+/// The result of [`EventBus::stop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct StopReport {
+    /// Events in flight when `stop` was called that were fully handled before the deadline.
+    pub drained: u64,
+    /// Events still unhandled when the deadline passed.
+    pub abandoned: u64,
+}
+
+/// Why a bus refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The event is not a valid CloudEvent.
+    #[error("event {id:?} is invalid: {source}")]
+    InvalidEvent {
+        /// The event's id (may be empty).
+        id: String,
+        /// What is wrong with it.
+        source: EventError,
+    },
+    /// A subscription pattern is malformed.
+    #[error("subscription pattern {pattern:?} is invalid: {reason}")]
+    InvalidPattern {
+        /// The pattern given.
+        pattern: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// No subscription has this id.
+    #[error("no subscription with id {0:?}")]
+    NoSuchSubscription(SubscriptionId),
+    /// The bus is stopping or stopped.
+    #[error("the bus is stopped and accepts no new events")]
+    Stopped,
+    /// The intake is full and the bus is configured to refuse rather than wait.
+    #[error("the bus is full: {capacity} events are in flight; retry later")]
+    Full {
+        /// The configured intake capacity.
+        capacity: usize,
+    },
+    /// A batch larger than the whole intake can never be accepted.
+    #[error("a batch of {len} events exceeds the bus capacity of {capacity} events")]
+    BatchTooLarge {
+        /// The batch size.
+        len: usize,
+        /// The configured intake capacity.
+        capacity: usize,
+    },
+    /// The event log could not store the events; they were not accepted.
+    #[error("the event log failed: {0}")]
+    Log(#[from] LogError),
+    /// At least one handler failed; the report holds every outcome.
+    #[error("{} of {} handlers failed for event {}: {}", .0.failures().count(), .0.outcomes.len(), .0.event_id, first_failure(.0))]
+    HandlersFailed(DeliveryReport),
+}
+
+fn first_failure(report: &DeliveryReport) -> String {
+    report
+        .failures()
+        .next()
+        .map(|(subscription, error)| format!("{subscription}: {error}"))
+        .unwrap_or_default()
+}
+
+fn validate(event: &Event) -> Result<(), BusError> {
+    event.validate().map_err(|source| BusError::InvalidEvent {
+        id: event.id.clone(),
+        source,
+    })
+}

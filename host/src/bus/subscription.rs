@@ -1,0 +1,94 @@
+//! What both buses know about a subscription, and how one handler call is made.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+
+use super::{EventHandler, HandlerError, Pattern, SubscriptionId};
+use crate::event::Event;
+use crate::metrics::SubscriptionMetrics;
+use crate::monitor::{ErrorMonitor, FailureKind, FailureRecord};
+
+/// One handler subscribed to one pattern.
+pub(crate) struct Subscription {
+    pub(crate) id: SubscriptionId,
+    pub(crate) name: String,
+    pub(crate) pattern: Pattern,
+    pub(crate) handler: Arc<dyn EventHandler>,
+    pub(crate) timeout: Duration,
+    pub(crate) metrics: SubscriptionMetrics,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("pattern", &self.pattern)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Calls the handler once: under the subscription's timeout, with panics caught, the
+/// outcome recorded in the metrics and any failure reported to the monitor.
+pub(crate) async fn invoke(
+    subscription: &Subscription,
+    event: &Arc<Event>,
+    attempt: u32,
+    monitor: &ErrorMonitor,
+) -> Result<(), HandlerError> {
+    let started = Instant::now();
+    let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        subscription.handler.handle(Arc::clone(event))
+    }));
+    let result = match call {
+        Err(panic) => Err(panicked(panic)),
+        Ok(future) => {
+            let mut future = AssertUnwindSafe(future).catch_unwind();
+            // Most handlers finish on the first poll; only a pending one pays for a timer.
+            let outcome = match futures::poll!(&mut future) {
+                Poll::Ready(outcome) => Ok(outcome),
+                Poll::Pending => {
+                    let remaining = subscription.timeout.saturating_sub(started.elapsed());
+                    tokio::time::timeout(remaining, future).await
+                }
+            };
+            match outcome {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => Err(panicked(panic)),
+                Err(_) => Err(HandlerError::new(
+                    FailureKind::Timeout,
+                    format!("no result within {:?}", subscription.timeout),
+                )),
+            }
+        }
+    };
+    subscription
+        .metrics
+        .record(started.elapsed(), result.as_ref().err().map(HandlerError::kind));
+    if let Err(error) = &result {
+        monitor.report(FailureRecord {
+            subscription: subscription.name.clone(),
+            handler_version: subscription.handler.version().map(str::to_owned),
+            event_id: event.id.clone(),
+            event_type: event.ty.clone(),
+            attempt,
+            kind: error.kind(),
+            message: error.message().to_owned(),
+            time: chrono::Utc::now(),
+        });
+    }
+    result
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> HandlerError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_owned());
+    HandlerError::new(FailureKind::Panic, format!("handler panicked: {message}"))
+}

@@ -1,0 +1,32 @@
+//! evhost: an event-handler host whose handlers are WebAssembly components.
+//!
+//! Applications publish CloudEvents; evhost delivers each to every subscribed handler,
+//! concurrently, per-key ordered, with every failure reported to one error monitor.
+//! This crate is both the library (native Rust handlers on an embedded bus) and the
+//! `evhost` binary.
+//!
+//! # Layout
+//!
+//! - [`event`]: the CloudEvents 1.0 [`Event`], its JSON format and validation.
+//! - [`bus`]: the [`EventBus`] trait, [`InMemoryEventBus`] and [`AsyncEventBus`].
+//! - [`monitor`]: the [`ErrorMonitor`] and the [`FailureRecord`]s it carries.
+//! - [`metrics`]: counters and latency histograms per subscription.
+//! - [`runtime`]: Wasm plugins: the engine, limits, linking and failure classification.
+//! - [`store`]: the [`EventLog`](store::EventLog) the bus keeps accepted events in, and
+//!   the plugins' [`KeyValueStore`](store::KeyValueStore).
+
+pub mod bus;
+pub mod event;
+pub mod metrics;
+pub mod monitor;
+pub mod runtime;
+pub mod store;
+
+pub use async_trait::async_trait;
+pub use bus::{
+    AsyncBusConfig, AsyncEventBus, Backpressure, BusError, DeliveryReport, EventBus, EventHandler, EventSink,
+    HandlerError, InMemoryEventBus, StopReport, SubscribeOptions, SubscriptionId,
+};
+pub use event::{Event, EventError};
+pub use monitor::{ErrorMonitor, FailureKind, FailureRecord};
+pub use runtime::{Limits, LoadError, Plugin, PluginInfo, PluginOptions, Runtime, RuntimeConfig};

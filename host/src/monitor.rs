@@ -1,0 +1,257 @@
+//! The error monitor: one bounded stream of every handler failure.
+//!
+//! Failures are reported with [`ErrorMonitor::report`], which never waits: when the
+//! channel is full the record is dropped and counted in [`ErrorMonitor::overflowed`], so a
+//! slow consumer can never stall publishers. Consume the stream with
+//! [`ErrorMonitor::errors`], or let [`ErrorMonitor::start_logging`] log it through `tracing`.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// The capacity of the error channel unless configured otherwise.
+pub const DEFAULT_CAPACITY: usize = 100;
+
+/// How a handler invocation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The handler asked to be retried later (a transient failure).
+    Retry,
+    /// The handler refused the event for good; retrying cannot help.
+    Reject,
+    /// A native handler panicked.
+    Panic,
+    /// A Wasm handler trapped (a guest panic, `unreachable`, stack overflow…).
+    Trap,
+    /// A Wasm handler used up its fuel budget.
+    OutOfFuel,
+    /// The invocation ran past its deadline.
+    Timeout,
+    /// A Wasm handler tried to grow past its memory ceiling.
+    MemoryLimit,
+    /// The host failed while serving the handler (not the handler's fault).
+    HostError,
+}
+
+impl FailureKind {
+    /// Every kind, in a stable order (for metrics).
+    pub const ALL: [FailureKind; 8] = [
+        Self::Retry,
+        Self::Reject,
+        Self::Panic,
+        Self::Trap,
+        Self::OutOfFuel,
+        Self::Timeout,
+        Self::MemoryLimit,
+        Self::HostError,
+    ];
+
+    /// The kebab-case name used in logs, metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Reject => "reject",
+            Self::Panic => "panic",
+            Self::Trap => "trap",
+            Self::OutOfFuel => "out-of-fuel",
+            Self::Timeout => "timeout",
+            Self::MemoryLimit => "memory-limit",
+            Self::HostError => "host-error",
+        }
+    }
+
+    /// Position in [`FailureKind::ALL`].
+    pub(crate) fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|k| *k == self)
+            .expect("every kind is listed in ALL")
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One handler failure, as the error monitor reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureRecord {
+    /// The subscription that failed.
+    pub subscription: String,
+    /// The handler's version (a plugin's content hash), when it has one.
+    pub handler_version: Option<String>,
+    /// The event's id.
+    pub event_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// 1 for the first delivery, counting up with each retry.
+    pub attempt: u32,
+    /// How it failed.
+    pub kind: FailureKind,
+    /// What the handler or the host said.
+    pub message: String,
+    /// When the failure was observed.
+    pub time: DateTime<Utc>,
+}
+
+impl fmt::Display for FailureRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} failed on {} {} (attempt {}): {}: {}",
+            self.subscription, self.event_type, self.event_id, self.attempt, self.kind, self.message
+        )
+    }
+}
+
+/// The receiving end of the error monitor; see [`ErrorMonitor::errors`].
+pub type ErrorStream = mpsc::Receiver<FailureRecord>;
+
+/// A bounded, never-blocking channel of [`FailureRecord`]s with an overflow counter.
+#[derive(Debug)]
+pub struct ErrorMonitor {
+    sender: mpsc::Sender<FailureRecord>,
+    receiver: Mutex<Option<ErrorStream>>,
+    reported: AtomicU64,
+    overflowed: AtomicU64,
+}
+
+impl ErrorMonitor {
+    /// A monitor whose channel holds up to `capacity` unconsumed records.
+    ///
+    /// # Panics
+    /// If `capacity` is zero.
+    pub fn new(capacity: usize) -> Self {
+        let (sender, receiver) = mpsc::channel(capacity);
+        Self {
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+            reported: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+        }
+    }
+
+    /// Hands the record to the consumer without waiting; counts it as overflow when full.
+    pub fn report(&self, record: FailureRecord) {
+        self.reported.fetch_add(1, Ordering::Relaxed);
+        if self.sender.try_send(record).is_err() {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the stream of failure records. There is one consumer: the first call gets the
+    /// stream, later calls get `None` (as does any call after [`ErrorMonitor::start_logging`]).
+    pub fn errors(&self) -> Option<ErrorStream> {
+        self.receiver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// Logs every record through `tracing` (at `warn` for `retry`, `error` otherwise) on a
+    /// background task. Returns `None` if the stream was already taken.
+    pub fn start_logging(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let mut stream = self.errors()?;
+        Some(tokio::spawn(async move {
+            while let Some(record) = stream.recv().await {
+                log_record(&record);
+            }
+        }))
+    }
+
+    /// Failures reported since the monitor was created, delivered or not.
+    pub fn reported(&self) -> u64 {
+        self.reported.load(Ordering::Relaxed)
+    }
+
+    /// Failures dropped because the consumer was too slow (or absent) and the channel full.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+fn log_record(record: &FailureRecord) {
+    if record.kind == FailureKind::Retry {
+        tracing::warn!(
+            subscription = %record.subscription,
+            version = record.handler_version.as_deref(),
+            event.id = %record.event_id,
+            event.r#type = %record.event_type,
+            attempt = record.attempt,
+            kind = %record.kind,
+            "handler failed: {}", record.message
+        );
+    } else {
+        tracing::error!(
+            subscription = %record.subscription,
+            version = record.handler_version.as_deref(),
+            event.id = %record.event_id,
+            event.r#type = %record.event_type,
+            attempt = record.attempt,
+            kind = %record.kind,
+            "handler failed: {}", record.message
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u32) -> FailureRecord {
+        FailureRecord {
+            subscription: "s".into(),
+            handler_version: None,
+            event_id: n.to_string(),
+            event_type: "T".into(),
+            attempt: 1,
+            kind: FailureKind::Reject,
+            message: "no".into(),
+            time: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn overflow_is_counted_not_blocking() {
+        let monitor = ErrorMonitor::new(3);
+        for n in 0..10 {
+            monitor.report(record(n));
+        }
+        assert_eq!(monitor.reported(), 10);
+        assert_eq!(monitor.overflowed(), 7);
+        let mut stream = monitor.errors().unwrap();
+        for n in 0..3 {
+            assert_eq!(stream.recv().await.unwrap().event_id, n.to_string());
+        }
+        assert!(monitor.errors().is_none(), "the stream has one consumer");
+    }
+
+    #[test]
+    fn kinds_have_stable_names() {
+        let names: Vec<_> = FailureKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "retry",
+                "reject",
+                "panic",
+                "trap",
+                "out-of-fuel",
+                "timeout",
+                "memory-limit",
+                "host-error"
+            ]
+        );
+        for kind in FailureKind::ALL {
+            assert_eq!(FailureKind::ALL[kind.index()], kind);
+        }
+    }
+}

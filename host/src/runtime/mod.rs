@@ -1,0 +1,283 @@
+//! The Wasm runtime: one engine, one linker, and plugins loaded against them.
+//!
+//! A [`Runtime`] compiles components, checks that they target the `evhost:plugin/handler`
+//! world, pre-links them once and hands out [`Plugin`]s. Every invocation of a plugin
+//! runs in a fresh instance from the pooling allocator under fuel, an epoch-based
+//! wall-clock deadline and a memory ceiling; it gets no filesystem, network, environment
+//! or inherited stdio.
+
+mod bindings;
+mod host;
+mod plugin;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::Digest as _;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bus::{EventSink, Pattern};
+use crate::store::KeyValueStore;
+use bindings::{HANDLER_EXPORT, Handler, HandlerPre};
+use host::InvocationState;
+use plugin::PluginShared;
+pub use plugin::{Limits, Plugin, PluginInfo, PluginOptions};
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Instances that can exist at once across all plugins (pool slots). Invocations beyond
+    /// it fail with `host-error`, so keep the bus's concurrency limit below it.
+    pub max_instances: u32,
+    /// The largest memory limit any plugin may be given, in bytes.
+    pub max_memory_bytes: usize,
+    /// Wasm stack per invocation, in bytes; deeper recursion traps as a stack overflow.
+    pub max_wasm_stack: usize,
+    /// How often the clock is checked for deadlines (and long computations yield).
+    pub epoch_tick: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 1_000,
+            max_memory_bytes: 1 << 30,
+            max_wasm_stack: 512 << 10,
+            epoch_tick: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Why a component could not be loaded as a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a valid component (or are a core module).
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// The component does not export the handler interface.
+    #[error(
+        "the component does not export `{missing}` (it exports: {}); build it against the `evhost:plugin/handler` world",
+        if .found.is_empty() { "nothing".to_owned() } else { .found.join(", ") }
+    )]
+    MissingExport {
+        /// What is missing.
+        missing: &'static str,
+        /// What it exports instead.
+        found: Vec<String>,
+    },
+    /// The export exists but its functions do not match the contract.
+    #[error("the component's `{HANDLER_EXPORT}` export does not match the contract: {0}")]
+    Incompatible(String),
+    /// The component imports something evhost does not provide.
+    #[error("the component imports something evhost does not provide: {0}")]
+    UnsupportedImport(String),
+    /// `metadata` failed or returned something unusable.
+    #[error("the plugin's metadata is unusable: {0}")]
+    Metadata(String),
+    /// A limit is outside what the runtime allows.
+    #[error("invalid limit: {0}")]
+    Limits(String),
+}
+
+/// The error an epoch callback raises when an invocation passes its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline exceeded")]
+pub(crate) struct DeadlineExceeded;
+
+/// Compiles, checks and links plugins.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InvocationState>,
+    config: RuntimeConfig,
+    _epoch: EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// An engine with the pooling allocator, fuel and epoch interruption, and a linker with
+    /// the host interfaces plugins may import.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Arc<Self>> {
+        let mut pool = PoolingAllocationConfig::default();
+        let instances = config.max_instances;
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(8))
+            .total_memories(instances)
+            .total_tables(instances.saturating_mul(4))
+            .total_stacks(instances)
+            .max_memory_size(config.max_memory_bytes)
+            // Measured: resetting slots with madvise serializes threads; scanning the
+            // pagemap and keeping a little resident does not.
+            .pagemap_scan(Enabled::Auto)
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(128 << 10);
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("creating the Wasm engine: {e:#}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
+        Handler::add_to_linker::<_, wasmtime::component::HasSelf<InvocationState>>(&mut linker, |state| {
+            state
+        })
+        .map_err(|e| anyhow::anyhow!("linking the evhost interfaces: {e:#}"))?;
+        let epoch = EpochTicker::start(engine.clone(), config.epoch_tick);
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            config,
+            _epoch: epoch,
+        }))
+    }
+
+    /// The engine (for compiling components elsewhere).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles `bytes` (on a blocking thread), checks the world, pre-links it and reads
+    /// its metadata. Emitted events go to `sink`; key-value data to `kv`, under the
+    /// plugin's name.
+    pub async fn load(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        options: PluginOptions,
+        kv: Arc<dyn KeyValueStore>,
+        sink: Arc<dyn EventSink>,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        if options.limits.memory_bytes > self.config.max_memory_bytes {
+            return Err(LoadError::Limits(format!(
+                "memory limit {} exceeds the runtime's maximum of {} bytes",
+                options.limits.memory_bytes, self.config.max_memory_bytes
+            )));
+        }
+        let hash = content_hash(&bytes);
+        let engine = self.engine.clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))?
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let pre = self.link(&component)?;
+        let imports = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+
+        let mut plugin = Plugin {
+            runtime: Arc::clone(self),
+            shared: Arc::new(PluginShared {
+                name: String::new(),
+                limits: options.limits,
+                config: options.config,
+                kv,
+            }),
+            pre,
+            info: PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                hash,
+                subscriptions: Vec::new(),
+                imports,
+            },
+            concurrency: options.concurrency,
+            sink,
+        };
+        let metadata = plugin.call_metadata().await.map_err(LoadError::Metadata)?;
+        if metadata.name.trim().is_empty() {
+            return Err(LoadError::Metadata("the name is empty".to_owned()));
+        }
+        let subscriptions = options.subscriptions.unwrap_or(metadata.subscriptions);
+        if subscriptions.is_empty() {
+            return Err(LoadError::Metadata("it subscribes to nothing".to_owned()));
+        }
+        for pattern in &subscriptions {
+            Pattern::parse(pattern).map_err(|e| LoadError::Metadata(e.to_string()))?;
+        }
+        // Invocations log and keep their key-value data under the name `metadata` gave.
+        Arc::get_mut(&mut plugin.shared)
+            .expect("the metadata call has released the plugin's shared state")
+            .name = metadata.name.clone();
+        plugin.info.name = metadata.name;
+        plugin.info.version = metadata.version;
+        plugin.info.subscriptions = subscriptions;
+        Ok(Arc::new(plugin))
+    }
+
+    /// Checks the component against the handler world and pre-links it.
+    fn link(&self, component: &Component) -> Result<HandlerPre<InvocationState>, LoadError> {
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        if !exports.iter().any(|name| name == HANDLER_EXPORT) {
+            return Err(LoadError::MissingExport {
+                missing: HANDLER_EXPORT,
+                found: exports,
+            });
+        }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
+        HandlerPre::new(instance_pre).map_err(|e| LoadError::Incompatible(format!("{e:#}")))
+    }
+}
+
+/// The first 16 hex digits of the SHA-256 of a component.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Advances the engine's epoch on a background thread until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("evhost-epoch".to_owned())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                }
+            })
+            .expect("spawning the epoch thread");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

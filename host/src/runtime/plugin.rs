@@ -1,0 +1,285 @@
+//! A loaded plugin: a pre-linked component that handles each event in a fresh instance.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::Store;
+
+use super::bindings::{HandlerPre, types};
+use super::host::{InvocationState, event_to_wit};
+use super::{DeadlineExceeded, Runtime};
+use crate::bus::{
+    AsyncEventBus, BusError, EventHandler, EventSink, HandlerError, SubscribeOptions, SubscriptionId,
+};
+use crate::event::Event;
+use crate::monitor::FailureKind;
+use crate::store::KeyValueStore;
+
+/// How long past its deadline a call may run (inside a host function, say) before the
+/// tokio timeout ends it.
+const BACKSTOP: Duration = Duration::from_millis(500);
+
+/// Per-invocation budgets of a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Fuel per invocation: roughly the number of Wasm instructions it may execute.
+    pub fuel: u64,
+    /// Wall-clock time per invocation.
+    pub timeout: Duration,
+    /// Linear memory per instance, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: 1_000_000_000,
+            timeout: Duration::from_secs(5),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// How a plugin is run: its limits, config values and optional overrides.
+#[derive(Debug, Clone, Default)]
+pub struct PluginOptions {
+    /// Per-invocation budgets.
+    pub limits: Limits,
+    /// Values the plugin reads through `wasi:config/store`.
+    pub config: BTreeMap<String, String>,
+    /// Patterns to subscribe to instead of those the plugin declares.
+    pub subscriptions: Option<Vec<String>>,
+    /// Most concurrent invocations of this plugin (the bus's default otherwise).
+    pub concurrency: Option<usize>,
+}
+
+/// What a plugin says about itself, plus what the host derived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginInfo {
+    /// The plugin's name.
+    pub name: String,
+    /// The version the author gave.
+    pub version: String,
+    /// The content hash of the component (first 16 hex digits of its SHA-256).
+    pub hash: String,
+    /// The patterns it is subscribed to.
+    pub subscriptions: Vec<String>,
+    /// The interfaces the component imports.
+    pub imports: Vec<String>,
+}
+
+/// The part of a plugin its invocations share.
+#[derive(Debug)]
+pub(crate) struct PluginShared {
+    pub(crate) name: String,
+    pub(crate) limits: Limits,
+    pub(crate) config: BTreeMap<String, String>,
+    pub(crate) kv: Arc<dyn KeyValueStore>,
+}
+
+/// A loaded plugin. It is an [`EventHandler`]: subscribe it to a bus with
+/// [`Plugin::subscribe`] and the bus's ordering, limits and error monitor apply to it.
+pub struct Plugin {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) shared: Arc<PluginShared>,
+    pub(crate) pre: HandlerPre<InvocationState>,
+    pub(crate) info: PluginInfo,
+    pub(crate) concurrency: Option<usize>,
+    pub(crate) sink: Arc<dyn EventSink>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("info", &self.info)
+            .field("limits", &self.shared.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one invocation produced besides its result.
+struct Effects {
+    kv_writes: Vec<(String, Option<Vec<u8>>)>,
+    emitted: Vec<Event>,
+}
+
+impl Plugin {
+    /// Name, versions, subscriptions and imports.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// Per-invocation budgets.
+    pub fn limits(&self) -> Limits {
+        self.shared.limits
+    }
+
+    /// Subscribes the plugin to each of its patterns on `bus`.
+    pub fn subscribe(self: &Arc<Self>, bus: &AsyncEventBus) -> Result<Vec<SubscriptionId>, BusError> {
+        let mut ids = Vec::new();
+        for pattern in &self.info.subscriptions {
+            let options = SubscribeOptions {
+                name: Some(self.info.name.clone()),
+                concurrency: self.concurrency,
+                // The plugin enforces its own deadline; the bus's is a last resort.
+                timeout: Some(self.shared.limits.timeout + BACKSTOP * 2),
+            };
+            match bus.subscribe_with(pattern, Arc::clone(self) as Arc<dyn EventHandler>, options) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    for id in ids {
+                        let _ = crate::bus::EventBus::unsubscribe(bus, id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    fn new_store(&self, trigger: Option<Arc<Event>>) -> Store<InvocationState> {
+        let limits = self.shared.limits;
+        let deadline = Instant::now() + limits.timeout;
+        let state = InvocationState::new(Arc::clone(&self.shared), trigger, deadline);
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|state| &mut state.limits);
+        store.set_fuel(limits.fuel).expect("the engine meters fuel");
+        // Check the clock on every epoch tick: trap once past the deadline, otherwise yield
+        // so a long computation does not hog the executor thread.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    /// Calls the plugin's `metadata` export in a fresh instance.
+    pub(crate) async fn call_metadata(&self) -> Result<types::Metadata, String> {
+        let mut store = self.new_store(None);
+        let timeout = self.shared.limits.timeout + BACKSTOP;
+        let call = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance
+                .evhost_plugin_event_handler()
+                .call_metadata(&mut store)
+                .await
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Err(_) => Err(format!("`metadata` did not return within {timeout:?}")),
+            Ok(Ok(metadata)) => Ok(metadata),
+            Ok(Err(error)) => {
+                let (kind, message) = classify(&error, store.data());
+                Err(format!("`metadata` failed ({kind}): {message}"))
+            }
+        }
+    }
+
+    /// One invocation in a fresh instance; effects are returned only on success.
+    async fn invoke(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
+        let wit_event = event_to_wit(&event);
+        let mut store = self.new_store(Some(event));
+        let timeout = self.shared.limits.timeout;
+        let call = async {
+            let instance = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+                HandlerError::new(FailureKind::HostError, format!("could not instantiate: {e:#}"))
+            })?;
+            Ok::<_, HandlerError>(
+                instance
+                    .evhost_plugin_event_handler()
+                    .call_handle(&mut store, &wit_event)
+                    .await,
+            )
+        };
+        let result = match tokio::time::timeout(timeout + BACKSTOP, call).await {
+            Err(_) => {
+                return Err(HandlerError::new(
+                    FailureKind::Timeout,
+                    format!("no result within {timeout:?} (stopped inside a host call)"),
+                ));
+            }
+            Ok(instantiated) => instantiated?,
+        };
+        match result {
+            Ok(Ok(())) => {
+                let state = store.into_data();
+                Ok(Effects {
+                    kv_writes: state.kv_writes.into_iter().collect(),
+                    emitted: state.emitted,
+                })
+            }
+            Ok(Err(types::HandlerError::Retry(reason))) => Err(HandlerError::retry(reason)),
+            Ok(Err(types::HandlerError::Reject(reason))) => Err(HandlerError::reject(reason)),
+            Err(error) => {
+                let (kind, message) = classify(&error, store.data());
+                Err(HandlerError::new(kind, message))
+            }
+        }
+    }
+}
+
+/// Names what stopped a call: a deadline, fuel, the memory ceiling, the host, or a trap
+/// (with the guest's panic message when it printed one).
+fn classify(error: &wasmtime::Error, state: &InvocationState) -> (FailureKind, String) {
+    if let Some(message) = &state.host_error {
+        return (FailureKind::HostError, message.clone());
+    }
+    if error.downcast_ref::<DeadlineExceeded>().is_some() {
+        return (
+            FailureKind::Timeout,
+            format!("no result within {:?}", state.plugin.limits.timeout),
+        );
+    }
+    if state.limits.hit {
+        return (
+            FailureKind::MemoryLimit,
+            format!(
+                "memory limit of {} bytes reached",
+                state.plugin.limits.memory_bytes
+            ),
+        );
+    }
+    let stderr = state.stderr_text();
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => (
+            FailureKind::OutOfFuel,
+            format!("fuel budget of {} exhausted", state.plugin.limits.fuel),
+        ),
+        Some(wasmtime::Trap::Interrupt) => (FailureKind::Timeout, "interrupted".to_owned()),
+        Some(trap) if stderr.is_empty() => (FailureKind::Trap, trap.to_string()),
+        Some(trap) => (FailureKind::Trap, format!("{trap}: {stderr}")),
+        None => (FailureKind::HostError, format!("{error:#}")),
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Plugin {
+    fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    fn version(&self) -> Option<&str> {
+        Some(&self.info.hash)
+    }
+
+    async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
+        let Effects { kv_writes, emitted } = self.invoke(event).await?;
+        self.shared.kv.commit(&self.shared.name, kv_writes).map_err(|e| {
+            HandlerError::new(FailureKind::HostError, format!("key-value commit failed: {e}"))
+        })?;
+        if !emitted.is_empty() {
+            self.sink.emit(emitted).await.map_err(|e| {
+                HandlerError::new(
+                    FailureKind::HostError,
+                    format!("publishing emitted events failed: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the evhost library, one module per area.
+
+mod async_bus;
+mod helpers;
+mod memory_bus;
