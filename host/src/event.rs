@@ -168,7 +168,8 @@ pub enum EventError {
 
 impl Event {
     /// A new event of type `ty` from `source`, with a fresh time-ordered id, the current time,
-    /// and `data` as its JSON payload (`datacontenttype` `application/json`).
+    /// and `data` as its JSON payload (`datacontenttype` `application/json`). `Value::Null`
+    /// means no payload.
     ///
     /// ```
     /// use evhost::Event;
@@ -179,6 +180,10 @@ impl Event {
     /// assert!(event.validate().is_ok());
     /// ```
     pub fn new(ty: impl Into<String>, source: impl Into<String>, data: Value) -> Self {
+        let (data, datacontenttype) = match data {
+            Value::Null => (None, None),
+            json => (Some(Data::Json(json)), Some("application/json".to_owned())),
+        };
         Self {
             id: uuid::Uuid::now_v7().to_string(),
             source: source.into(),
@@ -186,9 +191,9 @@ impl Event {
             specversion: SPEC_VERSION.to_owned(),
             subject: None,
             time: Some(Utc::now()),
-            datacontenttype: Some("application/json".to_owned()),
+            datacontenttype,
             dataschema: None,
-            data: Some(Data::Json(data)),
+            data,
             extensions: BTreeMap::new(),
         }
     }

@@ -266,7 +266,7 @@ impl AsyncEventBus {
                 .iter()
                 .map(|lane| {
                     let s = &lane.subscription;
-                    s.metrics.snapshot(&s.name, s.pattern.to_string())
+                    s.metrics.snapshot(&s.name, s.patterns_text())
                 })
                 .collect(),
         }
@@ -279,8 +279,19 @@ impl AsyncEventBus {
         handler: Arc<dyn EventHandler>,
         options: SubscribeOptions,
     ) -> Result<SubscriptionId, BusError> {
+        self.subscribe_any(&[pattern], handler, options)
+    }
+
+    /// One subscription to events matching any of `patterns`. Its events are ordered per
+    /// key across all the patterns, which separate subscriptions would not be.
+    pub fn subscribe_any(
+        &self,
+        patterns: &[impl AsRef<str>],
+        handler: Arc<dyn EventHandler>,
+        options: SubscribeOptions,
+    ) -> Result<SubscriptionId, BusError> {
         let inner = &self.inner;
-        let pattern = Pattern::parse(pattern)?;
+        let patterns = Pattern::parse_all(patterns)?;
         let id = SubscriptionId(inner.next_id.fetch_add(1, Ordering::Relaxed));
         let concurrency = options
             .concurrency
@@ -290,7 +301,7 @@ impl AsyncEventBus {
             subscription: Subscription {
                 id,
                 name: options.name.unwrap_or_else(|| handler.name().to_owned()),
-                pattern,
+                patterns,
                 handler,
                 timeout: options.timeout.unwrap_or(inner.config.handler_timeout),
                 metrics: Default::default(),
@@ -404,7 +415,7 @@ impl Inner {
             });
             let mut matching = 0;
             for (lane, queue) in lanes.iter().zip(&mut per_lane) {
-                if lane.subscription.pattern.matches(&delivery.event.ty) {
+                if lane.subscription.matches(&delivery.event.ty) {
                     queue.push(Arc::clone(&delivery));
                     matching += 1;
                 }

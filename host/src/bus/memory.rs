@@ -63,7 +63,7 @@ impl InMemoryEventBus {
             monitor_overflow: self.monitor.overflowed(),
             subscriptions: subscriptions
                 .iter()
-                .map(|s| s.metrics.snapshot(&s.name, s.pattern.to_string()))
+                .map(|s| s.metrics.snapshot(&s.name, s.patterns_text()))
                 .collect(),
         }
     }
@@ -86,7 +86,7 @@ impl InMemoryEventBus {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|s| s.pattern.matches(&event.ty))
+            .filter(|s| s.matches(&event.ty))
             .cloned()
             .collect();
         let mut outcomes = Vec::with_capacity(matching.len());
@@ -138,7 +138,7 @@ impl EventBus for InMemoryEventBus {
         let subscription = Subscription {
             id,
             name: handler.name().to_owned(),
-            pattern,
+            patterns: vec![pattern],
             handler,
             timeout: DEFAULT_HANDLER_TIMEOUT,
             metrics: Default::default(),

@@ -39,6 +39,17 @@ impl Pattern {
         }
     }
 
+    /// Parses several patterns; at least one is required.
+    pub fn parse_all(patterns: &[impl AsRef<str>]) -> Result<Vec<Self>, BusError> {
+        if patterns.is_empty() {
+            return Err(BusError::InvalidPattern {
+                pattern: String::new(),
+                reason: "a subscription needs at least one pattern",
+            });
+        }
+        patterns.iter().map(|p| Self::parse(p.as_ref())).collect()
+    }
+
     /// Whether an event of type `ty` matches.
     pub fn matches(&self, ty: &str) -> bool {
         match self {

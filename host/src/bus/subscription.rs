@@ -12,11 +12,11 @@ use crate::event::Event;
 use crate::metrics::SubscriptionMetrics;
 use crate::monitor::{ErrorMonitor, FailureKind, FailureRecord};
 
-/// One handler subscribed to one pattern.
+/// One handler subscribed to one or more patterns.
 pub(crate) struct Subscription {
     pub(crate) id: SubscriptionId,
     pub(crate) name: String,
-    pub(crate) pattern: Pattern,
+    pub(crate) patterns: Vec<Pattern>,
     pub(crate) handler: Arc<dyn EventHandler>,
     pub(crate) timeout: Duration,
     pub(crate) metrics: SubscriptionMetrics,
@@ -27,8 +27,20 @@ impl std::fmt::Debug for Subscription {
         f.debug_struct("Subscription")
             .field("id", &self.id)
             .field("name", &self.name)
-            .field("pattern", &self.pattern)
+            .field("patterns", &self.patterns)
             .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn matches(&self, ty: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(ty))
+    }
+
+    /// The patterns, comma-separated.
+    pub(crate) fn patterns_text(&self) -> String {
+        let texts: Vec<String> = self.patterns.iter().map(Pattern::to_string).collect();
+        texts.join(",")
     }
 }
 

@@ -42,6 +42,9 @@ pub(crate) struct InvocationState {
     pub(crate) deadline: Instant,
     /// Set when the host itself failed while serving the plugin.
     pub(crate) host_error: Option<String>,
+    /// A panic message the guest logged just before trapping (the guest SDK's panic hook
+    /// logs it with context `panic`).
+    pub(crate) panic_message: Option<String>,
 }
 
 impl InvocationState {
@@ -66,12 +69,17 @@ impl InvocationState {
             stderr,
             deadline,
             host_error: None,
+            panic_message: None,
         }
     }
 
-    /// What the plugin wrote to stderr (a Rust guest's panic message lands there).
-    pub(crate) fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned()
+    /// Why the guest panicked, if it said so: the message its panic hook logged, or else
+    /// what it wrote to stderr (where Rust's default hook puts it).
+    pub(crate) fn panic_text(&self) -> String {
+        match &self.panic_message {
+            Some(message) => message.clone(),
+            None => String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned(),
+        }
     }
 
     fn host_failure(&mut self, message: String) -> wasmtime::Error {
@@ -199,6 +207,9 @@ fn is_json(content_type: Option<&str>) -> bool {
 
 impl logging::Host for InvocationState {
     fn log(&mut self, level: logging::Level, context: String, message: String) -> wasmtime::Result<()> {
+        if context == "panic" {
+            self.panic_message = Some(message.clone());
+        }
         let plugin = self.plugin.name.as_str();
         let event_id = self.trigger.as_ref().map(|e| e.id.as_str());
         match level {

@@ -24,7 +24,8 @@ const BACKSTOP: Duration = Duration::from_millis(500);
 /// Per-invocation budgets of a plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Limits {
-    /// Fuel per invocation: roughly the number of Wasm instructions it may execute.
+    /// Fuel per invocation: roughly the number of Wasm instructions it may execute
+    /// (10 billion by default, a few seconds of computation).
     pub fuel: u64,
     /// Wall-clock time per invocation.
     pub timeout: Duration,
@@ -35,7 +36,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            fuel: 1_000_000_000,
+            fuel: 10_000_000_000,
             timeout: Duration::from_secs(5),
             memory_bytes: 64 << 20,
         }
@@ -116,27 +117,20 @@ impl Plugin {
         self.shared.limits
     }
 
-    /// Subscribes the plugin to each of its patterns on `bus`.
-    pub fn subscribe(self: &Arc<Self>, bus: &AsyncEventBus) -> Result<Vec<SubscriptionId>, BusError> {
-        let mut ids = Vec::new();
-        for pattern in &self.info.subscriptions {
-            let options = SubscribeOptions {
-                name: Some(self.info.name.clone()),
-                concurrency: self.concurrency,
-                // The plugin enforces its own deadline; the bus's is a last resort.
-                timeout: Some(self.shared.limits.timeout + BACKSTOP * 2),
-            };
-            match bus.subscribe_with(pattern, Arc::clone(self) as Arc<dyn EventHandler>, options) {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    for id in ids {
-                        let _ = crate::bus::EventBus::unsubscribe(bus, id);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(ids)
+    /// Subscribes the plugin to its patterns on `bus`, as one subscription: a plugin sees
+    /// the events of one key in order whichever of its patterns they match.
+    pub fn subscribe(self: &Arc<Self>, bus: &AsyncEventBus) -> Result<SubscriptionId, BusError> {
+        let options = SubscribeOptions {
+            name: Some(self.info.name.clone()),
+            concurrency: self.concurrency,
+            // The plugin enforces its own deadline; the bus's is a last resort.
+            timeout: Some(self.shared.limits.timeout + BACKSTOP * 2),
+        };
+        bus.subscribe_any(
+            &self.info.subscriptions,
+            Arc::clone(self) as Arc<dyn EventHandler>,
+            options,
+        )
     }
 
     fn new_store(&self, trigger: Option<Arc<Event>>) -> Store<InvocationState> {
@@ -244,13 +238,17 @@ fn classify(error: &wasmtime::Error, state: &InvocationState) -> (FailureKind, S
             ),
         );
     }
-    let stderr = state.stderr_text();
+    let stderr = state.panic_text();
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::OutOfFuel) => (
             FailureKind::OutOfFuel,
             format!("fuel budget of {} exhausted", state.plugin.limits.fuel),
         ),
         Some(wasmtime::Trap::Interrupt) => (FailureKind::Timeout, "interrupted".to_owned()),
+        Some(wasmtime::Trap::StackOverflow) => (
+            FailureKind::Trap,
+            "stack overflow: the call stack was exhausted".to_owned(),
+        ),
         Some(trap) if stderr.is_empty() => (FailureKind::Trap, trap.to_string()),
         Some(trap) => (FailureKind::Trap, format!("{trap}: {stderr}")),
         None => (FailureKind::HostError, format!("{error:#}")),

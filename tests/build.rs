@@ -1,0 +1,74 @@
+//! Builds the example plugins (`../plugins`) and the test plugins (`plugins/`) for
+//! `wasm32-wasip2` and generates a constant with the path of each `.wasm`, so tests load
+//! components built from source, never committed binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.parent().unwrap().to_path_buf();
+    // A target dir of their own: the outer cargo holds the lock on the workspace's.
+    let target_dir = root.join("target").join("wasm-plugins");
+    let mut constants = String::new();
+    for workspace in [root.join("plugins"), manifest_dir.join("plugins")] {
+        for path in ["Cargo.toml", "Cargo.lock"] {
+            println!("cargo:rerun-if-changed={}", workspace.join(path).display());
+        }
+        for member in members(&workspace) {
+            println!("cargo:rerun-if-changed={}", member.display());
+        }
+        build(&workspace, &target_dir);
+        for member in members(&workspace) {
+            let crate_name = member.file_name().unwrap().to_str().unwrap().replace('-', "_");
+            let wasm = target_dir
+                .join("wasm32-wasip2")
+                .join("release")
+                .join(format!("{crate_name}.wasm"));
+            assert!(wasm.exists(), "{} was not built", wasm.display());
+            constants.push_str(&format!(
+                "pub const {}: &str = {:?};\n",
+                crate_name.to_uppercase(),
+                wasm.display().to_string()
+            ));
+        }
+    }
+    for path in ["guest-sdk/src", "guest-sdk/Cargo.toml", "wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
+    }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap()).join("plugins.rs");
+    std::fs::write(out, constants).unwrap();
+}
+
+/// The plugin crates of a workspace: every directory beside its Cargo.toml that has one.
+fn members(workspace: &Path) -> Vec<PathBuf> {
+    let mut members: Vec<PathBuf> = std::fs::read_dir(workspace)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.join("Cargo.toml").exists() && path.join("src").exists())
+        .collect();
+    members.sort();
+    members
+}
+
+fn build(workspace: &Path, target_dir: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .arg(target_dir);
+    // Settings meant for the host build must not leak into the guest build.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" || key == "RUSTFLAGS" || key == "RUSTC_WRAPPER" {
+            command.env_remove(key.as_ref());
+        }
+    }
+    let status = command.status().expect("running cargo for the plugins");
+    assert!(
+        status.success(),
+        "building the plugins in {} failed; is the wasm32-wasip2 target installed? (rustup target add wasm32-wasip2)",
+        workspace.display()
+    );
+}

@@ -1,0 +1,90 @@
+//! Integration tests that load real components, built from source by `build.rs`.
+
+mod adversarial;
+mod examples;
+mod loading;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use evhost::store::{KeyValueStore, MemoryKv};
+use evhost::{AsyncBusConfig, AsyncEventBus, Event, EventBus, Plugin, PluginOptions, Runtime, RuntimeConfig};
+
+/// Paths of the built `.wasm` files, one constant per plugin crate.
+#[allow(dead_code, reason = "not every test uses every plugin")]
+mod wasm {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+/// A bus with a runtime, as `evhost run` assembles them.
+struct Host {
+    bus: AsyncEventBus,
+    runtime: Arc<Runtime>,
+    kv: Arc<MemoryKv>,
+}
+
+impl Host {
+    async fn new() -> Self {
+        let bus = AsyncEventBus::with_config(AsyncBusConfig {
+            max_concurrency: 32,
+            ..Default::default()
+        });
+        bus.start().await.unwrap();
+        let runtime = Runtime::new(RuntimeConfig {
+            max_instances: 64,
+            ..Default::default()
+        })
+        .unwrap();
+        Self {
+            bus,
+            runtime,
+            kv: Arc::default(),
+        }
+    }
+
+    async fn try_load(&self, path: &str, options: PluginOptions) -> Result<Arc<Plugin>, evhost::LoadError> {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        self.runtime
+            .load(bytes, options, self.kv.clone(), self.bus.sink())
+            .await
+    }
+
+    /// Loads the plugin and subscribes it to the bus.
+    async fn load(&self, path: &str, options: PluginOptions) -> Arc<Plugin> {
+        let plugin = self.try_load(path, options).await.unwrap();
+        plugin.subscribe(&self.bus).unwrap();
+        plugin
+    }
+
+    fn kv_json(&self, plugin: &str, key: &str) -> Option<serde_json::Value> {
+        self.kv
+            .get(plugin, key)
+            .unwrap()
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+    }
+
+    async fn publish_and_wait(&self, events: Vec<Event>) {
+        self.bus.publish_batch(events).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), self.bus.wait())
+            .await
+            .expect("every event handled within a minute");
+    }
+}
+
+/// Records every event published on a bus, for asserting on emitted events.
+fn recorder(bus: &AsyncEventBus, pattern: &str) -> Arc<std::sync::Mutex<Vec<Arc<Event>>>> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    bus.subscribe(
+        pattern,
+        evhost::bus::from_fn("recorder", move |event| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(event);
+                Ok(())
+            }
+        }),
+    )
+    .unwrap();
+    seen
+}
