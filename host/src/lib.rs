@@ -12,14 +12,22 @@
 //! - [`monitor`]: the [`ErrorMonitor`] and the [`FailureRecord`]s it carries.
 //! - [`metrics`]: counters and latency histograms per subscription.
 //! - [`runtime`]: Wasm plugins: the engine, limits, linking and failure classification.
+//! - [`plugins`]: the watched plugins folder: manifests, hot reload.
+//! - [`http`]: the HTTP API.
+//! - [`config`], [`cli`], [`server`]: `evhost.toml`, the command line and `evhost run`.
 //! - [`store`]: the [`EventLog`](store::EventLog) the bus keeps accepted events in, and
 //!   the plugins' [`KeyValueStore`](store::KeyValueStore).
 
 pub mod bus;
+pub mod cli;
+pub mod config;
 pub mod event;
+pub mod http;
 pub mod metrics;
 pub mod monitor;
+pub mod plugins;
 pub mod runtime;
+pub mod server;
 pub mod store;
 
 pub use async_trait::async_trait;

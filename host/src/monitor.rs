@@ -37,11 +37,13 @@ pub enum FailureKind {
     MemoryLimit,
     /// The host failed while serving the handler (not the handler's fault).
     HostError,
+    /// A plugin file could not be loaded (not an invocation: the event fields are empty).
+    PluginLoad,
 }
 
 impl FailureKind {
     /// Every kind, in a stable order (for metrics).
-    pub const ALL: [FailureKind; 8] = [
+    pub const ALL: [FailureKind; 9] = [
         Self::Retry,
         Self::Reject,
         Self::Panic,
@@ -50,6 +52,7 @@ impl FailureKind {
         Self::Timeout,
         Self::MemoryLimit,
         Self::HostError,
+        Self::PluginLoad,
     ];
 
     /// The kebab-case name used in logs, metrics and JSON.
@@ -63,6 +66,7 @@ impl FailureKind {
             Self::Timeout => "timeout",
             Self::MemoryLimit => "memory-limit",
             Self::HostError => "host-error",
+            Self::PluginLoad => "plugin-load",
         }
     }
 
@@ -247,7 +251,8 @@ mod tests {
                 "out-of-fuel",
                 "timeout",
                 "memory-limit",
-                "host-error"
+                "host-error",
+                "plugin-load"
             ]
         );
         for kind in FailureKind::ALL {

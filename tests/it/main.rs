@@ -1,7 +1,9 @@
 //! Integration tests that load real components, built from source by `build.rs`.
 
 mod adversarial;
+mod binary;
 mod examples;
+mod folder;
 mod loading;
 
 use std::sync::Arc;

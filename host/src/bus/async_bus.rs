@@ -120,6 +120,8 @@ struct Inner {
     log: Arc<dyn EventLog>,
     /// Copy-on-write, so publishing reads it without holding a lock while routing.
     lanes: RwLock<Arc<[Arc<Lane>]>>,
+    /// Subscriptions removed before `start` with events still queued.
+    retired: Mutex<Vec<Arc<Lane>>>,
     next_id: AtomicU64,
     state: AtomicU8,
     in_flight: InFlight,
@@ -214,6 +216,7 @@ impl AsyncEventBus {
         let inner = Inner {
             log,
             lanes: RwLock::new(Arc::from(Vec::new())),
+            retired: Mutex::default(),
             next_id: AtomicU64::new(1),
             state: AtomicU8::new(CREATED),
             in_flight: InFlight::new(config.capacity),
@@ -290,6 +293,32 @@ impl AsyncEventBus {
         handler: Arc<dyn EventHandler>,
         options: SubscribeOptions,
     ) -> Result<SubscriptionId, BusError> {
+        self.install(None, patterns, handler, options)
+    }
+
+    /// Replaces subscription `old` with a new one in a single step: every event is routed
+    /// to exactly one of the two — those accepted before to `old`, whose queued events are
+    /// still handled, those accepted after to the new one. (An `unsubscribe` followed by a
+    /// `subscribe` would lose the events accepted in between; the other order would
+    /// deliver them twice.) Per-key ordering does not carry over from one to the other.
+    pub fn replace_subscription(
+        &self,
+        old: SubscriptionId,
+        patterns: &[impl AsRef<str>],
+        handler: Arc<dyn EventHandler>,
+        options: SubscribeOptions,
+    ) -> Result<SubscriptionId, BusError> {
+        self.install(Some(old), patterns, handler, options)
+    }
+
+    /// Adds a subscription, removing `replacing` under the same lock.
+    fn install(
+        &self,
+        replacing: Option<SubscriptionId>,
+        patterns: &[impl AsRef<str>],
+        handler: Arc<dyn EventHandler>,
+        options: SubscribeOptions,
+    ) -> Result<SubscriptionId, BusError> {
         let inner = &self.inner;
         let patterns = Pattern::parse_all(patterns)?;
         let id = SubscriptionId(inner.next_id.fetch_add(1, Ordering::Relaxed));
@@ -297,22 +326,47 @@ impl AsyncEventBus {
             .concurrency
             .unwrap_or(inner.config.subscription_concurrency)
             .clamp(1, inner.config.max_concurrency);
+        let name = options.name.unwrap_or_else(|| handler.name().to_owned());
+        let mut lanes = inner.lanes.write().unwrap_or_else(|e| e.into_inner());
+        let replaced = match replacing {
+            None => None,
+            Some(old) => Some(
+                lanes
+                    .iter()
+                    .find(|lane| lane.subscription.id == old)
+                    .cloned()
+                    .ok_or(BusError::NoSuchSubscription(old))?,
+            ),
+        };
+        // A replacement of the same name keeps counting where the old one left off, so
+        // metrics do not restart at every plugin reload.
+        let metrics = match &replaced {
+            Some(old) if old.subscription.name == name => Arc::clone(&old.subscription.metrics),
+            _ => Arc::default(),
+        };
         let lane = Lane {
             subscription: Subscription {
                 id,
-                name: options.name.unwrap_or_else(|| handler.name().to_owned()),
+                name,
                 patterns,
                 handler,
                 timeout: options.timeout.unwrap_or(inner.config.handler_timeout),
-                metrics: Default::default(),
+                metrics,
             },
             concurrency,
             queue: Mutex::default(),
         };
-        let mut lanes = inner.lanes.write().unwrap_or_else(|e| e.into_inner());
-        let mut updated = lanes.to_vec();
+        let mut updated: Vec<_> = lanes
+            .iter()
+            .filter(|lane| Some(lane.subscription.id) != replacing)
+            .cloned()
+            .collect();
         updated.push(Arc::new(lane));
         *lanes = Arc::from(updated);
+        drop(lanes);
+        if let Some(old) = replaced {
+            inner.retire(old);
+        }
         Ok(id)
     }
 
@@ -574,6 +628,25 @@ impl Inner {
         for lane in self.lanes().iter() {
             self.spawn_workers(lane, lane.lock());
         }
+        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|e| e.into_inner()));
+        for lane in &retired {
+            self.spawn_workers(lane, lane.lock());
+        }
+    }
+
+    /// A subscription left the routing table; what is already queued for it is still
+    /// handled. Before `start` there are no workers yet, so it waits for `start` with the
+    /// others.
+    fn retire(self: &Arc<Self>, lane: Arc<Lane>) {
+        if self.state.load(Ordering::SeqCst) == CREATED {
+            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            // Checked again under the lock: `start` may have run in between.
+            if self.state.load(Ordering::SeqCst) == CREATED {
+                retired.push(lane);
+                return;
+            }
+        }
+        self.spawn_workers(&lane, lane.lock());
     }
 }
 
@@ -691,15 +764,19 @@ impl EventBus for AsyncEventBus {
 
     fn unsubscribe(&self, id: SubscriptionId) -> Result<(), BusError> {
         let mut lanes = self.inner.lanes.write().unwrap_or_else(|e| e.into_inner());
-        if !lanes.iter().any(|lane| lane.subscription.id == id) {
-            return Err(BusError::NoSuchSubscription(id));
-        }
+        let removed = lanes
+            .iter()
+            .find(|lane| lane.subscription.id == id)
+            .cloned()
+            .ok_or(BusError::NoSuchSubscription(id))?;
         let remaining: Vec<_> = lanes
             .iter()
             .filter(|lane| lane.subscription.id != id)
             .cloned()
             .collect();
         *lanes = Arc::from(remaining);
+        drop(lanes);
+        self.inner.retire(removed);
         Ok(())
     }
 

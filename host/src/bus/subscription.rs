@@ -19,7 +19,8 @@ pub(crate) struct Subscription {
     pub(crate) patterns: Vec<Pattern>,
     pub(crate) handler: Arc<dyn EventHandler>,
     pub(crate) timeout: Duration,
-    pub(crate) metrics: SubscriptionMetrics,
+    /// Shared with a replacement of the same name (see `AsyncEventBus::replace_subscription`).
+    pub(crate) metrics: Arc<SubscriptionMetrics>,
 }
 
 impl std::fmt::Debug for Subscription {

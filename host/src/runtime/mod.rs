@@ -10,14 +10,16 @@ mod bindings;
 mod host;
 mod plugin;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use serde::Serialize;
 use sha2::Digest as _;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Cache, CacheConfig, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bus::{EventSink, Pattern};
 use crate::store::KeyValueStore;
@@ -38,6 +40,13 @@ pub struct RuntimeConfig {
     pub max_wasm_stack: usize,
     /// How often the clock is checked for deadlines (and long computations yield).
     pub epoch_tick: Duration,
+    /// Where compiled code is cached on disk (created if missing), so a restart does not
+    /// compile every plugin again; `None` compiles every time. Entries are keyed by the
+    /// SHA-256 of the component and of every engine setting that affects code generation
+    /// (target, Cranelift flags, fuel and epoch instrumentation, Wasm features), under a
+    /// directory per Wasmtime version, so a stale entry is never used. Wasmtime's cache
+    /// worker trims the directory in the background.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -47,6 +56,7 @@ impl Default for RuntimeConfig {
             max_memory_bytes: 1 << 30,
             max_wasm_stack: 512 << 10,
             epoch_tick: Duration::from_millis(1),
+            cache_dir: None,
         }
     }
 }
@@ -87,11 +97,21 @@ pub enum LoadError {
 #[error("deadline exceeded")]
 pub(crate) struct DeadlineExceeded;
 
+/// How often the compiled-code cache was used; see [`Runtime::cache_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Components whose compiled code came from the cache.
+    pub hits: usize,
+    /// Components compiled and then stored in the cache.
+    pub misses: usize,
+}
+
 /// Compiles, checks and links plugins.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<InvocationState>,
     config: RuntimeConfig,
+    cache: Option<Cache>,
     _epoch: EpochTicker,
 }
 
@@ -127,6 +147,8 @@ impl Runtime {
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let cache = config.cache_dir.as_deref().map(open_cache).transpose()?;
+        wasm.cache(cache.clone());
         let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("creating the Wasm engine: {e:#}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -140,6 +162,7 @@ impl Runtime {
             engine,
             linker,
             config,
+            cache,
             _epoch: epoch,
         }))
     }
@@ -147,6 +170,15 @@ impl Runtime {
     /// The engine (for compiling components elsewhere).
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Hits and misses of the compiled-code cache since the runtime started, or `None`
+    /// when [`RuntimeConfig::cache_dir`] is not set.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(|cache| CacheStats {
+            hits: cache.cache_hits(),
+            misses: cache.cache_misses(),
+        })
     }
 
     /// Compiles `bytes` (on a blocking thread), checks the world, pre-links it and reads
@@ -196,6 +228,7 @@ impl Runtime {
             },
             concurrency: options.concurrency,
             sink,
+            fuel_consumed: Default::default(),
         };
         let metadata = plugin.call_metadata().await.map_err(LoadError::Metadata)?;
         if metadata.name.trim().is_empty() {
@@ -237,6 +270,20 @@ impl Runtime {
             .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
         HandlerPre::new(instance_pre).map_err(|e| LoadError::Incompatible(format!("{e:#}")))
     }
+}
+
+/// Wasmtime's on-disk cache of compiled code in `dir`. Its key covers the component's
+/// bytes and the engine's code-generation settings (`HashedEngineCompileEnv` in
+/// wasmtime's `compile/code_builder.rs`), so one directory can serve differently
+/// configured engines and Wasmtime versions without mixing their code.
+fn open_cache(dir: &Path) -> anyhow::Result<Cache> {
+    // Wasmtime insists on an absolute path.
+    let dir = std::path::absolute(dir)
+        .map_err(|e| anyhow::anyhow!("resolving the cache directory {}: {e}", dir.display()))?;
+    let mut config = CacheConfig::new();
+    config.with_directory(&dir);
+    Cache::new(config)
+        .map_err(|e| anyhow::anyhow!("opening the compiled-code cache in {}: {e:#}", dir.display()))
 }
 
 /// The first 16 hex digits of the SHA-256 of a component.

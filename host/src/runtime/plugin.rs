@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tracing::Instrument as _;
 use wasmtime::Store;
 
 use super::bindings::{HandlerPre, types};
@@ -89,6 +90,8 @@ pub struct Plugin {
     pub(crate) info: PluginInfo,
     pub(crate) concurrency: Option<usize>,
     pub(crate) sink: Arc<dyn EventSink>,
+    /// Fuel burned by all invocations so far.
+    pub(crate) fuel_consumed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -117,20 +120,35 @@ impl Plugin {
         self.shared.limits
     }
 
+    /// Fuel burned by every invocation so far (failed ones included).
+    pub fn fuel_consumed(&self) -> u64 {
+        self.fuel_consumed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Most concurrent invocations, if the plugin sets its own limit.
+    pub fn concurrency(&self) -> Option<usize> {
+        self.concurrency
+    }
+
     /// Subscribes the plugin to its patterns on `bus`, as one subscription: a plugin sees
     /// the events of one key in order whichever of its patterns they match.
     pub fn subscribe(self: &Arc<Self>, bus: &AsyncEventBus) -> Result<SubscriptionId, BusError> {
-        let options = SubscribeOptions {
+        bus.subscribe_any(
+            &self.info.subscriptions,
+            Arc::clone(self) as Arc<dyn EventHandler>,
+            self.subscribe_options(),
+        )
+    }
+
+    /// The settings [`Plugin::subscribe`] uses, for callers that subscribe a wrapper of
+    /// the plugin (the plugins folder subscribes a hot-swappable slot).
+    pub fn subscribe_options(&self) -> SubscribeOptions {
+        SubscribeOptions {
             name: Some(self.info.name.clone()),
             concurrency: self.concurrency,
             // The plugin enforces its own deadline; the bus's is a last resort.
             timeout: Some(self.shared.limits.timeout + BACKSTOP * 2),
-        };
-        bus.subscribe_any(
-            &self.info.subscriptions,
-            Arc::clone(self) as Arc<dyn EventHandler>,
-            options,
-        )
+        }
     }
 
     fn new_store(&self, trigger: Option<Arc<Event>>) -> Store<InvocationState> {
@@ -190,7 +208,13 @@ impl Plugin {
                     .await,
             )
         };
-        let result = match tokio::time::timeout(timeout + BACKSTOP, call).await {
+        let outcome = tokio::time::timeout(timeout + BACKSTOP, call).await;
+        if let Ok(remaining) = store.get_fuel() {
+            let burned = self.shared.limits.fuel.saturating_sub(remaining);
+            self.fuel_consumed
+                .fetch_add(burned, std::sync::atomic::Ordering::Relaxed);
+        }
+        let result = match outcome {
             Err(_) => {
                 return Err(HandlerError::new(
                     FailureKind::Timeout,
@@ -266,11 +290,37 @@ impl EventHandler for Plugin {
     }
 
     async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
+        // One span per invocation: the plugin's own log lines and the host's nest in it.
+        let span = tracing::info_span!(
+            "invocation",
+            plugin = %self.info.name,
+            version = %self.info.hash,
+            event.id = %event.id,
+            event.r#type = %event.ty,
+            outcome = tracing::field::Empty,
+        );
+        let result = self.handle_and_apply(event).instrument(span.clone()).await;
+        span.record(
+            "outcome",
+            match &result {
+                Ok(()) => "ok",
+                Err(e) => e.kind().as_str(),
+            },
+        );
+        result
+    }
+}
+
+impl Plugin {
+    /// Runs the invocation, then applies its effects: key-value writes, emitted events.
+    async fn handle_and_apply(&self, event: Arc<Event>) -> Result<(), HandlerError> {
         let Effects { kv_writes, emitted } = self.invoke(event).await?;
         self.shared.kv.commit(&self.shared.name, kv_writes).map_err(|e| {
             HandlerError::new(FailureKind::HostError, format!("key-value commit failed: {e}"))
         })?;
         if !emitted.is_empty() {
+            let types: Vec<String> = emitted.iter().map(|e| e.ty.clone()).collect();
+            tracing::info!(emitted = ?types, "plugin published events");
             self.sink.emit(emitted).await.map_err(|e| {
                 HandlerError::new(
                     FailureKind::HostError,

@@ -508,3 +508,60 @@ async fn handlers_see_the_published_event() {
     bus.wait().await;
     assert_eq!(*recorder.seen.lock().unwrap()[0], sent);
 }
+
+#[tokio::test]
+async fn events_queued_for_a_subscription_removed_before_start_are_still_handled() {
+    let bus = AsyncEventBus::new();
+    let recorder = Recorder::named("r");
+    let id = bus.subscribe("*", recorder.clone()).unwrap();
+    bus.publish(event("Queued")).await.unwrap();
+    bus.unsubscribe(id).unwrap();
+    bus.start().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), bus.wait())
+        .await
+        .expect("nothing accepted is stranded");
+    assert_eq!(recorder.types(), ["Queued"]);
+}
+
+#[tokio::test]
+async fn a_replacement_keeps_the_counters_and_gets_the_new_events() {
+    let bus = started(AsyncBusConfig::default()).await;
+    let old = Recorder::named("plugin");
+    let new = Recorder::named("plugin");
+    let id = bus.subscribe("*", old.clone()).unwrap();
+    bus.publish(event("Before")).await.unwrap();
+    bus.wait().await;
+    bus.replace_subscription(id, &["*"], new.clone(), SubscribeOptions::default())
+        .unwrap();
+    bus.publish(event("After")).await.unwrap();
+    bus.wait().await;
+    assert_eq!(
+        (old.types(), new.types()),
+        (vec!["Before".to_owned()], vec!["After".to_owned()])
+    );
+    let metrics = bus.metrics();
+    assert_eq!(metrics.subscriptions.len(), 1);
+    assert_eq!(
+        metrics.subscriptions[0].succeeded, 2,
+        "counting goes on across the replacement"
+    );
+}
+
+#[tokio::test]
+async fn one_subscription_over_several_patterns_orders_a_key_across_them() {
+    let bus = started(AsyncBusConfig::default()).await;
+    let checker = Arc::new(OrderChecker::default());
+    bus.subscribe_any(
+        &["Created", "Updated*"],
+        checker.clone(),
+        SubscribeOptions::default(),
+    )
+    .unwrap();
+    let events = (0..200)
+        .map(|seq| keyed(if seq % 2 == 0 { "Created" } else { "UpdatedName" }, "k", seq))
+        .collect();
+    bus.publish_batch(events).await.unwrap();
+    bus.wait().await;
+    assert!(checker.violations.lock().unwrap().is_empty());
+    assert_eq!(checker.handled.load(Ordering::SeqCst), 200);
+}

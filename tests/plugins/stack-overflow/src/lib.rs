@@ -6,6 +6,7 @@ use evhost_guest::{Event, Handler, HandlerError, Metadata, export_handler};
 
 struct StackOverflow;
 
+#[expect(unconditional_recursion, reason = "overflowing the stack is the point")]
 fn descend(depth: u64) -> u64 {
     let frame = black_box([depth; 8]);
     descend(depth + 1).wrapping_add(frame[0])

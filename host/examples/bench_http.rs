@@ -1,0 +1,293 @@
+//! HTTP ingest → Wasm handler: throughput with batching, publish latency at half that load,
+//! and hot-reload time of a 2 MB component.
+//!
+//! Run with `cargo run --release -p evhost --example bench_http`. It builds the `noop` and
+//! `big` test plugins first, runs `evhost run`'s server in this process on a free loopback
+//! port, and generates the load from the same machine. The last line printed is one JSON
+//! object:
+//!
+//! - `http_events_per_s`: events/s from the first request until the plugin handled them all,
+//!   with 8 concurrent clients posting batches of 100 (`application/cloudevents-batch+json`).
+//!   Median of 3 runs.
+//! - `publish_p50_ms` / `publish_p99_ms`: round-trip latency of one `POST /events` (a batch
+//!   of 100) while posting at half that event rate, paced.
+//! - `reload_ms`: median time from a changed 2 MB component being renamed into the plugins
+//!   folder to `GET /plugins` showing the new version.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use evhost::config::Config;
+use serde_json::{Value, json};
+
+const CLIENTS: usize = 8;
+const BATCH: usize = 100;
+const REQUESTS_PER_CLIENT: usize = 60;
+const RUNS: usize = 3;
+const LATENCY_SECONDS: u64 = 4;
+const RELOADS: usize = 5;
+
+fn build_plugins(root: &Path) -> PathBuf {
+    let target_dir = root.join("target").join("wasm-plugins");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root.join("tests").join("plugins"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "noop",
+            "-p",
+            "big",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .expect("running cargo");
+    assert!(status.success(), "building the test plugins failed");
+    target_dir.join("wasm32-wasip2/release")
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn batch(run: usize, client: usize, request: usize) -> String {
+    let events: Vec<Value> = (0..BATCH)
+        .map(|i| {
+            json!({
+                "specversion": "1.0",
+                "id": format!("r{run}-c{client}-q{request}-{i}"),
+                "source": "bench",
+                "type": "OrderPlaced",
+                "data": {"order": i, "total": 42}
+            })
+        })
+        .collect();
+    Value::Array(events).to_string()
+}
+
+async fn handled(http: &reqwest::Client, url: &str) -> u64 {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(r#"evhost_deliveries_total{plugin="noop",outcome="ok"}"#))
+        .and_then(|l| l.rsplit_once(' '))
+        .map_or(0, |(_, v)| v.parse::<f64>().unwrap() as u64)
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: String) {
+    let response = http
+        .post(format!("{url}/events"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+}
+
+async fn throughput(http: &reqwest::Client, url: &str, run: usize) -> f64 {
+    let before = handled(http, url).await;
+    let total = (CLIENTS * REQUESTS_PER_CLIENT * BATCH) as u64;
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (http, url) = (http.clone(), url.to_owned());
+        clients.push(tokio::spawn(async move {
+            for request in 0..REQUESTS_PER_CLIENT {
+                post(&http, &url, batch(run, client, request)).await;
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    while handled(http, url).await < before + total {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Posts batches at `events_per_s` for a few seconds and returns every request's latency.
+async fn latencies(http: &reqwest::Client, url: &str, events_per_s: f64) -> Vec<Duration> {
+    let interval = Duration::from_secs_f64(BATCH as f64 / events_per_s);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let requests = (LATENCY_SECONDS as f64 / interval.as_secs_f64()) as usize;
+    let mut pending = Vec::with_capacity(requests);
+    for request in 0..requests {
+        ticker.tick().await;
+        let (http, url) = (http.clone(), url.to_owned());
+        let body = batch(100, 0, request);
+        pending.push(tokio::spawn(async move {
+            let started = Instant::now();
+            post(&http, &url, body).await;
+            started.elapsed()
+        }));
+    }
+    let mut samples = Vec::with_capacity(requests);
+    for request in pending {
+        samples.push(request.await.unwrap());
+    }
+    samples
+}
+
+/// A component with the same code and a custom section appended, so its hash differs.
+fn variant(component: &[u8], n: usize) -> Vec<u8> {
+    fn leb128(mut value: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"evhost-bench";
+    let payload = n.to_le_bytes();
+    let mut contents = Vec::new();
+    leb128(name.len(), &mut contents);
+    contents.extend_from_slice(name);
+    contents.extend_from_slice(&payload);
+    let mut bytes = component.to_vec();
+    bytes.push(0);
+    leb128(contents.len(), &mut bytes);
+    bytes.extend_from_slice(&contents);
+    bytes
+}
+
+async fn big_hash(http: &reqwest::Client, url: &str) -> Option<String> {
+    let plugins: Value = http
+        .get(format!("{url}/plugins"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    plugins
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == "big")
+        .and_then(|p| p["hash"].as_str().map(str::to_owned))
+}
+
+async fn reload_times(http: &reqwest::Client, url: &str, plugins_dir: &Path, big: &[u8]) -> Vec<Duration> {
+    let target = plugins_dir.join("big.wasm");
+    let staging = plugins_dir.join(".big.wasm.partial");
+    let mut times = Vec::new();
+    for n in 0..=RELOADS {
+        let bytes = variant(big, n);
+        let hash = evhost::runtime::content_hash(&bytes);
+        std::fs::write(&staging, &bytes).unwrap();
+        let started = Instant::now();
+        std::fs::rename(&staging, &target).unwrap();
+        while big_hash(http, url).await.as_deref() != Some(hash.as_str()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "reload {n} never happened"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // The first load is a new plugin, not a reload.
+        if n > 0 {
+            times.push(started.elapsed());
+        }
+    }
+    times
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let built = build_plugins(&root);
+    let work = std::env::temp_dir().join(format!("evhost-bench-http-{}", std::process::id()));
+    let plugins_dir = work.join("plugins");
+    std::fs::create_dir_all(&plugins_dir).unwrap();
+    std::fs::copy(built.join("noop.wasm"), plugins_dir.join("noop.wasm")).unwrap();
+    let big = std::fs::read(built.join("big.wasm")).unwrap();
+
+    let listen = free_port();
+    let config = Config {
+        plugins_dir: plugins_dir.clone(),
+        data_dir: work.join("data"),
+        listen,
+        max_body_bytes: 4 << 20,
+        ..Config::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(evhost::server::run(config, async {
+        let _ = stopped.await;
+    }));
+    let url = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    while http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut rates = Vec::new();
+    for run in 0..RUNS {
+        rates.push(throughput(&http, &url, run).await);
+    }
+    rates.sort_by(f64::total_cmp);
+    let rate = rates[rates.len() / 2];
+    eprintln!("throughput runs (events/s): {rates:.0?}");
+
+    let mut samples = latencies(&http, &url, rate / 2.0).await;
+    samples.sort();
+    let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+    eprintln!(
+        "latency at {:.0} events/s: {} requests, p50 {p50:.2} ms, p99 {p99:.2} ms",
+        rate / 2.0,
+        samples.len()
+    );
+
+    let mut reloads = reload_times(&http, &url, &plugins_dir, &big).await;
+    reloads.sort();
+    let reload = reloads[reloads.len() / 2].as_secs_f64() * 1000.0;
+    eprintln!("reloads of a {} byte component (ms): {:.1?}", big.len(), reloads);
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&work);
+    println!(
+        "{}",
+        json!({
+            "http_events_per_s": rate.round(),
+            "publish_p50_ms": (p50 * 100.0).round() / 100.0,
+            "publish_p99_ms": (p99 * 100.0).round() / 100.0,
+            "latency_load_events_per_s": (rate / 2.0).round(),
+            "reload_ms": (reload * 10.0).round() / 10.0,
+            "reload_component_bytes": big.len(),
+            "clients": CLIENTS,
+            "batch": BATCH,
+        })
+    );
+}

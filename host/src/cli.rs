@@ -1,0 +1,429 @@
+//! The `evhost` command line: `run`, `publish`, `plugins list|check`, `new`.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::bus::{BusError, EventSink};
+use crate::config::{Config, ConfigError, LogFormat};
+use crate::event::Event;
+use crate::runtime::{PluginOptions, Runtime, RuntimeConfig};
+use crate::store::MemoryKv;
+
+/// evhost runs WebAssembly event handlers: it delivers each published CloudEvent to every
+/// plugin subscribed to its type, in a sandbox, under limits.
+#[derive(Debug, Parser)]
+#[command(name = "evhost", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host: load the plugins folder, watch it, serve HTTP.
+    ///
+    /// Settings come from evhost.toml (or --config), then EVHOST_* environment variables,
+    /// then flags. With no file and no flags it serves 127.0.0.1:8080 and loads ./plugins.
+    Run(RunArgs),
+    /// Publish events to a running host.
+    ///
+    /// One event from flags (--type, --source, --data …), or many from --file (a JSON array
+    /// of CloudEvents, or one CloudEvent per line); --file - reads standard input.
+    Publish(PublishArgs),
+    /// Inspect plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Create a new plugin crate that builds as-is.
+    New(NewArgs),
+}
+
+/// `evhost run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file (default: ./evhost.toml if present).
+    #[arg(long, short, env = "EVHOST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The watched plugins folder.
+    #[arg(long, env = "EVHOST_PLUGINS")]
+    pub plugins: Option<PathBuf>,
+    /// Where evhost keeps its state.
+    #[arg(long, env = "EVHOST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The HTTP listen address, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "EVHOST_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Log format.
+    #[arg(long, env = "EVHOST_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Seconds to wait for in-flight events on shutdown.
+    #[arg(long, env = "EVHOST_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<f64>,
+}
+
+/// `evhost publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The host's base URL.
+    #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Events to publish: a JSON array of CloudEvents or one per line (NDJSON); `-` is stdin.
+    #[arg(long, short, conflicts_with_all = ["ty", "data", "subject", "id"])]
+    pub file: Option<PathBuf>,
+    /// Event type of a single event.
+    #[arg(long = "type", short = 't', required_unless_present = "file")]
+    pub ty: Option<String>,
+    /// Source of a single event.
+    #[arg(long, short, default_value = "evhost-cli")]
+    pub source: String,
+    /// Subject (ordering key) of a single event.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Id of a single event (generated if absent).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// JSON data of a single event.
+    #[arg(long, short)]
+    pub data: Option<String>,
+    /// Wait until every handler finished and print their outcomes.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// `evhost plugins …`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List the plugins a running host serves.
+    List {
+        /// The host's base URL.
+        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Print one value of a plugin's key-value store (its read model) from a running host.
+    Kv {
+        /// The plugin's name.
+        plugin: String,
+        /// The key, e.g. `user:u1`.
+        key: String,
+        /// The host's base URL.
+        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Check a component offline: its world, metadata, subscriptions and imports.
+    Check {
+        /// The `.wasm` file.
+        file: PathBuf,
+    },
+}
+
+/// `evhost new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The plugin's name (also the crate and folder name), e.g. `order-projection`.
+    pub name: String,
+    /// Where to create the folder (default: the current directory).
+    #[arg(long, default_value = ".")]
+    pub path: PathBuf,
+    /// The guest SDK to depend on (default: this evhost's source tree).
+    #[arg(long)]
+    pub sdk: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The configuration file with flags and environment applied over it.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(plugins) = &self.plugins {
+            config.plugins_dir.clone_from(plugins);
+        }
+        if let Some(data_dir) = &self.data_dir {
+            config.data_dir.clone_from(data_dir);
+        }
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+        }
+        if let Some(seconds) = self.drain_timeout {
+            if !(seconds.is_finite() && seconds >= 0.0) {
+                return Err(ConfigError::Invalid {
+                    path: PathBuf::from("<flags>"),
+                    key: "--drain-timeout",
+                    message: format!("must be a number of seconds, got {seconds}"),
+                });
+            }
+            config.drain_timeout_ms = (seconds * 1000.0).round() as u64;
+        }
+        config.validate(Path::new("<flags>"))?;
+        Ok(config)
+    }
+}
+
+/// Sets up `tracing`: level from `RUST_LOG` (default `info`), text or JSON lines on stderr.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// `evhost publish`.
+pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let mut url = format!("{}/events", args.url.trim_end_matches('/'));
+    if args.wait {
+        url.push_str("?wait=true");
+    }
+    let (content_type, body) = match &args.file {
+        Some(path) => ("application/cloudevents-batch+json", read_events(path)?),
+        None => {
+            let data = match &args.data {
+                Some(text) => serde_json::from_str(text).context("--data is not valid JSON")?,
+                None => Value::Null,
+            };
+            let ty = args.ty.clone().expect("clap requires --type without --file");
+            let mut event = Event::new(ty, args.source.clone(), data);
+            if let Some(subject) = &args.subject {
+                event.subject = Some(subject.clone());
+            }
+            if let Some(id) = &args.id {
+                event.id.clone_from(id);
+            }
+            event.validate()?;
+            ("application/cloudevents+json", serde_json::to_vec(&event)?)
+        }
+    };
+    let response = client
+        .post(&url)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("sending to {url}"))?;
+    let status = response.status();
+    let text = response.text().await?;
+    let pretty = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if !status.is_success() {
+        bail!("the host answered {status}: {pretty}");
+    }
+    println!("{pretty}");
+    Ok(())
+}
+
+/// Reads a JSON array of events or NDJSON into the body of a batch request, checking every
+/// event first so a mistake is reported with its line.
+fn read_events(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let text = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let events: Vec<Value> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).with_context(|| format!("{} is not a JSON array", path.display()))?
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(n, line)| {
+                serde_json::from_str(line)
+                    .with_context(|| format!("{} line {}: not JSON", path.display(), n + 1))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    for (n, event) in events.iter().enumerate() {
+        Event::from_value(event.clone()).with_context(|| format!("event {} of {}", n + 1, path.display()))?;
+    }
+    if events.is_empty() {
+        bail!("{} holds no events", path.display());
+    }
+    Ok(serde_json::to_vec(&events)?)
+}
+
+/// `evhost plugins list`.
+pub async fn list_plugins(url: &str) -> anyhow::Result<()> {
+    let url = format!("{}/plugins", url.trim_end_matches('/'));
+    let response = reqwest::get(&url)
+        .await
+        .with_context(|| format!("asking {url}"))?;
+    if !response.status().is_success() {
+        bail!("the host answered {}", response.status());
+    }
+    let plugins: Vec<Value> = response.json().await?;
+    if plugins.is_empty() {
+        println!("no plugins loaded");
+    }
+    for plugin in plugins {
+        let subscriptions: Vec<&str> = plugin["subscriptions"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "{}  {}  {}  {}",
+            plugin["name"].as_str().unwrap_or("?"),
+            plugin["version"].as_str().unwrap_or("?"),
+            plugin["hash"].as_str().unwrap_or("?"),
+            subscriptions.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// `evhost plugins kv`.
+pub async fn read_kv(url: &str, plugin: &str, key: &str) -> anyhow::Result<()> {
+    let url = format!("{}/plugins/{plugin}/kv/{key}", url.trim_end_matches('/'));
+    let response = reqwest::get(&url)
+        .await
+        .with_context(|| format!("asking {url}"))?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    let text = match serde_json::from_slice::<Value>(&body) {
+        Ok(value) => serde_json::to_string_pretty(&value)?,
+        Err(_) => String::from_utf8_lossy(&body).into_owned(),
+    };
+    if !status.is_success() {
+        bail!("the host answered {status}: {text}");
+    }
+    println!("{text}");
+    Ok(())
+}
+
+/// `evhost plugins check`: loads the component in a throwaway runtime.
+pub async fn check_plugin(file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        ..RuntimeConfig::default()
+    })?;
+    let plugin = runtime
+        .load(
+            bytes,
+            PluginOptions::default(),
+            Arc::new(MemoryKv::default()),
+            Arc::new(NoSink),
+        )
+        .await
+        .with_context(|| format!("{} is not a usable evhost plugin", file.display()))?;
+    let info = plugin.info();
+    println!("{}: ok", file.display());
+    println!("name:          {}", info.name);
+    println!("version:       {}", info.version);
+    println!("hash:          {}", info.hash);
+    println!("subscriptions: {}", info.subscriptions.join(", "));
+    println!("imports:");
+    for import in &info.imports {
+        println!("  {import}");
+    }
+    Ok(())
+}
+
+/// Where `plugins check` sends emitted events: nowhere, nothing runs.
+struct NoSink;
+
+impl EventSink for NoSink {
+    fn emit(&self, _events: Vec<Event>) -> futures::future::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Err(BusError::Stopped) })
+    }
+}
+
+/// `evhost new`: writes `NAME/Cargo.toml`, `NAME/src/lib.rs` and `NAME/.gitignore`.
+pub fn new_plugin(args: &NewArgs) -> anyhow::Result<PathBuf> {
+    let name = args.name.as_str();
+    let valid = !name.is_empty()
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid {
+        bail!(
+            "`{name}` is not a valid plugin name: use lower-case letters, digits, `-` and `_`, starting with a letter"
+        );
+    }
+    let sdk = match &args.sdk {
+        Some(sdk) => sdk.clone(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk"),
+    };
+    let sdk = sdk
+        .canonicalize()
+        .with_context(|| format!("the guest SDK is not at {} (pass --sdk)", sdk.display()))?;
+    let dir = args.path.join(name);
+    if dir.exists() {
+        bail!("{} already exists", dir.display());
+    }
+    std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
+    let sdk_path = sdk.display().to_string().replace('\\', "/");
+    let cargo_toml = format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+# The evhost guest SDK; switch to a version number once it is published.
+evhost-guest = {{ path = "{sdk_path}" }}
+
+[profile.release]
+opt-level = "s"
+lto = true
+strip = true
+panic = "abort"
+
+# A plugin builds on its own, even inside another cargo workspace.
+[workspace]
+"#
+    );
+    let lib_rs = format!(
+        r#"//! {name}: an evhost plugin.
+//!
+//! Build: `cargo build --release --target wasm32-wasip2`, then copy
+//! `target/wasm32-wasip2/release/{crate_name}.wasm` into the host's plugins folder.
+
+use evhost_guest::{{Event, Handler, HandlerError, Metadata, export_handler, kv, log}};
+
+struct Plugin;
+
+impl Handler for Plugin {{
+    fn metadata() -> Metadata {{
+        // The event types to handle: exact (`UserCreated`), a prefix (`User*`) or `*`.
+        Metadata::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")).subscribe("*")
+    }}
+
+    fn handle(event: Event) -> Result<(), HandlerError> {{
+        log::info!("handling {{}} {{}}", event.event_type(), event.id());
+        // Writes land only if this call returns Ok.
+        kv::set(&format!("seen:{{}}", event.id()), event.event_type().as_bytes())?;
+        Ok(())
+    }}
+}}
+
+export_handler!(Plugin);
+"#,
+        crate_name = name.replace('-', "_")
+    );
+    std::fs::write(dir.join("Cargo.toml"), cargo_toml)?;
+    std::fs::write(dir.join("src/lib.rs"), lib_rs)?;
+    std::fs::write(dir.join(".gitignore"), "/target\n")?;
+    Ok(dir)
+}

@@ -1,0 +1,321 @@
+//! `evhost.toml`: host settings and the defaults every plugin's manifest is merged over.
+//!
+//! Every key is optional; a bare `evhost run` works without the file. Flags and `EVHOST_*`
+//! environment variables override what the file says (see the CLI).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bus::{AsyncBusConfig, Backpressure};
+use crate::plugins::Manifest;
+use crate::runtime::RuntimeConfig;
+
+/// The file `evhost run` reads from the working directory when no `--config` is given.
+pub const DEFAULT_FILE: &str = "evhost.toml";
+
+/// Why a configuration could not be used. Messages name the file, the key and what was
+/// expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a key of the wrong type or an unknown key.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line, column and key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{}: `{key}` {message}", path.display())]
+    Invalid {
+        /// The file (or `<flags>` for command-line values).
+        path: PathBuf,
+        /// The offending key.
+        key: &'static str,
+        /// What was expected.
+        message: String,
+    },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The host's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The watched folder of `NAME.wasm` (+ optional `NAME.toml`) plugins.
+    pub plugins_dir: PathBuf,
+    /// Where evhost keeps its state (compiled-code cache, and later the durable log).
+    pub data_dir: PathBuf,
+    /// The HTTP listen address.
+    pub listen: SocketAddr,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// How long shutdown waits for in-flight events, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Cache compiled plugins under `data_dir/cache`.
+    pub compile_cache: bool,
+    /// Bus limits.
+    pub bus: BusSettings,
+    /// Wasm engine limits.
+    pub runtime: RuntimeSettings,
+    /// Defaults for every plugin (the same keys as a plugin's `NAME.toml`).
+    pub plugins: Manifest,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            plugins_dir: PathBuf::from("plugins"),
+            data_dir: PathBuf::from(".evhost"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_format: LogFormat::Text,
+            drain_timeout_ms: 30_000,
+            max_body_bytes: 1 << 20,
+            compile_cache: true,
+            bus: BusSettings::default(),
+            runtime: RuntimeSettings::default(),
+            plugins: Manifest::default(),
+        }
+    }
+}
+
+/// `[bus]`: concurrency, capacity and timeouts of the event bus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusSettings {
+    /// Invocations running at once across all plugins.
+    pub max_concurrency: usize,
+    /// Default per-plugin limit (a plugin's `limits.concurrency` overrides it).
+    pub plugin_concurrency: usize,
+    /// Unfinished events the bus holds at most.
+    pub capacity: usize,
+    /// `"wait"` (publishers wait for room) or `"reject"` (HTTP answers 503).
+    pub backpressure: BackpressureSetting,
+    /// Failure records buffered for the error monitor.
+    pub monitor_capacity: usize,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        let bus = AsyncBusConfig::default();
+        Self {
+            max_concurrency: bus.max_concurrency,
+            plugin_concurrency: bus.subscription_concurrency,
+            capacity: bus.capacity,
+            backpressure: BackpressureSetting::Wait,
+            monitor_capacity: bus.monitor_capacity,
+        }
+    }
+}
+
+/// `bus.backpressure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackpressureSetting {
+    /// Wait for room.
+    Wait,
+    /// Refuse at once.
+    Reject,
+}
+
+/// `[runtime]`: Wasm engine limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Instances alive at once across all plugins (pool slots).
+    pub max_instances: u32,
+    /// The largest memory limit a plugin may be given, in MiB.
+    pub max_memory_mb: u64,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        let runtime = RuntimeConfig::default();
+        Self {
+            max_instances: runtime.max_instances,
+            max_memory_mb: (runtime.max_memory_bytes >> 20) as u64,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or `evhost.toml` in the working directory if it exists, or returns
+    /// the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = match path {
+            Some(path) => path.to_owned(),
+            None if Path::new(DEFAULT_FILE).exists() => PathBuf::from(DEFAULT_FILE),
+            None => return Ok(Self::default()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, &path)
+    }
+
+    /// Parses the TOML `text`; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Checks ranges the types cannot express.
+    pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+        let positive: [(&'static str, u64); 7] = [
+            ("drain_timeout_ms", self.drain_timeout_ms),
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("bus.max_concurrency", self.bus.max_concurrency as u64),
+            ("bus.plugin_concurrency", self.bus.plugin_concurrency as u64),
+            ("bus.capacity", self.bus.capacity as u64),
+            ("bus.monitor_capacity", self.bus.monitor_capacity as u64),
+            ("runtime.max_instances", u64::from(self.runtime.max_instances)),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.runtime.max_memory_mb == 0 {
+            return Err(invalid("runtime.max_memory_mb", "must be at least 1"));
+        }
+        if u64::from(self.runtime.max_instances) < self.bus.max_concurrency as u64 {
+            return Err(invalid(
+                "runtime.max_instances",
+                &format!(
+                    "must be at least bus.max_concurrency ({}): every running invocation needs an instance",
+                    self.bus.max_concurrency
+                ),
+            ));
+        }
+        self.plugins.validate().map_err(|e| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key: "plugins",
+            message: e.to_string(),
+        })
+    }
+
+    /// The bus settings as the bus takes them.
+    pub fn bus_config(&self) -> AsyncBusConfig {
+        AsyncBusConfig {
+            max_concurrency: self.bus.max_concurrency,
+            subscription_concurrency: self.bus.plugin_concurrency.min(self.bus.max_concurrency),
+            capacity: self.bus.capacity,
+            backpressure: match self.bus.backpressure {
+                BackpressureSetting::Wait => Backpressure::Wait,
+                BackpressureSetting::Reject => Backpressure::Reject,
+            },
+            monitor_capacity: self.bus.monitor_capacity,
+            drain_timeout: self.drain_timeout(),
+            ..AsyncBusConfig::default()
+        }
+    }
+
+    /// The engine settings as the runtime takes them.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            max_instances: self.runtime.max_instances,
+            max_memory_bytes: (self.runtime.max_memory_mb << 20) as usize,
+            cache_dir: self.compile_cache.then(|| self.data_dir.join("cache")),
+            ..RuntimeConfig::default()
+        }
+    }
+
+    /// [`Config::drain_timeout_ms`] as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("evhost.toml"))
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.plugins_dir, PathBuf::from("plugins"));
+    }
+
+    #[test]
+    fn every_section_is_read() {
+        let config = parse(
+            r#"
+            plugins_dir = "handlers"
+            listen = "0.0.0.0:9000"
+            log_format = "json"
+            drain_timeout_ms = 5000
+            [bus]
+            max_concurrency = 64
+            backpressure = "reject"
+            [runtime]
+            max_instances = 128
+            [plugins.limits]
+            timeout_ms = 2000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.plugins_dir, PathBuf::from("handlers"));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.bus_config().backpressure, Backpressure::Reject);
+        assert_eq!(config.bus_config().max_concurrency, 64);
+        assert_eq!(config.drain_timeout(), Duration::from_secs(5));
+        assert_eq!(config.plugins.limits.timeout_ms, Some(2000));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let err = parse("listen = 8080").unwrap_err().to_string();
+        assert!(err.starts_with("evhost.toml:"), "{err}");
+        assert!(err.contains("listen"), "{err}");
+
+        let err = parse("[bus]\nmax_concurency = 3").unwrap_err().to_string();
+        assert!(err.contains("max_concurency"), "an unknown key is named: {err}");
+
+        let err = parse("[bus]\ncapacity = 0").unwrap_err().to_string();
+        assert_eq!(err, "evhost.toml: `bus.capacity` must be at least 1");
+
+        let err = parse("[bus]\nbackpressure = \"drop\"").unwrap_err().to_string();
+        assert!(err.contains("backpressure") && err.contains("wait"), "{err}");
+
+        let err = parse("[runtime]\nmax_instances = 10").unwrap_err().to_string();
+        assert!(err.contains("runtime.max_instances"), "{err}");
+    }
+}

@@ -1,0 +1,234 @@
+//! The HTTP API: CloudEvents ingest, health, Prometheus metrics and read-only inspection.
+//!
+//! Build an [`AppState`] around a running [`AsyncEventBus`], hand it to [`router`] and
+//! serve the router with `axum::serve`:
+//!
+//! ```no_run
+//! # async fn run(
+//! #     bus: evhost::AsyncEventBus,
+//! #     catalog: std::sync::Arc<dyn evhost::http::PluginCatalog>,
+//! # ) -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use evhost::http::{AppState, router};
+//! use evhost::store::MemoryKv;
+//!
+//! let state = Arc::new(AppState::new(bus.clone(), Arc::new(MemoryKv::default()), catalog));
+//! if let Some(errors) = bus.errors() {
+//!     state.errors.spawn_consumer(errors);
+//! }
+//! state.set_ready(true); // once the plugins are loaded
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, router(Arc::clone(&state))).await
+//! # }
+//! ```
+//!
+//! # Endpoints
+//!
+//! | | |
+//! |---|---|
+//! | `POST /events` | CloudEvents in structured, batch or binary mode; `202 {"accepted": [ids]}`, or with `?wait=true` `200` and every handler's outcome |
+//! | `GET /healthz` | `200 {"status":"ok"}` while the process serves HTTP |
+//! | `GET /readyz` | `200` once [`AppState::ready`] is set and until shutdown begins, `503` otherwise |
+//! | `GET /metrics` | Prometheus text format 0.0.4 |
+//! | `GET /plugins` | the loaded plugins with their delivery counters |
+//! | `GET /errors?limit=N` | the latest failure records, newest first |
+//! | `GET /plugins/{name}/kv/{key}` | one value of a plugin's key-value store |
+//!
+//! Every error is JSON, `{"error": "..."}`. A client's mistake (`4xx`) gets a message naming
+//! the problem; a failure of ours (`500`) gets a generic message and is logged in full.
+//!
+//! # Layout
+//!
+//! - `events`: `POST /events`, the CloudEvents HTTP binding.
+//! - `inspect`: health, readiness, `/plugins`, `/errors` and the key-value reader.
+//! - `prometheus`: renders the bus's and the catalog's counters as Prometheus text.
+//! - `recent`: [`RecentErrors`], the ring buffer behind `/errors`.
+//! - `error`: the one error type every endpoint answers with.
+
+mod error;
+mod events;
+mod inspect;
+mod prometheus;
+mod recent;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::{Serialize, Serializer};
+use tower_http::trace::TraceLayer;
+
+use crate::bus::AsyncEventBus;
+use crate::runtime::Limits;
+use crate::store::KeyValueStore;
+
+pub use recent::RecentErrors;
+
+/// Largest request body `POST /events` accepts unless configured otherwise (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Failure records `/errors` keeps unless configured otherwise.
+pub const DEFAULT_RECENT_ERRORS: usize = 1000;
+
+/// What the HTTP layer needs to know about the loaded plugins.
+///
+/// The plugins folder implements it; anything else that loads plugins can too. Calls are
+/// made on request paths, so they should be cheap and must not block.
+pub trait PluginCatalog: Send + Sync + 'static {
+    /// Every plugin currently serving, one entry per plugin name.
+    fn plugins(&self) -> Vec<PluginView>;
+
+    /// The plugin named `name`, if it is serving. Override it when a lookup is cheaper
+    /// than listing everything.
+    fn plugin(&self, name: &str) -> Option<PluginView> {
+        self.plugins().into_iter().find(|plugin| plugin.name == name)
+    }
+
+    /// Successful reloads of changed plugin files since startup.
+    fn reloads(&self) -> u64;
+
+    /// Plugin files that failed to load (compile, validate or subscribe) since startup.
+    fn load_failures(&self) -> u64;
+}
+
+/// One loaded plugin as `GET /plugins` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginView {
+    /// The plugin's name; also the name of its subscription, which joins it to the bus's
+    /// counters.
+    pub name: String,
+    /// The version the author gave.
+    pub version: String,
+    /// Content hash of the component, which changes with every rebuild.
+    pub hash: String,
+    /// The `.wasm` file it was loaded from.
+    pub file: PathBuf,
+    /// The patterns it is subscribed to.
+    pub subscriptions: Vec<String>,
+    /// The interfaces the component imports.
+    pub imports: Vec<String>,
+    /// Per-invocation budgets, shown as `{"fuel", "timeout_ms", "memory_bytes"}`.
+    #[serde(serialize_with = "serialize_limits")]
+    pub limits: Limits,
+    /// Its own limit on concurrent invocations, if it sets one.
+    pub concurrency: Option<usize>,
+    /// When the current version was loaded.
+    pub loaded_at: DateTime<Utc>,
+    /// How often this plugin's file was reloaded.
+    pub reloads: u64,
+    /// Fuel burned by all its invocations so far.
+    pub fuel_consumed: u64,
+}
+
+/// `Limits` serializes its timeout as serde's `{secs, nanos}`; operators read milliseconds.
+fn serialize_limits<S: Serializer>(limits: &Limits, serializer: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct LimitsJson {
+        fuel: u64,
+        timeout_ms: u64,
+        memory_bytes: usize,
+    }
+    LimitsJson {
+        fuel: limits.fuel,
+        timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+        memory_bytes: limits.memory_bytes,
+    }
+    .serialize(serializer)
+}
+
+/// Everything the HTTP handlers share.
+///
+/// Build it with [`AppState::new`] and adjust the public fields before wrapping it in an
+/// `Arc`; flip [`ready`](Self::ready) and [`accepting`](Self::accepting) at any time.
+pub struct AppState {
+    /// The bus `POST /events` publishes to and whose counters `/metrics` and `/plugins`
+    /// report.
+    pub bus: AsyncEventBus,
+    /// The plugins' key-value stores, read by `GET /plugins/{name}/kv/{key}`.
+    pub kv: Arc<dyn KeyValueStore>,
+    /// The loaded plugins.
+    pub plugins: Arc<dyn PluginCatalog>,
+    /// Recent failures for `GET /errors`; feed it with [`RecentErrors::spawn_consumer`].
+    pub errors: Arc<RecentErrors>,
+    /// `GET /readyz` answers `200` once this is true (set it when the plugins are loaded).
+    /// Starts false.
+    pub ready: AtomicBool,
+    /// While false, `POST /events` answers `503` and `/readyz` reports shutting down. Starts
+    /// true; clear it first thing on shutdown.
+    pub accepting: AtomicBool,
+    /// Largest request body accepted, in bytes; larger ones get `413`. Read once, by
+    /// [`router`].
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// State with the defaults: not ready yet, accepting, a 1 MiB body limit and the last
+    /// [`DEFAULT_RECENT_ERRORS`] failures kept for `/errors`.
+    pub fn new(bus: AsyncEventBus, kv: Arc<dyn KeyValueStore>, plugins: Arc<dyn PluginCatalog>) -> Self {
+        Self {
+            bus,
+            kv,
+            plugins,
+            errors: Arc::new(RecentErrors::new(DEFAULT_RECENT_ERRORS)),
+            ready: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// Marks the host ready (or not) for `GET /readyz`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Opens or closes intake: while closed, `POST /events` answers `503`.
+    pub fn set_accepting(&self, accepting: bool) {
+        self.accepting.store(accepting, Ordering::SeqCst);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("bus", &self.bus)
+            .field("kv", &self.kv)
+            .field("errors", &self.errors)
+            .field("ready", &self.ready)
+            .field("accepting", &self.accepting)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP API over `state`; serve it with `axum::serve`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.max_body_bytes;
+    Router::new()
+        .route("/events", post(events::publish))
+        .route("/healthz", get(inspect::healthz))
+        .route("/readyz", get(inspect::readyz))
+        .route("/metrics", get(inspect::metrics))
+        .route("/plugins", get(inspect::plugins))
+        .route("/errors", get(inspect::errors))
+        // A catch-all, so keys may contain `/` as well as `:`.
+        .route("/plugins/{name}/kv/{*key}", get(inspect::kv_value))
+        .fallback(inspect::not_found)
+        .method_not_allowed_fallback(inspect::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,57 @@
+//! The `evhost` binary: parses the command line and calls the library.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use evhost::cli::{self, Cli, Command, PluginsCommand};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => match args.config() {
+            Ok(config) => {
+                cli::init_logging(config.log_format);
+                evhost::server::run(config, shutdown_signal()).await
+            }
+            Err(e) => Err(e.into()),
+        },
+        Command::Publish(args) => cli::publish(args).await,
+        Command::Plugins(PluginsCommand::List { url }) => cli::list_plugins(&url).await,
+        Command::Plugins(PluginsCommand::Check { file }) => cli::check_plugin(&file).await,
+        Command::Plugins(PluginsCommand::Kv { plugin, key, url }) => cli::read_kv(&url, &plugin, &key).await,
+        Command::New(args) => cli::new_plugin(&args).map(|dir| {
+            println!("created {}", dir.display());
+            println!(
+                "build it with: cd {} && cargo build --release --target wasm32-wasip2",
+                dir.display()
+            );
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits the process at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting without waiting for in-flight events");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

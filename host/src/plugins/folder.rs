@@ -1,0 +1,774 @@
+//! The watched plugins folder: loads every `NAME.wasm`, and keeps the bus in step with the
+//! folder as files are added, replaced and removed.
+//!
+//! Each plugin is one bus subscription whose handler is a [`Slot`]. A reload compiles
+//! the new version first (on a blocking thread, while the old one keeps serving) and then
+//! swaps it into the slot; only when the subscription itself must change (other
+//! patterns, concurrency limit, timeout or name) is it replaced, in one step, by
+//! [`AsyncEventBus::replace_subscription`]. A file that cannot be loaded is reported and
+//! leaves whatever was serving in place.
+//!
+//! Loads are serialized: two quick changes of one file are applied in order, never
+//! overtaking one another.
+//!
+//! Half-written files: changes are applied once the folder has been quiet for the
+//! debounce period; a file (component or manifest) is then read only when it has not
+//! been modified for [`SETTLE`] and its length and modification time are the same
+//! before and after the read, and an empty component is ignored until something is
+//! written to it. A writer that pauses longer than that mid-file can still be caught
+//! half-way: a truncated component fails to compile and is reported, and the write that
+//! completes it brings another event, which loads it. The same failure is reported once,
+//! however many events or rescans see it. Writing to a temporary name and renaming it
+//! over `NAME.wasm` or `NAME.toml` avoids the question altogether.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, DebouncedEvent, Debouncer, RecommendedCache};
+use serde::Serialize;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::slot::Slot;
+use super::{Manifest, ManifestError};
+use crate::bus::{AsyncEventBus, EventBus, EventHandler, SubscriptionId};
+use crate::monitor::{FailureKind, FailureRecord};
+use crate::runtime::{Limits, Plugin, Runtime, content_hash};
+use crate::store::KeyValueStore;
+
+/// How long a file must have gone unmodified before it is read, so that a writer that
+/// pauses mid-file (a slow copy, a download) is not caught half-way.
+const SETTLE: Duration = Duration::from_millis(50);
+/// How long to wait for a file that keeps changing before reading it anyway.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+/// Debounced batches of file events waiting for the reloading task.
+const WATCH_QUEUE: usize = 64;
+
+/// What the folder reports about one loaded plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    /// The name the plugin gives itself.
+    pub name: String,
+    /// The version the author gave.
+    pub version: String,
+    /// The content hash of the component being served (first 16 hex digits of SHA-256).
+    pub hash: String,
+    /// The `.wasm` file it was loaded from.
+    pub file: PathBuf,
+    /// The patterns it is subscribed to.
+    pub subscriptions: Vec<String>,
+    /// The interfaces the component imports.
+    pub imports: Vec<String>,
+    /// Per-invocation budgets.
+    pub limits: Limits,
+    /// Its own concurrency limit, if it has one.
+    pub concurrency: Option<usize>,
+    /// When the version being served was loaded.
+    pub loaded_at: DateTime<Utc>,
+    /// Times the file (or its manifest) was reloaded since it was first loaded.
+    pub reloads: u64,
+    /// Fuel burned by all its invocations, across versions.
+    pub fuel_consumed: u64,
+}
+
+/// Where the folder is and how plugins in it are run.
+#[derive(Debug, Clone)]
+pub struct PluginFolderOptions {
+    /// The folder of `NAME.wasm` files (each with an optional `NAME.toml` manifest).
+    pub dir: PathBuf,
+    /// Host-wide manifest settings; each plugin's own manifest is laid over them.
+    pub defaults: Manifest,
+    /// How long the folder must be quiet before changes are applied (100 ms by default):
+    /// a file being copied in produces a burst of events, and the reload waits for it
+    /// to end.
+    pub debounce: Duration,
+}
+
+impl Default for PluginFolderOptions {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("plugins"),
+            defaults: Manifest::default(),
+            debounce: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A folder of plugins kept loaded and subscribed on a bus; see the module documentation.
+pub struct PluginFolder {
+    options: PluginFolderOptions,
+    runtime: Arc<Runtime>,
+    bus: AsyncEventBus,
+    kv: Arc<dyn KeyValueStore>,
+    /// Held for the whole of a (re)load: one file at a time, in the order of the changes.
+    loading: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+    reloads: AtomicU64,
+    load_failures: AtomicU64,
+}
+
+impl std::fmt::Debug for PluginFolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginFolder")
+            .field("dir", &self.options.dir)
+            .field("plugins", &self.lock_state().entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Loaded plugins by file stem (`NAME` of `NAME.wasm`).
+    entries: BTreeMap<String, Entry>,
+    /// The file stem each plugin name is loaded from.
+    names: HashMap<String, String>,
+    /// Files refused because another file serves their plugin name (stem → name): they
+    /// are tried again when that name becomes free.
+    waiting_for_name: BTreeMap<String, String>,
+    /// The last failure reported per file stem, so that one is reported once.
+    reported: HashMap<String, String>,
+}
+
+/// One loaded file.
+struct Entry {
+    plugin: Arc<Plugin>,
+    /// The effective manifest (own over defaults) it was loaded with.
+    manifest: Manifest,
+    slot: Arc<Slot>,
+    subscription: SubscriptionId,
+    file: PathBuf,
+    loaded_at: DateTime<Utc>,
+    reloads: u64,
+    /// Replaced versions that may still be finishing invocations; their fuel moves to
+    /// `retired_fuel` once nothing else holds them.
+    retired: Vec<Arc<Plugin>>,
+    retired_fuel: u64,
+}
+
+impl Entry {
+    /// Keeps a replaced version until its last invocation is done, for its fuel. Versions
+    /// already done are let go of here too, so their compiled code does not pile up.
+    fn retire(&mut self, plugin: Arc<Plugin>) {
+        self.fuel_consumed();
+        self.retired.push(plugin);
+    }
+
+    fn fuel_consumed(&mut self) -> u64 {
+        let (finished, running): (Vec<_>, Vec<_>) = self
+            .retired
+            .drain(..)
+            .partition(|plugin| Arc::strong_count(plugin) == 1);
+        self.retired = running;
+        self.retired_fuel += finished.iter().map(|p| p.fuel_consumed()).sum::<u64>();
+        let running: u64 = self.retired.iter().map(|p| p.fuel_consumed()).sum();
+        self.retired_fuel + running + self.plugin.fuel_consumed()
+    }
+
+    fn status(&mut self) -> PluginStatus {
+        let fuel_consumed = self.fuel_consumed();
+        let info = self.plugin.info();
+        PluginStatus {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            hash: info.hash.clone(),
+            file: self.file.clone(),
+            subscriptions: info.subscriptions.clone(),
+            imports: info.imports.clone(),
+            limits: self.plugin.limits(),
+            concurrency: self.plugin.concurrency(),
+            loaded_at: self.loaded_at,
+            reloads: self.reloads,
+            fuel_consumed,
+        }
+    }
+}
+
+/// Whether `new` can be served by the subscription `old` has.
+fn same_subscription(old: &Plugin, new: &Plugin) -> bool {
+    let (a, b) = (old.subscribe_options(), new.subscribe_options());
+    old.info().subscriptions == new.info().subscriptions
+        && (a.name, a.concurrency, a.timeout) == (b.name, b.concurrency, b.timeout)
+}
+
+/// What reading and compiling a file produced.
+enum Prepared {
+    Gone,
+    Empty,
+    /// Same bytes and manifest as the version being served.
+    Unchanged,
+    Compiled {
+        plugin: Arc<Plugin>,
+        manifest: Manifest,
+    },
+}
+
+impl PluginFolder {
+    /// Loads every `NAME.wasm` in the folder (a `NAME.toml` beside it is its manifest,
+    /// laid over the defaults) and subscribes it to `bus`. A file that fails to load is
+    /// logged, reported to the bus's monitor as a
+    /// [`PluginLoad`](FailureKind::PluginLoad) failure and skipped. Of two files declaring
+    /// the same plugin name, the first in name order is loaded.
+    ///
+    /// # Errors
+    /// When the folder itself cannot be read, or `options.defaults` is invalid (see
+    /// [`Manifest::validate`]); never because of a plugin file.
+    pub async fn open(
+        options: PluginFolderOptions,
+        runtime: Arc<Runtime>,
+        bus: AsyncEventBus,
+        kv: Arc<dyn KeyValueStore>,
+    ) -> anyhow::Result<Arc<Self>> {
+        options
+            .defaults
+            .validate()
+            .context("the default plugin settings are invalid")?;
+        let folder = Arc::new(Self {
+            options,
+            runtime,
+            bus,
+            kv,
+            loading: tokio::sync::Mutex::new(()),
+            state: Mutex::default(),
+            reloads: AtomicU64::new(0),
+            load_failures: AtomicU64::new(0),
+        });
+        let loading = folder.loading.lock().await;
+        let stems = folder.list().await?;
+        let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // Compile in parallel (each compile is a blocking task), install in name order so
+        // that which of two same-named files wins does not depend on timing.
+        // Owned values in the stream keep this future `Send` (borrowed ones trip the
+        // compiler's higher-ranked lifetime check when the future is spawned).
+        let prepared: Vec<_> = futures::stream::iter(stems.clone())
+            .map(|stem| {
+                let folder = Arc::clone(&folder);
+                async move {
+                    let result = folder.prepare(&stem).await;
+                    (stem, result)
+                }
+            })
+            .buffered(parallelism)
+            .collect()
+            .await;
+        for (stem, result) in prepared {
+            if let Err(error) = result.and_then(|prepared| folder.apply(&stem, prepared, true).map(drop)) {
+                folder.reject(&stem, &error);
+            }
+        }
+        let state = folder.lock_state();
+        tracing::info!(
+            dir = %folder.options.dir.display(),
+            loaded = state.entries.len(),
+            failed = folder.load_failures(),
+            "plugins folder opened"
+        );
+        drop(state);
+        drop(loading);
+        Ok(folder)
+    }
+
+    /// Starts applying changes to the folder as they happen (watched with `notify`,
+    /// debounced by [`PluginFolderOptions::debounce`]), after a rescan that catches what
+    /// changed since [`PluginFolder::open`]. Watching stops when the guard is dropped.
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// When the OS refuses to watch the folder.
+    pub fn watch(self: &Arc<Self>) -> anyhow::Result<WatchGuard> {
+        let dir = &self.options.dir;
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<DebounceEventResult>(WATCH_QUEUE);
+        // The debouncer calls this on its own thread, where blocking is fine (and makes a
+        // burst of changes wait rather than be dropped).
+        let mut debouncer = notify_debouncer_full::new_debouncer(self.options.debounce, None, move |batch| {
+            let _ = sender.blocking_send(batch);
+        })
+        .context("starting the plugins folder watcher")?;
+        debouncer
+            .watch(dir, RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", dir.display()))?;
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let folder = Arc::clone(self);
+        tokio::spawn(async move {
+            folder.rescan().await;
+            loop {
+                let batch = tokio::select! {
+                    () = stop.cancelled() => break,
+                    batch = receiver.recv() => match batch {
+                        Some(batch) => batch,
+                        None => break,
+                    },
+                };
+                folder.apply_batch(batch).await;
+            }
+            tracing::debug!(dir = %folder.options.dir.display(), "stopped watching the plugins folder");
+        });
+        tracing::info!(dir = %dir.display(), "watching the plugins folder");
+        Ok(WatchGuard {
+            _debouncer: debouncer,
+            _stop: cancel.drop_guard(),
+        })
+    }
+
+    /// Every loaded plugin, sorted by name.
+    pub fn statuses(&self) -> Vec<PluginStatus> {
+        let mut statuses: Vec<_> = self
+            .lock_state()
+            .entries
+            .values_mut()
+            .map(Entry::status)
+            .collect();
+        statuses.sort_by(|a, b| a.name.cmp(&b.name));
+        statuses
+    }
+
+    /// The plugin called `name`, if loaded.
+    pub fn status(&self, name: &str) -> Option<PluginStatus> {
+        let mut state = self.lock_state();
+        let stem = state.names.get(name)?.clone();
+        state.entries.get_mut(&stem).map(Entry::status)
+    }
+
+    /// Successful loads after the initial ones: replaced versions and new files.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Load failures reported since the folder was opened. A file that keeps failing the
+    /// same way (seen again by another event or a rescan) counts once.
+    pub fn load_failures(&self) -> u64 {
+        self.load_failures.load(Ordering::Relaxed)
+    }
+
+    /// Brings one plugin in line with the folder — what the watcher does on a change:
+    /// (re)loads `NAME.wasm` if it exists (unless neither it nor its manifest changed),
+    /// unsubscribes the plugin if it is gone. Only the file stem of `wasm_path` matters,
+    /// so the path of the plugin's `NAME.toml` works too.
+    ///
+    /// # Errors
+    /// When the file could not be loaded; this is already logged and reported to the
+    /// monitor, and the version loaded before (if any) keeps serving.
+    pub async fn sync_file(&self, wasm_path: &Path) -> anyhow::Result<()> {
+        let stem = plugin_stem(wasm_path)
+            .with_context(|| format!("{} does not name a plugin file", wasm_path.display()))?;
+        let _loading = self.loading.lock().await;
+        self.sync_stem(&stem).await
+    }
+
+    /// [`PluginFolder::sync_file`] with the loading lock held, then the same for files
+    /// waiting for a plugin name this freed.
+    async fn sync_stem(&self, stem: &str) -> anyhow::Result<()> {
+        let mut waiting = self.sync_one(stem).await?;
+        while let Some(stem) = waiting.pop() {
+            // Their failures are reported, and are theirs rather than this call's.
+            if let Ok(more) = self.sync_one(&stem).await {
+                waiting.extend(more);
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepares and applies one file, reporting a failure. Returns the files waiting for
+    /// a plugin name this freed.
+    async fn sync_one(&self, stem: &str) -> anyhow::Result<Vec<String>> {
+        let outcome = match self.prepare(stem).await {
+            Ok(prepared) => self.apply(stem, prepared, false),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &outcome {
+            self.reject(stem, error);
+        }
+        outcome
+    }
+
+    /// Reads the plugin's files and compiles its component, unless nothing changed.
+    async fn prepare(&self, stem: &str) -> anyhow::Result<Prepared> {
+        let file = self.wasm_path(stem);
+        let bytes = match read_settled(&file)
+            .await
+            .with_context(|| format!("reading {}", file.display()))?
+        {
+            None => return Ok(Prepared::Gone),
+            Some(bytes) if bytes.is_empty() => return Ok(Prepared::Empty),
+            Some(bytes) => bytes,
+        };
+        let load = async {
+            let manifest = self.manifest(stem).await?;
+            let hash = content_hash(&bytes);
+            let unchanged = self
+                .lock_state()
+                .entries
+                .get(stem)
+                .is_some_and(|entry| entry.plugin.info().hash == hash && entry.manifest == manifest);
+            if unchanged {
+                return Ok::<_, anyhow::Error>(Prepared::Unchanged);
+            }
+            let plugin = self
+                .runtime
+                .load(
+                    bytes,
+                    manifest.plugin_options(),
+                    Arc::clone(&self.kv),
+                    self.bus.sink(),
+                )
+                .await?;
+            Ok(Prepared::Compiled { plugin, manifest })
+        };
+        load.await.with_context(|| format!("loading {}", file.display()))
+    }
+
+    /// The plugin's effective manifest: its `NAME.toml`, if any, over the defaults.
+    async fn manifest(&self, stem: &str) -> anyhow::Result<Manifest> {
+        let path = self.options.dir.join(format!("{stem}.toml"));
+        // Settled like the component: a manifest caught between being truncated and
+        // written would otherwise pass for an empty one, i.e. the defaults.
+        let own = match read_settled(&path).await {
+            Ok(Some(bytes)) => {
+                let text = String::from_utf8(bytes).map_err(|e| ManifestError::Parse {
+                    path: path.clone(),
+                    message: format!("not UTF-8 text: {e}"),
+                })?;
+                Manifest::parse(&text, &path)?
+            }
+            Ok(None) => Manifest::default(),
+            Err(source) => return Err(ManifestError::Io { path, source }.into()),
+        };
+        Ok(own.over(&self.options.defaults))
+    }
+
+    /// Puts what [`PluginFolder::prepare`] produced into service. Returns the files
+    /// waiting for a plugin name this freed.
+    fn apply(&self, stem: &str, prepared: Prepared, initial: bool) -> anyhow::Result<Vec<String>> {
+        match prepared {
+            Prepared::Gone => Ok(self.unload(stem)),
+            Prepared::Empty => {
+                tracing::debug!(file = %self.wasm_path(stem).display(), "ignoring an empty file (still being written?)");
+                Ok(Vec::new())
+            }
+            Prepared::Unchanged => {
+                tracing::debug!(file = %self.wasm_path(stem).display(), "plugin unchanged, not reloaded");
+                // Back to the version being served: a failure seen in between is over.
+                self.lock_state().reported.remove(stem);
+                Ok(Vec::new())
+            }
+            Prepared::Compiled { plugin, manifest } => self.install(stem, plugin, manifest, initial),
+        }
+    }
+
+    /// Subscribes a newly compiled plugin, or swaps it in for the version its file served.
+    fn install(
+        &self,
+        stem: &str,
+        plugin: Arc<Plugin>,
+        manifest: Manifest,
+        initial: bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let file = self.wasm_path(stem);
+        let name = plugin.info().name.clone();
+        let mut state = self.lock_state();
+        let state = &mut *state;
+        if let Some(owner) = state.names.get(&name)
+            && owner != stem
+        {
+            state.waiting_for_name.insert(stem.to_owned(), name.clone());
+            bail!(
+                "loading {}: the plugin name `{name}` is already served by {}; a name can be loaded from \
+                 one file only (remove one of them, or rename the plugin in its metadata)",
+                file.display(),
+                self.wasm_path(owner).display(),
+            );
+        }
+        state.waiting_for_name.remove(stem);
+        state.reported.remove(stem);
+        let handler = Arc::clone(&plugin) as Arc<dyn EventHandler>;
+        let patterns = plugin.info().subscriptions.clone();
+        let now = Utc::now();
+        let mut freed = Vec::new();
+        match state.entries.get_mut(stem) {
+            Some(entry) if same_subscription(&entry.plugin, &plugin) => {
+                entry.slot.swap(handler);
+                let old = std::mem::replace(&mut entry.plugin, Arc::clone(&plugin));
+                tracing::info!(plugin = %name, file = %file.display(), from = %old.info().hash, to = %plugin.info().hash, "plugin reloaded");
+                entry.retire(old);
+                entry.manifest = manifest;
+                entry.loaded_at = now;
+                entry.reloads += 1;
+            }
+            Some(entry) => {
+                let slot = Slot::new(&name, handler);
+                let subscription = self
+                    .bus
+                    .replace_subscription(
+                        entry.subscription,
+                        &patterns,
+                        Arc::clone(&slot) as Arc<dyn EventHandler>,
+                        plugin.subscribe_options(),
+                    )
+                    .with_context(|| format!("loading {}: subscribing it", file.display()))?;
+                let old = std::mem::replace(&mut entry.plugin, Arc::clone(&plugin));
+                tracing::info!(
+                    plugin = %name, file = %file.display(), from = %old.info().hash, to = %plugin.info().hash,
+                    subscriptions = ?patterns, "plugin reloaded with a new subscription"
+                );
+                let old_name = old.info().name.clone();
+                if old_name != name {
+                    state.names.remove(&old_name);
+                    state.names.insert(name.clone(), stem.to_owned());
+                    freed = waiting_for(&state.waiting_for_name, &old_name);
+                }
+                entry.retire(old);
+                entry.slot = slot;
+                entry.subscription = subscription;
+                entry.manifest = manifest;
+                entry.loaded_at = now;
+                entry.reloads += 1;
+            }
+            None => {
+                let slot = Slot::new(&name, handler);
+                let subscription = self
+                    .bus
+                    .subscribe_any(
+                        &patterns,
+                        Arc::clone(&slot) as Arc<dyn EventHandler>,
+                        plugin.subscribe_options(),
+                    )
+                    .with_context(|| format!("loading {}: subscribing it", file.display()))?;
+                tracing::info!(
+                    plugin = %name, file = %file.display(), hash = %plugin.info().hash,
+                    subscriptions = ?patterns, "plugin loaded"
+                );
+                state.names.insert(name, stem.to_owned());
+                state.entries.insert(
+                    stem.to_owned(),
+                    Entry {
+                        plugin,
+                        manifest,
+                        slot,
+                        subscription,
+                        file,
+                        loaded_at: now,
+                        reloads: 0,
+                        retired: Vec::new(),
+                        retired_fuel: 0,
+                    },
+                );
+            }
+        }
+        if !initial {
+            self.reloads.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(freed)
+    }
+
+    /// Unsubscribes the plugin of a removed file. Returns the files waiting for its name.
+    fn unload(&self, stem: &str) -> Vec<String> {
+        let mut state = self.lock_state();
+        state.waiting_for_name.remove(stem);
+        state.reported.remove(stem);
+        let Some(entry) = state.entries.remove(stem) else {
+            return Vec::new();
+        };
+        let name = entry.plugin.info().name.clone();
+        state.names.remove(&name);
+        // Events already queued for it are still handled; none are routed to it from now.
+        if let Err(error) = self.bus.unsubscribe(entry.subscription) {
+            tracing::warn!(plugin = %name, "unsubscribing a removed plugin: {error}");
+        }
+        tracing::info!(plugin = %name, file = %entry.file.display(), "plugin unloaded: its file was removed");
+        waiting_for(&state.waiting_for_name, &name)
+    }
+
+    /// Logs a file that could not be loaded and reports it to the monitor — once: the
+    /// same failure again (the same file still broken, seen by another event or a
+    /// rescan) is only logged at debug level.
+    fn reject(&self, stem: &str, error: &anyhow::Error) {
+        let file = self.wasm_path(stem);
+        let message = {
+            let mut state = self.lock_state();
+            let message = match state.entries.get(stem) {
+                Some(entry) => format!("{error:#} (version {} keeps serving)", entry.plugin.info().hash),
+                None => format!("{error:#}"),
+            };
+            if state.reported.get(stem) == Some(&message) {
+                tracing::debug!(file = %file.display(), "plugin still rejected: {message}");
+                return;
+            }
+            state.reported.insert(stem.to_owned(), message.clone());
+            message
+        };
+        self.load_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(file = %file.display(), "plugin rejected: {message}");
+        self.bus.monitor().report(FailureRecord {
+            subscription: format!("{stem}.wasm"),
+            handler_version: None,
+            event_id: String::new(),
+            event_type: String::new(),
+            attempt: 1,
+            kind: FailureKind::PluginLoad,
+            message,
+            time: Utc::now(),
+        });
+    }
+
+    /// Applies one debounced batch of file events.
+    async fn apply_batch(&self, batch: DebounceEventResult) {
+        let events = match batch {
+            Ok(events) => events,
+            Err(errors) => {
+                for error in errors {
+                    tracing::warn!(dir = %self.options.dir.display(), "watching the plugins folder: {error}");
+                }
+                // Events may have been lost with the errors.
+                return self.rescan().await;
+            }
+        };
+        if events.iter().any(|event| event.need_rescan()) {
+            return self.rescan().await;
+        }
+        for stem in changed_stems(&events) {
+            // A failure is already reported; the other files still get their turn.
+            let _ = self.sync_file(&self.wasm_path(&stem)).await;
+        }
+    }
+
+    /// Syncs every file in the folder and every plugin loaded or waiting.
+    async fn rescan(&self) {
+        let mut stems: BTreeSet<String> = match self.list().await {
+            Ok(stems) => stems.into_iter().collect(),
+            Err(error) => {
+                tracing::error!("rescanning the plugins folder: {error:#}");
+                return;
+            }
+        };
+        {
+            let state = self.lock_state();
+            stems.extend(state.entries.keys().cloned());
+            stems.extend(state.waiting_for_name.keys().cloned());
+        }
+        for stem in stems {
+            let _ = self.sync_file(&self.wasm_path(&stem)).await;
+        }
+    }
+
+    /// The stems of the `.wasm` files in the folder, sorted.
+    async fn list(&self) -> anyhow::Result<Vec<String>> {
+        let dir = &self.options.dir;
+        let context = || format!("reading the plugins folder {}", dir.display());
+        let mut entries = tokio::fs::read_dir(dir).await.with_context(context)?;
+        let mut stems = Vec::new();
+        while let Some(entry) = entries.next_entry().await.with_context(context)? {
+            let path = entry.path();
+            if path.extension().is_some_and(|ext| ext == "wasm")
+                && let Some(stem) = plugin_stem(&path)
+            {
+                stems.push(stem);
+            }
+        }
+        stems.sort();
+        Ok(stems)
+    }
+
+    fn wasm_path(&self, stem: &str) -> PathBuf {
+        self.options.dir.join(format!("{stem}.wasm"))
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Stops watching the folder when dropped; see [`PluginFolder::watch`]. A reload already
+/// under way is finished first.
+pub struct WatchGuard {
+    _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+    _stop: DropGuard,
+}
+
+impl std::fmt::Debug for WatchGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchGuard").finish_non_exhaustive()
+    }
+}
+
+/// The stems of the plugin files (`.wasm` or `.toml`) a batch of events touched. Our own
+/// reads show up as open/close events; only a close after writing counts.
+fn changed_stems(events: &[DebouncedEvent]) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter(|event| match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        })
+        .flat_map(|event| event.paths.iter())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm" || ext == "toml"))
+        .filter_map(|path| plugin_stem(path))
+        .collect()
+}
+
+/// `NAME` of `dir/NAME.wasm`.
+fn plugin_stem(path: &Path) -> Option<String> {
+    let stem = path.file_stem()?.to_str()?;
+    (!stem.is_empty() && !stem.starts_with('.')).then(|| stem.to_owned())
+}
+
+fn waiting_for(waiting: &BTreeMap<String, String>, name: &str) -> Vec<String> {
+    waiting
+        .iter()
+        .filter(|(_, wanted)| *wanted == name)
+        .map(|(stem, _)| stem.clone())
+        .collect()
+}
+
+/// Reads a file once it has stopped changing: not modified for [`SETTLE`], and the same
+/// length and modification time before and after the read. A file that keeps changing
+/// is read anyway after [`SETTLE_LIMIT`] (and most likely refused as truncated; the next
+/// change event loads it). `None` if there is no such file.
+async fn read_settled(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let started = Instant::now();
+    loop {
+        let Some(before) = metadata(path).await? else {
+            return Ok(None);
+        };
+        let patient = started.elapsed() < SETTLE_LIMIT;
+        // A modification time in the future (clock skew) counts as settled.
+        let age = before.modified()?.elapsed().unwrap_or(SETTLE);
+        if age < SETTLE && patient {
+            tokio::time::sleep(SETTLE - age).await;
+            continue;
+        }
+        if before.len() == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let bytes = match tokio::fs::read(path).await {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let Some(after) = metadata(path).await? else {
+            return Ok(None);
+        };
+        let settled = bytes.len() as u64 == before.len()
+            && after.len() == before.len()
+            && after.modified()? == before.modified()?;
+        if settled || !patient {
+            return Ok(Some(bytes));
+        }
+        tokio::time::sleep(SETTLE).await;
+    }
+}
+
+async fn metadata(path: &Path) -> std::io::Result<Option<std::fs::Metadata>> {
+    match tokio::fs::metadata(path).await {
+        Ok(metadata) => Ok(Some(metadata)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}

@@ -1,0 +1,645 @@
+//! Plugin manifests: the `NAME.toml` beside a `NAME.wasm`, and the host-wide defaults (the
+//! `[plugins]` table of `evhost.toml`), which share one schema.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bus::{BusError, Pattern};
+use crate::runtime::{Limits, PluginOptions};
+
+/// How one plugin is run: limits, a subscription override, `wasi:config` values and the
+/// retry policy. Every setting is optional; unset ones come from the host-wide defaults
+/// ([`Manifest::over`]) and then from [`Limits::default`] and [`RetryPolicy::default`].
+///
+/// ```
+/// use std::path::Path;
+/// use evhost::plugins::Manifest;
+///
+/// let manifest = Manifest::parse(
+///     r#"
+///     subscriptions = ["UserCreated", "UserDeleted"]
+///
+///     [limits]
+///     timeout_ms = 2000
+///     memory_mb = 32
+///     concurrency = 4
+///
+///     [config]
+///     greeting = "hello"
+///
+///     [retry]
+///     max_attempts = 3
+///     "#,
+///     Path::new("plugins/greeter.toml"),
+/// )?;
+/// assert_eq!(manifest.plugin_options().limits.memory_bytes, 32 << 20);
+/// assert_eq!(manifest.retry.policy().max_attempts, 3);
+/// # Ok::<(), evhost::plugins::ManifestError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Per-invocation budgets and the concurrency limit.
+    #[serde(default)]
+    pub limits: LimitSettings,
+    /// Patterns to subscribe to instead of those the plugin declares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<Vec<String>>,
+    /// Values the plugin reads through `wasi:config/store`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// How failed deliveries are retried.
+    #[serde(default)]
+    pub retry: RetrySettings,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Fuel per invocation (roughly, Wasm instructions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Wall-clock time per invocation, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Linear memory per instance, in MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// Most invocations of the plugin running at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+}
+
+/// The `[retry]` table; [`RetrySettings::policy`] fills in the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Deliveries before an event goes to the dead-letter queue (the first one included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Delay before the first retry, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_backoff_ms: Option<u64>,
+    /// Longest delay between two attempts, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_backoff_ms: Option<u64>,
+    /// Factor the delay grows by after each failed attempt (at least 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+    /// Random spread of each delay, as a fraction of it (0 to 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<f64>,
+}
+
+/// A complete retry policy: exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RetryPolicy {
+    /// Deliveries before an event goes to the dead-letter queue (the first one included).
+    pub max_attempts: u32,
+    /// Delay before the first retry.
+    pub initial_backoff: Duration,
+    /// Longest delay between two attempts.
+    pub max_backoff: Duration,
+    /// Factor the delay grows by after each failed attempt.
+    pub multiplier: f64,
+    /// Random spread of each delay, as a fraction of it.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    /// 5 attempts, 100 ms doubling up to 30 s, ±20 % jitter.
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// How long to wait after attempt `failed_attempt` (1 for the first delivery) failed.
+    /// `random` is a uniform sample from `0.0..1.0`: the delay is spread by up to ±jitter
+    /// around the exponential value so that events that failed together do not retry in
+    /// lockstep. Never more than `max_backoff`.
+    pub fn backoff(&self, failed_attempt: u32, random: f64) -> Duration {
+        let exponent = i32::try_from(failed_attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let max = self.max_backoff.as_secs_f64();
+        let base = (self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent)).min(max);
+        let spread = 1.0 + self.jitter * (2.0 * random.clamp(0.0, 1.0) - 1.0);
+        Duration::from_secs_f64((base * spread).clamp(0.0, max))
+    }
+}
+
+impl RetrySettings {
+    /// The policy these settings describe, with defaults (see [`RetryPolicy::default`])
+    /// for what is unset.
+    pub fn policy(&self) -> RetryPolicy {
+        let defaults = RetryPolicy::default();
+        RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            initial_backoff: self
+                .initial_backoff_ms
+                .map_or(defaults.initial_backoff, Duration::from_millis),
+            max_backoff: self
+                .max_backoff_ms
+                .map_or(defaults.max_backoff, Duration::from_millis),
+            multiplier: self.multiplier.unwrap_or(defaults.multiplier),
+            jitter: self.jitter.unwrap_or(defaults.jitter),
+        }
+    }
+}
+
+/// Why a manifest was refused. Every variant names the file; the messages say which key
+/// is at fault and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("reading {}: {source}", .path.display())]
+    Io {
+        /// The manifest's path.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema (an unknown key, a wrong
+    /// type). The message names the key and the line and column.
+    #[error("{}: {message}", .path.display())]
+    Parse {
+        /// The manifest's path.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{}`{key}` {message}", file_prefix(.path))]
+    Invalid {
+        /// The manifest's path (empty for a manifest that was not read from a file).
+        path: PathBuf,
+        /// The key at fault, dotted (`limits.timeout_ms`).
+        key: String,
+        /// What was expected.
+        message: String,
+    },
+}
+
+fn file_prefix(path: &Path) -> String {
+    if path.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", path.display())
+    }
+}
+
+impl Manifest {
+    /// Reads and validates the manifest at `path`. Blocking: async callers read the file
+    /// themselves and call [`Manifest::parse`].
+    pub fn from_file(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates a manifest; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Manifest, ManifestError> {
+        let parse_error = |message| ManifestError::Parse {
+            path: origin.to_owned(),
+            message,
+        };
+        let document =
+            toml::Deserializer::parse(text).map_err(|e| parse_error(describe_toml_error(text, None, &e)))?;
+        // serde_path_to_error tracks the key being read, which toml's error does not expose.
+        let manifest: Manifest = serde_path_to_error::deserialize(document).map_err(|e| {
+            let key = e.path().to_string();
+            parse_error(describe_toml_error(text, Some(&key), e.inner()))
+        })?;
+        manifest.validate().map_err(|e| match e {
+            ManifestError::Invalid { key, message, .. } => ManifestError::Invalid {
+                path: origin.to_owned(),
+                key,
+                message,
+            },
+            other => other,
+        })?;
+        Ok(manifest)
+    }
+
+    /// This manifest with `defaults` filling what it leaves unset. `config` maps are
+    /// merged, this manifest's values winning.
+    pub fn over(&self, defaults: &Manifest) -> Manifest {
+        let mut config = defaults.config.clone();
+        config.extend(self.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let (own, base) = (&self.limits, &defaults.limits);
+        let (own_retry, base_retry) = (&self.retry, &defaults.retry);
+        Manifest {
+            limits: LimitSettings {
+                fuel: own.fuel.or(base.fuel),
+                timeout_ms: own.timeout_ms.or(base.timeout_ms),
+                memory_mb: own.memory_mb.or(base.memory_mb),
+                concurrency: own.concurrency.or(base.concurrency),
+            },
+            subscriptions: self
+                .subscriptions
+                .clone()
+                .or_else(|| defaults.subscriptions.clone()),
+            config,
+            retry: RetrySettings {
+                max_attempts: own_retry.max_attempts.or(base_retry.max_attempts),
+                initial_backoff_ms: own_retry.initial_backoff_ms.or(base_retry.initial_backoff_ms),
+                max_backoff_ms: own_retry.max_backoff_ms.or(base_retry.max_backoff_ms),
+                multiplier: own_retry.multiplier.or(base_retry.multiplier),
+                jitter: own_retry.jitter.or(base_retry.jitter),
+            },
+        }
+    }
+
+    /// Checks what the types cannot: positive limits, parseable patterns, a sane retry
+    /// policy. The error's `path` is empty; [`Manifest::parse`] fills it in.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |key: &str, message: String| ManifestError::Invalid {
+            path: PathBuf::new(),
+            key: key.to_owned(),
+            message,
+        };
+        let at_least_one = [
+            ("limits.fuel", self.limits.fuel),
+            ("limits.timeout_ms", self.limits.timeout_ms),
+            ("limits.memory_mb", self.limits.memory_mb),
+            ("limits.concurrency", self.limits.concurrency.map(|c| c as u64)),
+            ("retry.max_attempts", self.retry.max_attempts.map(u64::from)),
+        ];
+        for (key, value) in at_least_one {
+            if value == Some(0) {
+                return Err(invalid(key, "must be at least 1".to_owned()));
+            }
+        }
+        if let Some(mb) = self.limits.memory_mb
+            && mb
+                .checked_mul(1 << 20)
+                .and_then(|b| usize::try_from(b).ok())
+                .is_none()
+        {
+            return Err(invalid(
+                "limits.memory_mb",
+                format!("({mb} MiB) is more than this machine can address"),
+            ));
+        }
+        if let Some(patterns) = &self.subscriptions {
+            if patterns.is_empty() {
+                return Err(invalid(
+                    "subscriptions",
+                    "must list at least one pattern (remove the key to use the plugin's own)".to_owned(),
+                ));
+            }
+            for pattern in patterns {
+                Pattern::parse(pattern).map_err(|e| {
+                    let message = match e {
+                        BusError::InvalidPattern { pattern, reason } => {
+                            format!("has an invalid pattern {pattern:?}: {reason}")
+                        }
+                        other => other.to_string(),
+                    };
+                    invalid("subscriptions", message)
+                })?;
+            }
+        }
+        if self.config.keys().any(String::is_empty) {
+            return Err(invalid("config", "has an empty key".to_owned()));
+        }
+        if let Some(multiplier) = self.retry.multiplier
+            && !(multiplier.is_finite() && multiplier >= 1.0)
+        {
+            return Err(invalid(
+                "retry.multiplier",
+                format!("must be a number of at least 1.0, not {multiplier}"),
+            ));
+        }
+        if let Some(jitter) = self.retry.jitter
+            && !(0.0..=1.0).contains(&jitter)
+        {
+            return Err(invalid(
+                "retry.jitter",
+                format!("must be between 0.0 and 1.0, not {jitter}"),
+            ));
+        }
+        // Only when both are set here: the other may come from the defaults, and
+        // `RetryPolicy::backoff` caps at the maximum anyway.
+        if let (Some(initial), Some(max)) = (self.retry.initial_backoff_ms, self.retry.max_backoff_ms)
+            && initial > max
+        {
+            return Err(invalid(
+                "retry.initial_backoff_ms",
+                format!("({initial}) must not exceed retry.max_backoff_ms ({max})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The options [`Runtime::load`](crate::Runtime::load) takes, with
+    /// [`Limits::default`] for unset limits.
+    pub fn plugin_options(&self) -> PluginOptions {
+        let defaults = Limits::default();
+        PluginOptions {
+            limits: Limits {
+                fuel: self.limits.fuel.unwrap_or(defaults.fuel),
+                timeout: self
+                    .limits
+                    .timeout_ms
+                    .map_or(defaults.timeout, Duration::from_millis),
+                memory_bytes: self.limits.memory_mb.map_or(defaults.memory_bytes, |mb| {
+                    usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+                }),
+            },
+            config: self.config.clone(),
+            subscriptions: self.subscriptions.clone(),
+            concurrency: self.limits.concurrency,
+        }
+    }
+}
+
+/// One line: the key (when known), the position and toml's own message.
+fn describe_toml_error(text: &str, key: Option<&str>, error: &toml::de::Error) -> String {
+    let mut description = String::new();
+    if let Some(key) = key.filter(|k| !k.is_empty() && *k != ".") {
+        description.push_str(&format!("`{key}` "));
+    }
+    if let Some(span) = error.span() {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        description.push_str(&format!("at line {line}, column {column}"));
+    }
+    if !description.is_empty() {
+        description.push_str(": ");
+    }
+    description.push_str(error.message().trim_end());
+    description
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGIN: &str = "plugins/greeter.toml";
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new(ORIGIN))
+    }
+
+    #[test]
+    fn a_complete_manifest_is_read() {
+        let manifest = parse(
+            r#"
+            subscriptions = ["User*", "PaymentCreated"]
+
+            [limits]
+            fuel = 1_000_000
+            timeout_ms = 250
+            memory_mb = 16
+            concurrency = 3
+
+            [config]
+            greeting = "hi"
+
+            [retry]
+            max_attempts = 7
+            initial_backoff_ms = 50
+            max_backoff_ms = 1000
+            multiplier = 3.0
+            jitter = 0.5
+            "#,
+        )
+        .unwrap();
+        let options = manifest.plugin_options();
+        assert_eq!(
+            options.limits,
+            Limits {
+                fuel: 1_000_000,
+                timeout: Duration::from_millis(250),
+                memory_bytes: 16 << 20,
+            }
+        );
+        assert_eq!(options.concurrency, Some(3));
+        assert_eq!(
+            options.subscriptions.as_deref(),
+            Some(&["User*".to_owned(), "PaymentCreated".to_owned()][..])
+        );
+        assert_eq!(options.config["greeting"], "hi");
+        assert_eq!(
+            manifest.retry.policy(),
+            RetryPolicy {
+                max_attempts: 7,
+                initial_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(1),
+                multiplier: 3.0,
+                jitter: 0.5,
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_manifest_means_the_defaults() {
+        let manifest = parse("").unwrap();
+        assert_eq!(manifest, Manifest::default());
+        let options = manifest.plugin_options();
+        assert_eq!(options.limits, Limits::default());
+        assert_eq!(options.subscriptions, None);
+        assert_eq!(options.concurrency, None);
+        let policy = manifest.retry.policy();
+        assert_eq!(policy, RetryPolicy::default());
+        assert_eq!(
+            (policy.max_attempts, policy.initial_backoff, policy.max_backoff),
+            (5, Duration::from_millis(100), Duration::from_secs(30))
+        );
+        assert_eq!((policy.multiplier, policy.jitter), (2.0, 0.2));
+    }
+
+    /// Parses `text`, expecting a failure whose message names the file and `needles`.
+    fn refused(text: &str, needles: &[&str]) -> ManifestError {
+        let error = parse(text).unwrap_err();
+        let message = error.to_string();
+        assert!(message.starts_with(ORIGIN), "names the file: {message}");
+        for needle in needles {
+            assert!(message.contains(needle), "mentions {needle:?}: {message}");
+        }
+        assert!(!message.contains('\n'), "fits one log line: {message:?}");
+        error
+    }
+
+    #[test]
+    fn schema_errors_name_the_file_the_key_the_position_and_the_expectation() {
+        let error = refused(
+            "[limits]\nfule = 3\n",
+            &[
+                "`limits.fule`",
+                "line 2, column 1",
+                "unknown field `fule`",
+                "`fuel`",
+            ],
+        );
+        assert!(matches!(error, ManifestError::Parse { .. }), "{error:?}");
+        refused("colour = \"red\"\n", &["`colour`", "line 1", "unknown field"]);
+        refused(
+            "[limits]\ntimeout_ms = \"fast\"\n",
+            &["`limits.timeout_ms`", "line 2, column 14", "expected u64"],
+        );
+        refused(
+            "subscriptions = \"User*\"\n",
+            &["`subscriptions`", "expected a sequence"],
+        );
+        refused(
+            "[retry]\njitter = \"lots\"\n",
+            &["`retry.jitter`", "expected f64"],
+        );
+        refused("[config]\nkey = 3\n", &["`config.key`", "expected a string"]);
+        refused("[limits]\nmemory_mb = -1\n", &["`limits.memory_mb`", "line 2"]);
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_and_the_position() {
+        let error = refused("[limits\ntimeout_ms = 5\n", &["line 1"]);
+        assert!(matches!(error, ManifestError::Parse { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_file_and_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[limits]\ntimeout_ms = 0", "limits.timeout_ms", "at least 1"),
+            ("[limits]\nmemory_mb = 0", "limits.memory_mb", "at least 1"),
+            ("[limits]\nfuel = 0", "limits.fuel", "at least 1"),
+            ("[limits]\nconcurrency = 0", "limits.concurrency", "at least 1"),
+            (
+                "[limits]\nmemory_mb = 17592186044416",
+                "limits.memory_mb",
+                "address",
+            ),
+            ("subscriptions = []", "subscriptions", "at least one pattern"),
+            (
+                "subscriptions = [\"*User\"]",
+                "subscriptions",
+                "`*` may only appear at the end",
+            ),
+            ("[config]\n\"\" = \"x\"", "config", "empty key"),
+            ("[retry]\nmax_attempts = 0", "retry.max_attempts", "at least 1"),
+            ("[retry]\nmultiplier = 0.5", "retry.multiplier", "at least 1.0"),
+            ("[retry]\nmultiplier = nan", "retry.multiplier", "at least 1.0"),
+            ("[retry]\njitter = 1.5", "retry.jitter", "between 0.0 and 1.0"),
+            ("[retry]\njitter = -0.1", "retry.jitter", "between 0.0 and 1.0"),
+            (
+                "[retry]\ninitial_backoff_ms = 5000\nmax_backoff_ms = 10",
+                "retry.initial_backoff_ms",
+                "must not exceed",
+            ),
+        ];
+        for (text, key, expected) in cases {
+            let quoted = format!("`{key}`");
+            let error = refused(text, &[&quoted, expected]);
+            match error {
+                ManifestError::Invalid { key: got, path, .. } => {
+                    assert_eq!((got.as_str(), path.as_path()), (*key, Path::new(ORIGIN)));
+                }
+                other => panic!("{text}: expected Invalid, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn validate_without_a_file_names_only_the_key() {
+        let manifest = Manifest {
+            limits: LimitSettings {
+                timeout_ms: Some(0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let error = manifest.validate().unwrap_err();
+        assert_eq!(error.to_string(), "`limits.timeout_ms` must be at least 1");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_io_error_naming_it() {
+        let path = Path::new("/nonexistent/evhost/x.toml");
+        let error = Manifest::from_file(path).unwrap_err();
+        assert!(matches!(error, ManifestError::Io { .. }), "{error:?}");
+        assert!(
+            error.to_string().contains("/nonexistent/evhost/x.toml"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn own_values_win_and_defaults_fill_the_gaps() {
+        let defaults = parse(
+            r#"
+            [limits]
+            timeout_ms = 1000
+            memory_mb = 64
+            [config]
+            region = "eu"
+            greeting = "hello"
+            [retry]
+            max_attempts = 9
+            jitter = 0.0
+            "#,
+        )
+        .unwrap();
+        let own = parse(
+            r#"
+            subscriptions = ["Only*"]
+            [limits]
+            timeout_ms = 50
+            [config]
+            greeting = "hi"
+            [retry]
+            jitter = 0.1
+            "#,
+        )
+        .unwrap();
+        let merged = own.over(&defaults);
+        assert_eq!(merged.limits.timeout_ms, Some(50));
+        assert_eq!(merged.limits.memory_mb, Some(64));
+        assert_eq!(merged.limits.fuel, None);
+        assert_eq!(merged.subscriptions, Some(vec!["Only*".to_owned()]));
+        assert_eq!(merged.config["greeting"], "hi");
+        assert_eq!(merged.config["region"], "eu");
+        assert_eq!(merged.retry.max_attempts, Some(9));
+        assert_eq!(merged.retry.jitter, Some(0.1));
+        assert_eq!(Manifest::default().over(&defaults), defaults);
+        assert_eq!(own.over(&Manifest::default()), own);
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_bounded_jitter_and_a_cap() {
+        let policy = RetryPolicy::default();
+        let middle = 0.5;
+        assert_eq!(policy.backoff(1, middle), Duration::from_millis(100));
+        assert_eq!(policy.backoff(2, middle), Duration::from_millis(200));
+        assert_eq!(policy.backoff(4, middle), Duration::from_millis(800));
+        assert_eq!(policy.backoff(40, middle), Duration::from_secs(30));
+        assert_eq!(policy.backoff(u32::MAX, middle), Duration::from_secs(30));
+        let low = policy.backoff(2, 0.0);
+        let high = policy.backoff(2, 0.999_999);
+        assert_eq!(low, Duration::from_millis(160));
+        assert!(
+            high > Duration::from_millis(239) && high <= Duration::from_millis(240),
+            "{high:?}"
+        );
+        assert!(policy.backoff(40, 0.999) <= policy.max_backoff);
+    }
+
+    #[test]
+    fn a_manifest_round_trips_through_toml() {
+        let manifest = parse("[limits]\ntimeout_ms = 5\n[retry]\njitter = 0.5\n").unwrap();
+        let text = toml::to_string(&manifest).unwrap();
+        assert!(!text.contains("fuel"), "unset values are left out: {text}");
+        assert_eq!(parse(&text).unwrap(), manifest);
+    }
+}

@@ -1,0 +1,133 @@
+//! `evhost run`: the bus, the watched plugins folder and the HTTP API, with graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::bus::{AsyncEventBus, EventBus};
+use crate::config::Config;
+use crate::http::{AppState, PluginCatalog, PluginView};
+use crate::plugins::{PluginFolder, PluginFolderOptions};
+use crate::runtime::Runtime;
+use crate::store::{KeyValueStore, MemoryKv};
+
+/// Runs the host until `shutdown` resolves, then stops intake (HTTP answers 503), drains
+/// in-flight events up to the configured deadline and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let runtime = Runtime::new(config.runtime_config()).context("starting the Wasm runtime")?;
+    let bus = AsyncEventBus::with_config(config.bus_config());
+    let kv: Arc<dyn KeyValueStore> = Arc::new(MemoryKv::default());
+
+    let folder = PluginFolder::open(
+        PluginFolderOptions {
+            dir: config.plugins_dir.clone(),
+            defaults: config.plugins.clone(),
+            ..PluginFolderOptions::default()
+        },
+        runtime,
+        bus.clone(),
+        Arc::clone(&kv),
+    )
+    .await
+    .with_context(|| format!("opening the plugins folder {}", config.plugins_dir.display()))?;
+    for plugin in folder.statuses() {
+        tracing::info!(
+            plugin = %plugin.name,
+            version = %plugin.version,
+            hash = %plugin.hash,
+            subscriptions = ?plugin.subscriptions,
+            fuel = plugin.limits.fuel,
+            timeout_ms = plugin.limits.timeout.as_millis() as u64,
+            memory_bytes = plugin.limits.memory_bytes,
+            concurrency = plugin.concurrency,
+            "plugin loaded"
+        );
+    }
+    let _watcher = folder.watch().context("watching the plugins folder")?;
+    bus.start().await?;
+
+    let mut state = AppState::new(
+        bus.clone(),
+        Arc::clone(&kv),
+        Arc::new(FolderCatalog(Arc::clone(&folder))),
+    );
+    state.max_body_bytes = config.max_body_bytes;
+    let state = Arc::new(state);
+    // The recent-errors buffer is the error monitor's one consumer; it also logs each record.
+    let monitor = state
+        .errors
+        .spawn_consumer(bus.errors().expect("a new bus has its error stream"));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        plugins = folder.statuses().len(),
+        folder = %config.plugins_dir.display(),
+        "evhost is ready"
+    );
+    state.set_ready(true);
+
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, crate::http::router(Arc::clone(&state)))
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .into_future(),
+    );
+
+    shutdown.await;
+    tracing::info!(
+        in_flight = bus.metrics().in_flight,
+        drain_timeout_ms = config.drain_timeout_ms,
+        "shutting down: refusing new events, draining"
+    );
+    state.set_accepting(false);
+    let report = bus.stop().await?;
+    tracing::info!(drained = report.drained, abandoned = report.abandoned, "stopped");
+    let _ = stop_http.send(());
+    server.await.context("the HTTP server task failed")??;
+    monitor.abort();
+    Ok(())
+}
+
+/// The plugins folder as the HTTP API sees it.
+struct FolderCatalog(Arc<PluginFolder>);
+
+impl PluginCatalog for FolderCatalog {
+    fn plugins(&self) -> Vec<PluginView> {
+        self.0.statuses().into_iter().map(view).collect()
+    }
+
+    fn plugin(&self, name: &str) -> Option<PluginView> {
+        self.0.status(name).map(view)
+    }
+
+    fn reloads(&self) -> u64 {
+        self.0.reloads()
+    }
+
+    fn load_failures(&self) -> u64 {
+        self.0.load_failures()
+    }
+}
+
+fn view(status: crate::plugins::PluginStatus) -> PluginView {
+    PluginView {
+        name: status.name,
+        version: status.version,
+        hash: status.hash,
+        file: status.file,
+        subscriptions: status.subscriptions,
+        imports: status.imports,
+        limits: status.limits,
+        concurrency: status.concurrency,
+        loaded_at: status.loaded_at,
+        reloads: status.reloads,
+        fuel_consumed: status.fuel_consumed,
+    }
+}
