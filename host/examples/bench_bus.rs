@@ -8,26 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use evhost::{AsyncEventBus, Event, EventBus, EventHandler, HandlerError};
+use common::{Noop, median};
+use evhost::{AsyncEventBus, Event, EventBus, EventHandler};
 use serde_json::json;
 use tokio::sync::Notify;
+
+mod common;
 
 const EVENTS: usize = 1_000_000;
 const BATCH: usize = 1_000;
 const RUNS: usize = 5;
-
-struct Noop;
-
-#[evhost::async_trait]
-impl EventHandler for Noop {
-    fn name(&self) -> &str {
-        "noop"
-    }
-
-    async fn handle(&self, _event: Arc<Event>) -> Result<(), HandlerError> {
-        Ok(())
-    }
-}
 
 /// `keys == 0` leaves events unkeyed; otherwise events spread over that many ordering keys.
 fn events(n: usize, keys: usize) -> Vec<Event> {
@@ -107,11 +97,6 @@ async fn naive_run(subscribers: usize) -> f64 {
     }
     all_done.notified().await;
     EVENTS as f64 / started.elapsed().as_secs_f64()
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
 }
 
 async fn measure<F, Fut>(label: &str, run: F) -> f64

@@ -15,12 +15,13 @@
 //!   folder to `GET /plugins` showing the new version.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use evhost::config::Config;
 use serde_json::{Value, json};
+
+mod common;
 
 const CLIENTS: usize = 8;
 const BATCH: usize = 100;
@@ -28,28 +29,6 @@ const REQUESTS_PER_CLIENT: usize = 60;
 const RUNS: usize = 3;
 const LATENCY_SECONDS: u64 = 4;
 const RELOADS: usize = 5;
-
-fn build_plugins(root: &Path) -> PathBuf {
-    let target_dir = root.join("target").join("wasm-plugins");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root.join("tests").join("plugins"))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "noop",
-            "-p",
-            "big",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .status()
-        .expect("running cargo");
-    assert!(status.success(), "building the test plugins failed");
-    target_dir.join("wasm32-wasip2/release")
-}
 
 fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -217,11 +196,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let built = build_plugins(&root);
+    let built = common::build_test_plugins(&["noop", "big"]);
     let work = std::env::temp_dir().join(format!("evhost-bench-http-{}", std::process::id()));
     let plugins_dir = work.join("plugins");
     std::fs::create_dir_all(&plugins_dir).unwrap();

@@ -12,17 +12,14 @@
 //! - `bare_wasmtime_per_s`: one task per core instantiating the same component from an
 //!   `InstancePre` (same engine) and calling `handle` in a loop, nothing else.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use evhost::store::MemoryKv;
-use evhost::{
-    AsyncBusConfig, AsyncEventBus, Event, EventBus, EventHandler, HandlerError, PluginOptions, Runtime,
-    RuntimeConfig,
-};
+use evhost::{AsyncBusConfig, AsyncEventBus, Event, EventBus, PluginOptions, Runtime, RuntimeConfig};
 use serde_json::json;
+
+mod common;
 
 const EVENTS: usize = 200_000;
 const BATCH: usize = 1_000;
@@ -34,43 +31,6 @@ mod bare {
         world: "evhost:plugin/handler",
         exports: { default: async },
     });
-}
-
-struct Noop;
-
-#[evhost::async_trait]
-impl EventHandler for Noop {
-    fn name(&self) -> &str {
-        "noop"
-    }
-
-    async fn handle(&self, _event: Arc<Event>) -> Result<(), HandlerError> {
-        Ok(())
-    }
-}
-
-fn build_noop_plugin() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let target_dir = root.join("target").join("wasm-plugins");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root.join("tests").join("plugins"))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "noop",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .status()
-        .expect("running cargo");
-    assert!(status.success(), "building the noop plugin failed");
-    target_dir.join("wasm32-wasip2/release/noop.wasm")
 }
 
 fn event(i: usize) -> Event {
@@ -93,7 +53,7 @@ async fn through_bus(plugin: Option<(&Arc<Runtime>, &[u8])>) -> f64 {
             plugin.subscribe(&bus).unwrap();
         }
         None => {
-            bus.subscribe("*", Arc::new(Noop)).unwrap();
+            bus.subscribe("*", Arc::new(common::Noop)).unwrap();
         }
     }
     bus.start().await.unwrap();
@@ -159,13 +119,8 @@ async fn bare_wasmtime(engine: &wasmtime::Engine, bytes: &[u8]) -> f64 {
     (per_task * tasks) as f64 / started.elapsed().as_secs_f64()
 }
 
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
 fn report(label: &str, samples: Vec<f64>) -> f64 {
-    let value = median(samples.clone());
+    let value = common::median(samples.clone());
     let shown: Vec<String> = samples.iter().map(|s| format!("{s:.0}")).collect();
     eprintln!("{label:<40} median {value:>10.0}/s  runs [{}]", shown.join(", "));
     value
@@ -173,7 +128,7 @@ fn report(label: &str, samples: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let path = build_noop_plugin();
+    let path = common::build_test_plugins(&["noop"]).join("noop.wasm");
     let bytes = std::fs::read(&path).unwrap();
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -398,7 +398,8 @@ fn take_required(map: &mut Map<String, Value>, name: &'static str) -> Result<Str
     }
 }
 
-fn json_kind(value: &Value) -> &'static str {
+/// How an error message names the kind of a JSON value.
+pub(crate) fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -182,27 +182,31 @@ impl ErrorMonitor {
     }
 }
 
-fn log_record(record: &FailureRecord) {
-    if record.kind == FailureKind::Retry {
-        tracing::warn!(
-            subscription = %record.subscription,
+/// Logs a record through `tracing`: `warn` for failures a retry may fix, `error` for the rest.
+pub(crate) fn log_record(record: &FailureRecord) {
+    macro_rules! log_failure {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                subscription = %record.subscription,
+                version = record.handler_version.as_deref(),
+                event.id = %record.event_id,
+                event.r#type = %record.event_type,
+                attempt = record.attempt,
+                kind = %record.kind,
+                "handler failed: {}", record.message
+            )
+        };
+    }
+    match record.kind {
+        // Not an invocation: the event fields are empty.
+        FailureKind::PluginLoad => tracing::error!(
+            plugin = %record.subscription,
             version = record.handler_version.as_deref(),
-            event.id = %record.event_id,
-            event.r#type = %record.event_type,
-            attempt = record.attempt,
-            kind = %record.kind,
-            "handler failed: {}", record.message
-        );
-    } else {
-        tracing::error!(
-            subscription = %record.subscription,
-            version = record.handler_version.as_deref(),
-            event.id = %record.event_id,
-            event.r#type = %record.event_type,
-            attempt = record.attempt,
-            kind = %record.kind,
-            "handler failed: {}", record.message
-        );
+            "plugin failed to load: {}", record.message
+        ),
+        FailureKind::Retry => log_failure!(tracing::Level::WARN),
+        _ => log_failure!(tracing::Level::ERROR),
     }
 }
 

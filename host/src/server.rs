@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use crate::bus::{AsyncEventBus, EventBus};
 use crate::config::Config;
-use crate::http::{AppState, PluginCatalog, PluginView};
+use crate::http::{AppState, PluginCatalog};
 use crate::plugins::{PluginFolder, PluginFolderOptions};
 use crate::runtime::Runtime;
 use crate::store::{KeyValueStore, MemoryKv};
@@ -52,7 +52,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let mut state = AppState::new(
         bus.clone(),
         Arc::clone(&kv),
-        Arc::new(FolderCatalog(Arc::clone(&folder))),
+        Arc::clone(&folder) as Arc<dyn PluginCatalog>,
     );
     state.max_body_bytes = config.max_body_bytes;
     let state = Arc::new(state);
@@ -93,41 +93,4 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     server.await.context("the HTTP server task failed")??;
     monitor.abort();
     Ok(())
-}
-
-/// The plugins folder as the HTTP API sees it.
-struct FolderCatalog(Arc<PluginFolder>);
-
-impl PluginCatalog for FolderCatalog {
-    fn plugins(&self) -> Vec<PluginView> {
-        self.0.statuses().into_iter().map(view).collect()
-    }
-
-    fn plugin(&self, name: &str) -> Option<PluginView> {
-        self.0.status(name).map(view)
-    }
-
-    fn reloads(&self) -> u64 {
-        self.0.reloads()
-    }
-
-    fn load_failures(&self) -> u64 {
-        self.0.load_failures()
-    }
-}
-
-fn view(status: crate::plugins::PluginStatus) -> PluginView {
-    PluginView {
-        name: status.name,
-        version: status.version,
-        hash: status.hash,
-        file: status.file,
-        subscriptions: status.subscriptions,
-        imports: status.imports,
-        limits: status.limits,
-        concurrency: status.concurrency,
-        loaded_at: status.loaded_at,
-        reloads: status.reloads,
-        fuel_consumed: status.fuel_consumed,
-    }
 }

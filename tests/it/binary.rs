@@ -197,6 +197,22 @@ async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> 
     false
 }
 
+/// POSTs `body` to `url` + `path` with the content type, expecting an answer.
+async fn post_events(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    content_type: &str,
+    body: String,
+) -> reqwest::Response {
+    http.post(format!("{url}{path}"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn structured(ty: &str, id: &str, subject: &str, data: Value) -> Value {
     json!({"specversion": "1.0", "id": id, "source": "tests", "type": ty, "subject": subject, "data": data})
 }
@@ -206,21 +222,20 @@ async fn publishes_in_all_three_modes_and_reads_the_projection() {
     let host = Running::start(&[("user-projection", wasm::USER_PROJECTION)], &[]);
     let http = client();
     // Structured mode.
-    let response = http
-        .post(format!("{}/events", host.url))
-        .header("content-type", "application/cloudevents+json")
-        .body(
-            structured(
-                "UserCreated",
-                "e1",
-                "u1",
-                json!({"id": "u1", "name": "Ada", "email": "ada@example.com"}),
-            )
-            .to_string(),
+    let response = post_events(
+        &http,
+        &host.url,
+        "/events",
+        "application/cloudevents+json",
+        structured(
+            "UserCreated",
+            "e1",
+            "u1",
+            json!({"id": "u1", "name": "Ada", "email": "ada@example.com"}),
         )
-        .send()
-        .await
-        .unwrap();
+        .to_string(),
+    )
+    .await;
     assert_eq!(response.status(), 202);
     assert_eq!(response.json::<Value>().await.unwrap()["accepted"], json!(["e1"]));
     // Batch mode.
@@ -233,13 +248,14 @@ async fn publishes_in_all_three_modes_and_reads_the_projection() {
             json!({"id": "u2", "name": "Alan", "email": "a@t.uk"})
         ),
     ]);
-    let response = http
-        .post(format!("{}/events", host.url))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(batch.to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = post_events(
+        &http,
+        &host.url,
+        "/events",
+        "application/cloudevents-batch+json",
+        batch.to_string(),
+    )
+    .await;
     assert_eq!(response.status(), 202);
     assert_eq!(
         response.json::<Value>().await.unwrap()["accepted"],
@@ -423,13 +439,14 @@ async fn metrics_parse_and_count_what_was_sent() {
     let batch: Vec<Value> = (0..7)
         .map(|i| structured("Tick", &format!("m{i}"), "k", json!({})))
         .collect();
-    let response = http
-        .post(format!("{}/events?wait=true", host.url))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(Value::Array(batch).to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = post_events(
+        &http,
+        &host.url,
+        "/events?wait=true",
+        "application/cloudevents-batch+json",
+        Value::Array(batch).to_string(),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let text = http
         .get(format!("{}/metrics", host.url))
@@ -496,13 +513,14 @@ async fn sigterm_drains_in_flight_events_and_refuses_new_ones() {
     let batch: Vec<Value> = (0..4)
         .map(|i| structured("Work", &format!("w{i}"), "k", json!({})))
         .collect();
-    let response = http
-        .post(format!("{}/events", host.url))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(Value::Array(batch).to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = post_events(
+        &http,
+        &host.url,
+        "/events",
+        "application/cloudevents-batch+json",
+        Value::Array(batch).to_string(),
+    )
+    .await;
     assert_eq!(response.status(), 202);
     host.signal("TERM");
     host.wait_for_log(
@@ -513,13 +531,14 @@ async fn sigterm_drains_in_flight_events_and_refuses_new_ones() {
         },
         Duration::from_secs(10),
     );
-    let refused = http
-        .post(format!("{}/events", host.url))
-        .header("content-type", "application/cloudevents+json")
-        .body(structured("Work", "late", "k", json!({})).to_string())
-        .send()
-        .await
-        .unwrap();
+    let refused = post_events(
+        &http,
+        &host.url,
+        "/events",
+        "application/cloudevents+json",
+        structured("Work", "late", "k", json!({})).to_string(),
+    )
+    .await;
     assert_eq!(refused.status(), 503, "new events are refused while draining");
     assert_eq!(host.wait_exit(Duration::from_secs(30)), 0);
     let stopped = host.wait_for_log(|l| l["message"] == "stopped", Duration::from_secs(1));
@@ -553,13 +572,14 @@ async fn a_scaffolded_plugin_builds_and_is_served() {
     let http = client();
     assert!(
         eventually(Duration::from_secs(10), async || {
-            let response = http
-                .post(format!("{}/events?wait=true", host.url))
-                .header("content-type", "application/cloudevents+json")
-                .body(structured("Hello", "h1", "k", json!({})).to_string())
-                .send()
-                .await
-                .unwrap();
+            let response = post_events(
+                &http,
+                &host.url,
+                "/events?wait=true",
+                "application/cloudevents+json",
+                structured("Hello", "h1", "k", json!({})).to_string(),
+            )
+            .await;
             response.status() == 200 && kv(&host, "demo-handler", "seen:h1").await.is_some()
         })
         .await,

@@ -172,7 +172,7 @@ fn parse_batch(body: &[u8]) -> Result<Vec<Event>, ApiError> {
     let Value::Array(items) = value else {
         return Err(ApiError::BadRequest(format!(
             "a batch must be a JSON array of events, got {}",
-            json_kind(&value)
+            crate::event::json_kind(&value)
         )));
     };
     items
@@ -290,17 +290,6 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
 
 fn hex(byte: u8) -> Option<u8> {
     (byte as char).to_digit(16).map(|digit| digit as u8)
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// What became of one event of a `?wait=true` request.

@@ -53,19 +53,15 @@ mod recent;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use chrono::{DateTime, Utc};
-use serde::{Serialize, Serializer};
 use tower_http::trace::TraceLayer;
 
 use crate::bus::AsyncEventBus;
-use crate::runtime::Limits;
 use crate::store::KeyValueStore;
 
 pub use recent::RecentErrors;
@@ -98,48 +94,24 @@ pub trait PluginCatalog: Send + Sync + 'static {
 }
 
 /// One loaded plugin as `GET /plugins` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginView {
-    /// The plugin's name; also the name of its subscription, which joins it to the bus's
-    /// counters.
-    pub name: String,
-    /// The version the author gave.
-    pub version: String,
-    /// Content hash of the component, which changes with every rebuild.
-    pub hash: String,
-    /// The `.wasm` file it was loaded from.
-    pub file: PathBuf,
-    /// The patterns it is subscribed to.
-    pub subscriptions: Vec<String>,
-    /// The interfaces the component imports.
-    pub imports: Vec<String>,
-    /// Per-invocation budgets, shown as `{"fuel", "timeout_ms", "memory_bytes"}`.
-    #[serde(serialize_with = "serialize_limits")]
-    pub limits: Limits,
-    /// Its own limit on concurrent invocations, if it sets one.
-    pub concurrency: Option<usize>,
-    /// When the current version was loaded.
-    pub loaded_at: DateTime<Utc>,
-    /// How often this plugin's file was reloaded.
-    pub reloads: u64,
-    /// Fuel burned by all its invocations so far.
-    pub fuel_consumed: u64,
-}
+pub use crate::plugins::PluginStatus as PluginView;
 
-/// `Limits` serializes its timeout as serde's `{secs, nanos}`; operators read milliseconds.
-fn serialize_limits<S: Serializer>(limits: &Limits, serializer: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct LimitsJson {
-        fuel: u64,
-        timeout_ms: u64,
-        memory_bytes: usize,
+impl PluginCatalog for crate::plugins::PluginFolder {
+    fn plugins(&self) -> Vec<PluginView> {
+        self.statuses()
     }
-    LimitsJson {
-        fuel: limits.fuel,
-        timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
-        memory_bytes: limits.memory_bytes,
+
+    fn plugin(&self, name: &str) -> Option<PluginView> {
+        self.status(name)
     }
-    .serialize(serializer)
+
+    fn reloads(&self) -> u64 {
+        crate::plugins::PluginFolder::reloads(self)
+    }
+
+    fn load_failures(&self) -> u64 {
+        crate::plugins::PluginFolder::load_failures(self)
+    }
 }
 
 /// Everything the HTTP handlers share.

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use crate::monitor::{ErrorStream, FailureKind, FailureRecord};
+use crate::monitor::{ErrorStream, FailureRecord};
 
 /// Keeps the last `capacity` failure records for `GET /errors` and logs each through
 /// `tracing`.
@@ -30,7 +30,7 @@ impl RecentErrors {
 
     /// Logs `record` and keeps it, forgetting the oldest one when full.
     pub fn push(&self, record: FailureRecord) {
-        log(&record);
+        crate::monitor::log_record(&record);
         if self.capacity == 0 {
             return;
         }
@@ -56,37 +56,5 @@ impl RecentErrors {
                 this.push(record);
             }
         })
-    }
-}
-
-/// `warn` for failures that a retry may fix, `error` for the rest.
-fn log(record: &FailureRecord) {
-    if record.kind == FailureKind::PluginLoad {
-        // Not an invocation: the event fields are empty.
-        tracing::error!(
-            plugin = %record.subscription,
-            version = record.handler_version.as_deref(),
-            "plugin failed to load: {}", record.message
-        );
-    } else if record.kind == FailureKind::Retry {
-        tracing::warn!(
-            subscription = %record.subscription,
-            version = record.handler_version.as_deref(),
-            event.id = %record.event_id,
-            event.r#type = %record.event_type,
-            attempt = record.attempt,
-            kind = %record.kind,
-            "handler failed: {}", record.message
-        );
-    } else {
-        tracing::error!(
-            subscription = %record.subscription,
-            version = record.handler_version.as_deref(),
-            event.id = %record.event_id,
-            event.r#type = %record.event_type,
-            attempt = record.attempt,
-            kind = %record.kind,
-            "handler failed: {}", record.message
-        );
     }
 }

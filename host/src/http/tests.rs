@@ -14,6 +14,7 @@ use super::*;
 use crate::bus::{AsyncBusConfig, AsyncEventBus, Backpressure, EventBus, HandlerError, from_fn};
 use crate::event::{Data, Event, ExtensionValue};
 use crate::monitor::{ErrorMonitor, FailureKind, FailureRecord};
+use crate::runtime::Limits;
 use crate::store::{KeyValueStore, MemoryKv};
 
 /// Subscribed to `*`: records every event it sees, in order.

@@ -22,8 +22,8 @@ use crate::store::KeyValueStore;
 /// tokio timeout ends it.
 const BACKSTOP: Duration = Duration::from_millis(500);
 
-/// Per-invocation budgets of a plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Per-invocation budgets of a plugin. Serializes as `{"fuel", "timeout_ms", "memory_bytes"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Fuel per invocation: roughly the number of Wasm instructions it may execute
     /// (10 billion by default, a few seconds of computation).
@@ -41,6 +41,24 @@ impl Default for Limits {
             timeout: Duration::from_secs(5),
             memory_bytes: 64 << 20,
         }
+    }
+}
+
+impl Serialize for Limits {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Operators read milliseconds, not serde's `{secs, nanos}` for a `Duration`.
+        #[derive(Serialize)]
+        struct Json {
+            fuel: u64,
+            timeout_ms: u64,
+            memory_bytes: usize,
+        }
+        Json {
+            fuel: self.fuel,
+            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            memory_bytes: self.memory_bytes,
+        }
+        .serialize(serializer)
     }
 }
 
