@@ -42,6 +42,55 @@ pub enum Command {
     Plugins(PluginsCommand),
     /// Create a new plugin crate that builds as-is.
     New(NewArgs),
+    /// Inspect and act on the dead-letter queue of a running host.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// `evhost dlq …`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters: id, plugin, event type and id, attempts, last failure.
+    List {
+        /// Only this plugin's.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// The host's base URL.
+        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Show one dead letter with its event and every failure.
+    Show {
+        /// The dead letter's id.
+        id: u64,
+        /// The host's base URL.
+        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Deliver dead letters again, to the plugin's current version.
+    Replay {
+        /// The dead letter's id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u64>,
+        /// Every dead letter (of `--plugin`, if given).
+        #[arg(long)]
+        all: bool,
+        /// Only this plugin's.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// The host's base URL.
+        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Drop dead letters (all of them, or `--plugin`'s).
+    Purge {
+        /// Only this plugin's.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// The host's base URL.
+        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
 }
 
 /// `evhost run`.
@@ -284,6 +333,77 @@ pub async fn list_plugins(url: &str) -> anyhow::Result<()> {
             plugin["hash"].as_str().unwrap_or("?"),
             subscriptions.join(",")
         );
+    }
+    Ok(())
+}
+
+/// `evhost dlq …`.
+pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let base = |url: &str| format!("{}/dlq", url.trim_end_matches('/'));
+    let request = match &command {
+        DlqCommand::List { plugin, url } => {
+            let mut request = client.get(base(url));
+            if let Some(plugin) = plugin {
+                request = request.query(&[("plugin", plugin)]);
+            }
+            request
+        }
+        DlqCommand::Show { id, url } => client.get(format!("{}/{id}", base(url))),
+        DlqCommand::Replay { id, all, plugin, url } => {
+            let mut request = client.post(format!("{}/replay", base(url)));
+            if let Some(id) = id {
+                request = request.query(&[("id", id)]);
+            }
+            if *all {
+                request = request.query(&[("all", "true")]);
+            }
+            if let Some(plugin) = plugin {
+                request = request.query(&[("plugin", plugin)]);
+            }
+            request
+        }
+        DlqCommand::Purge { plugin, url } => {
+            let request = client.delete(base(url));
+            match plugin {
+                Some(plugin) => request.query(&[("plugin", plugin)]),
+                None => request.query(&[("all", "true")]),
+            }
+        }
+    };
+    let response = request.send().await.context("asking the host")?;
+    let status = response.status();
+    let body: Value = response.json().await.context("reading the host's answer")?;
+    if !status.is_success() {
+        bail!(
+            "the host answered {status}: {}",
+            body["error"].as_str().unwrap_or_default()
+        );
+    }
+    match command {
+        DlqCommand::List { .. } => {
+            let letters = body.as_array().cloned().unwrap_or_default();
+            if letters.is_empty() {
+                println!("the dead-letter queue is empty");
+            }
+            for letter in letters {
+                let failures = letter["failures"].as_array().cloned().unwrap_or_default();
+                let last = failures.last().cloned().unwrap_or(Value::Null);
+                println!(
+                    "{}  {}  {} {}  {} attempts  {}: {}",
+                    letter["id"],
+                    letter["subscription"].as_str().unwrap_or("?"),
+                    letter["event"]["type"].as_str().unwrap_or("?"),
+                    letter["event"]["id"].as_str().unwrap_or("?"),
+                    failures.len(),
+                    last["kind"].as_str().unwrap_or("?"),
+                    last["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        DlqCommand::Show { .. } => println!("{}", serde_json::to_string_pretty(&body)?),
+        DlqCommand::Replay { .. } => println!("replayed {}", body["replayed"]),
+        DlqCommand::Purge { .. } => println!("purged {}", body["purged"]),
     }
     Ok(())
 }

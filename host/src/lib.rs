@@ -15,8 +15,9 @@
 //! - [`plugins`]: the watched plugins folder: manifests, hot reload.
 //! - [`http`]: the HTTP API.
 //! - [`config`], [`cli`], [`server`]: `evhost.toml`, the command line and `evhost run`.
+//! - [`outbox`]: the transactional outbox relay from PostgreSQL.
 //! - [`store`]: the [`EventLog`](store::EventLog) the bus keeps accepted events in, and
-//!   the plugins' [`KeyValueStore`](store::KeyValueStore).
+//!   the plugins' [`KeyValueStore`](store::KeyValueStore); [`store::sqlite`] is the durable one.
 
 pub mod bus;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod monitor;
+pub mod outbox;
 pub mod plugins;
 pub mod runtime;
 pub mod server;

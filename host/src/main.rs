@@ -20,6 +20,7 @@ async fn main() -> ExitCode {
         Command::Plugins(PluginsCommand::List { url }) => cli::list_plugins(&url).await,
         Command::Plugins(PluginsCommand::Check { file }) => cli::check_plugin(&file).await,
         Command::Plugins(PluginsCommand::Kv { plugin, key, url }) => cli::read_kv(&url, &plugin, &key).await,
+        Command::Dlq(command) => cli::dlq(command).await,
         Command::New(args) => cli::new_plugin(&args).map(|dir| {
             println!("created {}", dir.display());
             println!(

@@ -125,6 +125,8 @@ pub struct BusMetrics {
     pub failures_reported: u64,
     /// Failures the error monitor dropped because its channel was full.
     pub monitor_overflow: u64,
+    /// Events in the dead-letter queue.
+    pub dead_letters: u64,
     /// Per-subscription counters.
     pub subscriptions: Vec<SubscriptionSnapshot>,
 }

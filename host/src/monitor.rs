@@ -10,14 +10,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 /// The capacity of the error channel unless configured otherwise.
 pub const DEFAULT_CAPACITY: usize = 100;
 
 /// How a handler invocation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum FailureKind {
@@ -85,8 +85,8 @@ impl fmt::Display for FailureKind {
     }
 }
 
-/// One handler failure, as the error monitor reports it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One handler failure, as the error monitor reports it (and the dead-letter queue keeps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureRecord {
     /// The subscription that failed.
     pub subscription: String,

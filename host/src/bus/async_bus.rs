@@ -21,6 +21,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::RetryPolicy;
+use super::dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterQueue};
 use super::in_flight::InFlight;
 use super::{
     BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, EventBus, EventHandler, EventSink, HandlerError,
@@ -28,7 +30,7 @@ use super::{
 };
 use crate::event::Event;
 use crate::metrics::BusMetrics;
-use crate::monitor::{self, ErrorMonitor, ErrorStream};
+use crate::monitor::{self, ErrorMonitor, ErrorStream, FailureKind, FailureRecord};
 use crate::store::{EventLog, MemoryLog, Offset};
 
 /// How many events of one key a worker handles in a row before letting other keys in.
@@ -67,6 +69,9 @@ pub struct AsyncBusConfig {
     pub monitor_capacity: usize,
     /// How long [`EventBus::stop`] waits for in-flight events.
     pub drain_timeout: Duration,
+    /// Default retry policy ([`SubscribeOptions::retry`] overrides it). The default makes
+    /// one attempt: a failure is dead-lettered at once.
+    pub retry: RetryPolicy,
 }
 
 impl Default for AsyncBusConfig {
@@ -79,6 +84,7 @@ impl Default for AsyncBusConfig {
             backpressure: Backpressure::Wait,
             monitor_capacity: monitor::DEFAULT_CAPACITY,
             drain_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::no_retries(),
         }
     }
 }
@@ -132,6 +138,7 @@ struct Inner {
     /// The bus-wide concurrency limit: a worker holds one permit while it calls handlers.
     permits: Arc<Semaphore>,
     monitor: ErrorMonitor,
+    dead_letters: DeadLetterQueue,
     workers: TaskTracker,
     cancel: CancellationToken,
 }
@@ -141,6 +148,7 @@ struct Inner {
 struct Lane {
     subscription: Subscription,
     concurrency: usize,
+    retry: RetryPolicy,
     queue: Mutex<Queue>,
 }
 
@@ -151,7 +159,7 @@ struct Queue {
     /// Waiting events per ordering key, by the key's hash. A key in this map is either in
     /// `ready` (its FIFO is non-empty) or claimed by exactly one worker. Two keys with one
     /// hash share a FIFO: still in order, merely less parallel.
-    keys: HashMap<u64, VecDeque<Arc<Delivery>>>,
+    keys: HashMap<u64, VecDeque<Pending>>,
     /// Workers alive.
     workers: usize,
     /// Workers holding a claimed piece of work.
@@ -162,8 +170,28 @@ struct Queue {
 
 #[derive(Debug)]
 enum Work {
-    Unkeyed(Arc<Delivery>),
+    Unkeyed(Pending),
     Key(u64),
+}
+
+/// A delivery waiting in one subscription's queue, with that subscription's attempts.
+#[derive(Debug)]
+struct Pending {
+    delivery: Arc<Delivery>,
+    /// Attempts made so far.
+    attempt: u32,
+    /// Their failures, oldest first (what a dead letter carries).
+    failures: Vec<FailureRecord>,
+}
+
+impl Pending {
+    fn new(delivery: Arc<Delivery>) -> Self {
+        Self {
+            delivery,
+            attempt: 0,
+            failures: Vec::new(),
+        }
+    }
 }
 
 /// One accepted event on its way to every matching subscription.
@@ -225,6 +253,7 @@ impl AsyncEventBus {
             key_hasher: std::hash::RandomState::new(),
             permits: Arc::new(Semaphore::new(config.max_concurrency)),
             monitor: ErrorMonitor::new(config.monitor_capacity),
+            dead_letters: DeadLetterQueue::default(),
             workers: TaskTracker::new(),
             cancel: cancel.clone(),
             config,
@@ -264,6 +293,7 @@ impl AsyncEventBus {
             running: inner.lanes().iter().map(|lane| lane.lock().running as u64).sum(),
             failures_reported: inner.monitor.reported(),
             monitor_overflow: inner.monitor.overflowed(),
+            dead_letters: inner.dead_letters.len() as u64,
             subscriptions: inner
                 .lanes()
                 .iter()
@@ -354,6 +384,7 @@ impl AsyncEventBus {
                 metrics,
             },
             concurrency,
+            retry: options.retry.unwrap_or(inner.config.retry),
             queue: Mutex::default(),
         };
         let mut updated: Vec<_> = lanes
@@ -368,6 +399,51 @@ impl AsyncEventBus {
             inner.retire(old);
         }
         Ok(id)
+    }
+
+    /// The dead letters matching `filter`, oldest first.
+    pub fn dead_letters(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter> {
+        self.inner.dead_letters.list(filter)
+    }
+
+    /// Delivers the matching dead letters again, each to the current handler of its
+    /// subscription, with a fresh set of attempts (the failure history is kept and grows if
+    /// they fail again). Returns how many were replayed; those whose subscription no longer
+    /// exists stay in the queue.
+    pub fn replay_dead_letters(&self, filter: &DeadLetterFilter) -> Result<usize, BusError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let letters = inner.dead_letters.take(filter);
+        let lanes = inner.lanes();
+        let mut replayed = 0;
+        let mut kept = Vec::new();
+        for letter in letters {
+            let Some(lane) = lanes.iter().find(|l| l.subscription.name == letter.subscription) else {
+                kept.push(letter);
+                continue;
+            };
+            inner.in_flight.force_reserve(1);
+            let delivery = Arc::new(Delivery {
+                event: letter.event,
+                offset: letter.offset,
+                remaining: AtomicUsize::new(1),
+                report: None,
+            });
+            let pending = Pending {
+                delivery,
+                attempt: 0,
+                failures: letter.failures,
+            };
+            inner.enqueue(lane, vec![pending], inner.state.load(Ordering::SeqCst) != CREATED);
+            replayed += 1;
+        }
+        inner.dead_letters.restore(kept);
+        Ok(replayed)
+    }
+
+    /// Drops the matching dead letters; returns how many.
+    pub fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> usize {
+        self.inner.dead_letters.take(filter).len()
     }
 
     /// A handle that publishes onto this bus without keeping it alive, for handlers that
@@ -446,7 +522,7 @@ impl Inner {
         inner.accepted.fetch_add(n as u64, Ordering::Relaxed);
 
         let lanes = inner.lanes();
-        let mut per_lane: Vec<Vec<Arc<Delivery>>> = vec![Vec::new(); lanes.len()];
+        let mut per_lane: Vec<Vec<Pending>> = lanes.iter().map(|_| Vec::new()).collect();
         let mut receivers = Vec::new();
         let mut unrouted = 0;
         for (offset, event) in (first_offset..).zip(events) {
@@ -470,7 +546,7 @@ impl Inner {
             let mut matching = 0;
             for (lane, queue) in lanes.iter().zip(&mut per_lane) {
                 if lane.subscription.matches(&delivery.event.ty) {
-                    queue.push(Arc::clone(&delivery));
+                    queue.push(Pending::new(Arc::clone(&delivery)));
                     matching += 1;
                 }
             }
@@ -502,17 +578,17 @@ impl Inner {
         }
     }
 
-    fn enqueue(self: &Arc<Self>, lane: &Arc<Lane>, deliveries: Vec<Arc<Delivery>>, spawn: bool) {
+    fn enqueue(self: &Arc<Self>, lane: &Arc<Lane>, deliveries: Vec<Pending>, spawn: bool) {
         let mut queue = lane.lock();
-        for delivery in deliveries {
-            match delivery.event.ordering_key() {
-                None => queue.ready.push_back(Work::Unkeyed(delivery)),
+        for pending in deliveries {
+            match pending.delivery.event.ordering_key() {
+                None => queue.ready.push_back(Work::Unkeyed(pending)),
                 Some(key) => {
                     let key = self.key_hasher.hash_one(key);
                     if let Some(waiting) = queue.keys.get_mut(&key) {
-                        waiting.push_back(delivery);
+                        waiting.push_back(pending);
                     } else {
-                        queue.keys.insert(key, VecDeque::from([delivery]));
+                        queue.keys.insert(key, VecDeque::from([pending]));
                         queue.ready.push_back(Work::Key(key));
                     }
                 }
@@ -552,7 +628,7 @@ impl Inner {
                 self.release_finished(&mut worker);
                 return;
             }
-            let Some(delivery) = lane.next(&mut worker) else {
+            let Some(mut pending) = lane.next(&mut worker) else {
                 self.release_finished(&mut worker);
                 return;
             };
@@ -568,7 +644,9 @@ impl Inner {
                 worker.permit_uses = 0;
             }
             worker.permit_uses += 1;
-            let call = invoke(&lane.subscription, &delivery.event, 1, &self.monitor);
+            pending.attempt += 1;
+            let event = Arc::clone(&pending.delivery.event);
+            let call = invoke(&lane.subscription, &event, pending.attempt, &self.monitor);
             tokio::pin!(call);
             let result = match futures::poll!(call.as_mut()) {
                 Poll::Ready(result) => result,
@@ -587,8 +665,60 @@ impl Inner {
                     }
                 }
             };
-            self.finish(&lane, &delivery, result, &mut worker);
+            match result {
+                Ok(()) => self.finish(&lane, &pending.delivery, Ok(()), &mut worker),
+                Err(failure) => {
+                    let retryable = failure.kind != FailureKind::Reject;
+                    let error = HandlerError::new(failure.kind, failure.message.clone());
+                    pending.failures.push(failure);
+                    if retryable && pending.attempt < lane.retry.max_attempts {
+                        // The key stays claimed by the retry, not by this worker: later
+                        // events of the key wait, other keys go on.
+                        let key = worker.claimed_key.take();
+                        self.retry_later(&lane, pending, key);
+                    } else {
+                        let Pending {
+                            delivery, failures, ..
+                        } = pending;
+                        self.dead_letters.push(
+                            lane.subscription.name.clone(),
+                            delivery.offset,
+                            Arc::clone(&delivery.event),
+                            failures,
+                        );
+                        self.finish(&lane, &delivery, Err(error), &mut worker);
+                    }
+                }
+            }
         }
+    }
+
+    /// Puts `pending` back on the lane after the policy's backoff. Until then its key (if
+    /// any) stays in the lane's map without being ready, which holds the key's later events.
+    fn retry_later(self: &Arc<Self>, lane: &Arc<Lane>, pending: Pending, key: Option<u64>) {
+        let delay = lane.retry.backoff(pending.attempt, rand_unit());
+        let (inner, lane) = (Arc::clone(self), Arc::clone(lane));
+        self.workers.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = inner.cancel.cancelled() => return,
+            }
+            let mut queue = lane.lock();
+            match key {
+                Some(key) => {
+                    queue
+                        .keys
+                        .get_mut(&key)
+                        .expect("a key waiting for a retry stays in the map")
+                        .push_front(pending);
+                    queue.ready.push_front(Work::Key(key));
+                }
+                None => queue.ready.push_front(Work::Unkeyed(pending)),
+            }
+            if inner.state.load(Ordering::SeqCst) != CREATED {
+                inner.spawn_workers(&lane, queue);
+            }
+        });
     }
 
     fn finish(
@@ -674,7 +804,7 @@ impl Lane {
 
     /// Lets go of what the worker just finished (keeping its key for a streak) and claims
     /// the next piece of work. `None` retires the worker.
-    fn next(&self, worker: &mut WorkerState) -> Option<Arc<Delivery>> {
+    fn next(&self, worker: &mut WorkerState) -> Option<Pending> {
         let mut queue = self.lock();
         if std::mem::take(&mut worker.blocked) {
             queue.blocked -= 1;
@@ -705,7 +835,7 @@ impl Lane {
                 queue.workers -= 1;
                 return None;
             }
-            Some(Work::Unkeyed(delivery)) => delivery,
+            Some(Work::Unkeyed(pending)) => pending,
             Some(Work::Key(key)) => {
                 worker.claimed_key = Some(key);
                 queue
@@ -841,4 +971,14 @@ impl EventBus for AsyncEventBus {
             .idle(|| inner.state.load(Ordering::SeqCst) == STOPPED)
             .await;
     }
+}
+
+/// A uniform sample from `0.0..1.0` for backoff jitter (not for anything that needs
+/// unpredictability).
+fn rand_unit() -> f64 {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let bits = std::hash::RandomState::new().hash_one((seed, std::time::SystemTime::now()));
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -6,8 +6,8 @@ use super::in_flight::InFlight;
 use std::sync::{Arc, RwLock};
 
 use super::{
-    BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, EventBus, EventHandler, HandlerOutcome, Pattern,
-    StopReport, Subscription, SubscriptionId, invoke, validate,
+    BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, EventBus, EventHandler, HandlerError, HandlerOutcome,
+    Pattern, StopReport, Subscription, SubscriptionId, invoke, validate,
 };
 use crate::event::Event;
 use crate::metrics::BusMetrics;
@@ -61,6 +61,7 @@ impl InMemoryEventBus {
             running: self.in_flight.get() as u64,
             failures_reported: self.monitor.reported(),
             monitor_overflow: self.monitor.overflowed(),
+            dead_letters: 0,
             subscriptions: subscriptions
                 .iter()
                 .map(|s| s.metrics.snapshot(&s.name, s.patterns_text()))
@@ -91,7 +92,10 @@ impl InMemoryEventBus {
             .collect();
         let mut outcomes = Vec::with_capacity(matching.len());
         for subscription in matching {
-            let error = invoke(&subscription, &event, 1, &self.monitor).await.err();
+            let error = invoke(&subscription, &event, 1, &self.monitor)
+                .await
+                .err()
+                .map(|record| HandlerError::new(record.kind, record.message));
             let failed = error.is_some();
             outcomes.push(HandlerOutcome {
                 subscription: subscription.name.clone(),

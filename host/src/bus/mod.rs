@@ -9,9 +9,11 @@
 //! Both report every failure to the [`ErrorMonitor`](crate::monitor::ErrorMonitor).
 
 mod async_bus;
+mod dead_letter;
 mod in_flight;
 mod memory;
 mod pattern;
+mod retry;
 mod subscription;
 
 use std::sync::Arc;
@@ -24,8 +26,10 @@ use crate::monitor::FailureKind;
 use crate::store::LogError;
 
 pub use async_bus::{AsyncBusConfig, AsyncEventBus, Backpressure};
+pub use dead_letter::{DeadLetter, DeadLetterFilter};
 pub use memory::InMemoryEventBus;
 pub use pattern::Pattern;
+pub use retry::RetryPolicy;
 pub(crate) use subscription::{Subscription, invoke};
 
 /// Per-invocation timeout unless a subscription sets its own.
@@ -197,6 +201,8 @@ pub struct SubscribeOptions {
     pub concurrency: Option<usize>,
     /// Per-invocation timeout; the bus default otherwise.
     pub timeout: Option<Duration>,
+    /// How failures are retried; the bus default otherwise.
+    pub retry: Option<RetryPolicy>,
 }
 
 /// One handler's outcome for one event.

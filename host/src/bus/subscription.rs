@@ -46,13 +46,13 @@ impl Subscription {
 }
 
 /// Calls the handler once: under the subscription's timeout, with panics caught, the
-/// outcome recorded in the metrics and any failure reported to the monitor.
+/// outcome recorded in the metrics and any failure reported to the monitor (and returned).
 pub(crate) async fn invoke(
     subscription: &Subscription,
     event: &Arc<Event>,
     attempt: u32,
     monitor: &ErrorMonitor,
-) -> Result<(), HandlerError> {
+) -> Result<(), FailureRecord> {
     let started = Instant::now();
     let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
         subscription.handler.handle(Arc::clone(event))
@@ -82,8 +82,8 @@ pub(crate) async fn invoke(
     subscription
         .metrics
         .record(started.elapsed(), result.as_ref().err().map(HandlerError::kind));
-    if let Err(error) = &result {
-        monitor.report(FailureRecord {
+    result.map_err(|error| {
+        let record = FailureRecord {
             subscription: subscription.name.clone(),
             handler_version: subscription.handler.version().map(str::to_owned),
             event_id: event.id.clone(),
@@ -92,9 +92,10 @@ pub(crate) async fn invoke(
             kind: error.kind(),
             message: error.message().to_owned(),
             time: chrono::Utc::now(),
-        });
-    }
-    result
+        };
+        monitor.report(record.clone());
+        record
+    })
 }
 
 fn panicked(panic: Box<dyn std::any::Any + Send>) -> HandlerError {

@@ -45,6 +45,7 @@
 //! - `recent`: [`RecentErrors`], the ring buffer behind `/errors`.
 //! - `error`: the one error type every endpoint answers with.
 
+mod dlq;
 mod error;
 mod events;
 mod inspect;
@@ -196,6 +197,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(inspect::metrics))
         .route("/plugins", get(inspect::plugins))
         .route("/errors", get(inspect::errors))
+        .route("/dlq", get(dlq::list).delete(dlq::purge))
+        .route("/dlq/replay", post(dlq::replay))
+        .route("/dlq/{id}", get(dlq::show))
         // A catch-all, so keys may contain `/` as well as `:`.
         .route("/plugins/{name}/kv/{*key}", get(inspect::kv_value))
         .fallback(inspect::not_found)

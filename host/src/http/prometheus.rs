@@ -144,6 +144,13 @@ pub(crate) fn render(bus: &BusMetrics, plugins: &[PluginView], reloads: u64, loa
     );
     family(
         w,
+        "evhost_dead_letters",
+        "gauge",
+        "Events in the dead-letter queue.",
+    );
+    sample(w, "evhost_dead_letters", &[], bus.dead_letters);
+    family(
+        w,
         "evhost_plugin_reloads_total",
         "counter",
         "Changed plugin files swapped in.",

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::bus::RetryPolicy;
 use crate::bus::{BusError, Pattern};
 use crate::runtime::{Limits, PluginOptions};
 
@@ -93,48 +94,6 @@ pub struct RetrySettings {
     /// Random spread of each delay, as a fraction of it (0 to 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jitter: Option<f64>,
-}
-
-/// A complete retry policy: exponential backoff with jitter.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct RetryPolicy {
-    /// Deliveries before an event goes to the dead-letter queue (the first one included).
-    pub max_attempts: u32,
-    /// Delay before the first retry.
-    pub initial_backoff: Duration,
-    /// Longest delay between two attempts.
-    pub max_backoff: Duration,
-    /// Factor the delay grows by after each failed attempt.
-    pub multiplier: f64,
-    /// Random spread of each delay, as a fraction of it.
-    pub jitter: f64,
-}
-
-impl Default for RetryPolicy {
-    /// 5 attempts, 100 ms doubling up to 30 s, ±20 % jitter.
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(30),
-            multiplier: 2.0,
-            jitter: 0.2,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// How long to wait after attempt `failed_attempt` (1 for the first delivery) failed.
-    /// `random` is a uniform sample from `0.0..1.0`: the delay is spread by up to ±jitter
-    /// around the exponential value so that events that failed together do not retry in
-    /// lockstep. Never more than `max_backoff`.
-    pub fn backoff(&self, failed_attempt: u32, random: f64) -> Duration {
-        let exponent = i32::try_from(failed_attempt.saturating_sub(1)).unwrap_or(i32::MAX);
-        let max = self.max_backoff.as_secs_f64();
-        let base = (self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent)).min(max);
-        let spread = 1.0 + self.jitter * (2.0 * random.clamp(0.0, 1.0) - 1.0);
-        Duration::from_secs_f64((base * spread).clamp(0.0, max))
-    }
 }
 
 impl RetrySettings {
@@ -361,6 +320,7 @@ impl Manifest {
             config: self.config.clone(),
             subscriptions: self.subscriptions.clone(),
             concurrency: self.limits.concurrency,
+            retry: Some(self.retry.policy()),
         }
     }
 }

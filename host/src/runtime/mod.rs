@@ -227,6 +227,7 @@ impl Runtime {
                 imports,
             },
             concurrency: options.concurrency,
+            retry: options.retry,
             sink,
             fuel_consumed: Default::default(),
         };

@@ -73,6 +73,8 @@ pub struct PluginOptions {
     pub subscriptions: Option<Vec<String>>,
     /// Most concurrent invocations of this plugin (the bus's default otherwise).
     pub concurrency: Option<usize>,
+    /// How its failures are retried (the bus's default otherwise).
+    pub retry: Option<crate::bus::RetryPolicy>,
 }
 
 /// What a plugin says about itself, plus what the host derived.
@@ -107,6 +109,7 @@ pub struct Plugin {
     pub(crate) pre: HandlerPre<InvocationState>,
     pub(crate) info: PluginInfo,
     pub(crate) concurrency: Option<usize>,
+    pub(crate) retry: Option<crate::bus::RetryPolicy>,
     pub(crate) sink: Arc<dyn EventSink>,
     /// Fuel burned by all invocations so far.
     pub(crate) fuel_consumed: std::sync::atomic::AtomicU64,
@@ -166,6 +169,7 @@ impl Plugin {
             concurrency: self.concurrency,
             // The plugin enforces its own deadline; the bus's is a last resort.
             timeout: Some(self.shared.limits.timeout + BACKSTOP * 2),
+            retry: self.retry,
         }
     }
 

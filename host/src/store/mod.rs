@@ -56,5 +56,6 @@ impl EventLog for MemoryLog {
 }
 
 mod kv;
+pub mod sqlite;
 
 pub use kv::{KeyValueStore, MemoryKv};

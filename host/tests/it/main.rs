@@ -3,3 +3,5 @@
 mod async_bus;
 mod helpers;
 mod memory_bus;
+mod outbox;
+mod retries;

@@ -1,0 +1,818 @@
+//! The durable store: the embedded log in SQLite under the data directory.
+//!
+//! [`SqliteStore`] keeps everything evhost must not lose in one file, `DIR/evhost.db`:
+//! accepted events, each subscription's delivery state (pending, acknowledged, dead-lettered,
+//! with every failure), the plugins' key-value data and the outbox relay's checkpoints. Every
+//! write that belongs together — a delivery's acknowledgement, its key-value writes and the
+//! events its handler emitted — lands in one transaction, so a crash leaves either all of it
+//! or none.
+//!
+//! # Layout
+//!
+//! - `schema`: opening the file, the integrity check and migrations (the schema is there).
+//! - `writer`: the one writer thread and its group commit.
+//! - `read`: the read-only connections and the queries behind the read API.
+//!
+//! # Group commit
+//!
+//! Every write ([`SqliteStore::append`], [`SqliteStore::commit`], DLQ replay and purge,
+//! [`KeyValueStore::commit`]) is a request to one dedicated writer thread. The thread takes
+//! the first queued request and every request queued behind it (up to
+//! [`StoreOptions::max_group_events`]), applies them all in ONE transaction, commits once —
+//! one fsync — and only then answers each request. Requests arrive while the previous group
+//! is being synced, so under load many publishes share one fsync, and an idle store still
+//! answers a lone publish after a single commit. A request that fails (say a commit for an
+//! unknown offset) does not fail the others: the group is rolled back and each request
+//! is retried in a transaction of its own.
+//!
+//! # Durability
+//!
+//! The file is in WAL mode with `synchronous = FULL`: each commit appends the transaction to
+//! the write-ahead log and fsyncs the log before `COMMIT` returns, and a request is answered
+//! only after that. So everything a caller was told is stored survives both a `kill -9` of
+//! evhost and a power loss or kernel crash (as far as the disk honours flushes).
+//! `synchronous = NORMAL` would survive `kill -9` too — the WAL frames are in the OS page
+//! cache, which outlives the process — but in WAL mode it syncs only at checkpoints, so the
+//! last commits before a power cut could vanish after their publishers were told "accepted".
+//! Group commit is what makes FULL affordable: one fsync per transaction, not per event.
+//!
+//! # Reads
+//!
+//! Reads go through a small pool of read-only connections. In WAL mode a reader sees the
+//! last committed transaction and never waits for the writer (nor its fsync). The point
+//! reads ([`SqliteStore::kv_get`], [`SqliteStore::checkpoint`],
+//! [`SqliteStore::delivery_state`], [`SqliteStore::dlq_get`], [`SqliteStore::stats`]) are
+//! single indexed lookups and fine to call from async code. [`SqliteStore::pending`],
+//! [`SqliteStore::dlq_list`] and [`KeyValueStore::list_keys`] return as many rows as
+//! there are: call them from `spawn_blocking` when the answer may be large.
+
+mod read;
+mod schema;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::{Serialize, Serializer};
+use tokio::sync::oneshot;
+
+use super::{EventLog, KeyValueStore, LogError, Offset};
+use crate::event::Event;
+use crate::monitor::FailureRecord;
+use read::Readers;
+use writer::{Answer, Encoded, EncodedCommit, EncodedOutcome, Message, Op, Reply, Request, Writer};
+
+/// The file a store keeps everything in, inside its directory.
+pub const FILE_NAME: &str = "evhost.db";
+
+/// Settings of a [`SqliteStore`]; [`StoreOptions::default`] suits evhost.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The most events (appended or emitted) one transaction takes before it commits.
+    /// Bounds how long the first request of a group waits for the others to be applied;
+    /// the default is 4,096 (about 15 ms of work for the writer).
+    pub max_group_events: usize,
+    /// Read-only connections kept open between reads. More readers than this may be open
+    /// at once; the extra ones are closed after their read.
+    pub idle_readers: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_group_events: 4_096,
+            idle_readers: 4,
+        }
+    }
+}
+
+/// Events to append in one request.
+#[derive(Debug, Clone, Default)]
+pub struct AppendBatch {
+    /// The events, in order; their offsets are consecutive unless some are duplicates.
+    pub events: Vec<Arc<Event>>,
+    /// Per event, the subscriptions it must reach: one pending delivery is created for
+    /// each. Empty means no deliveries for any event; otherwise one entry per event.
+    pub routes: Vec<Vec<String>>,
+    /// `(relay, position)` stored in the same transaction as the events, so a relay that
+    /// restarts resumes exactly after the last batch that was stored.
+    pub checkpoint: Option<(String, i64)>,
+}
+
+/// What [`SqliteStore::append`] did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Appended {
+    /// The event's position in the log. For a duplicate, the offset the original got.
+    pub offset: u64,
+    /// The event's `source` + `id` had already been accepted: nothing was stored and no
+    /// delivery created.
+    pub duplicate: bool,
+}
+
+/// How a delivery ended, for [`SqliteStore::commit`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryOutcome {
+    /// The handler succeeded: its key-value writes and emitted events are applied.
+    Acked,
+    /// The handler failed and will be tried again: the delivery stays pending.
+    Retry {
+        /// Attempts made so far (1 after the first delivery failed).
+        attempt: u32,
+        /// Not to be delivered again before this.
+        not_before: DateTime<Utc>,
+        /// The failure, added to the delivery's history.
+        failure: FailureRecord,
+    },
+    /// The handler failed for good: the delivery moves to the dead-letter queue.
+    DeadLettered {
+        /// The last failure, added to the delivery's history.
+        failure: FailureRecord,
+    },
+}
+
+/// The end of one delivery and its effects, committed atomically by
+/// [`SqliteStore::commit`].
+#[derive(Debug, Clone)]
+pub struct DeliveryCommit {
+    /// The subscription the event was delivered to.
+    pub subscription: String,
+    /// The event's offset.
+    pub offset: u64,
+    /// How the delivery ended.
+    pub outcome: DeliveryOutcome,
+    /// The namespace `kv_writes` go to (the plugin's name).
+    pub kv_namespace: String,
+    /// Key-value writes of the invocation (`None` deletes). Only with [`DeliveryOutcome::Acked`].
+    pub kv_writes: Vec<(String, Option<Vec<u8>>)>,
+    /// Events the handler emitted, each with the subscriptions it must reach; appended
+    /// idempotently like [`SqliteStore::append`]. Only with [`DeliveryOutcome::Acked`].
+    pub emitted: Vec<(Arc<Event>, Vec<String>)>,
+}
+
+/// What [`SqliteStore::commit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The outcome and its effects are stored.
+    Committed {
+        /// Per emitted event, its offset and whether it was a duplicate.
+        emitted: Vec<Appended>,
+    },
+    /// The delivery had already been acknowledged, dead-lettered or purged (a redelivery
+    /// raced a commit that did land): nothing of this commit was applied.
+    AlreadyDone,
+}
+
+/// A delivery waiting for its handler; see [`SqliteStore::pending`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingDelivery {
+    /// The event's offset.
+    pub offset: u64,
+    /// The event.
+    pub event: Arc<Event>,
+    /// Failed attempts so far (0 for an event never delivered, or replayed from the DLQ).
+    pub attempt: u32,
+    /// Not to be delivered before this (set by a retry).
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+/// Where one delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum DeliveryState {
+    /// Waiting for (another) delivery.
+    Pending {
+        /// Failed attempts so far.
+        attempt: u32,
+        /// Not to be delivered before this.
+        not_before: Option<DateTime<Utc>>,
+    },
+    /// Handled; its effects are committed.
+    Acked,
+    /// In the dead-letter queue.
+    DeadLettered {
+        /// When it got there.
+        dead_at: DateTime<Utc>,
+    },
+    /// Removed from the dead-letter queue by a purge; never delivered again.
+    Purged,
+}
+
+/// One entry of the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// The subscription that gave up on the event.
+    pub subscription: String,
+    /// The event's offset.
+    pub offset: u64,
+    /// The event.
+    #[serde(serialize_with = "serialize_event")]
+    pub event: Arc<Event>,
+    /// Every failure of every attempt, oldest first (across replays too).
+    pub failures: Vec<FailureRecord>,
+    /// When it was dead-lettered.
+    pub dead_at: DateTime<Utc>,
+}
+
+fn serialize_event<S: Serializer>(event: &Arc<Event>, serializer: S) -> Result<S::Ok, S::Error> {
+    event.as_ref().serialize(serializer)
+}
+
+/// Counts for metrics; see [`SqliteStore::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct StoreStats {
+    /// Events stored (duplicates not counted).
+    pub events: u64,
+    /// Deliveries waiting for their handler, retries included.
+    pub pending: u64,
+    /// Deliveries in the dead-letter queue.
+    pub dead_letters: u64,
+    /// Transactions the writer committed since the store was opened: one fsync each.
+    /// Under load far fewer than `writes`.
+    pub transactions: u64,
+    /// Write requests answered since the store was opened.
+    pub writes: u64,
+}
+
+/// Why the store could not open, read or write.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite could not open or set up the file.
+    #[error("cannot open the store {}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file is damaged or is not a SQLite database. Nothing was discarded: move the
+    /// file away (or restore a backup) to start over.
+    #[error("the store {} is corrupt: {message}", path.display())]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite or the integrity check found.
+        message: String,
+    },
+    /// The file is a SQLite database, but not an evhost store.
+    #[error("{} is not an evhost store (application_id {application_id:#x}, {tables} tables)", path.display())]
+    Foreign {
+        /// The database file.
+        path: PathBuf,
+        /// The file's `PRAGMA application_id`.
+        application_id: i64,
+        /// Tables already in it.
+        tables: i64,
+    },
+    /// The store was written by a newer evhost.
+    #[error("the store {} has schema version {found}; this evhost reads up to {supported}", path.display())]
+    SchemaTooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its `PRAGMA user_version`.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the store's writer thread")]
+    Spawn(#[source] std::io::Error),
+    /// A query failed.
+    #[error("store query failed")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The transaction this request was grouped into could not commit (BEGIN or COMMIT
+    /// failed: disk full, I/O error). Its writes are not visible; after an I/O error
+    /// during the sync they may still turn up after a restart, so retrying is the answer:
+    /// appends are idempotent, and a delivery commit that did land answers `AlreadyDone`.
+    #[error("the store's transaction failed to commit")]
+    Transaction(#[source] Arc<rusqlite::Error>),
+    /// `routes` must be empty or have one entry per event.
+    #[error("an append of {events} events came with {routes} route lists")]
+    RoutesMismatch {
+        /// Events in the batch.
+        events: usize,
+        /// Route lists in the batch.
+        routes: usize,
+    },
+    /// Only an acknowledged delivery may carry key-value writes or emitted events.
+    #[error("the commit of {subscription} at offset {offset} is not an ack but carries effects")]
+    EffectsWithoutAck {
+        /// The delivery's subscription.
+        subscription: String,
+        /// The delivery's offset.
+        offset: u64,
+    },
+    /// No event has this offset.
+    #[error("no event has offset {offset}")]
+    UnknownOffset {
+        /// The offset asked for.
+        offset: u64,
+    },
+    /// Through [`EventLog::append`] only, which cannot report duplicates: this event was
+    /// already accepted, and none of the batch was stored.
+    #[error("event {id} from {event_source} was already accepted")]
+    Duplicate {
+        /// The event's `source`.
+        event_source: String,
+        /// The event's `id`.
+        id: String,
+    },
+    /// The store was closed.
+    #[error("the store is closed")]
+    Closed,
+    /// The writer thread panicked. Nothing it had not answered was committed; reopen the
+    /// store to go on.
+    #[error("the store's writer thread panicked")]
+    WriterPanicked,
+    /// A bug in the store.
+    #[error("internal store error: {0}")]
+    Internal(String),
+}
+
+/// State shared by the store handle and its writer thread.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Set by [`SqliteStore::close`] before it tells the writer: tells a request that was
+    /// dropped unanswered by a closing writer from one dropped by a panicking writer.
+    closing: AtomicBool,
+    events: AtomicU64,
+    pending: AtomicU64,
+    dead_letters: AtomicU64,
+    transactions: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// The embedded durable log: events, delivery state, dead letters, plugin key-value data
+/// and relay checkpoints in one SQLite file. See the [module docs](self) for the design.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), evhost::store::sqlite::StoreError> {
+/// use std::sync::Arc;
+/// use evhost::Event;
+/// use evhost::store::sqlite::{AppendBatch, SqliteStore, StoreOptions};
+///
+/// let store = SqliteStore::open(".evhost".as_ref(), StoreOptions::default())?;
+/// let event = Arc::new(Event::new("UserCreated", "users", serde_json::json!({"id": 1})));
+/// let appended = store
+///     .append(AppendBatch {
+///         events: vec![event],
+///         routes: vec![vec!["welcome-mail".into()]],
+///         checkpoint: None,
+///     })
+///     .await?;
+/// assert_eq!(store.pending("welcome-mail")?.len(), 1);
+/// # let _ = appended;
+/// # Ok(())
+/// # }
+/// ```
+pub struct SqliteStore {
+    path: PathBuf,
+    /// `None` only while dropping: dropping it is what stops the writer.
+    sender: Option<mpsc::Sender<Message>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Readers,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens `dir/evhost.db`, creating the directory and the file if needed: switches it
+    /// to WAL mode, runs `PRAGMA quick_check`, migrates the schema and starts the writer
+    /// thread.
+    ///
+    /// Corrupt or unreadable data is [`StoreError::Corrupt`] naming the file and what is
+    /// wrong; it is never discarded. The integrity check reads the whole file, so this
+    /// blocks: from async code call it in `spawn_blocking`.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Arc<Self>, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let conn = schema::open_writer(&path)?;
+        let shared = Arc::new(Shared::default());
+        schema::load_counts(&conn, &shared).map_err(|e| schema::classify(&path, e))?;
+        let readers = Readers::open(path.clone(), options.idle_readers)?;
+        let (sender, receiver) = mpsc::channel();
+        let writer = Writer::new(
+            conn,
+            path.clone(),
+            Arc::clone(&shared),
+            options.max_group_events.max(1),
+        );
+        let writer = std::thread::Builder::new()
+            .name("evhost-store-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(StoreError::Spawn)?;
+        Ok(Arc::new(Self {
+            path,
+            sender: Some(sender),
+            writer: Some(writer),
+            readers,
+            shared,
+        }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `batch.events`, creates a pending delivery per event and routed
+    /// subscription, and stores `batch.checkpoint`, all in one transaction. Resolves once
+    /// that transaction is committed (durable), with one [`Appended`] per event.
+    ///
+    /// Idempotent: an event whose `source` + `id` was already accepted (earlier, or
+    /// earlier in the same batch) is not stored again and gets no deliveries; its entry is
+    /// `duplicate` and carries the original offset. Dropping the future does not withdraw
+    /// the request: it may still be stored, and publishing it again is then a duplicate.
+    pub async fn append(&self, batch: AppendBatch) -> Result<Vec<Appended>, StoreError> {
+        let AppendBatch {
+            events,
+            routes,
+            checkpoint,
+        } = batch;
+        if !routes.is_empty() && routes.len() != events.len() {
+            return Err(StoreError::RoutesMismatch {
+                events: events.len(),
+                routes: routes.len(),
+            });
+        }
+        if events.is_empty() && checkpoint.is_none() {
+            return Ok(Vec::new());
+        }
+        let op = Op::Append {
+            // Serialized here, on the caller's thread, so the one writer thread only does
+            // SQLite work.
+            events: events.into_iter().map(Encoded::new).collect(),
+            routes,
+            checkpoint,
+            reject_duplicates: false,
+        };
+        match self.submit(op).await? {
+            Answer::Appended(appended) => Ok(appended),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The position `relay` stored with its last append, if any.
+    pub fn checkpoint(&self, relay: &str) -> Result<Option<i64>, StoreError> {
+        self.read(|conn, _| read::checkpoint(conn, relay))
+    }
+
+    /// Finishes a delivery: its new state, the key-value writes and the emitted events
+    /// (appended with their routes, idempotently), all in one transaction. Resolves after
+    /// the commit.
+    ///
+    /// Exactly once: if the delivery is already acknowledged, dead-lettered or purged, the
+    /// answer is [`CommitOutcome::AlreadyDone`] and nothing is applied. A delivery the
+    /// store never created (an event appended without routes) is created by its first
+    /// commit. Effects with a failure outcome are refused
+    /// ([`StoreError::EffectsWithoutAck`]): a failed invocation must leave nothing behind.
+    pub async fn commit(&self, commit: DeliveryCommit) -> Result<CommitOutcome, StoreError> {
+        let op = Op::Commit(encode_commit(commit)?);
+        match self.submit(op).await? {
+            Answer::Commit(outcome) => Ok(outcome),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Every pending delivery of `subscription` in offset order, with its event, failed
+    /// attempts and `not_before`: what the bus redelivers after a restart. Returns the
+    /// whole backlog: call it from `spawn_blocking` when that may be large.
+    pub fn pending(&self, subscription: &str) -> Result<Vec<PendingDelivery>, StoreError> {
+        self.read(|conn, path| read::pending(conn, path, subscription))
+    }
+
+    /// Where the delivery of the event at `offset` to `subscription` stands; `None` if
+    /// there is no such delivery.
+    pub fn delivery_state(
+        &self,
+        subscription: &str,
+        offset: u64,
+    ) -> Result<Option<DeliveryState>, StoreError> {
+        self.read(|conn, path| read::delivery_state(conn, path, subscription, offset))
+    }
+
+    /// The value of `key` in `namespace` (a plugin's name).
+    pub fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|conn, _| read::kv_get(conn, namespace, key))
+    }
+
+    /// The dead-letter queue, of one subscription or all, ordered by subscription and
+    /// offset. Returns all of it: call it from `spawn_blocking` when it may be large.
+    pub fn dlq_list(&self, subscription: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(|conn, path| read::dead_letters(conn, path, subscription, None))
+    }
+
+    /// One dead letter.
+    pub fn dlq_get(&self, subscription: &str, offset: u64) -> Result<Option<DeadLetter>, StoreError> {
+        self.read(|conn, path| {
+            Ok(read::dead_letters(conn, path, Some(subscription), Some(offset))?
+                .into_iter()
+                .next())
+        })
+    }
+
+    /// Moves dead letters back to pending — of one subscription or all, one offset or all —
+    /// with the attempt count reset and the failure history kept, so the bus delivers them
+    /// again. Returns how many moved.
+    pub async fn dlq_replay(
+        &self,
+        subscription: Option<&str>,
+        offset: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let op = Op::Replay {
+            subscription: subscription.map(str::to_owned),
+            offset,
+        };
+        match self.submit(op).await? {
+            Answer::Count(n) => Ok(n),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes the dead letters of one subscription, or all, for good: their deliveries
+    /// become purged (never delivered again) and their failure history is deleted. Returns
+    /// how many.
+    pub async fn dlq_purge(&self, subscription: Option<&str>) -> Result<u64, StoreError> {
+        let op = Op::Purge {
+            subscription: subscription.map(str::to_owned),
+        };
+        match self.submit(op).await? {
+            Answer::Count(n) => Ok(n),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Counts for metrics. Kept in memory by the writer (counted once at open), so this
+    /// costs nothing.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let s = &self.shared;
+        Ok(StoreStats {
+            events: s.events.load(Ordering::Relaxed),
+            pending: s.pending.load(Ordering::Relaxed),
+            dead_letters: s.dead_letters.load(Ordering::Relaxed),
+            transactions: s.transactions.load(Ordering::Relaxed),
+            writes: s.writes.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Stops the writer once the requests queued before this call are committed and
+    /// answered. Later writes and reads fail with [`StoreError::Closed`]. The file is
+    /// closed when the last handle is dropped.
+    pub async fn close(&self) {
+        if self.shared.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (done, stopped) = oneshot::channel();
+        if let Some(sender) = &self.sender
+            && sender.send(Message::Shutdown(done)).is_ok()
+        {
+            // An error means the writer is already gone (it panicked): closed either way.
+            let _ = stopped.await;
+        }
+    }
+
+    fn read<T>(
+        &self,
+        query: impl FnOnce(&rusqlite::Connection, &Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        self.readers.with(query)
+    }
+
+    /// Queues `op` for the writer.
+    fn send(&self, op: Op, reply: Reply) -> Result<(), StoreError> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let sender = self.sender.as_ref().ok_or(StoreError::Closed)?;
+        sender
+            .send(Message::Request(Request { op, reply }))
+            .map_err(|_| self.stopped())
+    }
+
+    /// Hands `op` to the writer and waits, without blocking the thread, for its answer.
+    async fn submit(&self, op: Op) -> Result<Answer, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(op, Reply::Async(reply))?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// Hands `op` to the writer and blocks this thread until it is committed: for the
+    /// synchronous [`KeyValueStore`] and [`EventLog`] methods. On a multi-threaded tokio
+    /// runtime the wait runs in `block_in_place`, so the worker's other tasks move on.
+    fn submit_blocking(&self, op: Op) -> Result<Answer, StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(op, Reply::Blocking(reply))?;
+        let wait = move || answer.recv();
+        let answer = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        answer.map_err(|_| self.stopped())?
+    }
+
+    /// Why the writer dropped a request unanswered or refused it: it closed, or it died.
+    fn stopped(&self) -> StoreError {
+        if self.shared.closing.load(Ordering::Acquire) {
+            StoreError::Closed
+        } else {
+            StoreError::WriterPanicked
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    /// Lets the writer finish what is queued, then waits for it (at most one group
+    /// commit), so the file is consistent and closed when the store is gone.
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        if let Some(writer) = self.writer.take() {
+            // A panicked writer was already reported to the requests it dropped.
+            let _ = writer.join();
+        }
+    }
+}
+
+fn encode_commit(commit: DeliveryCommit) -> Result<EncodedCommit, StoreError> {
+    let DeliveryCommit {
+        subscription,
+        offset,
+        outcome,
+        kv_namespace,
+        kv_writes,
+        emitted,
+    } = commit;
+    let has_effects = !kv_writes.is_empty() || !emitted.is_empty();
+    let outcome = match outcome {
+        DeliveryOutcome::Acked => EncodedOutcome::Acked,
+        _ if has_effects => return Err(StoreError::EffectsWithoutAck { subscription, offset }),
+        DeliveryOutcome::Retry {
+            attempt,
+            not_before,
+            failure,
+        } => EncodedOutcome::Retry {
+            attempt,
+            not_before: read::format_time(not_before),
+            failure: encode_failure(&failure),
+        },
+        DeliveryOutcome::DeadLettered { failure } => EncodedOutcome::DeadLettered {
+            attempt: failure.attempt,
+            failure: encode_failure(&failure),
+        },
+    };
+    Ok(EncodedCommit {
+        subscription,
+        offset,
+        outcome,
+        kv_namespace,
+        kv_writes,
+        emitted: emitted
+            .into_iter()
+            .map(|(event, routes)| (Encoded::new(event), routes))
+            .collect(),
+    })
+}
+
+fn encode_failure(failure: &FailureRecord) -> String {
+    serde_json::to_string(failure).expect("a failure record always serializes to JSON")
+}
+
+/// The writer answered with the wrong kind of answer: a bug, reported rather than panicking
+/// in the caller.
+fn unexpected(answer: &Answer) -> StoreError {
+    StoreError::Internal(format!("the writer answered {answer:?}"))
+}
+
+/// `error` with its sources, for [`LogError`]'s single message.
+fn error_chain(error: &dyn StdError) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+fn log_error(error: StoreError) -> LogError {
+    LogError(error_chain(&error))
+}
+
+/// The bus's current storage interface. It knows no routes and cannot report duplicates,
+/// so it is a stopgap until the bus calls [`SqliteStore::append`] and
+/// [`SqliteStore::commit`] directly:
+///
+/// - `append` stores the events without deliveries (so a restart has nothing to
+///   redeliver through this path). Offsets of one batch are consecutive, which the bus
+///   relies on, so a batch holding an already-accepted event fails as a whole with
+///   [`StoreError::Duplicate`] and nothing of it is stored.
+/// - `ack` commits an [`DeliveryOutcome::Acked`] without effects and blocks the calling
+///   thread until it is durable (see `submit_blocking`): the trait returns nothing, so it
+///   cannot be awaited and a failure can only be logged. It should become
+///   `fn ack(..) -> BoxFuture<'_, Result<(), LogError>>`.
+impl EventLog for SqliteStore {
+    fn append<'a>(&'a self, events: &'a [Arc<Event>]) -> BoxFuture<'a, Result<Offset, LogError>> {
+        Box::pin(async move {
+            if events.is_empty() {
+                // Nothing is numbered, so the offset is never used.
+                return Ok(0);
+            }
+            let op = Op::Append {
+                events: events.iter().cloned().map(Encoded::new).collect(),
+                routes: Vec::new(),
+                checkpoint: None,
+                reject_duplicates: true,
+            };
+            match self.submit(op).await.map_err(log_error)? {
+                Answer::Appended(appended) => Ok(appended[0].offset),
+                other => Err(log_error(unexpected(&other))),
+            }
+        })
+    }
+
+    fn ack(&self, subscription: &str, offset: Offset) {
+        let op = Op::Commit(EncodedCommit {
+            subscription: subscription.to_owned(),
+            offset,
+            outcome: EncodedOutcome::Acked,
+            kv_namespace: String::new(),
+            kv_writes: Vec::new(),
+            emitted: Vec::new(),
+        });
+        if let Err(error) = self.submit_blocking(op) {
+            // The delivery stays unacknowledged in the store: at worst it is delivered again.
+            tracing::error!(subscription, offset, error = %error_chain(&error), "storing an ack failed");
+        }
+    }
+}
+
+/// Plugins' key-value data in the store. The bus commits an invocation's writes through
+/// [`SqliteStore::commit`], atomically with the delivery's ack; `commit` here is a
+/// transaction of its own (for writes outside a delivery), which blocks the calling thread
+/// until durable.
+impl KeyValueStore for SqliteStore {
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, LogError> {
+        self.kv_get(namespace, key).map_err(log_error)
+    }
+
+    fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let op = Op::Kv {
+            namespace: namespace.to_owned(),
+            writes,
+        };
+        match self.submit_blocking(op).map_err(log_error)? {
+            Answer::Done => Ok(()),
+            other => Err(log_error(unexpected(&other))),
+        }
+    }
+
+    /// Pages with `LIMIT`/`OFFSET`: a late page costs a scan of the keys before it.
+    fn list_keys(
+        &self,
+        namespace: &str,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<u64>), LogError> {
+        self.read(|conn, _| read::kv_keys(conn, namespace, cursor, limit))
+            .map_err(log_error)
+    }
+}

@@ -1,0 +1,265 @@
+//! The read side: a pool of read-only connections and the queries behind the read API.
+//!
+//! In WAL mode a read transaction sees the last commit and takes no lock the writer
+//! waits for, so reads never queue behind a group commit or its fsync.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::schema::{self, ACKED, DEAD, PENDING, PURGED};
+use super::{DeadLetter, DeliveryState, PendingDelivery, StoreError};
+use crate::event::Event;
+use crate::monitor::FailureRecord;
+
+/// Read-only connections, opened on demand and kept for reuse.
+pub(super) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl Readers {
+    /// A pool over `path`, with one connection opened now so that a file the readers cannot
+    /// open fails [`super::SqliteStore::open`] rather than the first read.
+    pub(super) fn open(path: PathBuf, max_idle: usize) -> Result<Self, StoreError> {
+        let readers = Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+            max_idle: max_idle.max(1),
+        };
+        let first = readers.connect()?;
+        readers.idle.lock().unwrap_or_else(|e| e.into_inner()).push(first);
+        Ok(readers)
+    }
+
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_error)?;
+        conn.busy_timeout(schema::BUSY_TIMEOUT).map_err(open_error)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(conn)
+    }
+
+    /// Runs `query` on an idle connection (a new one if none is idle). Errors that say the
+    /// data is damaged become [`StoreError::Corrupt`] naming the file.
+    pub(super) fn with<T>(
+        &self,
+        query: impl FnOnce(&Connection, &Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.connect()?,
+        };
+        let result = query(&conn, &self.path);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle && conn.is_autocommit() {
+            idle.push(conn);
+        }
+        drop(idle);
+        result.map_err(|error| match error {
+            StoreError::Sqlite(error) => schema::classify(&self.path, error),
+            other => other,
+        })
+    }
+}
+
+/// How timestamps are stored: RFC 3339 in UTC, exact to the nanosecond, readable in the
+/// `sqlite3` shell.
+pub(super) fn format_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn parse_time(path: &Path, what: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| corrupt(path, format!("{what}: bad timestamp {text:?}: {e}")))
+}
+
+fn parse_event(path: &Path, pos: i64, json: &str) -> Result<Arc<Event>, StoreError> {
+    Event::from_json(json.as_bytes())
+        .map(Arc::new)
+        .map_err(|e| corrupt(path, format!("event at offset {pos}: {e}")))
+}
+
+fn parse_failure(path: &Path, sub: &str, pos: i64, json: &str) -> Result<FailureRecord, StoreError> {
+    serde_json::from_str(json).map_err(|e| corrupt(path, format!("failure of {sub} at offset {pos}: {e}")))
+}
+
+fn corrupt(path: &Path, message: String) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_owned(),
+        message,
+    }
+}
+
+/// A stored offset as the API reports it; rowids are positive.
+pub(super) fn to_offset(pos: i64) -> u64 {
+    u64::try_from(pos).unwrap_or(0)
+}
+
+/// An API offset as stored. Offsets past `i64::MAX` do not exist, and `i64::MAX` is never
+/// handed out, so a lookup of one finds nothing.
+pub(super) fn to_pos(offset: u64) -> i64 {
+    i64::try_from(offset).unwrap_or(i64::MAX)
+}
+
+fn attempt(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+pub(super) fn checkpoint(conn: &Connection, relay: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT position FROM checkpoints WHERE relay = ?1")?
+        .query_row([relay], |row| row.get(0))
+        .optional()?)
+}
+
+pub(super) fn kv_get(conn: &Connection, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2")?
+        .query_row([namespace, key], |row| row.get(0))
+        .optional()?)
+}
+
+/// A page of `namespace`'s keys in order, as [`crate::store::KeyValueStore::list_keys`]
+/// defines it: `cursor` is the index of the first key.
+pub(super) fn kv_keys(
+    conn: &Connection,
+    namespace: &str,
+    cursor: Option<u64>,
+    limit: usize,
+) -> Result<(Vec<String>, Option<u64>), StoreError> {
+    let start = cursor.unwrap_or(0);
+    // One key more than asked tells whether another page follows.
+    let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1).saturating_add(1);
+    let mut keys: Vec<String> = conn
+        .prepare_cached("SELECT key FROM kv WHERE namespace = ?1 ORDER BY key LIMIT ?2 OFFSET ?3")?
+        .query_map(params![namespace, fetch, to_pos(start)], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let more = keys.len() > limit;
+    keys.truncate(limit);
+    let next = more.then(|| start + keys.len() as u64);
+    Ok((keys, next))
+}
+
+pub(super) fn pending(
+    conn: &Connection,
+    path: &Path,
+    subscription: &str,
+) -> Result<Vec<PendingDelivery>, StoreError> {
+    // INDEXED BY: without statistics the planner would walk the subscription's whole
+    // history by primary key; the partial index holds only what is pending.
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.pos, e.event, d.attempt, d.not_before
+         FROM deliveries d INDEXED BY deliveries_pending JOIN events e ON e.pos = d.pos
+         WHERE d.sub = (SELECT id FROM subscriptions WHERE name = ?1) AND d.state = 0
+         ORDER BY d.pos",
+    )?;
+    let mut rows = stmt.query([subscription])?;
+    let mut pending = Vec::new();
+    while let Some(row) = rows.next()? {
+        let pos: i64 = row.get(0)?;
+        let json: String = row.get(1)?;
+        let not_before: Option<String> = row.get(3)?;
+        pending.push(PendingDelivery {
+            offset: to_offset(pos),
+            event: parse_event(path, pos, &json)?,
+            attempt: attempt(row.get(2)?),
+            not_before: not_before
+                .map(|t| parse_time(path, "not_before", &t))
+                .transpose()?,
+        });
+    }
+    Ok(pending)
+}
+
+pub(super) fn delivery_state(
+    conn: &Connection,
+    path: &Path,
+    subscription: &str,
+    offset: u64,
+) -> Result<Option<DeliveryState>, StoreError> {
+    let row: Option<(i64, i64, Option<String>, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT state, attempt, not_before, dead_at FROM deliveries
+             WHERE sub = (SELECT id FROM subscriptions WHERE name = ?1) AND pos = ?2",
+        )?
+        .query_row(params![subscription, to_pos(offset)], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .optional()?;
+    let Some((state, attempts, not_before, dead_at)) = row else {
+        return Ok(None);
+    };
+    let state = match state {
+        PENDING => DeliveryState::Pending {
+            attempt: attempt(attempts),
+            not_before: not_before
+                .map(|t| parse_time(path, "not_before", &t))
+                .transpose()?,
+        },
+        ACKED => DeliveryState::Acked,
+        DEAD => DeliveryState::DeadLettered {
+            dead_at: parse_time(path, "dead_at", dead_at.as_deref().unwrap_or_default())?,
+        },
+        PURGED => DeliveryState::Purged,
+        other => return Err(corrupt(path, format!("delivery state {other}"))),
+    };
+    Ok(Some(state))
+}
+
+/// Dead letters of one subscription (or all), of one offset (or all), each with its full
+/// failure history; read in one transaction so the list and the histories agree.
+pub(super) fn dead_letters(
+    conn: &Connection,
+    path: &Path,
+    subscription: Option<&str>,
+    offset: Option<u64>,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let mut letters = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT s.name, d.sub, d.pos, e.event, d.dead_at
+             FROM deliveries d INDEXED BY deliveries_dead
+             JOIN subscriptions s ON s.id = d.sub
+             JOIN events e ON e.pos = d.pos
+             WHERE d.state = 2 AND (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR d.pos = ?2)
+             ORDER BY s.name, d.pos",
+        )?;
+        let mut failures_stmt =
+            tx.prepare_cached("SELECT record FROM failures WHERE sub = ?1 AND pos = ?2 ORDER BY id")?;
+        let mut rows = stmt.query(params![subscription, offset.map(to_pos)])?;
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            let sub: i64 = row.get(1)?;
+            let pos: i64 = row.get(2)?;
+            let json: String = row.get(3)?;
+            let dead_at: Option<String> = row.get(4)?;
+            let failures = failures_stmt
+                .query_map(params![sub, pos], |row| row.get::<_, String>(0))?
+                .map(|record| parse_failure(path, &name, pos, &record?))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            letters.push(DeadLetter {
+                offset: to_offset(pos),
+                event: parse_event(path, pos, &json)?,
+                failures,
+                dead_at: parse_time(path, "dead_at", dead_at.as_deref().unwrap_or_default())?,
+                subscription: name,
+            });
+        }
+    }
+    tx.commit()?;
+    Ok(letters)
+}

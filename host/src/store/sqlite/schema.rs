@@ -1,0 +1,239 @@
+//! Opening the file: WAL mode, the integrity check, the schema and its migrations.
+//!
+//! # Schema (version 1)
+//!
+//! - `events(pos, source, id, event)`: the log. `pos` is the offset (an
+//!   `AUTOINCREMENT` rowid, so an offset is never handed out twice even if old events are
+//!   deleted some day); `event` is the CloudEvents JSON; `(source, id)` is unique, which is
+//!   what makes publishing idempotent.
+//! - `subscriptions(id, name)`: subscription names, so each delivery row stores a small
+//!   integer instead of the name.
+//! - `deliveries(sub, pos, state, attempt, not_before, dead_at)`: one row per event and
+//!   subscription it must reach. `state` is 0 pending, 1 acked, 2 dead-lettered, 3
+//!   purged. Partial indexes over pending and dead rows keep redelivery and DLQ queries
+//!   proportional to what they return, not to the history.
+//! - `failures(id, sub, pos, record)`: every failure of a delivery, in order, as the
+//!   `FailureRecord` JSON.
+//! - `kv(namespace, key, value)`: the plugins' key-value data.
+//! - `checkpoints(relay, position)`: how far each outbox relay got.
+//!
+//! `PRAGMA application_id` marks the file as evhost's and `PRAGMA user_version` is the
+//! schema version; [`MIGRATIONS`] brings an older file up to date at open.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::{Shared, StoreError};
+
+/// `PRAGMA application_id` of an evhost store: "evhs".
+const APPLICATION_ID: i64 = 0x6576_6873;
+
+/// Delivery states as stored.
+pub(super) const PENDING: i64 = 0;
+pub(super) const ACKED: i64 = 1;
+pub(super) const DEAD: i64 = 2;
+pub(super) const PURGED: i64 = 3;
+
+/// How long a connection waits for a lock held by another connection (another process
+/// opening the same directory, or a checkpoint) before failing.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Integrity-check messages quoted in an error; SQLite can report thousands.
+const MAX_CHECK_MESSAGES: usize = 10;
+
+/// `MIGRATIONS[n]` takes a store from schema version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[r"
+    CREATE TABLE events (
+        pos    INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,
+        id     TEXT NOT NULL,
+        event  TEXT NOT NULL
+    ) STRICT;
+    CREATE UNIQUE INDEX events_by_source_id ON events (source, id);
+
+    CREATE TABLE subscriptions (
+        id   INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    ) STRICT;
+
+    CREATE TABLE deliveries (
+        sub        INTEGER NOT NULL,
+        pos        INTEGER NOT NULL,
+        state      INTEGER NOT NULL CHECK (state BETWEEN 0 AND 3),
+        attempt    INTEGER NOT NULL DEFAULT 0,
+        not_before TEXT,
+        dead_at    TEXT,
+        PRIMARY KEY (sub, pos)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX deliveries_pending ON deliveries (sub, pos) WHERE state = 0;
+    CREATE INDEX deliveries_dead ON deliveries (sub, pos) WHERE state = 2;
+
+    CREATE TABLE failures (
+        id     INTEGER PRIMARY KEY,
+        sub    INTEGER NOT NULL,
+        pos    INTEGER NOT NULL,
+        record TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX failures_by_delivery ON failures (sub, pos);
+
+    CREATE TABLE kv (
+        namespace TEXT NOT NULL,
+        key       TEXT NOT NULL,
+        value     BLOB NOT NULL,
+        PRIMARY KEY (namespace, key)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE checkpoints (
+        relay    TEXT PRIMARY KEY,
+        position INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+"];
+
+/// The schema version this build writes.
+pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Maps an error about `path` to [`StoreError::Corrupt`] when SQLite says the data is
+/// damaged or not a database, and to [`StoreError::Sqlite`] otherwise.
+pub(super) fn classify(path: &Path, error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            path: path.to_owned(),
+            message: error.to_string(),
+        },
+        _ => StoreError::Sqlite(error),
+    }
+}
+
+/// Opens the writer's connection: WAL, integrity check, migrations, durability settings.
+pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let open_error = |source: rusqlite::Error| match classify(path, source) {
+        StoreError::Sqlite(source) => StoreError::Open {
+            path: path.to_owned(),
+            source,
+        },
+        other => other,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+    // The first statement that reads the file: a file that is not a database fails here.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(open_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            message: format!("cannot switch to WAL mode (journal mode stays {mode})"),
+        });
+    }
+    quick_check(&conn, path).map_err(open_error)??;
+    migrate(&conn, path)?;
+    // FULL: every commit fsyncs the WAL, so an answered write survives power loss, not
+    // only kill -9 (see the module docs). The cache holds the hot index pages of the
+    // log; `journal_size_limit` shrinks the WAL back after a burst.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA cache_size = -65536;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA journal_size_limit = 67108864;",
+    )
+    .map_err(open_error)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// `PRAGMA quick_check`: the outer error is SQLite failing to run it, the inner one what it
+/// found.
+fn quick_check(conn: &Connection, path: &Path) -> rusqlite::Result<Result<(), StoreError>> {
+    let mut stmt = conn.prepare("PRAGMA quick_check")?;
+    let messages: Vec<String> = stmt
+        .query_map([], |row| row.get(0))?
+        .take(MAX_CHECK_MESSAGES)
+        .collect::<rusqlite::Result<_>>()?;
+    if messages.len() == 1 && messages[0] == "ok" {
+        return Ok(Ok(()));
+    }
+    Ok(Err(StoreError::Corrupt {
+        path: path.to_owned(),
+        message: format!("integrity check failed: {}", messages.join("; ")),
+    }))
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], refusing files that are not evhost stores or
+/// that a newer evhost wrote.
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let pragma = |name: &str| -> Result<i64, StoreError> {
+        conn.pragma_query_value(None, name, |row| row.get(0))
+            .map_err(|e| classify(path, e))
+    };
+    let application_id = pragma("application_id")?;
+    let version = pragma("user_version")?;
+    if application_id != APPLICATION_ID {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
+            .map_err(|e| classify(path, e))?;
+        // A brand-new file has no id and nothing in it; anything else belongs to someone else.
+        if application_id != 0 || version != 0 || tables != 0 {
+            return Err(StoreError::Foreign {
+                path: path.to_owned(),
+                application_id,
+                tables,
+            });
+        }
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (from, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        let to = from as i64 + 1;
+        // One transaction per step: a crash mid-migration leaves the previous version.
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             {sql}
+             PRAGMA application_id = {APPLICATION_ID};
+             PRAGMA user_version = {to};
+             COMMIT;"
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            classify(path, e)
+        })?;
+    }
+    Ok(())
+}
+
+/// Counts what [`super::StoreStats`] reports, once at open; the writer keeps them up to date.
+pub(super) fn load_counts(conn: &Connection, shared: &Shared) -> rusqlite::Result<()> {
+    let count = |sql: &str| -> rusqlite::Result<u64> {
+        let n: i64 = conn.query_row(sql, [], |row| row.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    };
+    shared
+        .events
+        .store(count("SELECT count(*) FROM events")?, Ordering::Relaxed);
+    shared.pending.store(
+        count(&format!(
+            "SELECT count(*) FROM deliveries WHERE state = {PENDING}"
+        ))?,
+        Ordering::Relaxed,
+    );
+    shared.dead_letters.store(
+        count(&format!("SELECT count(*) FROM deliveries WHERE state = {DEAD}"))?,
+        Ordering::Relaxed,
+    );
+    Ok(())
+}

@@ -1,0 +1,958 @@
+//! The store against real SQLite files in temporary directories.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::writer::{Answer, Encoded, Op, Reply};
+use super::*;
+use crate::monitor::FailureKind;
+
+/// A directory removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("evhost-store-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open(dir: &TempDir) -> Arc<SqliteStore> {
+    SqliteStore::open(dir.path(), StoreOptions::default()).unwrap()
+}
+
+fn event(n: u32) -> Arc<Event> {
+    Arc::new(Event::new("UserCreated", "users", json!({ "n": n })).with_subject(format!("user-{n}")))
+}
+
+fn routed(events: &[Arc<Event>], routes: &[&[&str]]) -> AppendBatch {
+    AppendBatch {
+        events: events.to_vec(),
+        routes: routes
+            .iter()
+            .map(|r| r.iter().map(|s| (*s).to_owned()).collect())
+            .collect(),
+        checkpoint: None,
+    }
+}
+
+async fn append_one(store: &SqliteStore, event: &Arc<Event>, routes: &[&str]) -> Appended {
+    let appended = store
+        .append(routed(std::slice::from_ref(event), &[routes]))
+        .await
+        .unwrap();
+    appended[0]
+}
+
+fn failure(subscription: &str, event: &Event, attempt: u32, message: &str) -> FailureRecord {
+    FailureRecord {
+        subscription: subscription.to_owned(),
+        handler_version: Some("v1".into()),
+        event_id: event.id.clone(),
+        event_type: event.ty.clone(),
+        attempt,
+        kind: FailureKind::Retry,
+        message: message.to_owned(),
+        time: Utc::now(),
+    }
+}
+
+fn ack(subscription: &str, offset: u64) -> DeliveryCommit {
+    DeliveryCommit {
+        subscription: subscription.to_owned(),
+        offset,
+        outcome: DeliveryOutcome::Acked,
+        kv_namespace: subscription.to_owned(),
+        kv_writes: Vec::new(),
+        emitted: Vec::new(),
+    }
+}
+
+fn retry(
+    subscription: &str,
+    offset: u64,
+    attempt: u32,
+    not_before: DateTime<Utc>,
+    failure: FailureRecord,
+) -> DeliveryCommit {
+    DeliveryCommit {
+        outcome: DeliveryOutcome::Retry {
+            attempt,
+            not_before,
+            failure,
+        },
+        ..ack(subscription, offset)
+    }
+}
+
+fn dead(subscription: &str, offset: u64, failure: FailureRecord) -> DeliveryCommit {
+    DeliveryCommit {
+        outcome: DeliveryOutcome::DeadLettered { failure },
+        ..ack(subscription, offset)
+    }
+}
+
+/// Blocks the writer inside a transaction until the returned sender is dropped; returns
+/// once the writer is held, plus the hold's own answer.
+fn hold(store: &SqliteStore) -> (mpsc::Sender<()>, oneshot::Receiver<Result<Answer, StoreError>>) {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let (reply, answer) = oneshot::channel();
+    store
+        .send(
+            Op::Hold {
+                entered: entered_tx,
+                release: release_rx,
+            },
+            Reply::Async(reply),
+        )
+        .unwrap();
+    entered.recv().unwrap();
+    (release, answer)
+}
+
+/// Queues an append without waiting for it.
+fn queue_append(
+    store: &SqliteStore,
+    event: Arc<Event>,
+    routes: &[&str],
+) -> oneshot::Receiver<Result<Answer, StoreError>> {
+    let (reply, answer) = oneshot::channel();
+    let op = Op::Append {
+        events: vec![Encoded::new(event)],
+        routes: vec![routes.iter().map(|s| (*s).to_owned()).collect()],
+        checkpoint: None,
+        reject_duplicates: false,
+    };
+    store.send(op, Reply::Async(reply)).unwrap();
+    answer
+}
+
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), future)
+        .await
+        .expect("the store answered in time")
+}
+
+/// What the file says, counted by a connection of our own, to check the store's counters.
+fn counted(path: &Path) -> (u64, u64, u64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64;
+    (
+        count("SELECT count(*) FROM events"),
+        count("SELECT count(*) FROM deliveries WHERE state = 0"),
+        count("SELECT count(*) FROM deliveries WHERE state = 2"),
+    )
+}
+
+#[tokio::test]
+async fn appended_events_stay_pending_across_a_reopen() {
+    let dir = TempDir::new();
+    let events: Vec<_> = (0..3).map(event).collect();
+    let appended = {
+        let store = open(&dir);
+        store
+            .append(routed(&events, &[&["a", "b"], &["a"], &[]]))
+            .await
+            .unwrap()
+    };
+    assert!(appended.iter().all(|a| !a.duplicate));
+    assert_eq!(
+        appended[1].offset,
+        appended[0].offset + 1,
+        "one batch gets consecutive offsets"
+    );
+
+    let store = open(&dir);
+    let a = store.pending("a").unwrap();
+    assert_eq!(
+        a.iter().map(|p| (p.offset, p.event.as_ref())).collect::<Vec<_>>(),
+        vec![
+            (appended[0].offset, &*events[0]),
+            (appended[1].offset, &*events[1])
+        ],
+        "in offset order, with the events as published"
+    );
+    assert!(a.iter().all(|p| p.attempt == 0 && p.not_before.is_none()));
+    assert_eq!(store.pending("b").unwrap().len(), 1);
+    assert!(store.pending("nobody").unwrap().is_empty());
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.events, stats.pending, stats.dead_letters), (3, 3, 0));
+}
+
+#[tokio::test]
+async fn an_abandoned_store_keeps_every_answered_write() {
+    // Like kill -9 as far as the file is concerned: no clean close, no checkpoint.
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let first = append_one(&store, &event(1), &["s"]).await;
+    store.commit(ack("s", first.offset)).await.unwrap();
+    let second = append_one(&store, &event(2), &["s"]).await;
+    std::mem::forget(store);
+
+    let store = open(&dir);
+    let pending = store.pending("s").unwrap();
+    assert_eq!(
+        pending.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![second.offset]
+    );
+    assert_eq!(
+        store.delivery_state("s", first.offset).unwrap(),
+        Some(DeliveryState::Acked)
+    );
+}
+
+#[tokio::test]
+async fn an_answered_append_is_in_the_file_and_commits_are_fsynced() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let e = event(1);
+    let appended = append_one(&store, &e, &["s"]).await;
+    // A connection of our own, not the store's: the row is committed to the file.
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    let stored: String = conn
+        .query_row(
+            "SELECT event FROM events WHERE pos = ?1",
+            [appended.offset as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(Event::from_json(stored.as_bytes()).unwrap(), *e);
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    // The writer's connection is set up by `open_writer`: FULL (2) syncs the WAL on
+    // every commit, so what was answered survives power loss too.
+    let writer = schema::open_writer(store.path()).unwrap();
+    let synchronous: i64 = writer.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+    assert_eq!(synchronous, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_transactions() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let before = store.stats().unwrap();
+    let tasks: Vec<_> = (0..1_000)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { append_one(&store, &event(n), &["s"]).await })
+        })
+        .collect();
+    let mut offsets = Vec::new();
+    for task in tasks {
+        offsets.push(within(task).await.unwrap().offset);
+    }
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len(), 1_000, "every append got its own offset");
+    let after = store.stats().unwrap();
+    let transactions = after.transactions - before.transactions;
+    assert_eq!(after.writes - before.writes, 1_000);
+    assert!(
+        transactions <= 250,
+        "1,000 concurrent appends took {transactions} transactions"
+    );
+    assert_eq!(store.pending("s").unwrap().len(), 1_000);
+}
+
+#[tokio::test]
+async fn requests_queued_during_a_commit_share_the_next_one() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let before = store.stats().unwrap().transactions;
+    let (release, held) = hold(&store);
+    let queued: Vec<_> = (0..50).map(|n| queue_append(&store, event(n), &["s"])).collect();
+    drop(release);
+    within(held).await.unwrap().unwrap();
+    for answer in queued {
+        assert!(matches!(within(answer).await.unwrap(), Ok(Answer::Appended(_))));
+    }
+    assert_eq!(
+        store.stats().unwrap().transactions - before,
+        2,
+        "the hold's transaction, then one for all 50 appends"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_request_does_not_fail_its_group() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let (release, held) = hold(&store);
+    let before = queue_append(&store, event(1), &["s"]);
+    let (reply, bad) = oneshot::channel();
+    store
+        .send(
+            Op::Commit(encode_commit(ack("s", 999_999)).unwrap()),
+            Reply::Async(reply),
+        )
+        .unwrap();
+    let after = queue_append(&store, event(2), &["s"]);
+    drop(release);
+    within(held).await.unwrap().unwrap();
+    assert!(matches!(within(before).await.unwrap(), Ok(Answer::Appended(_))));
+    assert!(matches!(
+        within(bad).await.unwrap(),
+        Err(StoreError::UnknownOffset { offset: 999_999 })
+    ));
+    assert!(matches!(within(after).await.unwrap(), Ok(Answer::Appended(_))));
+    assert_eq!(store.pending("s").unwrap().len(), 2);
+    assert_eq!(store.stats().unwrap().events, 2);
+}
+
+#[tokio::test]
+async fn publishing_the_same_source_and_id_again_is_a_duplicate() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let original = event(1);
+    let first = append_one(&store, &original, &["s"]).await;
+    assert!(!first.duplicate);
+
+    // A producer retrying its publish: same source and id (the payload does not matter).
+    let retried =
+        Arc::new(Event::new("UserCreated", "users", json!({"other": true})).with_id(original.id.clone()));
+    let again = append_one(&store, &retried, &["s", "t"]).await;
+    assert_eq!(
+        again,
+        Appended {
+            offset: first.offset,
+            duplicate: true
+        }
+    );
+    assert_eq!(store.pending("s").unwrap().len(), 1, "no second delivery");
+    assert!(
+        store.pending("t").unwrap().is_empty(),
+        "no delivery for the duplicate's routes"
+    );
+    assert_eq!(
+        store.pending("s").unwrap()[0].event,
+        original,
+        "the original is kept"
+    );
+
+    // The same id from another source is another event.
+    let elsewhere = Arc::new(Event::new("UserCreated", "billing", json!({})).with_id(original.id.clone()));
+    let other = append_one(&store, &elsewhere, &["s"]).await;
+    assert!(!other.duplicate);
+    assert_ne!(other.offset, first.offset);
+
+    // A duplicate inside one batch points at its twin.
+    let twin = event(7);
+    let batch = store
+        .append(routed(&[twin.clone(), twin], &[&["s"], &["s"]]))
+        .await
+        .unwrap();
+    assert_eq!(
+        batch[1],
+        Appended {
+            offset: batch[0].offset,
+            duplicate: true
+        }
+    );
+    assert_eq!(store.stats().unwrap().events, 3);
+    assert_eq!(store.pending("s").unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn an_ack_applies_kv_writes_and_emitted_events_exactly_once() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    KeyValueStore::commit(&*store, "projection", vec![("stale".into(), Some(b"x".to_vec()))]).unwrap();
+    let cause = event(1);
+    let delivered = append_one(&store, &cause, &["projection"]).await;
+
+    let emitted = Arc::new(Event::new("WelcomeMailRequested", "projection", json!({})).caused_by(&cause));
+    let outcome = store
+        .commit(DeliveryCommit {
+            kv_writes: vec![("user:1".into(), Some(b"alice".to_vec())), ("stale".into(), None)],
+            emitted: vec![(emitted.clone(), vec!["mailer".into()])],
+            ..ack("projection", delivered.offset)
+        })
+        .await
+        .unwrap();
+    let CommitOutcome::Committed { emitted: appended } = outcome else {
+        panic!("expected a commit, got {outcome:?}");
+    };
+    assert_eq!(appended.len(), 1);
+    assert!(!appended[0].duplicate);
+    assert_eq!(
+        store.kv_get("projection", "user:1").unwrap(),
+        Some(b"alice".to_vec())
+    );
+    assert_eq!(store.kv_get("projection", "stale").unwrap(), None);
+    assert_eq!(store.kv_get("other-plugin", "user:1").unwrap(), None);
+    let mailer = store.pending("mailer").unwrap();
+    assert_eq!((mailer.len(), mailer[0].offset), (1, appended[0].offset));
+    assert_eq!(mailer[0].event, emitted);
+    assert!(store.pending("projection").unwrap().is_empty());
+    assert_eq!(
+        store.delivery_state("projection", delivered.offset).unwrap(),
+        Some(DeliveryState::Acked)
+    );
+
+    // A redelivery that raced the commit above: refused, and none of it applied.
+    let second = store
+        .commit(DeliveryCommit {
+            kv_writes: vec![
+                ("user:1".into(), Some(b"twice".to_vec())),
+                ("user:2".into(), Some(b"bob".to_vec())),
+            ],
+            emitted: vec![(event(99), vec!["mailer".into()])],
+            ..ack("projection", delivered.offset)
+        })
+        .await
+        .unwrap();
+    assert_eq!(second, CommitOutcome::AlreadyDone);
+    assert_eq!(
+        store.kv_get("projection", "user:1").unwrap(),
+        Some(b"alice".to_vec())
+    );
+    assert_eq!(store.kv_get("projection", "user:2").unwrap(), None);
+    assert_eq!(store.pending("mailer").unwrap().len(), 1);
+    assert_eq!(
+        store.stats().unwrap().events,
+        2,
+        "the refused commit's event was not stored"
+    );
+
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(
+        store.kv_get("projection", "user:1").unwrap(),
+        Some(b"alice".to_vec())
+    );
+    assert_eq!(store.pending("mailer").unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_keeps_the_delivery_pending_and_the_dead_letter_keeps_every_failure() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let e = event(1);
+    let offset = append_one(&store, &e, &["s"]).await.offset;
+    let later =
+        Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::nanoseconds(123_456_789);
+    let failures = [
+        failure("s", &e, 1, "database down"),
+        failure("s", &e, 2, "still down"),
+        FailureRecord {
+            kind: FailureKind::Trap,
+            ..failure("s", &e, 3, "wasm trap: unreachable")
+        },
+    ];
+
+    store
+        .commit(retry("s", offset, 1, later, failures[0].clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.delivery_state("s", offset).unwrap(),
+        Some(DeliveryState::Pending {
+            attempt: 1,
+            not_before: Some(later)
+        })
+    );
+    let pending = store.pending("s").unwrap();
+    assert_eq!((pending[0].attempt, pending[0].not_before), (1, Some(later)));
+    store
+        .commit(retry("s", offset, 2, later, failures[1].clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.stats().unwrap().pending, 1);
+
+    store
+        .commit(dead("s", offset, failures[2].clone()))
+        .await
+        .unwrap();
+    assert!(store.pending("s").unwrap().is_empty());
+    let letter = store.dlq_get("s", offset).unwrap().expect("dead-lettered");
+    assert_eq!(letter.failures, failures, "every failure, oldest first");
+    assert_eq!((letter.subscription.as_str(), letter.offset), ("s", offset));
+    assert_eq!(letter.event, e);
+    assert!(matches!(
+        store.delivery_state("s", offset).unwrap(),
+        Some(DeliveryState::DeadLettered { dead_at }) if dead_at == letter.dead_at
+    ));
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.pending, stats.dead_letters), (0, 1));
+    assert_eq!(
+        store.commit(ack("s", offset)).await.unwrap(),
+        CommitOutcome::AlreadyDone
+    );
+
+    // The DLQ serializes for `evhost dlq show` and the HTTP API.
+    let json = serde_json::to_value(&letter).unwrap();
+    assert_eq!(json["event"]["id"], e.id.as_str());
+    assert_eq!(json["failures"][2]["kind"], "trap");
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_replayed_and_purged() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let mut offsets = Vec::new();
+    for (n, sub) in [(1, "a"), (2, "a"), (3, "b")] {
+        let e = event(n);
+        let offset = append_one(&store, &e, &[sub]).await.offset;
+        store
+            .commit(dead(sub, offset, failure(sub, &e, 1, "no")))
+            .await
+            .unwrap();
+        offsets.push((sub, offset, e));
+    }
+    let all = store.dlq_list(None).unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|l| (l.subscription.as_str(), l.offset))
+            .collect::<Vec<_>>(),
+        offsets.iter().map(|(s, o, _)| (*s, *o)).collect::<Vec<_>>()
+    );
+    assert_eq!(store.dlq_list(Some("a")).unwrap().len(), 2);
+    assert!(store.dlq_get("b", offsets[0].1).unwrap().is_none(), "not b's");
+
+    // Replay one: pending again, attempts reset, history kept.
+    let (_, first, first_event) = &offsets[0];
+    assert_eq!(store.dlq_replay(Some("a"), Some(*first)).await.unwrap(), 1);
+    let pending = store.pending("a").unwrap();
+    assert_eq!(
+        (pending.len(), pending[0].offset, pending[0].attempt),
+        (1, *first, 0)
+    );
+    store
+        .commit(dead("a", *first, failure("a", first_event, 1, "no, again")))
+        .await
+        .unwrap();
+    let history: Vec<_> = store
+        .dlq_get("a", *first)
+        .unwrap()
+        .unwrap()
+        .failures
+        .into_iter()
+        .map(|f| f.message)
+        .collect();
+    assert_eq!(history, ["no", "no, again"]);
+
+    // Replay everything.
+    assert_eq!(store.dlq_replay(None, None).await.unwrap(), 3);
+    assert!(store.dlq_list(None).unwrap().is_empty());
+    assert_eq!(store.stats().unwrap().pending, 3);
+
+    // Purge: b's dead letter first, then the rest.
+    for (sub, offset, e) in &offsets {
+        store
+            .commit(dead(sub, *offset, failure(sub, e, 1, "no")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.dlq_purge(Some("b")).await.unwrap(), 1);
+    assert!(store.dlq_list(Some("b")).unwrap().is_empty());
+    assert_eq!(
+        store.delivery_state("b", offsets[2].1).unwrap(),
+        Some(DeliveryState::Purged)
+    );
+    assert_eq!(
+        store.commit(ack("b", offsets[2].1)).await.unwrap(),
+        CommitOutcome::AlreadyDone,
+        "a purged delivery is never done again"
+    );
+    assert_eq!(
+        store.dlq_replay(Some("b"), None).await.unwrap(),
+        0,
+        "purged is gone for good"
+    );
+    assert_eq!(store.dlq_purge(None).await.unwrap(), 2);
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.pending, stats.dead_letters), (0, 0));
+}
+
+#[tokio::test]
+async fn a_checkpoint_is_stored_with_its_append_or_not_at_all() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    assert_eq!(store.checkpoint("pg").unwrap(), None);
+    let e = event(1);
+    store
+        .append(AppendBatch {
+            checkpoint: Some(("pg".into(), 42)),
+            ..routed(std::slice::from_ref(&e), &[&["s"]])
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.checkpoint("pg").unwrap(), Some(42));
+
+    // An append that fails as a whole leaves the checkpoint where it was.
+    let (reply, answer) = oneshot::channel();
+    let op = Op::Append {
+        events: vec![Encoded::new(event(2)), Encoded::new(e)],
+        routes: Vec::new(),
+        checkpoint: Some(("pg".into(), 43)),
+        reject_duplicates: true,
+    };
+    store.send(op, Reply::Async(reply)).unwrap();
+    assert!(matches!(answer.await.unwrap(), Err(StoreError::Duplicate { .. })));
+    assert_eq!(store.checkpoint("pg").unwrap(), Some(42));
+    assert_eq!(store.stats().unwrap().events, 1);
+
+    // A checkpoint alone is a write too.
+    store
+        .append(AppendBatch {
+            checkpoint: Some(("pg".into(), 44)),
+            ..AppendBatch::default()
+        })
+        .await
+        .unwrap();
+    drop(store);
+    assert_eq!(open(&dir).checkpoint("pg").unwrap(), Some(44));
+}
+
+#[tokio::test]
+async fn a_garbage_header_is_reported_as_corrupt_naming_the_file() {
+    let dir = TempDir::new();
+    drop(open(&dir));
+    let file = dir.path().join(FILE_NAME);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[..100].copy_from_slice(&[0xA5; 100]);
+    std::fs::write(&file, &bytes).unwrap();
+
+    let error = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap_err();
+    let StoreError::Corrupt { path, message } = &error else {
+        panic!("expected Corrupt, got {error:?}");
+    };
+    assert_eq!(path, &file);
+    assert!(message.contains("not a database"), "{message}");
+    assert!(error.to_string().contains(&*file.to_string_lossy()), "{error}");
+    assert_eq!(std::fs::read(&file).unwrap(), bytes, "the data is left as it was");
+}
+
+#[tokio::test]
+async fn a_damaged_table_is_reported_by_the_integrity_check() {
+    let dir = TempDir::new();
+    {
+        let store = open(&dir);
+        for n in 0..200 {
+            append_one(&store, &event(n), &["s"]).await;
+        }
+    }
+    let file = dir.path().join(FILE_NAME);
+    let (page_size, root): (i64, i64) = {
+        let conn = rusqlite::Connection::open(&file).unwrap();
+        (
+            conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap(),
+            conn.query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap(),
+        )
+    };
+    let mut bytes = std::fs::read(&file).unwrap();
+    let start = ((root - 1) * page_size) as usize;
+    bytes[start..start + page_size as usize].fill(0x5A);
+    std::fs::write(&file, &bytes).unwrap();
+
+    let error = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Corrupt { path, .. } if *path == file),
+        "expected Corrupt naming the file, got {error:?}"
+    );
+}
+
+#[test]
+fn another_programs_database_is_not_taken_over() {
+    let dir = TempDir::new();
+    let file = dir.path().join(FILE_NAME);
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    conn.execute_batch("CREATE TABLE invoices (id INTEGER)").unwrap();
+    drop(conn);
+    let error = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(error, StoreError::Foreign { tables: 1, .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_store_from_a_newer_evhost_is_refused() {
+    let dir = TempDir::new();
+    drop(SqliteStore::open(dir.path(), StoreOptions::default()).unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join(FILE_NAME)).unwrap();
+    conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    drop(conn);
+    let error = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(error, StoreError::SchemaTooNew { found: 99, .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_writer_panic_fails_requests_instead_of_hanging() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let e = event(1);
+    append_one(&store, &e, &["s"]).await;
+    let (release, held) = hold(&store);
+    let (reply, panicked) = oneshot::channel();
+    store.send(Op::Panic, Reply::Async(reply)).unwrap();
+    let grouped = queue_append(&store, event(2), &["s"]);
+    drop(release);
+    // The hold's group commits; the panic takes down the next group, the append with it.
+    within(held).await.unwrap().unwrap();
+    assert!(within(panicked).await.is_err());
+    assert!(within(grouped).await.is_err(), "dropped, not answered");
+    let error = within(store.append(routed(&[event(3)], &[&["s"]])))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::WriterPanicked), "{error:?}");
+    let error = within(store.commit(ack("s", 1))).await.unwrap_err();
+    assert!(matches!(error, StoreError::WriterPanicked), "{error:?}");
+    let blocking = KeyValueStore::commit(&*store, "p", vec![("k".into(), Some(vec![1]))]).unwrap_err();
+    assert!(blocking.0.contains("panicked"), "{blocking}");
+    // What was committed before is intact.
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.pending("s").unwrap()[0].event, e);
+    assert_eq!(store.stats().unwrap().events, 1);
+}
+
+#[tokio::test]
+async fn a_closed_store_answers_closed() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let queued = queue_append(&store, event(1), &["s"]);
+    within(store.close()).await;
+    assert!(
+        matches!(within(queued).await.unwrap(), Ok(Answer::Appended(_))),
+        "queued before close: committed"
+    );
+    assert!(matches!(
+        store.append(routed(&[event(2)], &[&["s"]])).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(store.dlq_purge(None).await, Err(StoreError::Closed)));
+    assert!(matches!(store.kv_get("p", "k"), Err(StoreError::Closed)));
+    assert!(matches!(store.pending("s"), Err(StoreError::Closed)));
+    let error = KeyValueStore::commit(&*store, "p", vec![("k".into(), None)]).unwrap_err();
+    assert!(error.0.contains("closed"), "{error}");
+    within(store.close()).await;
+    drop(store);
+    assert_eq!(open(&dir).pending("s").unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let e = event(1);
+    let offset = append_one(&store, &e, &["s"]).await.offset;
+
+    let error = store
+        .append(routed(&[event(2), event(3)], &[&["s"]]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::RoutesMismatch { events: 2, routes: 1 }),
+        "{error:?}"
+    );
+
+    let error = store
+        .commit(DeliveryCommit {
+            kv_writes: vec![("k".into(), Some(vec![1]))],
+            ..retry("s", offset, 1, Utc::now(), failure("s", &e, 1, "x"))
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::EffectsWithoutAck { .. }), "{error:?}");
+    assert_eq!(store.kv_get("s", "k").unwrap(), None);
+
+    let error = store.commit(ack("s", offset + 1_000)).await.unwrap_err();
+    assert!(matches!(error, StoreError::UnknownOffset { .. }), "{error:?}");
+    assert_eq!(store.delivery_state("s", offset + 1_000).unwrap(), None);
+    assert_eq!(store.delivery_state("s", u64::MAX).unwrap(), None);
+    assert_eq!(store.pending("s").unwrap().len(), 1, "untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_do_not_wait_for_the_writer() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    append_one(&store, &event(1), &["s"]).await;
+    KeyValueStore::commit(&*store, "p", vec![("k".into(), Some(vec![7]))]).unwrap();
+    let (release, held) = hold(&store);
+    // The writer sits inside an open write transaction; reads still answer from the last
+    // commit.
+    let reader = Arc::clone(&store);
+    let read = tokio::task::spawn_blocking(move || {
+        (
+            reader.pending("s").unwrap().len(),
+            reader.kv_get("p", "k").unwrap(),
+            reader.dlq_list(None).unwrap().len(),
+        )
+    });
+    assert_eq!(within(read).await.unwrap(), (1, Some(vec![7]), 0));
+    drop(release);
+    within(held).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_trait_appends_and_acks_durably() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let log: Arc<dyn EventLog> = store.clone();
+    let events: Vec<_> = (0..3).map(event).collect();
+    let first = log.append(&events).await.unwrap();
+    // `ack` blocks until durable; on a runtime worker it runs in block_in_place.
+    log.ack("bus", first + 2);
+    assert_eq!(
+        store.delivery_state("bus", first + 2).unwrap(),
+        Some(DeliveryState::Acked)
+    );
+    assert_eq!(
+        store.delivery_state("bus", first).unwrap(),
+        None,
+        "no routes, no deliveries"
+    );
+    // And from a plain thread.
+    let plain = Arc::clone(&store);
+    std::thread::spawn(move || plain.ack("bus", first))
+        .join()
+        .unwrap();
+    assert_eq!(
+        store.delivery_state("bus", first).unwrap(),
+        Some(DeliveryState::Acked)
+    );
+
+    // The trait cannot report duplicates, so a batch with one fails whole.
+    let fresh = event(10);
+    let error = log.append(&[fresh.clone(), events[1].clone()]).await.unwrap_err();
+    assert!(error.0.contains("already accepted"), "{error}");
+    assert!(
+        !append_one(&store, &fresh, &[]).await.duplicate,
+        "nothing of it was stored"
+    );
+    assert_eq!(log.append(&[]).await.unwrap(), 0);
+}
+
+#[test]
+fn the_event_log_ack_works_without_a_runtime_and_on_a_current_thread_one() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = runtime
+        .block_on(EventLog::append(&*store, &[event(1), event(2)]))
+        .unwrap();
+    runtime.block_on(async { EventLog::ack(&*store, "bus", first) });
+    EventLog::ack(&*store, "bus", first + 1);
+    assert_eq!(
+        store.delivery_state("bus", first).unwrap(),
+        Some(DeliveryState::Acked)
+    );
+    assert_eq!(
+        store.delivery_state("bus", first + 1).unwrap(),
+        Some(DeliveryState::Acked)
+    );
+}
+
+#[test]
+fn the_key_value_store_trait_pages_keys_and_keeps_namespaces_apart() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let kv: &dyn KeyValueStore = &*store;
+    kv.commit(
+        "a",
+        vec![
+            ("k".into(), Some(b"1".to_vec())),
+            ("j".into(), Some(b"2".to_vec())),
+        ],
+    )
+    .unwrap();
+    kv.commit("a", Vec::new()).unwrap();
+    assert_eq!(kv.get("a", "k").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(kv.get("b", "k").unwrap(), None, "another namespace sees nothing");
+    let (first, next) = kv.list_keys("a", None, 1).unwrap();
+    assert_eq!((first, next), (vec!["j".to_owned()], Some(1)));
+    let (second, next) = kv.list_keys("a", next, 1).unwrap();
+    assert_eq!((second, next), (vec!["k".to_owned()], None));
+    assert_eq!(
+        kv.list_keys("a", None, 10).unwrap(),
+        (vec!["j".to_owned(), "k".to_owned()], None)
+    );
+    assert_eq!(kv.list_keys("none", None, 10).unwrap(), (Vec::new(), None));
+    kv.commit("a", vec![("k".into(), None)]).unwrap();
+    assert_eq!(kv.get("a", "k").unwrap(), None);
+    drop(store);
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(store.kv_get("a", "j").unwrap(), Some(b"2".to_vec()));
+}
+
+#[tokio::test]
+async fn the_counters_match_the_file() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let events: Vec<_> = (0..6).map(event).collect();
+    let appended = store
+        .append(routed(
+            &events,
+            &[&["a", "b"], &["a"], &["a", "a"], &[], &["b"], &["b"]],
+        ))
+        .await
+        .unwrap();
+    append_one(&store, &events[0], &["a"]).await; // duplicate
+    let o = |i: usize| appended[i].offset;
+    store.commit(ack("a", o(0))).await.unwrap();
+    store.commit(ack("a", o(0))).await.unwrap(); // already done
+    store
+        .commit(retry("a", o(1), 1, Utc::now(), failure("a", &events[1], 1, "x")))
+        .await
+        .unwrap();
+    store
+        .commit(dead("b", o(4), failure("b", &events[4], 1, "x")))
+        .await
+        .unwrap();
+    store
+        .commit(dead("b", o(5), failure("b", &events[5], 1, "x")))
+        .await
+        .unwrap();
+    store
+        .commit(dead("c", o(3), failure("c", &events[3], 1, "x")))
+        .await
+        .unwrap(); // unrouted
+    store
+        .commit(retry("c", o(2), 1, Utc::now(), failure("c", &events[2], 1, "x")))
+        .await
+        .unwrap();
+    store.dlq_replay(Some("b"), Some(o(5))).await.unwrap();
+    store.dlq_purge(Some("c")).await.unwrap();
+
+    let stats = store.stats().unwrap();
+    let in_file = counted(store.path());
+    assert_eq!((stats.events, stats.pending, stats.dead_letters), in_file);
+    assert_eq!(in_file, (6, 5, 1));
+    drop(store);
+    let reopened = open(&dir).stats().unwrap();
+    assert_eq!(
+        (reopened.events, reopened.pending, reopened.dead_letters),
+        in_file
+    );
+}

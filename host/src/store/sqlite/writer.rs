@@ -1,0 +1,545 @@
+//! The one writer thread and its group commit.
+//!
+//! Writes arrive as [`Message`]s on a channel. The thread blocks for the first one, takes
+//! every one queued behind it (up to a bound), applies them all in one transaction and
+//! commits — one fsync — before answering any. While it syncs, the next group queues up,
+//! so the busier the store, the more requests share a commit.
+//!
+//! Only this thread writes, so nothing here waits for a lock another writer holds, and the
+//! in-memory subscription ids and counters cannot race.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+
+use chrono::Utc;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::read::{format_time, to_offset, to_pos};
+use super::schema::{ACKED, DEAD, PENDING, PURGED, classify};
+use super::{Appended, CommitOutcome, Shared, StoreError};
+use crate::event::Event;
+
+/// What the store handle sends the writer.
+pub(super) enum Message {
+    /// A write to apply and answer.
+    Request(Request),
+    /// Stop after answering everything queued before this; answered when stopped.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A write and where its answer goes.
+pub(super) struct Request {
+    pub(super) op: Op,
+    pub(super) reply: Reply,
+}
+
+/// Where an answer goes: an awaiting task or a blocked thread.
+pub(super) enum Reply {
+    Async(oneshot::Sender<Result<Answer, StoreError>>),
+    Blocking(mpsc::SyncSender<Result<Answer, StoreError>>),
+}
+
+impl Reply {
+    fn send(self, answer: Result<Answer, StoreError>) {
+        // A caller that stopped waiting (a dropped future) needs no answer: its write
+        // stands or not like any other.
+        match self {
+            Self::Async(reply) => {
+                let _ = reply.send(answer);
+            }
+            Self::Blocking(reply) => {
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+/// An event with its CloudEvents JSON, serialized by the caller before queuing.
+pub(super) struct Encoded {
+    event: Arc<Event>,
+    json: String,
+}
+
+impl Encoded {
+    pub(super) fn new(event: Arc<Event>) -> Self {
+        let json = serde_json::to_string(&*event).expect("an event always serializes to JSON");
+        Self { event, json }
+    }
+}
+
+/// A [`super::DeliveryCommit`] with its JSON already serialized.
+pub(super) struct EncodedCommit {
+    pub(super) subscription: String,
+    pub(super) offset: u64,
+    pub(super) outcome: EncodedOutcome,
+    pub(super) kv_namespace: String,
+    pub(super) kv_writes: Vec<(String, Option<Vec<u8>>)>,
+    pub(super) emitted: Vec<(Encoded, Vec<String>)>,
+}
+
+/// A [`super::DeliveryOutcome`] with the failure as JSON and the time as stored.
+pub(super) enum EncodedOutcome {
+    Acked,
+    Retry {
+        attempt: u32,
+        not_before: String,
+        failure: String,
+    },
+    DeadLettered {
+        attempt: u32,
+        failure: String,
+    },
+}
+
+/// One write.
+pub(super) enum Op {
+    Append {
+        events: Vec<Encoded>,
+        routes: Vec<Vec<String>>,
+        checkpoint: Option<(String, i64)>,
+        /// Fail the whole request on a duplicate instead of reporting it (for
+        /// [`crate::store::EventLog::append`], which cannot report one).
+        reject_duplicates: bool,
+    },
+    Commit(EncodedCommit),
+    Kv {
+        namespace: String,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    },
+    Replay {
+        subscription: Option<String>,
+        offset: Option<u64>,
+    },
+    Purge {
+        subscription: Option<String>,
+    },
+    /// Panics in the writer, to test that callers get an error instead of hanging.
+    #[cfg(test)]
+    Panic,
+    /// Tells `entered`, then blocks the writer inside its transaction until `release` is
+    /// sent to or dropped, to test grouping and that reads do not wait for the writer.
+    #[cfg(test)]
+    Hold {
+        entered: mpsc::Sender<()>,
+        release: mpsc::Receiver<()>,
+    },
+}
+
+impl Op {
+    /// How much of a group's budget this write takes: its events, at least 1.
+    fn weight(&self) -> usize {
+        match self {
+            Self::Append { events, .. } => events.len().max(1),
+            Self::Commit(commit) => commit.emitted.len() + 1,
+            _ => 1,
+        }
+    }
+}
+
+/// The writer's answer; the variant matches the [`Op`].
+#[derive(Debug)]
+pub(super) enum Answer {
+    Appended(Vec<Appended>),
+    Commit(CommitOutcome),
+    Done,
+    Count(u64),
+}
+
+/// Changes to the counters a transaction makes, applied once it commits.
+#[derive(Default)]
+struct Delta {
+    events: u64,
+    pending: i64,
+    dead_letters: i64,
+}
+
+/// Why a group's transaction did not commit.
+enum Failure {
+    /// One request failed; the others may be fine on their own.
+    Request(StoreError),
+    /// BEGIN or COMMIT failed: nothing of the group is stored.
+    Transaction(rusqlite::Error),
+}
+
+/// The writer thread's state.
+pub(super) struct Writer {
+    conn: Connection,
+    /// The database file, for errors.
+    path: PathBuf,
+    /// Subscription name → id. Entries added in a transaction that rolls back would name
+    /// rows that no longer exist, so a rollback clears it.
+    subscriptions: HashMap<String, i64>,
+    shared: Arc<Shared>,
+    max_group_events: usize,
+}
+
+impl Writer {
+    pub(super) fn new(conn: Connection, path: PathBuf, shared: Arc<Shared>, max_group_events: usize) -> Self {
+        Self {
+            conn,
+            path,
+            subscriptions: HashMap::new(),
+            shared,
+            max_group_events,
+        }
+    }
+
+    /// Serves requests until every sender is gone, a shutdown arrives or a request panics.
+    pub(super) fn run(mut self, messages: mpsc::Receiver<Message>) {
+        let mut shutdown = None;
+        while shutdown.is_none() {
+            let Ok(first) = messages.recv() else { break };
+            let mut group = Vec::new();
+            let mut weight = 0;
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                match message {
+                    Message::Request(request) => {
+                        weight += request.op.weight();
+                        group.push(request);
+                    }
+                    Message::Shutdown(done) => {
+                        shutdown = Some(done);
+                        break;
+                    }
+                }
+                if weight < self.max_group_events {
+                    next = messages.try_recv().ok();
+                }
+            }
+            if group.is_empty() {
+                continue;
+            }
+            if catch_unwind(AssertUnwindSafe(|| self.process(&mut group))).is_err() {
+                // Returning drops the unanswered requests (their callers get
+                // `WriterPanicked`), the channel (later sends fail the same way) and the
+                // connection, which rolls back the open transaction.
+                tracing::error!(path = %self.path.display(), "the store's writer thread panicked; writes fail until the store is reopened");
+                return;
+            }
+        }
+        // Requests queued behind a shutdown are dropped with the channel: their callers
+        // get `Closed`.
+        drop(messages);
+        if let Some(done) = shutdown {
+            let _ = done.send(());
+        }
+    }
+
+    /// Commits `group` in one transaction and answers every request in it.
+    fn process(&mut self, group: &mut Vec<Request>) {
+        match self.transaction(group) {
+            Ok(answers) => {
+                for (request, answer) in group.drain(..).zip(answers) {
+                    request.reply.send(Ok(answer));
+                }
+            }
+            Err(Failure::Request(error)) if group.len() == 1 => {
+                if let Some(request) = group.pop() {
+                    request.reply.send(Err(error));
+                }
+            }
+            Err(Failure::Request(_)) => {
+                // Isolate the failing request: each one again, in a transaction of its own.
+                for request in std::mem::take(group) {
+                    self.process(&mut vec![request]);
+                }
+            }
+            Err(Failure::Transaction(error)) => {
+                tracing::error!(error = %error, requests = group.len(), "a store transaction failed");
+                let error = Arc::new(error);
+                for request in group.drain(..) {
+                    request
+                        .reply
+                        .send(Err(StoreError::Transaction(Arc::clone(&error))));
+                }
+            }
+        }
+    }
+
+    /// Applies `group` in one transaction and commits it, or rolls everything back.
+    fn transaction(&mut self, group: &[Request]) -> Result<Vec<Answer>, Failure> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(Failure::Transaction)?;
+        let mut delta = Delta::default();
+        let mut answers = Vec::with_capacity(group.len());
+        for request in group {
+            match self.apply(&request.op, &mut delta) {
+                Ok(answer) => answers.push(answer),
+                Err(error) => {
+                    self.rollback();
+                    return Err(Failure::Request(match error {
+                        StoreError::Sqlite(error) => classify(&self.path, error),
+                        other => other,
+                    }));
+                }
+            }
+        }
+        if let Err(error) = self.conn.execute_batch("COMMIT") {
+            self.rollback();
+            return Err(Failure::Transaction(error));
+        }
+        let s = &self.shared;
+        s.events.fetch_add(delta.events, Ordering::Relaxed);
+        // Two's complement: adding a negative delta as u64 subtracts it.
+        s.pending.fetch_add(delta.pending as u64, Ordering::Relaxed);
+        s.dead_letters
+            .fetch_add(delta.dead_letters as u64, Ordering::Relaxed);
+        s.transactions.fetch_add(1, Ordering::Relaxed);
+        s.writes.fetch_add(group.len() as u64, Ordering::Relaxed);
+        Ok(answers)
+    }
+
+    fn rollback(&mut self) {
+        // A failed COMMIT may already have rolled back; ROLLBACK would then fail.
+        if !self.conn.is_autocommit()
+            && let Err(error) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %error, "rolling back a store transaction failed");
+        }
+        self.subscriptions.clear();
+    }
+
+    fn apply(&mut self, op: &Op, delta: &mut Delta) -> Result<Answer, StoreError> {
+        match op {
+            Op::Append {
+                events,
+                routes,
+                checkpoint,
+                reject_duplicates,
+            } => {
+                let mut appended = Vec::with_capacity(events.len());
+                for (i, event) in events.iter().enumerate() {
+                    let routes = routes.get(i).map(Vec::as_slice).unwrap_or_default();
+                    let result = self.insert_event(event, routes, delta)?;
+                    if result.duplicate && *reject_duplicates {
+                        return Err(StoreError::Duplicate {
+                            event_source: event.event.source.clone(),
+                            id: event.event.id.clone(),
+                        });
+                    }
+                    appended.push(result);
+                }
+                if let Some((relay, position)) = checkpoint {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO checkpoints (relay, position) VALUES (?1, ?2)
+                             ON CONFLICT (relay) DO UPDATE SET position = excluded.position",
+                        )?
+                        .execute(params![relay, position])?;
+                }
+                Ok(Answer::Appended(appended))
+            }
+            Op::Commit(commit) => self.commit(commit, delta).map(Answer::Commit),
+            Op::Kv { namespace, writes } => {
+                self.kv_writes(namespace, writes)?;
+                Ok(Answer::Done)
+            }
+            Op::Replay { subscription, offset } => {
+                let n = self
+                    .conn
+                    .prepare_cached(&format!(
+                    "UPDATE deliveries INDEXED BY deliveries_dead SET state = {PENDING}, attempt = 0, not_before = NULL, dead_at = NULL
+                     WHERE state = {DEAD}
+                       AND (?1 IS NULL OR sub = (SELECT id FROM subscriptions WHERE name = ?1))
+                       AND (?2 IS NULL OR pos = ?2)"
+                ))?
+                    .execute(params![subscription, offset.map(to_pos)])?;
+                delta.pending += n as i64;
+                delta.dead_letters -= n as i64;
+                Ok(Answer::Count(n as u64))
+            }
+            Op::Purge { subscription } => {
+                let filter = format!(
+                    "state = {DEAD} AND (?1 IS NULL OR sub = (SELECT id FROM subscriptions WHERE name = ?1))"
+                );
+                self.conn
+                    .prepare_cached(&format!(
+                        "DELETE FROM failures WHERE (sub, pos) IN (SELECT sub, pos FROM deliveries INDEXED BY deliveries_dead WHERE {filter})"
+                    ))?
+                    .execute([subscription])?;
+                let n = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "UPDATE deliveries INDEXED BY deliveries_dead SET state = {PURGED} WHERE {filter}"
+                    ))?
+                    .execute([subscription])?;
+                delta.dead_letters -= n as i64;
+                Ok(Answer::Count(n as u64))
+            }
+            #[cfg(test)]
+            Op::Panic => panic!("writer panic requested by a test"),
+            #[cfg(test)]
+            Op::Hold { entered, release } => {
+                let _ = entered.send(());
+                let _ = release.recv();
+                Ok(Answer::Done)
+            }
+        }
+    }
+
+    /// Stores `event` unless its `(source, id)` is known, with a pending delivery per
+    /// route.
+    fn insert_event(
+        &mut self,
+        event: &Encoded,
+        routes: &[String],
+        delta: &mut Delta,
+    ) -> Result<Appended, StoreError> {
+        let Encoded { event: e, json } = event;
+        let inserted = self
+            .conn
+            .prepare_cached("INSERT INTO events (source, id, event) VALUES (?1, ?2, ?3) ON CONFLICT (source, id) DO NOTHING")?
+            .execute(params![e.source, e.id, json])?;
+        if inserted == 0 {
+            let original: i64 = self
+                .conn
+                .prepare_cached("SELECT pos FROM events WHERE source = ?1 AND id = ?2")?
+                .query_row(params![e.source, e.id], |row| row.get(0))?;
+            return Ok(Appended {
+                offset: to_offset(original),
+                duplicate: true,
+            });
+        }
+        let pos = self.conn.last_insert_rowid();
+        delta.events += 1;
+        for route in routes {
+            let sub = self.subscription_id(route)?;
+            // DO NOTHING: a subscription listed twice still gets one delivery.
+            let created = self
+                .conn
+                .prepare_cached(&format!(
+                    "INSERT INTO deliveries (sub, pos, state) VALUES (?1, ?2, {PENDING}) ON CONFLICT DO NOTHING"
+                ))?
+                .execute(params![sub, pos])?;
+            delta.pending += created as i64;
+        }
+        Ok(Appended {
+            offset: to_offset(pos),
+            duplicate: false,
+        })
+    }
+
+    fn subscription_id(&mut self, name: &str) -> Result<i64, StoreError> {
+        if let Some(id) = self.subscriptions.get(name) {
+            return Ok(*id);
+        }
+        self.conn
+            .prepare_cached("INSERT INTO subscriptions (name) VALUES (?1) ON CONFLICT (name) DO NOTHING")?
+            .execute([name])?;
+        let id: i64 = self
+            .conn
+            .prepare_cached("SELECT id FROM subscriptions WHERE name = ?1")?
+            .query_row([name], |row| row.get(0))?;
+        self.subscriptions.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    fn commit(&mut self, commit: &EncodedCommit, delta: &mut Delta) -> Result<CommitOutcome, StoreError> {
+        let sub = self.subscription_id(&commit.subscription)?;
+        let pos = to_pos(commit.offset);
+        let state: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT state FROM deliveries WHERE sub = ?1 AND pos = ?2")?
+            .query_row(params![sub, pos], |row| row.get(0))
+            .optional()?;
+        let existed = match state {
+            Some(PENDING) => true,
+            // Acked, dead-lettered or purged: a redelivery lost the race to a commit that
+            // landed. Applying anything now would apply its effects twice.
+            Some(_) => return Ok(CommitOutcome::AlreadyDone),
+            None => {
+                let known = self
+                    .conn
+                    .prepare_cached("SELECT 1 FROM events WHERE pos = ?1")?
+                    .query_row([pos], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                if !known {
+                    return Err(StoreError::UnknownOffset {
+                        offset: commit.offset,
+                    });
+                }
+                false
+            }
+        };
+        let upsert = |state: i64, attempt: u32, not_before: Option<&str>, dead_at: Option<&str>| {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO deliveries (sub, pos, state, attempt, not_before, dead_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (sub, pos) DO UPDATE SET state = excluded.state,
+                        attempt = excluded.attempt, not_before = excluded.not_before,
+                        dead_at = excluded.dead_at",
+                )?
+                .execute(params![sub, pos, state, attempt, not_before, dead_at])
+        };
+        let was_pending = i64::from(existed);
+        let outcome = match &commit.outcome {
+            EncodedOutcome::Acked => {
+                self.conn
+                    .prepare_cached(&format!(
+                        "INSERT INTO deliveries (sub, pos, state) VALUES (?1, ?2, {ACKED})
+                         ON CONFLICT (sub, pos) DO UPDATE SET state = {ACKED}, not_before = NULL"
+                    ))?
+                    .execute(params![sub, pos])?;
+                delta.pending -= was_pending;
+                self.kv_writes(&commit.kv_namespace, &commit.kv_writes)?;
+                let mut emitted = Vec::with_capacity(commit.emitted.len());
+                for (event, routes) in &commit.emitted {
+                    emitted.push(self.insert_event(event, routes, delta)?);
+                }
+                CommitOutcome::Committed { emitted }
+            }
+            EncodedOutcome::Retry {
+                attempt,
+                not_before,
+                failure,
+            } => {
+                upsert(PENDING, *attempt, Some(not_before), None)?;
+                self.insert_failure(sub, pos, failure)?;
+                delta.pending += 1 - was_pending;
+                CommitOutcome::Committed { emitted: Vec::new() }
+            }
+            EncodedOutcome::DeadLettered { attempt, failure } => {
+                upsert(DEAD, *attempt, None, Some(&format_time(Utc::now())))?;
+                self.insert_failure(sub, pos, failure)?;
+                delta.pending -= was_pending;
+                delta.dead_letters += 1;
+                CommitOutcome::Committed { emitted: Vec::new() }
+            }
+        };
+        Ok(outcome)
+    }
+
+    fn insert_failure(&self, sub: i64, pos: i64, record: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO failures (sub, pos, record) VALUES (?1, ?2, ?3)")?
+            .execute(params![sub, pos, record])?;
+        Ok(())
+    }
+
+    fn kv_writes(&self, namespace: &str, writes: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        for (key, value) in writes {
+            match value {
+                Some(value) => self
+                    .conn
+                    .prepare_cached(
+                        "INSERT INTO kv (namespace, key, value) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute(params![namespace, key, value])?,
+                None => self
+                    .conn
+                    .prepare_cached("DELETE FROM kv WHERE namespace = ?1 AND key = ?2")?
+                    .execute(params![namespace, key])?,
+            };
+        }
+        Ok(())
+    }
+}
