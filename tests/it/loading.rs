@@ -83,3 +83,29 @@ async fn subscriptions_can_be_overridden_and_bad_patterns_are_refused() {
     assert!(matches!(err, LoadError::Metadata(_)), "{err}");
     assert!(err.to_string().contains("*Bad"), "{err}");
 }
+
+#[tokio::test]
+async fn a_core_module_and_a_text_file_are_named_for_what_they_are() {
+    let host = Host::new().await;
+    for (bytes, expected) in [
+        (
+            &b"\0asm\x01\0\0\0"[..],
+            "a core WebAssembly module, not a component",
+        ),
+        (&b"(component)"[..], "not a WebAssembly binary"),
+    ] {
+        let path = std::env::temp_dir().join(format!(
+            "evhost-header-{}-{}.wasm",
+            std::process::id(),
+            bytes.len()
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        let err = host
+            .try_load(path.to_str().unwrap(), PluginOptions::default())
+            .await
+            .unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(err, LoadError::Compile(_)), "{err}");
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+}

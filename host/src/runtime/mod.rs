@@ -197,6 +197,7 @@ impl Runtime {
                 options.limits.memory_bytes, self.config.max_memory_bytes
             )));
         }
+        check_header(&bytes)?;
         let hash = content_hash(&bytes);
         let engine = self.engine.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
@@ -285,6 +286,25 @@ fn open_cache(dir: &Path) -> anyhow::Result<Cache> {
     config.with_directory(&dir);
     Cache::new(config)
         .map_err(|e| anyhow::anyhow!("opening the compiled-code cache in {}: {e:#}", dir.display()))
+}
+
+/// Tells the common wrong files apart before the compiler sees them, so the error says
+/// what the file is rather than what a parser expected.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    const CORE_MODULE: [u8; 4] = [1, 0, 0, 0];
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::Compile(
+            "not a WebAssembly binary (it does not start with the `\\0asm` magic bytes)".to_owned(),
+        ));
+    }
+    if bytes[4..8] == CORE_MODULE {
+        return Err(LoadError::Compile(
+            "this is a core WebAssembly module, not a component: build the plugin with \
+             `cargo build --target wasm32-wasip2` or `cargo component build`"
+                .to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// The first 16 hex digits of the SHA-256 of a component.
