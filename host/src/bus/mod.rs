@@ -155,6 +155,11 @@ where
 pub struct HandlerError {
     kind: FailureKind,
     message: String,
+    /// The version of the handler that failed, when it differs from what
+    /// [`EventHandler::version`] says by the time the failure is reported (a hot-swapped
+    /// plugin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
 }
 
 impl HandlerError {
@@ -173,7 +178,16 @@ impl HandlerError {
         Self {
             kind,
             message: message.into(),
+            version: None,
         }
+    }
+
+    /// Names the version of the handler that failed (kept if one is already set).
+    pub fn with_version(mut self, version: Option<&str>) -> Self {
+        if self.version.is_none() {
+            self.version = version.map(str::to_owned);
+        }
+        self
     }
 
     /// How it failed.
@@ -184,6 +198,11 @@ impl HandlerError {
     /// What the handler or the host said.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The version of the handler that failed, if the handler said.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
     }
 }
 

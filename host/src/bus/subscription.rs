@@ -83,9 +83,11 @@ pub(crate) async fn invoke(
         .metrics
         .record(started.elapsed(), result.as_ref().err().map(HandlerError::kind));
     result.map_err(|error| {
+        // A hot-swapped handler names the version that ran; otherwise ask the handler.
+        let version = error.version().or_else(|| subscription.handler.version());
         let record = FailureRecord {
             subscription: subscription.name.clone(),
-            handler_version: subscription.handler.version().map(str::to_owned),
+            handler_version: version.map(str::to_owned),
             event_id: event.id.clone(),
             event_type: event.ty.clone(),
             attempt,

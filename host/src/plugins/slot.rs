@@ -9,34 +9,21 @@
 //!
 //! # Which version failed
 //!
-//! The bus reports a failure with `handler.version()`, read right after the call
-//! returns; by then a reload may have swapped in another version. So an invocation that
-//! fails (returns an error, panics, or is dropped by the bus's timeout) leaves the index
-//! of the version it ran in a thread-local as it ends, and the next `version()` call on
-//! that thread, for that slot, takes it. This relies on the bus calling `version()` on
-//! the thread and in the poll in which the handler's future completed or was dropped,
-//! with no other handler call in between — which is how `bus::invoke` is written. Should
-//! that ever change, `version()` falls back to the current version. A test in this
-//! module pins the behaviour down through the real bus.
+//! The bus reports a failure with the version the error names, else with
+//! `handler.version()` — read after the call, when a reload may already have swapped in
+//! another version. So the slot names the version that ran on every error it returns (Wasm
+//! plugins name their own hash already). A failure the handler cannot return — the bus's
+//! own timeout dropping the call, or a panic — is reported with the slot's version at that
+//! moment; for Wasm plugins those are last resorts, as a plugin enforces its own deadline
+//! first.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::bus::{EventHandler, HandlerError};
 use crate::event::Event;
 
-thread_local! {
-    /// `(slot id, version index)` of the invocation that just failed on this thread.
-    static FAILED_ON: Cell<Option<(u64, usize)>> = const { Cell::new(None) };
-}
-
-/// Ids distinguishing slots in [`FAILED_ON`].
-static NEXT_SLOT_ID: AtomicU64 = AtomicU64::new(1);
-
 /// A hot-swappable handler; see the module documentation.
 pub(crate) struct Slot {
-    id: u64,
     name: String,
     current: RwLock<Current>,
     versions: Versions,
@@ -64,7 +51,6 @@ impl Slot {
         let versions = Versions::default();
         let version = versions.intern(handler.version().unwrap_or_default());
         Arc::new(Self {
-            id: NEXT_SLOT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.to_owned(),
             current: RwLock::new(Current { handler, version }),
             versions,
@@ -90,46 +76,19 @@ impl EventHandler for Slot {
         &self.name
     }
 
-    /// The version that served the invocation that just failed on this thread, else the
-    /// current one.
+    /// The version serving new invocations.
     fn version(&self) -> Option<&str> {
-        let failed = FAILED_ON.with(|cell| match cell.get() {
-            Some((slot, version)) if slot == self.id => {
-                cell.set(None);
-                Some(version)
-            }
-            _ => None,
-        });
-        let index = failed.unwrap_or_else(|| self.current().version);
-        self.versions.get(index).filter(|v| !v.is_empty())
+        self.versions
+            .get(self.current().version)
+            .filter(|v| !v.is_empty())
     }
 
     async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
-        let Current { handler, version } = self.current();
-        let mut attribution = Attribution {
-            slot: self.id,
-            version,
-            failed: true,
-        };
-        let result = handler.handle(event).await;
-        attribution.failed = result.is_err();
-        result
-    }
-}
-
-/// Leaves the version of a failed invocation for [`Slot::version`]. A guard rather than a
-/// statement after the call, so a panic or a timeout that drops the call leaves it too.
-struct Attribution {
-    slot: u64,
-    version: usize,
-    failed: bool,
-}
-
-impl Drop for Attribution {
-    fn drop(&mut self) {
-        if self.failed {
-            FAILED_ON.with(|cell| cell.set(Some((self.slot, self.version))));
-        }
+        let Current { handler, .. } = self.current();
+        handler
+            .handle(event)
+            .await
+            .map_err(|e| e.with_version(handler.version()))
     }
 }
 
@@ -275,29 +234,5 @@ mod tests {
         assert_eq!(record.kind, FailureKind::Reject);
         assert_eq!(record.handler_version.as_deref(), Some("v2"));
         bus.stop().await.unwrap();
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_timed_out_invocation_is_reported_with_its_version() {
-        let bus = AsyncEventBus::new();
-        let mut errors = bus.errors().unwrap();
-        let (v1, _never_released) = versioned("v1", || Ok(()));
-        let slot = Slot::new("slow", v1.clone());
-        let options = crate::SubscribeOptions {
-            timeout: Some(Duration::from_millis(200)),
-            ..Default::default()
-        };
-        bus.subscribe_with("*", slot.clone(), options).unwrap();
-        bus.start().await.unwrap();
-        bus.publish(event()).await.unwrap();
-        v1.started.notified().await;
-        let (v2, _) = versioned("v2", || Ok(()));
-        slot.swap(v2);
-        let record = tokio::time::timeout(Duration::from_secs(5), errors.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(record.kind, FailureKind::Timeout);
-        assert_eq!(record.handler_version.as_deref(), Some("v1"));
     }
 }

@@ -321,7 +321,11 @@ impl EventHandler for Plugin {
             event.r#type = %event.ty,
             outcome = tracing::field::Empty,
         );
-        let result = self.handle_and_apply(event).instrument(span.clone()).await;
+        let result = self
+            .handle_and_apply(event)
+            .instrument(span.clone())
+            .await
+            .map_err(|e| e.with_version(Some(&self.info.hash)));
         span.record(
             "outcome",
             match &result {
