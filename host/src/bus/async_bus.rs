@@ -357,47 +357,29 @@ impl AsyncEventBus {
             .unwrap_or(inner.config.subscription_concurrency)
             .clamp(1, inner.config.max_concurrency);
         let name = options.name.unwrap_or_else(|| handler.name().to_owned());
-        let mut lanes = inner.lanes.write().unwrap_or_else(|e| e.into_inner());
-        let replaced = match replacing {
-            None => None,
-            Some(old) => Some(
-                lanes
-                    .iter()
-                    .find(|lane| lane.subscription.id == old)
-                    .cloned()
-                    .ok_or(BusError::NoSuchSubscription(old))?,
-            ),
-        };
-        // A replacement of the same name keeps counting where the old one left off, so
-        // metrics do not restart at every plugin reload.
-        let metrics = match &replaced {
-            Some(old) if old.subscription.name == name => Arc::clone(&old.subscription.metrics),
-            _ => Arc::default(),
-        };
-        let lane = Lane {
-            subscription: Subscription {
-                id,
-                name,
-                patterns,
-                handler,
-                timeout: options.timeout.unwrap_or(inner.config.handler_timeout),
-                metrics,
-            },
-            concurrency,
-            retry: options.retry.unwrap_or(inner.config.retry),
-            queue: Mutex::default(),
-        };
-        let mut updated: Vec<_> = lanes
-            .iter()
-            .filter(|lane| Some(lane.subscription.id) != replacing)
-            .cloned()
-            .collect();
-        updated.push(Arc::new(lane));
-        *lanes = Arc::from(updated);
-        drop(lanes);
-        if let Some(old) = replaced {
-            inner.retire(old);
-        }
+        let timeout = options.timeout.unwrap_or(inner.config.handler_timeout);
+        let retry = options.retry.unwrap_or(inner.config.retry);
+        inner.edit_lanes(replacing, |replaced| {
+            // A replacement of the same name keeps counting where the old one left off, so
+            // metrics do not restart at every plugin reload.
+            let metrics = match replaced {
+                Some(old) if old.subscription.name == name => Arc::clone(&old.subscription.metrics),
+                _ => Arc::default(),
+            };
+            Some(Lane {
+                subscription: Subscription {
+                    id,
+                    name,
+                    patterns,
+                    handler,
+                    timeout,
+                    metrics,
+                },
+                concurrency,
+                retry,
+                queue: Mutex::default(),
+            })
+        })?;
         Ok(id)
     }
 
@@ -565,6 +547,39 @@ impl Inner {
             }
         }
         Ok(receivers)
+    }
+
+    /// Edits the routing table under its lock: removes the lane of `remove` (which must
+    /// exist) and adds the lane `make` builds, given the removed one. The removed lane is
+    /// retired, so what is queued for it is still handled.
+    fn edit_lanes(
+        self: &Arc<Self>,
+        remove: Option<SubscriptionId>,
+        make: impl FnOnce(Option<&Lane>) -> Option<Lane>,
+    ) -> Result<(), BusError> {
+        let mut lanes = self.lanes.write().unwrap_or_else(|e| e.into_inner());
+        let removed = match remove {
+            None => None,
+            Some(id) => Some(
+                lanes
+                    .iter()
+                    .find(|lane| lane.subscription.id == id)
+                    .cloned()
+                    .ok_or(BusError::NoSuchSubscription(id))?,
+            ),
+        };
+        let mut updated: Vec<_> = lanes
+            .iter()
+            .filter(|lane| Some(lane.subscription.id) != remove)
+            .cloned()
+            .collect();
+        updated.extend(make(removed.as_deref()).map(Arc::new));
+        *lanes = Arc::from(updated);
+        drop(lanes);
+        if let Some(old) = removed {
+            self.retire(old);
+        }
+        Ok(())
     }
 
     fn lanes(&self) -> Arc<[Arc<Lane>]> {
@@ -893,21 +908,7 @@ impl EventBus for AsyncEventBus {
     }
 
     fn unsubscribe(&self, id: SubscriptionId) -> Result<(), BusError> {
-        let mut lanes = self.inner.lanes.write().unwrap_or_else(|e| e.into_inner());
-        let removed = lanes
-            .iter()
-            .find(|lane| lane.subscription.id == id)
-            .cloned()
-            .ok_or(BusError::NoSuchSubscription(id))?;
-        let remaining: Vec<_> = lanes
-            .iter()
-            .filter(|lane| lane.subscription.id != id)
-            .cloned()
-            .collect();
-        *lanes = Arc::from(remaining);
-        drop(lanes);
-        self.inner.retire(removed);
-        Ok(())
+        self.inner.edit_lanes(Some(id), |_| None)
     }
 
     async fn start(&self) -> Result<(), BusError> {
