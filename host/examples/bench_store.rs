@@ -70,10 +70,6 @@ fn events(n: usize) -> Vec<Arc<Event>> {
         .collect()
 }
 
-fn route() -> Vec<Vec<String>> {
-    vec![vec!["projection".to_owned()]]
-}
-
 /// One run's figures.
 struct Run {
     per_s: f64,
@@ -123,40 +119,15 @@ where
     (started.elapsed(), latencies)
 }
 
-async fn single_appends() -> Run {
+/// `publishers` appending `total` events, `per_request` events at a time.
+async fn append_run(total: usize, per_request: usize, publishers: usize) -> Run {
     let fresh = Fresh::new();
-    let input = Arc::new(events(SINGLE_EVENTS));
+    let input = Arc::new(events(total));
     let before = fresh.store.stats().unwrap();
     let store = Arc::clone(&fresh.store);
-    let (elapsed, latencies) = drive(SINGLE_PUBLISHERS, SINGLE_EVENTS, move |i| {
-        let (store, event) = (Arc::clone(&store), Arc::clone(&input[i]));
-        async move {
-            let batch = AppendBatch {
-                events: vec![event],
-                routes: route(),
-                checkpoint: None,
-            };
-            store.append(batch).await.expect("append");
-        }
-    })
-    .await;
-    let after = fresh.store.stats().unwrap();
-    assert_eq!(after.events, SINGLE_EVENTS as u64);
-    Run {
-        per_s: SINGLE_EVENTS as f64 / elapsed.as_secs_f64(),
-        p99_ms: p99(latencies),
-        events_per_transaction: per_transaction(before, after),
-    }
-}
-
-async fn batch_appends() -> Run {
-    let fresh = Fresh::new();
-    let input = Arc::new(events(BATCH_EVENTS));
-    let before = fresh.store.stats().unwrap();
-    let store = Arc::clone(&fresh.store);
-    let (elapsed, latencies) = drive(BATCH_PUBLISHERS, BATCH_EVENTS / BATCH_SIZE, move |i| {
+    let (elapsed, latencies) = drive(publishers, total / per_request, move |i| {
         let store = Arc::clone(&store);
-        let events = input[i * BATCH_SIZE..(i + 1) * BATCH_SIZE].to_vec();
+        let events = input[i * per_request..(i + 1) * per_request].to_vec();
         async move {
             let batch = AppendBatch {
                 routes: vec![vec!["projection".to_owned()]; events.len()],
@@ -168,9 +139,9 @@ async fn batch_appends() -> Run {
     })
     .await;
     let after = fresh.store.stats().unwrap();
-    assert_eq!(after.events, BATCH_EVENTS as u64);
+    assert_eq!(after.events, total as u64);
     Run {
-        per_s: BATCH_EVENTS as f64 / elapsed.as_secs_f64(),
+        per_s: total as f64 / elapsed.as_secs_f64(),
         p99_ms: p99(latencies),
         events_per_transaction: per_transaction(before, after),
     }
@@ -258,13 +229,13 @@ async fn main() {
     let (appends, append_p99, append_group) = measure(
         &format!("{SINGLE_PUBLISHERS} publishers x single-event appends"),
         "events",
-        single_appends,
+        || append_run(SINGLE_EVENTS, 1, SINGLE_PUBLISHERS),
     )
     .await;
     let (batch, batch_p99, _) = measure(
         &format!("{BATCH_PUBLISHERS} publishers x batches of {BATCH_SIZE}"),
         "events",
-        batch_appends,
+        || append_run(BATCH_EVENTS, BATCH_SIZE, BATCH_PUBLISHERS),
     )
     .await;
     let (commits, commit_p99, commit_group) = measure(
