@@ -74,8 +74,7 @@ impl Event {
 
     /// Sets `data` to `value` encoded as JSON, with media type `application/json`.
     pub fn with_json<T: Serialize + ?Sized>(self, value: &T) -> Result<Self, EncodeError> {
-        let data = serde_json::to_vec(value)
-            .map_err(|source| EncodeError::new(format!("the data of `{}`", self.event_type), source))?;
+        let data = crate::publish::encode_json(&self.event_type, value)?;
         Ok(self.with_data("application/json", data))
     }
 

@@ -73,8 +73,7 @@ impl OutgoingEvent {
 
     /// Sets the payload to `value` encoded as JSON, with media type `application/json`.
     pub fn json<T: Serialize + ?Sized>(self, value: &T) -> Result<Self, EncodeError> {
-        let data = serde_json::to_vec(value)
-            .map_err(|source| EncodeError::new(format!("the data of `{}`", self.event_type), source))?;
+        let data = encode_json(&self.event_type, value)?;
         Ok(self.data("application/json", data))
     }
 
@@ -83,6 +82,15 @@ impl OutgoingEvent {
         self.extensions.push((name.into(), value.into()));
         self
     }
+}
+
+/// `value` as JSON bytes, for the data of an event of type `event_type`.
+pub(crate) fn encode_json<T: Serialize + ?Sized>(
+    event_type: &str,
+    value: &T,
+) -> Result<Vec<u8>, EncodeError> {
+    serde_json::to_vec(value)
+        .map_err(|source| EncodeError::new(format!("the data of `{event_type}`"), source))
 }
 
 impl From<OutgoingEvent> for wit::OutgoingEvent {
