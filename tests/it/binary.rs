@@ -198,6 +198,25 @@ async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> 
     false
 }
 
+/// GETs `url` and parses the JSON answer.
+async fn get_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// GETs `url` as text.
+async fn get_text(http: &reqwest::Client, url: String) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// Replaces `target` with a copy of `source` the way deployment tools do: written beside
+/// it, then renamed over it.
+fn replace_atomically(source: &str, target: &Path) {
+    let name = target.file_name().unwrap().to_string_lossy();
+    let staging = target.with_file_name(format!(".{name}.tmp"));
+    std::fs::copy(source, &staging).unwrap();
+    std::fs::rename(&staging, target).unwrap();
+}
+
 /// POSTs `body` to `url` + `path` with the content type, expecting an answer.
 async fn post_events(
     http: &reqwest::Client,
@@ -345,14 +364,7 @@ async fn plugins_come_and_go_with_their_files() {
     std::fs::copy(wasm::HEALTHY, host.plugins.join("healthy.wasm")).unwrap();
     assert!(
         eventually(Duration::from_secs(10), async || {
-            let plugins: Value = http
-                .get(format!("{}/plugins", host.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let plugins: Value = get_json(&http, format!("{}/plugins", host.url)).await;
             plugins.as_array().unwrap().iter().any(|p| p["name"] == "healthy")
         })
         .await,
@@ -380,14 +392,7 @@ async fn plugins_come_and_go_with_their_files() {
     std::fs::write(host.plugins.join("healthy.wasm"), b"\0asm\x01\0\0\0garbage").unwrap();
     assert!(
         eventually(Duration::from_secs(10), async || {
-            let errors: Value = http
-                .get(format!("{}/errors", host.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let errors: Value = get_json(&http, format!("{}/errors", host.url)).await;
             errors.to_string().contains("plugin-load")
         })
         .await,
@@ -409,14 +414,7 @@ async fn plugins_come_and_go_with_their_files() {
     std::fs::remove_file(host.plugins.join("healthy.wasm")).unwrap();
     assert!(
         eventually(Duration::from_secs(10), async || {
-            let plugins: Value = http
-                .get(format!("{}/plugins", host.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let plugins: Value = get_json(&http, format!("{}/plugins", host.url)).await;
             plugins.as_array().unwrap().is_empty()
         })
         .await
@@ -436,14 +434,7 @@ async fn plugins_come_and_go_with_their_files() {
         json!([]),
         "no plugin got it: {report}"
     );
-    let metrics = http
-        .get(format!("{}/metrics", host.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, format!("{}/metrics", host.url)).await;
     assert!(metrics.contains("evhost_events_accepted_total 3"), "{metrics}");
 }
 
@@ -469,14 +460,7 @@ async fn metrics_parse_and_count_what_was_sent() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    let text = http
-        .get(format!("{}/metrics", host.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&http, format!("{}/metrics", host.url)).await;
     let samples = parse_prometheus(&text);
     let value = |name: &str| -> f64 {
         samples
@@ -648,19 +632,10 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Replace the file the way deployment tools do: write beside it, then rename over it.
-    let staging = host.plugins.join(".healthy.wasm.tmp");
-    std::fs::copy(wasm::HEALTHY_V2, &staging).unwrap();
-    std::fs::rename(&staging, host.plugins.join("healthy.wasm")).unwrap();
+    replace_atomically(wasm::HEALTHY_V2, &host.plugins.join("healthy.wasm"));
     assert!(
         eventually(Duration::from_secs(20), async || {
-            let plugins: Value = http
-                .get(format!("{}/plugins", host.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let plugins: Value = get_json(&http, format!("{}/plugins", host.url)).await;
             plugins[0]["version"] == "2.0.0"
         })
         .await,
@@ -673,14 +648,7 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
     let expected = ids.len() as f64;
     assert!(
         eventually(Duration::from_secs(30), async || {
-            let text = http
-                .get(format!("{}/metrics", host.url))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = get_text(&http, format!("{}/metrics", host.url)).await;
             parse_prometheus(&text).iter().any(|(name, value)| {
                 name == r#"evhost_deliveries_total{plugin="healthy",outcome="ok"}"# && *value == expected
             })
@@ -855,14 +823,7 @@ async fn dead_letters_are_listed_and_replayed_to_a_fixed_version() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    let letters: Value = http
-        .get(format!("{}/dlq", host.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let letters: Value = get_json(&http, format!("{}/dlq", host.url)).await;
     let letters = letters.as_array().unwrap().clone();
     assert_eq!(letters.len(), 3, "{letters:?}");
     for letter in &letters {
@@ -886,19 +847,13 @@ async fn dead_letters_are_listed_and_replayed_to_a_fixed_version() {
     assert!(out.contains("\"failures\""), "{out}");
 
     // Fix the plugin by swapping in a new version, then drain the queue.
-    let staging = host.plugins.join(".returns-retry.wasm.tmp");
-    std::fs::copy(wasm::RETURNS_RETRY_FIXED, &staging).unwrap();
-    std::fs::rename(&staging, host.plugins.join("returns-retry.wasm")).unwrap();
+    replace_atomically(
+        wasm::RETURNS_RETRY_FIXED,
+        &host.plugins.join("returns-retry.wasm"),
+    );
     assert!(
         eventually(Duration::from_secs(20), async || {
-            let plugins: Value = http
-                .get(format!("{}/plugins", host.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let plugins: Value = get_json(&http, format!("{}/plugins", host.url)).await;
             plugins[0]["version"] == "2.0.0"
         })
         .await
