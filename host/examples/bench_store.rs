@@ -177,6 +177,8 @@ async fn delivery_commits() -> Run {
             let commit = DeliveryCommit {
                 subscription: "projection".into(),
                 offset: offsets[i],
+                // The store finds the delivered event by offset; this one is not read.
+                event: Arc::clone(&emitted[i]),
                 outcome: DeliveryOutcome::Acked,
                 kv_namespace: "projection".into(),
                 kv_writes: vec![(format!("order:{i}"), Some(b"placed".to_vec()))],

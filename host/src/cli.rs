@@ -114,6 +114,14 @@ pub struct RunArgs {
     /// Seconds to wait for in-flight events on shutdown.
     #[arg(long, env = "EVHOST_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<f64>,
+    /// Keep everything in memory instead of the durable log in the data directory: a
+    /// restart loses what was pending, the dead-letter queue and plugin key-value data.
+    #[arg(long, env = "EVHOST_NO_DURABLE")]
+    pub no_durable: bool,
+    /// Relay the transactional outbox of this PostgreSQL database into the log, e.g.
+    /// postgres://app@db/orders (schema and batching in evhost.toml's [outbox]).
+    #[arg(long, env = "EVHOST_OUTBOX")]
+    pub outbox: Option<String>,
 }
 
 /// `evhost publish`.
@@ -196,6 +204,15 @@ impl RunArgs {
         }
         if let Some(listen) = self.listen {
             config.listen = listen;
+        }
+        if self.no_durable {
+            config.durable = false;
+        }
+        if let Some(url) = &self.outbox {
+            match &mut config.outbox {
+                Some(outbox) => outbox.url.clone_from(url),
+                None => config.outbox = Some(crate::config::OutboxSettings::new(url.clone())),
+            }
         }
         if let Some(format) = self.log_format {
             config.log_format = format;

@@ -48,6 +48,78 @@ pub enum ConfigError {
     },
 }
 
+/// `[outbox]`: where the transactional outbox relay reads.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// The PostgreSQL URL, e.g. `postgres://app@db/orders`.
+    #[serde(skip_serializing)]
+    pub url: String,
+    /// The schema holding the outbox table.
+    #[serde(default = "default_outbox_schema")]
+    pub schema: String,
+    /// Names the relay's checkpoint; one relay per name.
+    #[serde(default = "default_relay_name")]
+    pub relay_name: String,
+    /// Most rows relayed per transaction.
+    #[serde(default = "default_outbox_batch")]
+    pub batch_size: usize,
+    /// How long to wait for a notification before reading anyway, in milliseconds.
+    #[serde(default = "default_outbox_poll_ms")]
+    pub poll_interval_ms: u64,
+}
+
+impl OutboxSettings {
+    /// The defaults for everything but `url`.
+    pub fn new(url: String) -> Self {
+        Self {
+            url,
+            schema: default_outbox_schema(),
+            relay_name: default_relay_name(),
+            batch_size: default_outbox_batch(),
+            poll_interval_ms: default_outbox_poll_ms(),
+        }
+    }
+
+    /// The relay's settings.
+    pub fn relay_config(&self) -> crate::outbox::OutboxConfig {
+        let mut config = crate::outbox::OutboxConfig::new(self.url.clone());
+        config.schema.clone_from(&self.schema);
+        config.relay_name.clone_from(&self.relay_name);
+        config.batch_size = self.batch_size;
+        config.poll_interval = Duration::from_millis(self.poll_interval_ms);
+        config
+    }
+}
+
+/// Leaves the URL out: it may carry a password.
+impl std::fmt::Debug for OutboxSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxSettings")
+            .field("schema", &self.schema)
+            .field("relay_name", &self.relay_name)
+            .field("batch_size", &self.batch_size)
+            .field("poll_interval_ms", &self.poll_interval_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_outbox_schema() -> String {
+    crate::outbox::DEFAULT_SCHEMA.to_owned()
+}
+
+fn default_relay_name() -> String {
+    "outbox".to_owned()
+}
+
+fn default_outbox_batch() -> usize {
+    500
+}
+
+fn default_outbox_poll_ms() -> u64 {
+    5_000
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -65,8 +137,15 @@ pub enum LogFormat {
 pub struct Config {
     /// The watched folder of `NAME.wasm` (+ optional `NAME.toml`) plugins.
     pub plugins_dir: PathBuf,
-    /// Where evhost keeps its state (compiled-code cache, and later the durable log).
+    /// Where evhost keeps its state: the durable log (`evhost.db`) and the compiled-code
+    /// cache.
     pub data_dir: PathBuf,
+    /// Keep accepted events, delivery state, dead letters and plugin key-value data in
+    /// `data_dir/evhost.db` (SQLite), so nothing accepted is lost. `false` keeps it all in
+    /// memory: a restart loses what was pending.
+    pub durable: bool,
+    /// Relay a PostgreSQL outbox table into the log (`[outbox]`).
+    pub outbox: Option<OutboxSettings>,
     /// The HTTP listen address.
     pub listen: SocketAddr,
     /// Log output format.
@@ -90,6 +169,8 @@ impl Default for Config {
         Self {
             plugins_dir: PathBuf::from("plugins"),
             data_dir: PathBuf::from(".evhost"),
+            durable: true,
+            outbox: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             log_format: LogFormat::Text,
             drain_timeout_ms: 30_000,
@@ -206,6 +287,20 @@ impl Config {
         for (key, value) in positive {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if let Some(outbox) = &self.outbox {
+            if outbox.batch_size == 0 {
+                return Err(invalid("outbox.batch_size", "must be at least 1"));
+            }
+            if outbox.poll_interval_ms == 0 {
+                return Err(invalid("outbox.poll_interval_ms", "must be at least 1"));
+            }
+            if !outbox.url.starts_with("postgres://") && !outbox.url.starts_with("postgresql://") {
+                return Err(invalid(
+                    "outbox.url",
+                    "must be a PostgreSQL URL (postgres://user@host/database)",
+                ));
             }
         }
         if self.runtime.max_memory_mb == 0 {

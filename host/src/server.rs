@@ -8,9 +8,12 @@ use anyhow::Context as _;
 use crate::bus::{AsyncEventBus, EventBus};
 use crate::config::Config;
 use crate::http::{AppState, PluginCatalog};
+use crate::outbox::{OutboxRelay, OutboxTarget};
 use crate::plugins::{PluginFolder, PluginFolderOptions};
 use crate::runtime::Runtime;
-use crate::store::{KeyValueStore, MemoryKv};
+use crate::store::EventLog;
+use crate::store::sqlite::{SqliteStore, StoreOptions};
+use tokio_util::sync::CancellationToken;
 
 /// Runs the host until `shutdown` resolves, then stops intake (HTTP answers 503), drains
 /// in-flight events up to the configured deadline and returns.
@@ -18,8 +21,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let runtime = Runtime::new(config.runtime_config()).context("starting the Wasm runtime")?;
-    let bus = AsyncEventBus::with_config(config.bus_config());
-    let kv: Arc<dyn KeyValueStore> = Arc::new(MemoryKv::default());
+    let store = if config.durable {
+        let dir = config.data_dir.clone();
+        // Opening runs the integrity check over the whole file.
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, StoreOptions::default()))
+            .await
+            .context("opening the durable log")??;
+        let stats = store.stats()?;
+        tracing::info!(
+            path = %store.path().display(),
+            events = stats.events,
+            pending = stats.pending,
+            dead_letters = stats.dead_letters,
+            "durable log opened"
+        );
+        Some(store)
+    } else {
+        tracing::warn!("running without the durable log: a restart loses pending events");
+        None
+    };
+    let bus = match &store {
+        Some(store) => AsyncEventBus::with_log(config.bus_config(), Arc::clone(store) as Arc<dyn EventLog>),
+        None => AsyncEventBus::with_config(config.bus_config()),
+    };
+    let kv = bus.key_value_store();
 
     let folder = PluginFolder::open(
         PluginFolderOptions {
@@ -29,7 +54,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         },
         runtime,
         bus.clone(),
-        Arc::clone(&kv),
     )
     .await
     .with_context(|| format!("opening the plugins folder {}", config.plugins_dir.display()))?;
@@ -48,6 +72,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     let _watcher = folder.watch().context("watching the plugins folder")?;
     bus.start().await?;
+    let stop_relay = CancellationToken::new();
+    let relay = config.outbox.as_ref().map(|outbox| {
+        let relay = OutboxRelay::new(
+            outbox.relay_config(),
+            Arc::new(bus.clone()) as Arc<dyn OutboxTarget>,
+        );
+        tracing::info!(schema = %outbox.schema, relay = %outbox.relay_name, "relaying the outbox");
+        let stop = stop_relay.clone();
+        tokio::spawn(async move {
+            if let Err(error) = relay.run(stop).await {
+                tracing::error!(error = %format!("{error:#}"), "the outbox relay stopped");
+            }
+        })
+    });
 
     let mut state = AppState::new(
         bus.clone(),
@@ -87,10 +125,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         "shutting down: refusing new events, draining"
     );
     state.set_accepting(false);
+    stop_relay.cancel();
+    if let Some(relay) = relay
+        && let Err(error) = relay.await
+    {
+        tracing::error!(%error, "the outbox relay task failed");
+    }
     let report = bus.stop().await?;
     tracing::info!(drained = report.drained, abandoned = report.abandoned, "stopped");
     let _ = stop_http.send(());
     server.await.context("the HTTP server task failed")??;
     monitor.abort();
+    if let Some(store) = store {
+        store.close().await;
+    }
     Ok(())
 }

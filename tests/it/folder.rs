@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use evhost::plugins::{PluginFolder, PluginFolderOptions};
 use evhost::runtime::content_hash;
-use evhost::store::{KeyValueStore, MemoryKv};
+use evhost::store::KeyValueStore;
 use evhost::{AsyncEventBus, Event, EventBus, FailureKind, FailureRecord, Runtime, RuntimeConfig};
 use serde_json::json;
 
@@ -83,7 +83,7 @@ impl Fixture {
         let records = collect_records(&host.bus);
         let dir = TempDir::new(label);
         prepare(&dir);
-        let folder = open_folder(&dir, Arc::clone(&host.runtime), &host.bus, host.kv.clone()).await;
+        let folder = open_folder(&dir, Arc::clone(&host.runtime), &host.bus).await;
         Self {
             host,
             dir,
@@ -126,19 +126,12 @@ impl Fixture {
     }
 }
 
-async fn open_folder(
-    dir: &TempDir,
-    runtime: Arc<Runtime>,
-    bus: &AsyncEventBus,
-    kv: Arc<dyn KeyValueStore>,
-) -> Arc<PluginFolder> {
+async fn open_folder(dir: &TempDir, runtime: Arc<Runtime>, bus: &AsyncEventBus) -> Arc<PluginFolder> {
     let options = PluginFolderOptions {
         dir: dir.0.clone(),
         ..PluginFolderOptions::default()
     };
-    PluginFolder::open(options, runtime, bus.clone(), kv)
-        .await
-        .unwrap()
+    PluginFolder::open(options, runtime, bus.clone()).await.unwrap()
 }
 
 fn collect_records(bus: &AsyncEventBus) -> Arc<Mutex<Vec<FailureRecord>>> {
@@ -216,7 +209,7 @@ async fn a_missing_folder_is_an_error() {
         dir: PathBuf::from("/nonexistent/evhost/plugins"),
         ..PluginFolderOptions::default()
     };
-    let error = PluginFolder::open(options, host.runtime.clone(), host.bus.clone(), host.kv.clone())
+    let error = PluginFolder::open(options, host.runtime.clone(), host.bus.clone())
         .await
         .unwrap_err();
     assert!(
@@ -630,23 +623,16 @@ async fn compiled_code_is_cached_across_restarts() {
         })
         .unwrap()
     };
-    let kv: Arc<dyn KeyValueStore> = Arc::new(MemoryKv::default());
 
     let cold = start();
-    let folder = open_folder(
-        &plugins,
-        Arc::clone(&cold),
-        &AsyncEventBus::new(),
-        Arc::clone(&kv),
-    )
-    .await;
+    let folder = open_folder(&plugins, Arc::clone(&cold), &AsyncEventBus::new()).await;
     assert_eq!(folder.statuses().len(), 3);
     let stats = cold.cache_stats().unwrap();
     assert_eq!((stats.hits, stats.misses), (0, 3), "compiled and stored");
     drop(folder);
 
     let warm = start();
-    let folder = open_folder(&plugins, Arc::clone(&warm), &AsyncEventBus::new(), kv).await;
+    let folder = open_folder(&plugins, Arc::clone(&warm), &AsyncEventBus::new()).await;
     assert_eq!(folder.statuses().len(), 3);
     let stats = warm.cache_stats().unwrap();
     assert_eq!(

@@ -2,6 +2,7 @@
 
 mod adversarial;
 mod binary;
+mod crash;
 mod examples;
 mod folder;
 mod loading;
@@ -9,7 +10,7 @@ mod loading;
 use std::sync::Arc;
 use std::time::Duration;
 
-use evhost::store::{KeyValueStore, MemoryKv};
+use evhost::store::KeyValueStore;
 use evhost::{AsyncBusConfig, AsyncEventBus, Event, EventBus, Plugin, PluginOptions, Runtime, RuntimeConfig};
 
 /// Paths of the built `.wasm` files, one constant per plugin crate.
@@ -22,7 +23,7 @@ mod wasm {
 struct Host {
     bus: AsyncEventBus,
     runtime: Arc<Runtime>,
-    kv: Arc<MemoryKv>,
+    kv: Arc<dyn KeyValueStore>,
 }
 
 impl Host {
@@ -38,9 +39,9 @@ impl Host {
         })
         .unwrap();
         Self {
+            kv: bus.key_value_store(),
             bus,
             runtime,
-            kv: Arc::default(),
         }
     }
 

@@ -1,9 +1,13 @@
 //! The concurrent bus.
 //!
 //! Each subscription owns a queue and a small pool of worker tasks (at most its
-//! concurrency limit). Publishing appends the batch to the [`EventLog`], then pushes each
-//! event onto the queue of every matching subscription and wakes workers. A worker pops
-//! work, takes a permit of the bus-wide limit and calls the handler.
+//! concurrency limit). Publishing appends the batch to the [`EventLog`] — with, per event,
+//! the subscriptions it must reach — then pushes each event onto the queue of every
+//! matching subscription and wakes workers. A worker pops work, takes a permit of the
+//! bus-wide limit, calls the handler and commits the delivery's outcome and effects to the
+//! log before it moves on (so the next event of a key sees the previous one's key-value
+//! writes). A subscription's pending deliveries in the log are queued when it subscribes:
+//! that is how a restart on a durable log redelivers what was not acknowledged.
 //!
 //! Ordering: a queue holds unkeyed events and *keys*. All events with one ordering key wait
 //! in that key's own FIFO; the key is handed to one worker at a time, so a subscription
@@ -16,22 +20,27 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
+use chrono::{TimeDelta, Utc};
 use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::RetryPolicy;
-use super::dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterQueue};
 use super::in_flight::InFlight;
 use super::{
-    BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, EventBus, EventHandler, EventSink, HandlerError,
-    HandlerOutcome, Pattern, StopReport, SubscribeOptions, Subscription, SubscriptionId, invoke, validate,
+    Apply, BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, Effects, EventBus, EventHandler, EventSink,
+    HandlerError, HandlerOutcome, Pattern, StopReport, SubscribeOptions, Subscription, SubscriptionId,
+    failure_record, invoke, validate,
 };
 use crate::event::Event;
 use crate::metrics::BusMetrics;
-use crate::monitor::{self, ErrorMonitor, ErrorStream, FailureKind, FailureRecord};
-use crate::store::{EventLog, MemoryLog, Offset};
+use crate::monitor::{self, ErrorMonitor, ErrorStream, FailureKind};
+use crate::outbox::OutboxTarget;
+use crate::store::{
+    AppendBatch, Appended, CommitOutcome, DeadLetter, DeadLetterFilter, DeliveryCommit, DeliveryOutcome,
+    EventLog, KeyValueStore, MemoryLog, Offset, PendingDelivery,
+};
 
 /// How many events of one key a worker handles in a row before letting other keys in.
 const KEY_STREAK: u32 = 64;
@@ -124,6 +133,8 @@ pub struct AsyncEventBus {
 struct Inner {
     config: AsyncBusConfig,
     log: Arc<dyn EventLog>,
+    /// Whether `log` keeps routes: only a durable log needs them.
+    durable: bool,
     /// Copy-on-write, so publishing reads it without holding a lock while routing.
     lanes: RwLock<Arc<[Arc<Lane>]>>,
     /// Subscriptions removed before `start` with events still queued.
@@ -138,7 +149,6 @@ struct Inner {
     /// The bus-wide concurrency limit: a worker holds one permit while it calls handlers.
     permits: Arc<Semaphore>,
     monitor: ErrorMonitor,
-    dead_letters: DeadLetterQueue,
     workers: TaskTracker,
     cancel: CancellationToken,
 }
@@ -178,20 +188,22 @@ enum Work {
 #[derive(Debug)]
 struct Pending {
     delivery: Arc<Delivery>,
-    /// Attempts made so far.
+    /// Attempts made so far (the log keeps their failures).
     attempt: u32,
-    /// Their failures, oldest first (what a dead letter carries).
-    failures: Vec<FailureRecord>,
 }
 
 impl Pending {
     fn new(delivery: Arc<Delivery>) -> Self {
-        Self {
-            delivery,
-            attempt: 0,
-            failures: Vec::new(),
-        }
+        Self { delivery, attempt: 0 }
     }
+}
+
+/// How a delivery attempt ended, once its outcome is in the log.
+enum Settled {
+    /// Acknowledged or dead-lettered: the subscription is done with the event.
+    Done(Result<(), HandlerError>),
+    /// To be tried again after this delay.
+    Retry(Duration),
 }
 
 /// One accepted event on its way to every matching subscription.
@@ -203,6 +215,13 @@ struct Delivery {
     remaining: AtomicUsize,
     /// Present for `publish_sync`, which waits for every outcome.
     report: Option<ReportCollector>,
+}
+
+/// What `Inner::accept` hands back.
+#[derive(Debug, Default)]
+struct Accepted {
+    receivers: Vec<oneshot::Receiver<DeliveryReport>>,
+    appended: Vec<Appended>,
 }
 
 #[derive(Debug)]
@@ -242,6 +261,7 @@ impl AsyncEventBus {
         assert!(config.capacity > 0, "capacity must be at least 1");
         let cancel = CancellationToken::new();
         let inner = Inner {
+            durable: log.is_durable(),
             log,
             lanes: RwLock::new(Arc::from(Vec::new())),
             retired: Mutex::default(),
@@ -253,7 +273,6 @@ impl AsyncEventBus {
             key_hasher: std::hash::RandomState::new(),
             permits: Arc::new(Semaphore::new(config.max_concurrency)),
             monitor: ErrorMonitor::new(config.monitor_capacity),
-            dead_letters: DeadLetterQueue::default(),
             workers: TaskTracker::new(),
             cancel: cancel.clone(),
             config,
@@ -293,7 +312,7 @@ impl AsyncEventBus {
             running: inner.lanes().iter().map(|lane| lane.lock().running as u64).sum(),
             failures_reported: inner.monitor.reported(),
             monitor_overflow: inner.monitor.overflowed(),
-            dead_letters: inner.dead_letters.len() as u64,
+            dead_letters: inner.log.dead_letter_count(),
             subscriptions: inner
                 .lanes()
                 .iter()
@@ -359,14 +378,21 @@ impl AsyncEventBus {
         let name = options.name.unwrap_or_else(|| handler.name().to_owned());
         let timeout = options.timeout.unwrap_or(inner.config.handler_timeout);
         let retry = options.retry.unwrap_or(inner.config.retry);
-        inner.edit_lanes(replacing, |replaced| {
+        let name: Arc<str> = Arc::from(name);
+        let lane = inner.edit_lanes(replacing, |replaced, others| {
+            let same_name = replaced.is_some_and(|old| old.subscription.name == name);
+            // On a durable log a name is a subscription's identity: its deliveries and
+            // progress are stored under it.
+            if inner.durable && others.iter().any(|other| other.subscription.name == name) {
+                return Err(BusError::NameTaken(name.to_string()));
+            }
             // A replacement of the same name keeps counting where the old one left off, so
             // metrics do not restart at every plugin reload.
             let metrics = match replaced {
-                Some(old) if old.subscription.name == name => Arc::clone(&old.subscription.metrics),
+                Some(old) if same_name => Arc::clone(&old.subscription.metrics),
                 _ => Arc::default(),
             };
-            Some(Lane {
+            let lane = Arc::new(Lane {
                 subscription: Subscription {
                     id,
                     name,
@@ -378,54 +404,77 @@ impl AsyncEventBus {
                 concurrency,
                 retry,
                 queue: Mutex::default(),
-            })
+            });
+            // What the log holds for this name is queued before the lane routes anything,
+            // so a key's old events come before its new ones. A replacement of the same
+            // name leaves them to the old lane, which has them queued already.
+            if !same_name {
+                inner.queue_pending(&lane)?;
+            }
+            Ok(Some(lane))
         })?;
+        if let Some(lane) = lane
+            && inner.state.load(Ordering::SeqCst) != CREATED
+        {
+            inner.spawn_workers(&lane, lane.lock());
+        }
         Ok(id)
     }
 
-    /// The dead letters matching `filter`, oldest first.
-    pub fn dead_letters(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter> {
-        self.inner.dead_letters.list(filter)
+    /// The dead letters matching `filter`, by subscription and offset.
+    pub fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, BusError> {
+        Ok(self.inner.log.dead_letters(filter)?)
     }
 
     /// Delivers the matching dead letters again, each to the current handler of its
     /// subscription, with a fresh set of attempts (the failure history is kept and grows if
-    /// they fail again). Returns how many were replayed; those whose subscription no longer
-    /// exists stay in the queue.
-    pub fn replay_dead_letters(&self, filter: &DeadLetterFilter) -> Result<usize, BusError> {
+    /// they fail again). Returns how many were replayed; those whose subscription does not
+    /// exist now stay in the queue.
+    pub async fn replay_dead_letters(&self, filter: &DeadLetterFilter) -> Result<usize, BusError> {
         let inner = &self.inner;
         inner.check_open()?;
-        let letters = inner.dead_letters.take(filter);
         let lanes = inner.lanes();
-        let mut replayed = 0;
-        let mut kept = Vec::new();
-        for letter in letters {
-            let Some(lane) = lanes.iter().find(|l| l.subscription.name == letter.subscription) else {
-                kept.push(letter);
-                continue;
-            };
-            inner.in_flight.force_reserve(1);
-            let delivery = Arc::new(Delivery {
-                event: letter.event,
-                offset: letter.offset,
-                remaining: AtomicUsize::new(1),
-                report: None,
-            });
-            let pending = Pending {
-                delivery,
-                attempt: 0,
-                failures: letter.failures,
-            };
-            inner.enqueue(lane, vec![pending], inner.state.load(Ordering::SeqCst) != CREATED);
-            replayed += 1;
+        let names = lanes.iter().map(|l| l.subscription.name.to_string()).collect();
+        let replayed = inner.log.replay(filter.clone(), names).await?;
+        let count = replayed.len();
+        let dispatching = inner.state.load(Ordering::SeqCst) != CREATED;
+        for replayed in replayed {
+            // Listed by the log because its lane exists; if that lane went away meanwhile,
+            // the delivery stays pending in the log for the next subscriber of the name.
+            if let Some(lane) = lanes
+                .iter()
+                .find(|l| *l.subscription.name == replayed.subscription)
+            {
+                let pending = inner.pending_delivery(replayed.delivery);
+                inner.enqueue(lane, vec![pending], dispatching);
+            }
         }
-        inner.dead_letters.restore(kept);
-        Ok(replayed)
+        Ok(count)
     }
 
-    /// Drops the matching dead letters; returns how many.
-    pub fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> usize {
-        self.inner.dead_letters.take(filter).len()
+    /// Drops the matching dead letters for good; returns how many.
+    pub async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, BusError> {
+        Ok(self.inner.log.purge(filter.clone()).await?)
+    }
+
+    /// The key-value data plugins on this bus read, and their delivery commits write:
+    /// load plugins with this store.
+    pub fn key_value_store(&self) -> Arc<dyn KeyValueStore> {
+        Arc::clone(&self.inner.log).key_values()
+    }
+
+    /// Whether accepted events survive the process (the log is durable).
+    pub fn is_durable(&self) -> bool {
+        self.inner.durable
+    }
+
+    /// Publishes `events` like [`EventBus::publish_batch`] and says, per event, where it
+    /// is in the log and whether it was a duplicate: an event whose `source` + `id` a
+    /// durable log already accepted is not published again.
+    pub async fn publish_batch_offsets(&self, events: Vec<Event>) -> Result<Vec<Appended>, BusError> {
+        Inner::accept(&self.inner, events, false, true, None)
+            .await
+            .map(|accepted| accepted.appended)
     }
 
     /// A handle that publishes onto this bus without keeping it alive, for handlers that
@@ -440,7 +489,37 @@ impl AsyncEventBus {
         events: Vec<Event>,
         collect: bool,
     ) -> Result<Vec<oneshot::Receiver<DeliveryReport>>, BusError> {
-        Inner::accept(&self.inner, events, collect, true).await
+        Inner::accept(&self.inner, events, collect, true, None)
+            .await
+            .map(|accepted| accepted.receivers)
+    }
+}
+
+/// The outbox relay appends into the bus: each batch is stored with the relay's position
+/// in one append, then queued like any publish.
+impl OutboxTarget for AsyncEventBus {
+    fn checkpoint(&self, relay: &str) -> BoxFuture<'_, anyhow::Result<Option<i64>>> {
+        let checkpoint = self.inner.log.checkpoint(relay).map_err(anyhow::Error::from);
+        Box::pin(std::future::ready(checkpoint))
+    }
+
+    fn append_with_checkpoint<'a>(
+        &'a self,
+        events: Vec<Event>,
+        relay: &'a str,
+        position: i64,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            Inner::accept(
+                &self.inner,
+                events,
+                false,
+                true,
+                Some((relay.to_owned(), position)),
+            )
+            .await?;
+            Ok(())
+        })
     }
 }
 
@@ -452,25 +531,27 @@ impl EventSink for WeakSink {
     fn emit(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             let inner = self.0.upgrade().ok_or(BusError::Stopped)?;
-            Inner::accept(&inner, events, false, false).await.map(drop)
+            Inner::accept(&inner, events, false, false, None).await.map(drop)
         })
     }
 }
 
 impl Inner {
-    /// Accepts `events`, returning one report receiver per event when `collect` is set.
-    /// `bounded` applies the capacity limit.
+    /// Accepts `events`: one report receiver per event when `collect` is set, and where
+    /// the log put each. `bounded` applies the capacity limit; `checkpoint` is stored with
+    /// the events.
     async fn accept(
         inner: &Arc<Self>,
         events: Vec<Event>,
         collect: bool,
         bounded: bool,
-    ) -> Result<Vec<oneshot::Receiver<DeliveryReport>>, BusError> {
+        checkpoint: Option<(String, i64)>,
+    ) -> Result<Accepted, BusError> {
         for event in &events {
             validate(event)?;
         }
-        if events.is_empty() {
-            return Ok(Vec::new());
+        if events.is_empty() && checkpoint.is_none() {
+            return Ok(Accepted::default());
         }
         inner.check_open()?;
         let n = events.len();
@@ -494,20 +575,24 @@ impl Inner {
             }
         }
         let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
-        let first_offset = match inner.log.append(&events).await {
-            Ok(offset) => offset,
+        // The routes the log stores are the lanes the events are queued on below.
+        let lanes = inner.lanes();
+        let batch = AppendBatch {
+            routes: inner.routes(&lanes, &events),
+            events: events.clone(),
+            checkpoint,
+        };
+        let appended = match inner.log.append(batch).await {
+            Ok(appended) => appended,
             Err(error) => {
                 inner.in_flight.release(n);
                 return Err(error.into());
             }
         };
-        inner.accepted.fetch_add(n as u64, Ordering::Relaxed);
-
-        let lanes = inner.lanes();
-        let mut per_lane: Vec<Vec<Pending>> = lanes.iter().map(|_| Vec::new()).collect();
         let mut receivers = Vec::new();
-        let mut unrouted = 0;
-        for (offset, event) in (first_offset..).zip(events) {
+        let mut deliveries = Vec::with_capacity(n);
+        let mut duplicates = 0;
+        for (event, appended) in events.into_iter().zip(&appended) {
             let (report, receiver) = if collect {
                 let (sender, receiver) = oneshot::channel();
                 let collector = ReportCollector {
@@ -519,12 +604,51 @@ impl Inner {
                 (None, None)
             };
             receivers.extend(receiver);
-            let delivery = Arc::new(Delivery {
+            let delivery = Delivery {
                 event,
-                offset,
+                offset: appended.offset,
                 remaining: AtomicUsize::new(0),
                 report,
-            });
+            };
+            if appended.duplicate {
+                delivery.complete_duplicate();
+                duplicates += 1;
+            } else {
+                deliveries.push(Arc::new(delivery));
+            }
+        }
+        inner
+            .accepted
+            .fetch_add((n - duplicates) as u64, Ordering::Relaxed);
+        let unrouted = inner.dispatch(&lanes, deliveries);
+        inner.in_flight.release(duplicates + unrouted);
+        Ok(Accepted { receivers, appended })
+    }
+
+    /// Per event, the names of the lanes it goes to, for a durable log to store; a log
+    /// in memory needs none.
+    fn routes(&self, lanes: &[Arc<Lane>], events: &[Arc<Event>]) -> Vec<Vec<String>> {
+        if !self.durable {
+            return Vec::new();
+        }
+        events
+            .iter()
+            .map(|event| {
+                lanes
+                    .iter()
+                    .filter(|lane| lane.subscription.matches(&event.ty))
+                    .map(|lane| lane.subscription.name.to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Queues each delivery on every lane of `lanes` that matches its event. Returns how
+    /// many matched none: they are complete at once and the caller counts them out.
+    fn dispatch(self: &Arc<Self>, lanes: &[Arc<Lane>], deliveries: Vec<Arc<Delivery>>) -> usize {
+        let mut per_lane: Vec<Vec<Pending>> = lanes.iter().map(|_| Vec::new()).collect();
+        let mut unrouted = 0;
+        for delivery in deliveries {
             let mut matching = 0;
             for (lane, queue) in lanes.iter().zip(&mut per_lane) {
                 if lane.subscription.matches(&delivery.event.ty) {
@@ -539,14 +663,107 @@ impl Inner {
                 unrouted += 1;
             }
         }
-        inner.in_flight.release(unrouted);
-        let dispatching = inner.state.load(Ordering::SeqCst) != CREATED;
+        let dispatching = self.state.load(Ordering::SeqCst) != CREATED;
         for (lane, deliveries) in lanes.iter().zip(per_lane) {
             if !deliveries.is_empty() {
-                inner.enqueue(lane, deliveries, dispatching);
+                self.enqueue(lane, deliveries, dispatching);
             }
         }
-        Ok(receivers)
+        unrouted
+    }
+
+    /// Queues the events a handler emitted, once their commit stored them.
+    fn dispatch_emitted(
+        self: &Arc<Self>,
+        lanes: &[Arc<Lane>],
+        events: Vec<Arc<Event>>,
+        appended: &[Appended],
+    ) {
+        let deliveries: Vec<Arc<Delivery>> = events
+            .into_iter()
+            .zip(appended)
+            .filter(|(_, appended)| !appended.duplicate)
+            .map(|(event, appended)| {
+                Arc::new(Delivery {
+                    event,
+                    offset: appended.offset,
+                    remaining: AtomicUsize::new(0),
+                    report: None,
+                })
+            })
+            .collect();
+        // Not bounded by the capacity: a handler waiting for room its own events take
+        // would wait forever.
+        self.in_flight.force_reserve(deliveries.len());
+        self.accepted
+            .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
+        let unrouted = self.dispatch(lanes, deliveries);
+        self.in_flight.release(unrouted);
+    }
+
+    /// A delivery the log holds (pending after a restart, or replayed), counted in.
+    fn pending_delivery(&self, stored: PendingDelivery) -> Pending {
+        self.in_flight.force_reserve(1);
+        Pending {
+            delivery: Arc::new(Delivery {
+                event: stored.event,
+                offset: stored.offset,
+                remaining: AtomicUsize::new(1),
+                report: None,
+            }),
+            attempt: stored.attempt,
+        }
+    }
+
+    /// Queues what the log holds pending for `lane`'s subscription, in offset order, each
+    /// not before its `not_before`. Called before the lane is in the routing table.
+    fn queue_pending(self: &Arc<Self>, lane: &Arc<Lane>) -> Result<(), BusError> {
+        let stored = self.log.pending(&lane.subscription.name)?;
+        if stored.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            subscription = %lane.subscription.name,
+            pending = stored.len(),
+            "queueing deliveries the log holds"
+        );
+        let now = Utc::now();
+        let mut ready = Vec::new();
+        for stored in stored {
+            let delay = stored
+                .not_before
+                .and_then(|t| (t - now).to_std().ok())
+                .filter(|d| !d.is_zero());
+            let pending = self.pending_delivery(stored);
+            match delay {
+                None => ready.push(pending),
+                Some(delay) => {
+                    self.enqueue(lane, std::mem::take(&mut ready), false);
+                    self.hold(lane, pending, delay);
+                }
+            }
+        }
+        self.enqueue(lane, ready, false);
+        Ok(())
+    }
+
+    /// Queues `pending` after `delay`, holding its key meanwhile (unless older events of
+    /// the key are already waiting: it goes behind them).
+    fn hold(self: &Arc<Self>, lane: &Arc<Lane>, pending: Pending, delay: Duration) {
+        let key = pending
+            .delivery
+            .event
+            .ordering_key()
+            .map(|key| self.key_hasher.hash_one(key));
+        if let Some(key) = key {
+            let mut queue = lane.lock();
+            if let Some(waiting) = queue.keys.get_mut(&key) {
+                waiting.push_back(pending);
+                return;
+            }
+            queue.keys.insert(key, VecDeque::new());
+        }
+        self.retry_later(lane, pending, key, delay);
     }
 
     /// Edits the routing table under its lock: removes the lane of `remove` (which must
@@ -555,8 +772,8 @@ impl Inner {
     fn edit_lanes(
         self: &Arc<Self>,
         remove: Option<SubscriptionId>,
-        make: impl FnOnce(Option<&Lane>) -> Option<Lane>,
-    ) -> Result<(), BusError> {
+        make: impl FnOnce(Option<&Lane>, &[Arc<Lane>]) -> Result<Option<Arc<Lane>>, BusError>,
+    ) -> Result<Option<Arc<Lane>>, BusError> {
         let mut lanes = self.lanes.write().unwrap_or_else(|e| e.into_inner());
         let removed = match remove {
             None => None,
@@ -573,13 +790,14 @@ impl Inner {
             .filter(|lane| Some(lane.subscription.id) != remove)
             .cloned()
             .collect();
-        updated.extend(make(removed.as_deref()).map(Arc::new));
+        let added = make(removed.as_deref(), &updated)?;
+        updated.extend(added.clone());
         *lanes = Arc::from(updated);
         drop(lanes);
         if let Some(old) = removed {
             self.retire(old);
         }
-        Ok(())
+        Ok(added)
     }
 
     fn lanes(&self) -> Arc<[Arc<Lane>]> {
@@ -659,59 +877,170 @@ impl Inner {
                 worker.permit_uses = 0;
             }
             worker.permit_uses += 1;
-            pending.attempt += 1;
-            let event = Arc::clone(&pending.delivery.event);
-            let call = invoke(&lane.subscription, &event, pending.attempt, &self.monitor);
-            tokio::pin!(call);
-            let result = match futures::poll!(call.as_mut()) {
-                Poll::Ready(result) => result,
-                Poll::Pending => {
-                    // Nothing finished may wait behind a slow handler.
-                    self.release_finished(&mut worker);
-                    worker.blocked = true;
-                    {
-                        let mut queue = lane.lock();
-                        queue.blocked += 1;
-                        self.spawn_workers(&lane, queue);
-                    }
-                    tokio::select! {
-                        result = &mut call => result,
-                        () = self.cancel.cancelled() => return,
+            let settled = {
+                let call = self.attempt(&lane, &mut pending);
+                tokio::pin!(call);
+                match futures::poll!(call.as_mut()) {
+                    Poll::Ready(settled) => settled,
+                    Poll::Pending => {
+                        // Nothing finished may wait behind a slow handler or commit.
+                        self.release_finished(&mut worker);
+                        worker.blocked = true;
+                        {
+                            let mut queue = lane.lock();
+                            queue.blocked += 1;
+                            self.spawn_workers(&lane, queue);
+                        }
+                        tokio::select! {
+                            settled = &mut call => settled,
+                            () = self.cancel.cancelled() => return,
+                        }
                     }
                 }
             };
-            match result {
-                Ok(()) => self.finish(&lane, &pending.delivery, Ok(()), &mut worker),
-                Err(failure) => {
-                    let retryable = failure.kind != FailureKind::Reject;
-                    let error = HandlerError::new(failure.kind, failure.message.clone());
-                    pending.failures.push(failure);
-                    if retryable && pending.attempt < lane.retry.max_attempts {
-                        // The key stays claimed by the retry, not by this worker: later
-                        // events of the key wait, other keys go on.
-                        let key = worker.claimed_key.take();
-                        self.retry_later(&lane, pending, key);
-                    } else {
-                        let Pending {
-                            delivery, failures, ..
-                        } = pending;
-                        self.dead_letters.push(
-                            lane.subscription.name.clone(),
-                            delivery.offset,
-                            Arc::clone(&delivery.event),
-                            failures,
-                        );
-                        self.finish(&lane, &delivery, Err(error), &mut worker);
-                    }
+            match settled {
+                Settled::Done(result) => self.finish(&lane, &pending.delivery, result, &mut worker),
+                Settled::Retry(delay) => {
+                    // The key stays claimed by the retry, not by this worker: later
+                    // events of the key wait, other keys go on.
+                    let key = worker.claimed_key.take();
+                    self.retry_later(&lane, pending, key, delay);
                 }
             }
         }
     }
 
-    /// Puts `pending` back on the lane after the policy's backoff. Until then its key (if
-    /// any) stays in the lane's map without being ready, which holds the key's later events.
-    fn retry_later(self: &Arc<Self>, lane: &Arc<Lane>, pending: Pending, key: Option<u64>) {
+    /// Calls the handler once and commits the outcome to the log: the acknowledgement
+    /// with the handler's effects, a retry, or a dead letter.
+    async fn attempt(self: &Arc<Self>, lane: &Lane, pending: &mut Pending) -> Settled {
+        pending.attempt += 1;
+        let delivery = &pending.delivery;
+        let subscription = &lane.subscription;
+        let result = invoke(
+            subscription,
+            &delivery.event,
+            pending.attempt,
+            &self.monitor,
+            Apply::Return,
+        )
+        .await;
+        let failure = match result {
+            Ok(effects) => match self.acknowledge(lane, delivery, effects).await {
+                Ok(()) => return Settled::Done(Ok(())),
+                Err(error) => failure_record(
+                    subscription,
+                    &delivery.event,
+                    pending.attempt,
+                    &error,
+                    &self.monitor,
+                ),
+            },
+            Err(failure) => failure,
+        };
+        let error = HandlerError::new(failure.kind, failure.message.clone());
+        let retry = failure.kind != FailureKind::Reject && pending.attempt < lane.retry.max_attempts;
         let delay = lane.retry.backoff(pending.attempt, rand_unit());
+        let outcome = if retry {
+            let not_before = Utc::now() + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX / 2);
+            DeliveryOutcome::Retry {
+                attempt: pending.attempt,
+                not_before,
+                failure,
+            }
+        } else {
+            DeliveryOutcome::DeadLettered { failure }
+        };
+        match self
+            .log
+            .commit(self.delivery_commit(lane, delivery, outcome))
+            .await
+        {
+            Ok(CommitOutcome::Committed { .. }) => {}
+            // Another delivery of the event (a replay racing a restart's redelivery)
+            // finished it first.
+            Ok(CommitOutcome::AlreadyDone) => return Settled::Done(Err(error)),
+            Err(log_error) => {
+                // The log still has the delivery pending: a restart delivers it again.
+                tracing::error!(
+                    subscription = %subscription.name,
+                    offset = delivery.offset,
+                    error = %log_error,
+                    "storing a failed delivery's outcome failed"
+                );
+            }
+        }
+        if retry {
+            Settled::Retry(delay)
+        } else {
+            Settled::Done(Err(error))
+        }
+    }
+
+    /// Commits a successful delivery with its effects, then queues the events it emitted.
+    async fn acknowledge(
+        self: &Arc<Self>,
+        lane: &Lane,
+        delivery: &Delivery,
+        effects: Effects,
+    ) -> Result<(), HandlerError> {
+        let Effects {
+            kv_namespace,
+            kv_writes,
+            emitted,
+        } = effects;
+        for event in &emitted {
+            validate(event).map_err(|e| {
+                HandlerError::new(
+                    FailureKind::HostError,
+                    format!("the handler emitted an invalid event: {e}"),
+                )
+            })?;
+        }
+        let emitted: Vec<Arc<Event>> = emitted.into_iter().map(Arc::new).collect();
+        let lanes = (!emitted.is_empty()).then(|| self.lanes());
+        let mut routes = lanes
+            .as_ref()
+            .map(|lanes| self.routes(lanes, &emitted))
+            .unwrap_or_default()
+            .into_iter();
+        let mut commit = self.delivery_commit(lane, delivery, DeliveryOutcome::Acked);
+        commit.kv_namespace = kv_namespace;
+        commit.kv_writes = kv_writes;
+        commit.emitted = emitted
+            .iter()
+            .map(|event| (Arc::clone(event), routes.next().unwrap_or_default()))
+            .collect();
+        match self.log.commit(commit).await {
+            Ok(CommitOutcome::Committed { emitted: appended }) => {
+                if let Some(lanes) = lanes {
+                    self.dispatch_emitted(&lanes, emitted, &appended);
+                }
+                Ok(())
+            }
+            // Its effects are in the log already: this was a redelivery.
+            Ok(CommitOutcome::AlreadyDone) => Ok(()),
+            Err(e) => Err(HandlerError::new(
+                FailureKind::HostError,
+                format!("committing the delivery and its effects failed: {e}"),
+            )),
+        }
+    }
+
+    fn delivery_commit(&self, lane: &Lane, delivery: &Delivery, outcome: DeliveryOutcome) -> DeliveryCommit {
+        DeliveryCommit {
+            subscription: Arc::clone(&lane.subscription.name),
+            offset: delivery.offset,
+            event: Arc::clone(&delivery.event),
+            outcome,
+            kv_namespace: String::new(),
+            kv_writes: Vec::new(),
+            emitted: Vec::new(),
+        }
+    }
+
+    /// Puts `pending` back on the lane after `delay`. Until then its key (if any) stays
+    /// in the lane's map without being ready, which holds the key's later events.
+    fn retry_later(self: &Arc<Self>, lane: &Arc<Lane>, pending: Pending, key: Option<u64>, delay: Duration) {
         let (inner, lane) = (Arc::clone(self), Arc::clone(lane));
         self.workers.spawn(async move {
             tokio::select! {
@@ -743,14 +1072,13 @@ impl Inner {
         result: Result<(), HandlerError>,
         worker: &mut WorkerState,
     ) {
-        self.log.ack(&lane.subscription.name, delivery.offset);
         if let Some(report) = &delivery.report {
             report
                 .outcomes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(HandlerOutcome {
-                    subscription: lane.subscription.name.clone(),
+                    subscription: lane.subscription.name.to_string(),
                     error: result.err(),
                 });
         }
@@ -875,9 +1203,23 @@ impl Delivery {
                 // The publisher may have given up waiting; the outcome is then unobserved.
                 let _ = done.send(DeliveryReport {
                     event_id: self.event.id.clone(),
+                    duplicate: false,
                     outcomes,
                 });
             }
+        }
+    }
+
+    /// Tells a waiting `publish_sync` that the event was a duplicate.
+    fn complete_duplicate(&self) {
+        if let Some(report) = &self.report
+            && let Some(done) = report.done.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            let _ = done.send(DeliveryReport {
+                event_id: self.event.id.clone(),
+                duplicate: true,
+                outcomes: Vec::new(),
+            });
         }
     }
 }
@@ -908,7 +1250,7 @@ impl EventBus for AsyncEventBus {
     }
 
     fn unsubscribe(&self, id: SubscriptionId) -> Result<(), BusError> {
-        self.inner.edit_lanes(Some(id), |_| None)
+        self.inner.edit_lanes(Some(id), |_, _| Ok(None)).map(drop)
     }
 
     async fn start(&self) -> Result<(), BusError> {

@@ -6,8 +6,8 @@ use super::in_flight::InFlight;
 use std::sync::{Arc, RwLock};
 
 use super::{
-    BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, EventBus, EventHandler, HandlerError, HandlerOutcome,
-    Pattern, StopReport, Subscription, SubscriptionId, invoke, validate,
+    Apply, BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, EventBus, EventHandler, HandlerError,
+    HandlerOutcome, Pattern, StopReport, Subscription, SubscriptionId, invoke, validate,
 };
 use crate::event::Event;
 use crate::metrics::BusMetrics;
@@ -92,13 +92,13 @@ impl InMemoryEventBus {
             .collect();
         let mut outcomes = Vec::with_capacity(matching.len());
         for subscription in matching {
-            let error = invoke(&subscription, &event, 1, &self.monitor)
+            let error = invoke(&subscription, &event, 1, &self.monitor, Apply::Handler)
                 .await
                 .err()
                 .map(|record| HandlerError::new(record.kind, record.message));
             let failed = error.is_some();
             outcomes.push(HandlerOutcome {
-                subscription: subscription.name.clone(),
+                subscription: subscription.name.to_string(),
                 error,
             });
             if failed && stop_at_first_failure {
@@ -107,6 +107,7 @@ impl InMemoryEventBus {
         }
         DeliveryReport {
             event_id: event.id.clone(),
+            duplicate: false,
             outcomes,
         }
         .into_result()
@@ -141,7 +142,7 @@ impl EventBus for InMemoryEventBus {
         let id = SubscriptionId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let subscription = Subscription {
             id,
-            name: handler.name().to_owned(),
+            name: Arc::from(handler.name()),
             patterns: vec![pattern],
             handler,
             timeout: DEFAULT_HANDLER_TIMEOUT,

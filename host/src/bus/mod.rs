@@ -9,7 +9,6 @@
 //! Both report every failure to the [`ErrorMonitor`](crate::monitor::ErrorMonitor).
 
 mod async_bus;
-mod dead_letter;
 mod in_flight;
 mod memory;
 mod pattern;
@@ -24,13 +23,13 @@ use serde::Serialize;
 use crate::event::{Event, EventError};
 use crate::monitor::FailureKind;
 use crate::store::LogError;
+pub use crate::store::{Appended, DeadLetter, DeadLetterFilter};
 
 pub use async_bus::{AsyncBusConfig, AsyncEventBus, Backpressure};
-pub use dead_letter::{DeadLetter, DeadLetterFilter};
 pub use memory::InMemoryEventBus;
 pub use pattern::Pattern;
 pub use retry::RetryPolicy;
-pub(crate) use subscription::{Subscription, invoke};
+pub(crate) use subscription::{Apply, Subscription, failure_record, invoke};
 
 /// Per-invocation timeout unless a subscription sets its own.
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,6 +109,25 @@ pub trait EventHandler: Send + Sync + 'static {
 
     /// Handles one event.
     async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError>;
+
+    /// Handles one event and returns its effects — key-value writes and emitted events —
+    /// instead of applying them, so that [`AsyncEventBus`] commits them together with the
+    /// delivery's acknowledgement: all of them or, if the handler or the commit fails,
+    /// none. The default calls [`EventHandler::handle`] and has no effects.
+    async fn handle_with_effects(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
+        self.handle(event).await.map(|()| Effects::default())
+    }
+}
+
+/// What a successful invocation leaves behind; see [`EventHandler::handle_with_effects`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Effects {
+    /// The key-value namespace `kv_writes` go to (a plugin's name).
+    pub kv_namespace: String,
+    /// Key-value writes in order; `None` deletes the key.
+    pub kv_writes: Vec<(String, Option<Vec<u8>>)>,
+    /// Events to publish, in order.
+    pub emitted: Vec<Event>,
 }
 
 /// Wraps an async closure as a handler.
@@ -238,6 +256,9 @@ pub struct HandlerOutcome {
 pub struct DeliveryReport {
     /// The event's id.
     pub event_id: String,
+    /// The event's `source` + `id` had already been accepted: it was not published again
+    /// and `outcomes` is empty.
+    pub duplicate: bool,
     /// One entry per matching subscription.
     pub outcomes: Vec<HandlerOutcome>,
 }
@@ -288,6 +309,10 @@ pub enum BusError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// On a durable bus, another subscription has this name: a name identifies the
+    /// deliveries stored for it.
+    #[error("a subscription named {0:?} exists already")]
+    NameTaken(String),
     /// No subscription has this id.
     #[error("no subscription with id {0:?}")]
     NoSuchSubscription(SubscriptionId),

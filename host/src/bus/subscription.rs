@@ -6,8 +6,9 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
+use futures::future::BoxFuture;
 
-use super::{EventHandler, HandlerError, Pattern, SubscriptionId};
+use super::{Effects, EventHandler, HandlerError, Pattern, SubscriptionId};
 use crate::event::Event;
 use crate::metrics::SubscriptionMetrics;
 use crate::monitor::{ErrorMonitor, FailureKind, FailureRecord};
@@ -15,7 +16,7 @@ use crate::monitor::{ErrorMonitor, FailureKind, FailureRecord};
 /// One handler subscribed to one or more patterns.
 pub(crate) struct Subscription {
     pub(crate) id: SubscriptionId,
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) patterns: Vec<Pattern>,
     pub(crate) handler: Arc<dyn EventHandler>,
     pub(crate) timeout: Duration,
@@ -45,6 +46,15 @@ impl Subscription {
     }
 }
 
+/// Who applies a handler's effects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Apply {
+    /// The handler, as part of [`EventHandler::handle`].
+    Handler,
+    /// The bus: the handler returns them ([`EventHandler::handle_with_effects`]).
+    Return,
+}
+
 /// Calls the handler once: under the subscription's timeout, with panics caught, the
 /// outcome recorded in the metrics and any failure reported to the monitor (and returned).
 pub(crate) async fn invoke(
@@ -52,10 +62,20 @@ pub(crate) async fn invoke(
     event: &Arc<Event>,
     attempt: u32,
     monitor: &ErrorMonitor,
-) -> Result<(), FailureRecord> {
+    effects: Apply,
+) -> Result<Effects, FailureRecord> {
     let started = Instant::now();
-    let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        subscription.handler.handle(Arc::clone(event))
+    let handler = &subscription.handler;
+    let call = std::panic::catch_unwind(AssertUnwindSafe(|| -> BoxFuture<'_, _> {
+        if effects == Apply::Return {
+            handler.handle_with_effects(Arc::clone(event))
+        } else {
+            Box::pin(
+                handler
+                    .handle(Arc::clone(event))
+                    .map(|r| r.map(|()| Effects::default())),
+            )
+        }
     }));
     let result = match call {
         Err(panic) => Err(panicked(panic)),
@@ -82,22 +102,31 @@ pub(crate) async fn invoke(
     subscription
         .metrics
         .record(started.elapsed(), result.as_ref().err().map(HandlerError::kind));
-    result.map_err(|error| {
-        // A hot-swapped handler names the version that ran; otherwise ask the handler.
-        let version = error.version().or_else(|| subscription.handler.version());
-        let record = FailureRecord {
-            subscription: subscription.name.clone(),
-            handler_version: version.map(str::to_owned),
-            event_id: event.id.clone(),
-            event_type: event.ty.clone(),
-            attempt,
-            kind: error.kind(),
-            message: error.message().to_owned(),
-            time: chrono::Utc::now(),
-        };
-        monitor.report(record.clone());
-        record
-    })
+    result.map_err(|error| failure_record(subscription, event, attempt, &error, monitor))
+}
+
+/// Reports `error` of `subscription` for `event` to the monitor and returns the record.
+pub(crate) fn failure_record(
+    subscription: &Subscription,
+    event: &Event,
+    attempt: u32,
+    error: &HandlerError,
+    monitor: &ErrorMonitor,
+) -> FailureRecord {
+    // A hot-swapped handler names the version that ran; otherwise ask the handler.
+    let version = error.version().or_else(|| subscription.handler.version());
+    let record = FailureRecord {
+        subscription: subscription.name.to_string(),
+        handler_version: version.map(str::to_owned),
+        event_id: event.id.clone(),
+        event_type: event.ty.clone(),
+        attempt,
+        kind: error.kind(),
+        message: error.message().to_owned(),
+        time: chrono::Utc::now(),
+    };
+    monitor.report(record.clone());
+    record
 }
 
 fn panicked(panic: Box<dyn std::any::Any + Send>) -> HandlerError {

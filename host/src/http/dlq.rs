@@ -44,7 +44,8 @@ pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     params: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Result<Json<Vec<DeadLetter>>, ApiError> {
-    Ok(Json(state.bus.dead_letters(&query(params)?.filter())))
+    let filter = query(params)?.filter();
+    Ok(Json(read_dead_letters(&state, filter).await?))
 }
 
 /// `GET /dlq/{id}`: one dead letter with its failure history.
@@ -57,9 +58,8 @@ pub(crate) async fn show(
         id: Some(id),
         ..Default::default()
     };
-    state
-        .bus
-        .dead_letters(&filter)
+    read_dead_letters(&state, filter)
+        .await?
         .pop()
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no dead letter with id {id}")))
@@ -78,7 +78,7 @@ pub(crate) async fn replay(
                 .to_owned(),
         ));
     }
-    let replayed = state.bus.replay_dead_letters(&params.filter())?;
+    let replayed = state.bus.replay_dead_letters(&params.filter()).await?;
     Ok(Json(json!({ "replayed": replayed })))
 }
 
@@ -93,7 +93,15 @@ pub(crate) async fn purge(
             "say which dead letters to purge: `id=N`, `plugin=NAME` or `all=true`".to_owned(),
         ));
     }
-    Ok(Json(
-        json!({ "purged": state.bus.purge_dead_letters(&params.filter()) }),
-    ))
+    let purged = state.bus.purge_dead_letters(&params.filter()).await?;
+    Ok(Json(json!({ "purged": purged })))
+}
+
+/// Reads the queue off the async threads: a durable log reads all of it from disk.
+async fn read_dead_letters(state: &AppState, filter: DeadLetterFilter) -> Result<Vec<DeadLetter>, ApiError> {
+    let bus = state.bus.clone();
+    let letters = tokio::task::spawn_blocking(move || bus.dead_letters(&filter))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the dead-letter queue failed: {e}")))??;
+    Ok(letters)
 }

@@ -8,8 +8,11 @@
 //! - anything else: binary mode, attributes in `ce-*` headers, the body is the data and
 //!   the `Content-Type` its `datacontenttype`.
 //!
-//! Without `?wait=true` the answer is `202 {"accepted": [ids]}` once the bus accepted the
-//! events. With it, each event is published as `publish_sync` and the answer is `200` with
+//! Without `?wait=true` the answer is `202 {"accepted": [ids], "duplicates": [ids]}` once
+//! the bus accepted the events (stored them, on the durable log). An event whose `source` +
+//! `id` was accepted before is not published again: it is listed in `accepted` — it is
+//! safely in the log — and in `duplicates`, so a client retrying a request can send it all
+//! again. With it, each event is published as `publish_sync` and the answer is `200` with
 //! every handler's outcome, also when a handler failed (`"ok": false`): the request did
 //! what it asked — the events were accepted and delivered — and a `5xx` would invite
 //! clients and proxies to re-send events that were already handled.
@@ -46,10 +49,12 @@ pub(crate) struct PublishQuery {
     wait: Option<String>,
 }
 
-/// `202` body: the ids of the accepted events, in request order.
+/// `202` body: the ids of the accepted events, in request order, and of those among them
+/// that had been accepted before (and were not published again).
 #[derive(Debug, Serialize)]
 struct Accepted {
     accepted: Vec<String>,
+    duplicates: Vec<String>,
 }
 
 /// `200` body of `?wait=true`.
@@ -68,6 +73,9 @@ struct EventDelivery {
     id: String,
     /// True when the event was accepted and every handler succeeded.
     ok: bool,
+    /// The event had been accepted before: not published again, no outcomes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
     /// One per subscribed handler (empty when nothing is subscribed); absent when the event
     /// was not accepted.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,8 +114,18 @@ pub(crate) async fn publish(
     }
     let ids: Vec<String> = events.iter().map(|event| event.id.clone()).collect();
     // One event is a batch of one: `publish` accepts exactly the same way.
-    state.bus.publish_batch(events).await?;
-    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted: ids })).into_response())
+    let appended = state.bus.publish_batch_offsets(events).await?;
+    let duplicates = ids
+        .iter()
+        .zip(&appended)
+        .filter(|(_, appended)| appended.duplicate)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let body = Accepted {
+        accepted: ids,
+        duplicates,
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 fn wait_requested(query: Result<Query<PublishQuery>, QueryRejection>) -> Result<bool, ApiError> {
@@ -410,6 +428,7 @@ fn delivered(ids: Vec<String>, results: Vec<Published>) -> Delivered {
                 EventDelivery {
                     id,
                     ok: outcomes.iter().all(|o| o.ok),
+                    duplicate: report.duplicate,
                     outcomes: Some(outcomes),
                     error: None,
                 }
@@ -417,6 +436,7 @@ fn delivered(ids: Vec<String>, results: Vec<Published>) -> Delivered {
             Published::Refused(error) => EventDelivery {
                 id,
                 ok: false,
+                duplicate: false,
                 outcomes: None,
                 // `into_parts` logs an internal error and keeps its detail from the client.
                 error: Some(error.into_parts().1),
@@ -424,6 +444,7 @@ fn delivered(ids: Vec<String>, results: Vec<Published>) -> Delivered {
             Published::Held(message) => EventDelivery {
                 id,
                 ok: false,
+                duplicate: false,
                 outcomes: None,
                 error: Some(message),
             },

@@ -220,7 +220,7 @@ async fn structured_event_is_accepted_and_handled() {
     body["traceparent"] = json!("00-abc-01");
     let (status, json) = send(h.structured("/events", &body)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(json, json!({"accepted": ["s1"]}));
+    assert_eq!(json, json!({"accepted": ["s1"], "duplicates": []}));
     h.settle().await;
     let seen = h.seen();
     assert_eq!(seen.len(), 1);
@@ -243,7 +243,7 @@ async fn batch_is_accepted_whole_and_in_order() {
     ]);
     let (status, json) = send(h.batch("/events", &batch)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(json, json!({"accepted": ["b1", "b2", "b3"]}));
+    assert_eq!(json, json!({"accepted": ["b1", "b2", "b3"], "duplicates": []}));
     h.settle().await;
     assert_eq!(h.seen_ids(), ["b1", "b2", "b3"], "one subject: handled in order");
 }
@@ -253,7 +253,7 @@ async fn empty_batch_accepts_nothing() {
     let h = start().await;
     let (status, json) = send(h.batch("/events", &json!([]))).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(json, json!({"accepted": []}));
+    assert_eq!(json, json!({"accepted": [], "duplicates": []}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,7 +272,7 @@ async fn binary_mode_reads_headers_and_json_data() {
         .header("x-not-an-attribute", "ignored");
     let (status, json) = send(request).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{json}");
-    assert_eq!(json, json!({"accepted": ["bin1"]}));
+    assert_eq!(json, json!({"accepted": ["bin1"], "duplicates": []}));
     h.settle().await;
     let seen = h.seen();
     let event = &seen[0];

@@ -223,8 +223,9 @@ impl PluginFolder {
         options: PluginFolderOptions,
         runtime: Arc<Runtime>,
         bus: AsyncEventBus,
-        kv: Arc<dyn KeyValueStore>,
     ) -> anyhow::Result<Arc<Self>> {
+        // Plugins read what the bus's delivery commits write.
+        let kv = bus.key_value_store();
         options
             .defaults
             .validate()

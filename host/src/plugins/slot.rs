@@ -19,7 +19,7 @@
 
 use std::sync::{Arc, OnceLock, RwLock};
 
-use crate::bus::{EventHandler, HandlerError};
+use crate::bus::{Effects, EventHandler, HandlerError};
 use crate::event::Event;
 
 /// A hot-swappable handler; see the module documentation.
@@ -87,6 +87,14 @@ impl EventHandler for Slot {
         let Current { handler, .. } = self.current();
         handler
             .handle(event)
+            .await
+            .map_err(|e| e.with_version(handler.version()))
+    }
+
+    async fn handle_with_effects(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
+        let Current { handler, .. } = self.current();
+        handler
+            .handle_with_effects(event)
             .await
             .map_err(|e| e.with_version(handler.version()))
     }

@@ -182,8 +182,12 @@ impl Runtime {
     }
 
     /// Compiles `bytes` (on a blocking thread), checks the world, pre-links it and reads
-    /// its metadata. Emitted events go to `sink`; key-value data to `kv`, under the
-    /// plugin's name.
+    /// its metadata. The plugin reads key-value data from `kv`, under its name. When an
+    /// [`AsyncEventBus`](crate::AsyncEventBus) runs it, the bus commits its key-value
+    /// writes and emitted events with each delivery, so pass the bus's
+    /// [`key_value_store`](crate::AsyncEventBus::key_value_store) and
+    /// [`sink`](crate::AsyncEventBus::sink); on other buses the plugin writes to `kv` and
+    /// emits to `sink` itself.
     pub async fn load(
         self: &Arc<Self>,
         bytes: Vec<u8>,

@@ -12,7 +12,7 @@ use super::bindings::{HandlerPre, types};
 use super::host::{InvocationState, event_to_wit};
 use super::{DeadlineExceeded, Runtime};
 use crate::bus::{
-    AsyncEventBus, BusError, EventHandler, EventSink, HandlerError, SubscribeOptions, SubscriptionId,
+    AsyncEventBus, BusError, Effects, EventHandler, EventSink, HandlerError, SubscribeOptions, SubscriptionId,
 };
 use crate::event::Event;
 use crate::monitor::FailureKind;
@@ -122,12 +122,6 @@ impl std::fmt::Debug for Plugin {
             .field("limits", &self.shared.limits)
             .finish_non_exhaustive()
     }
-}
-
-/// What one invocation produced besides its result.
-struct Effects {
-    kv_writes: Vec<(String, Option<Vec<u8>>)>,
-    emitted: Vec<Event>,
 }
 
 impl Plugin {
@@ -249,6 +243,7 @@ impl Plugin {
             Ok(Ok(())) => {
                 let state = store.into_data();
                 Ok(Effects {
+                    kv_namespace: self.shared.name.clone(),
                     kv_writes: state.kv_writes.into_iter().collect(),
                     emitted: state.emitted,
                 })
@@ -311,7 +306,32 @@ impl EventHandler for Plugin {
         Some(&self.info.hash)
     }
 
+    /// Runs the invocation and applies its effects itself: for a bus that does not
+    /// commit effects (the in-memory one). [`AsyncEventBus`] calls
+    /// [`EventHandler::handle_with_effects`] instead.
     async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
+        let Effects {
+            kv_namespace,
+            kv_writes,
+            emitted,
+        } = self.handle_with_effects(event).await?;
+        self.shared.kv.commit(&kv_namespace, kv_writes).map_err(|e| {
+            HandlerError::new(FailureKind::HostError, format!("key-value commit failed: {e}"))
+        })?;
+        if !emitted.is_empty() {
+            self.sink.emit(emitted).await.map_err(|e| {
+                HandlerError::new(
+                    FailureKind::HostError,
+                    format!("publishing emitted events failed: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One invocation in a fresh instance; its key-value writes and emitted events are
+    /// returned (on success only) for the bus to commit with the delivery.
+    async fn handle_with_effects(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
         // One span per invocation: the plugin's own log lines and the host's nest in it.
         let span = tracing::info_span!(
             "invocation",
@@ -322,38 +342,23 @@ impl EventHandler for Plugin {
             outcome = tracing::field::Empty,
         );
         let result = self
-            .handle_and_apply(event)
+            .invoke(event)
             .instrument(span.clone())
             .await
             .map_err(|e| e.with_version(Some(&self.info.hash)));
         span.record(
             "outcome",
             match &result {
-                Ok(()) => "ok",
+                Ok(_) => "ok",
                 Err(e) => e.kind().as_str(),
             },
         );
-        result
-    }
-}
-
-impl Plugin {
-    /// Runs the invocation, then applies its effects: key-value writes, emitted events.
-    async fn handle_and_apply(&self, event: Arc<Event>) -> Result<(), HandlerError> {
-        let Effects { kv_writes, emitted } = self.invoke(event).await?;
-        self.shared.kv.commit(&self.shared.name, kv_writes).map_err(|e| {
-            HandlerError::new(FailureKind::HostError, format!("key-value commit failed: {e}"))
-        })?;
-        if !emitted.is_empty() {
-            let types: Vec<String> = emitted.iter().map(|e| e.ty.clone()).collect();
-            tracing::info!(emitted = ?types, "plugin published events");
-            self.sink.emit(emitted).await.map_err(|e| {
-                HandlerError::new(
-                    FailureKind::HostError,
-                    format!("publishing emitted events failed: {e}"),
-                )
-            })?;
+        if let Ok(effects) = &result
+            && !effects.emitted.is_empty()
+        {
+            let types: Vec<&str> = effects.emitted.iter().map(|e| e.ty.as_str()).collect();
+            span.in_scope(|| tracing::info!(emitted = ?types, "plugin published events"));
         }
-        Ok(())
+        result
     }
 }

@@ -150,3 +150,25 @@ pub fn event(ty: &str) -> Event {
 pub fn keyed(ty: &str, key: &str, seq: u64) -> Event {
     Event::new(ty, "tests", json!({ "seq": seq })).with_subject(key)
 }
+
+/// A directory removed when the test ends.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("evhost-{label}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    /// The durable log in this directory.
+    pub fn open(&self) -> Arc<evhost::store::sqlite::SqliteStore> {
+        evhost::store::sqlite::SqliteStore::open(&self.0, Default::default()).unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,6 +1,7 @@
 //! The PostgreSQL outbox relay, against the real server: `EVHOST_TEST_POSTGRES`, by default
 //! `postgres://postgres@127.0.0.1:5432/test`. Every test installs the outbox in a schema of its
-//! own, dropped when the test ends, and relays into [`MemoryTarget`].
+//! own, dropped when the test ends, and relays into [`MemoryTarget`] — or, end to end, into
+//! an `AsyncEventBus` over the SQLite log.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
+
+use crate::helpers::TempDir;
 
 /// Long enough that an event arriving within [`FAST`] cannot have been found by a poll.
 const SLOW_POLL: Duration = Duration::from_secs(10);
@@ -285,7 +288,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(config: OutboxConfig, target: Arc<MemoryTarget>) -> Self {
+    fn start(config: OutboxConfig, target: Arc<dyn OutboxTarget>) -> Self {
         let shutdown = CancellationToken::new();
         let relay = OutboxRelay::new(config, target);
         let task = tokio::spawn(relay.run(shutdown.clone()));
@@ -722,4 +725,109 @@ async fn installing_the_schema_is_idempotent_and_safe_to_race() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(positions, [1, 2]);
+}
+
+/// Records the ids it handles, in order (one invocation at a time: the order of the log).
+struct IdRecorder {
+    ids: Mutex<Vec<String>>,
+    count: watch::Sender<usize>,
+}
+
+#[evhost::async_trait]
+impl evhost::EventHandler for IdRecorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+
+    async fn handle(&self, event: Arc<Event>) -> Result<(), evhost::HandlerError> {
+        let mut ids = self.ids.lock().unwrap();
+        ids.push(event.id.clone());
+        self.count.send_replace(ids.len());
+        Ok(())
+    }
+}
+
+impl IdRecorder {
+    async fn wait_for(&self, n: usize) {
+        let mut count = self.count.subscribe();
+        let arrived = tokio::time::timeout(PATIENCE, count.wait_for(|&count| count >= n)).await;
+        assert!(arrived.is_ok(), "{} of {n} events handled", *self.count.borrow());
+    }
+}
+
+/// A bus over the SQLite log in `dir`, with the recorder subscribed one at a time.
+async fn durable_bus(
+    dir: &TempDir,
+    recorder: Arc<IdRecorder>,
+) -> (evhost::AsyncEventBus, Arc<evhost::store::sqlite::SqliteStore>) {
+    use evhost::EventBus as _;
+    let store = dir.open();
+    let bus = evhost::AsyncEventBus::with_log(Default::default(), store.clone());
+    let options = evhost::SubscribeOptions {
+        name: Some("recorder".into()),
+        concurrency: Some(1),
+        ..Default::default()
+    };
+    bus.subscribe_with("*", recorder, options).unwrap();
+    bus.start().await.unwrap();
+    (bus, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_into_the_durable_bus_every_committed_row_is_handled_once_in_commit_order() {
+    let db = TestDb::new().await;
+    let dir = TempDir::new("outbox-bus");
+    let recorder = Arc::new(IdRecorder {
+        ids: Mutex::default(),
+        count: watch::channel(0).0,
+    });
+    let (bus, store) = durable_bus(&dir, recorder.clone()).await;
+    let config = db.config(3, SLOW_POLL);
+    let relay = Running::start(config.clone(), Arc::new(bus.clone()));
+
+    let round = |r: usize| -> Vec<(String, usize)> {
+        (0..4).map(|i| (format!("r{r}t{i}"), 1 + (r + i) % 3)).collect()
+    };
+    let rollback = |name: &str| name.ends_with("t1") || name == "r2t3";
+    let mut expected = Vec::new();
+    for r in 0..4 {
+        expected.extend(contend(&db, &round(r), rollback).await);
+    }
+    // Killed wherever it is: between batches, or with an append in flight.
+    relay.kill().await;
+    for r in 4..8 {
+        expected.extend(contend(&db, &round(r), rollback).await);
+    }
+    // The whole host goes down and comes back on the same directory.
+    use evhost::EventBus as _;
+    bus.stop().await.unwrap();
+    drop(bus);
+    store.close().await;
+    drop(store);
+    let (bus, store) = durable_bus(&dir, recorder.clone()).await;
+    let relay = Running::start(config, Arc::new(bus.clone()));
+    db.write("sentinel").await;
+    expected.push("sentinel".to_owned());
+    recorder.wait_for(expected.len()).await;
+    bus.wait().await;
+    assert_eq!(
+        *recorder.ids.lock().unwrap(),
+        expected,
+        "exactly the committed rows, in commit order"
+    );
+    let last: i64 = db
+        .client
+        .query_one(&format!("SELECT max(position) FROM {}.outbox", db.schema), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        store.checkpoint(&db.schema).unwrap(),
+        Some(last),
+        "the checkpoint is the last row"
+    );
+    relay.stop().await;
+    bus.stop().await.unwrap();
+    drop(bus);
+    store.close().await;
 }

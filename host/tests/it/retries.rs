@@ -70,7 +70,7 @@ async fn the_last_failure_goes_to_the_dead_letter_queue_with_its_history() {
     let sent = event("T");
     let err = bus.publish_sync(sent.clone()).await.unwrap_err();
     assert!(err.to_string().contains("database down"), "{err}");
-    let letters = bus.dead_letters(&DeadLetterFilter::default());
+    let letters = bus.dead_letters(&DeadLetterFilter::default()).unwrap();
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!(letter.subscription, "down");
@@ -102,7 +102,7 @@ async fn reject_skips_the_retries() {
     bus.publish(event("T")).await.unwrap();
     bus.wait().await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    let letters = bus.dead_letters(&DeadLetterFilter::default());
+    let letters = bus.dead_letters(&DeadLetterFilter::default()).unwrap();
     assert_eq!(letters[0].failures[0].kind, FailureKind::Reject);
 }
 
@@ -181,12 +181,12 @@ async fn replay_delivers_dead_letters_to_the_current_handler_and_purge_drops_the
         SubscribeOptions::default(),
     )
     .unwrap();
-    let first = bus.dead_letters(&DeadLetterFilter::default())[0].id;
+    let first = bus.dead_letters(&DeadLetterFilter::default()).unwrap()[0].id;
     let one = DeadLetterFilter {
         id: Some(first),
         ..Default::default()
     };
-    assert_eq!(bus.replay_dead_letters(&one).unwrap(), 1);
+    assert_eq!(bus.replay_dead_letters(&one).await.unwrap(), 1);
     bus.wait().await;
     assert_eq!(handled.load(Ordering::SeqCst), 1);
     assert_eq!(bus.metrics().dead_letters, 2);
@@ -195,7 +195,7 @@ async fn replay_delivers_dead_letters_to_the_current_handler_and_purge_drops_the
         subscription: Some("projection".into()),
         ..Default::default()
     };
-    assert_eq!(bus.replay_dead_letters(&all).unwrap(), 2);
+    assert_eq!(bus.replay_dead_letters(&all).await.unwrap(), 2);
     bus.wait().await;
     assert_eq!(handled.load(Ordering::SeqCst), 3, "the queue drained");
 
@@ -206,6 +206,11 @@ async fn replay_delivers_dead_letters_to_the_current_handler_and_purge_drops_the
     .unwrap();
     bus.publish(event("D")).await.unwrap();
     bus.wait().await;
-    assert_eq!(bus.purge_dead_letters(&DeadLetterFilter::default()), 1);
+    assert_eq!(
+        bus.purge_dead_letters(&DeadLetterFilter::default())
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(bus.metrics().dead_letters, 0);
 }

@@ -62,11 +62,14 @@ use std::thread::JoinHandle;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{EventLog, KeyValueStore, LogError, Offset};
-use crate::event::Event;
+pub use super::{
+    AppendBatch, Appended, CommitOutcome, DeadLetter, DeadLetterFilter, DeliveryCommit, DeliveryOutcome,
+    PendingDelivery, Replayed,
+};
+use super::{EventLog, KeyValueStore, LogError};
 use crate::monitor::FailureRecord;
 use read::Readers;
 use writer::{Answer, Encoded, EncodedCommit, EncodedOutcome, Message, Op, Reply, Request, Writer};
@@ -95,95 +98,6 @@ impl Default for StoreOptions {
     }
 }
 
-/// Events to append in one request.
-#[derive(Debug, Clone, Default)]
-pub struct AppendBatch {
-    /// The events, in order; their offsets are consecutive unless some are duplicates.
-    pub events: Vec<Arc<Event>>,
-    /// Per event, the subscriptions it must reach: one pending delivery is created for
-    /// each. Empty means no deliveries for any event; otherwise one entry per event.
-    pub routes: Vec<Vec<String>>,
-    /// `(relay, position)` stored in the same transaction as the events, so a relay that
-    /// restarts resumes exactly after the last batch that was stored.
-    pub checkpoint: Option<(String, i64)>,
-}
-
-/// What [`SqliteStore::append`] did with one event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Appended {
-    /// The event's position in the log. For a duplicate, the offset the original got.
-    pub offset: u64,
-    /// The event's `source` + `id` had already been accepted: nothing was stored and no
-    /// delivery created.
-    pub duplicate: bool,
-}
-
-/// How a delivery ended, for [`SqliteStore::commit`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum DeliveryOutcome {
-    /// The handler succeeded: its key-value writes and emitted events are applied.
-    Acked,
-    /// The handler failed and will be tried again: the delivery stays pending.
-    Retry {
-        /// Attempts made so far (1 after the first delivery failed).
-        attempt: u32,
-        /// Not to be delivered again before this.
-        not_before: DateTime<Utc>,
-        /// The failure, added to the delivery's history.
-        failure: FailureRecord,
-    },
-    /// The handler failed for good: the delivery moves to the dead-letter queue.
-    DeadLettered {
-        /// The last failure, added to the delivery's history.
-        failure: FailureRecord,
-    },
-}
-
-/// The end of one delivery and its effects, committed atomically by
-/// [`SqliteStore::commit`].
-#[derive(Debug, Clone)]
-pub struct DeliveryCommit {
-    /// The subscription the event was delivered to.
-    pub subscription: String,
-    /// The event's offset.
-    pub offset: u64,
-    /// How the delivery ended.
-    pub outcome: DeliveryOutcome,
-    /// The namespace `kv_writes` go to (the plugin's name).
-    pub kv_namespace: String,
-    /// Key-value writes of the invocation (`None` deletes). Only with [`DeliveryOutcome::Acked`].
-    pub kv_writes: Vec<(String, Option<Vec<u8>>)>,
-    /// Events the handler emitted, each with the subscriptions it must reach; appended
-    /// idempotently like [`SqliteStore::append`]. Only with [`DeliveryOutcome::Acked`].
-    pub emitted: Vec<(Arc<Event>, Vec<String>)>,
-}
-
-/// What [`SqliteStore::commit`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommitOutcome {
-    /// The outcome and its effects are stored.
-    Committed {
-        /// Per emitted event, its offset and whether it was a duplicate.
-        emitted: Vec<Appended>,
-    },
-    /// The delivery had already been acknowledged, dead-lettered or purged (a redelivery
-    /// raced a commit that did land): nothing of this commit was applied.
-    AlreadyDone,
-}
-
-/// A delivery waiting for its handler; see [`SqliteStore::pending`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingDelivery {
-    /// The event's offset.
-    pub offset: u64,
-    /// The event.
-    pub event: Arc<Event>,
-    /// Failed attempts so far (0 for an event never delivered, or replayed from the DLQ).
-    pub attempt: u32,
-    /// Not to be delivered before this (set by a retry).
-    pub not_before: Option<DateTime<Utc>>,
-}
-
 /// Where one delivery stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
@@ -204,26 +118,6 @@ pub enum DeliveryState {
     },
     /// Removed from the dead-letter queue by a purge; never delivered again.
     Purged,
-}
-
-/// One entry of the dead-letter queue.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeadLetter {
-    /// The subscription that gave up on the event.
-    pub subscription: String,
-    /// The event's offset.
-    pub offset: u64,
-    /// The event.
-    #[serde(serialize_with = "serialize_event")]
-    pub event: Arc<Event>,
-    /// Every failure of every attempt, oldest first (across replays too).
-    pub failures: Vec<FailureRecord>,
-    /// When it was dead-lettered.
-    pub dead_at: DateTime<Utc>,
-}
-
-fn serialize_event<S: Serializer>(event: &Arc<Event>, serializer: S) -> Result<S::Ok, S::Error> {
-    event.as_ref().serialize(serializer)
 }
 
 /// Counts for metrics; see [`SqliteStore::stats`].
@@ -325,15 +219,6 @@ pub enum StoreError {
     UnknownOffset {
         /// The offset asked for.
         offset: u64,
-    },
-    /// Through [`EventLog::append`] only, which cannot report duplicates: this event was
-    /// already accepted, and none of the batch was stored.
-    #[error("event {id} from {event_source} was already accepted")]
-    Duplicate {
-        /// The event's `source`.
-        event_source: String,
-        /// The event's `id`.
-        id: String,
     },
     /// The store was closed.
     #[error("the store is closed")]
@@ -472,7 +357,6 @@ impl SqliteStore {
             events: events.into_iter().map(Encoded::new).collect(),
             routes,
             checkpoint,
-            reject_duplicates: false,
         };
         match self.submit(op).await? {
             Answer::Appended(appended) => Ok(appended),
@@ -524,45 +408,61 @@ impl SqliteStore {
         self.read(|conn, _| read::kv_get(conn, namespace, key))
     }
 
-    /// The dead-letter queue, of one subscription or all, ordered by subscription and
-    /// offset. Returns all of it: call it from `spawn_blocking` when it may be large.
-    pub fn dlq_list(&self, subscription: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-        self.read(|conn, path| read::dead_letters(conn, path, subscription, None))
+    /// The dead letters matching `filter`, ordered by subscription and offset, each with
+    /// its full failure history. Returns all of them: call it from `spawn_blocking` when
+    /// the queue may be large.
+    pub fn dlq_list(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(|conn, path| read::dead_letters(conn, path, filter))
     }
 
-    /// One dead letter.
-    pub fn dlq_get(&self, subscription: &str, offset: u64) -> Result<Option<DeadLetter>, StoreError> {
-        self.read(|conn, path| {
-            Ok(read::dead_letters(conn, path, Some(subscription), Some(offset))?
-                .into_iter()
-                .next())
-        })
+    /// The dead letter with this id.
+    pub fn dlq_get(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let filter = DeadLetterFilter {
+            id: Some(id),
+            subscription: None,
+        };
+        Ok(self.dlq_list(&filter)?.into_iter().next())
     }
 
-    /// Moves dead letters back to pending — of one subscription or all, one offset or all —
-    /// with the attempt count reset and the failure history kept, so the bus delivers them
-    /// again. Returns how many moved.
+    /// Moves the dead letters matching `filter` — and, if `subscriptions` is given, of
+    /// one of those subscriptions — back to pending, with the attempt count reset and the
+    /// failure history kept, so the bus delivers them again. Returns them, ordered by
+    /// subscription and offset.
     pub async fn dlq_replay(
         &self,
-        subscription: Option<&str>,
-        offset: Option<u64>,
-    ) -> Result<u64, StoreError> {
+        filter: &DeadLetterFilter,
+        subscriptions: Option<Vec<String>>,
+    ) -> Result<Vec<Replayed>, StoreError> {
         let op = Op::Replay {
-            subscription: subscription.map(str::to_owned),
-            offset,
+            filter: filter.clone(),
+            subscriptions,
         };
-        match self.submit(op).await? {
-            Answer::Count(n) => Ok(n),
-            other => Err(unexpected(&other)),
-        }
+        let Answer::Replayed(rows) = self.submit(op).await? else {
+            return Err(StoreError::Internal(
+                "the writer answered a replay wrongly".into(),
+            ));
+        };
+        rows.into_iter()
+            .map(|(subscription, pos, json)| {
+                Ok(Replayed {
+                    subscription,
+                    delivery: PendingDelivery {
+                        offset: read::to_offset(pos),
+                        event: read::parse_event(&self.path, pos, &json)?,
+                        attempt: 0,
+                        not_before: None,
+                    },
+                })
+            })
+            .collect()
     }
 
-    /// Removes the dead letters of one subscription, or all, for good: their deliveries
-    /// become purged (never delivered again) and their failure history is deleted. Returns
-    /// how many.
-    pub async fn dlq_purge(&self, subscription: Option<&str>) -> Result<u64, StoreError> {
+    /// Removes the dead letters matching `filter` for good: their deliveries become
+    /// purged (never delivered again) and their failure history is deleted. Returns how
+    /// many.
+    pub async fn dlq_purge(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError> {
         let op = Op::Purge {
-            subscription: subscription.map(str::to_owned),
+            filter: filter.clone(),
         };
         match self.submit(op).await? {
             Answer::Count(n) => Ok(n),
@@ -672,6 +572,7 @@ fn encode_commit(commit: DeliveryCommit) -> Result<EncodedCommit, StoreError> {
     let DeliveryCommit {
         subscription,
         offset,
+        event: _,
         outcome,
         kv_namespace,
         kv_writes,
@@ -680,7 +581,12 @@ fn encode_commit(commit: DeliveryCommit) -> Result<EncodedCommit, StoreError> {
     let has_effects = !kv_writes.is_empty() || !emitted.is_empty();
     let outcome = match outcome {
         DeliveryOutcome::Acked => EncodedOutcome::Acked,
-        _ if has_effects => return Err(StoreError::EffectsWithoutAck { subscription, offset }),
+        _ if has_effects => {
+            return Err(StoreError::EffectsWithoutAck {
+                subscription: subscription.to_string(),
+                offset,
+            });
+        }
         DeliveryOutcome::Retry {
             attempt,
             not_before,
@@ -696,7 +602,7 @@ fn encode_commit(commit: DeliveryCommit) -> Result<EncodedCommit, StoreError> {
         },
     };
     Ok(EncodedCommit {
-        subscription,
+        subscription: subscription.to_string(),
         offset,
         outcome,
         kv_namespace,
@@ -734,51 +640,54 @@ fn log_error(error: StoreError) -> LogError {
     LogError(error_chain(&error))
 }
 
-/// The bus's current storage interface. It knows no routes and cannot report duplicates,
-/// so it is a stopgap until the bus calls [`SqliteStore::append`] and
-/// [`SqliteStore::commit`] directly:
-///
-/// - `append` stores the events without deliveries (so a restart has nothing to
-///   redeliver through this path). Offsets of one batch are consecutive, which the bus
-///   relies on, so a batch holding an already-accepted event fails as a whole with
-///   [`StoreError::Duplicate`] and nothing of it is stored.
-/// - `ack` commits an [`DeliveryOutcome::Acked`] without effects and blocks the calling
-///   thread until it is durable (see `submit_blocking`): the trait returns nothing, so it
-///   cannot be awaited and a failure can only be logged. It should become
-///   `fn ack(..) -> BoxFuture<'_, Result<(), LogError>>`.
+/// The bus's storage: what `evhost run` uses unless `--no-durable`.
 impl EventLog for SqliteStore {
-    fn append<'a>(&'a self, events: &'a [Arc<Event>]) -> BoxFuture<'a, Result<Offset, LogError>> {
+    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<Vec<Appended>, LogError>> {
+        Box::pin(async move { SqliteStore::append(self, batch).await.map_err(log_error) })
+    }
+
+    fn commit(&self, commit: DeliveryCommit) -> BoxFuture<'_, Result<CommitOutcome, LogError>> {
+        Box::pin(async move { SqliteStore::commit(self, commit).await.map_err(log_error) })
+    }
+
+    fn pending(&self, subscription: &str) -> Result<Vec<PendingDelivery>, LogError> {
+        SqliteStore::pending(self, subscription).map_err(log_error)
+    }
+
+    fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, LogError> {
+        self.dlq_list(filter).map_err(log_error)
+    }
+
+    fn replay(
+        &self,
+        filter: DeadLetterFilter,
+        subscriptions: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Replayed>, LogError>> {
         Box::pin(async move {
-            if events.is_empty() {
-                // Nothing is numbered, so the offset is never used.
-                return Ok(0);
-            }
-            let op = Op::Append {
-                events: events.iter().cloned().map(Encoded::new).collect(),
-                routes: Vec::new(),
-                checkpoint: None,
-                reject_duplicates: true,
-            };
-            match self.submit(op).await.map_err(log_error)? {
-                Answer::Appended(appended) => Ok(appended[0].offset),
-                other => Err(log_error(unexpected(&other))),
-            }
+            self.dlq_replay(&filter, Some(subscriptions))
+                .await
+                .map_err(log_error)
         })
     }
 
-    fn ack(&self, subscription: &str, offset: Offset) {
-        let op = Op::Commit(EncodedCommit {
-            subscription: subscription.to_owned(),
-            offset,
-            outcome: EncodedOutcome::Acked,
-            kv_namespace: String::new(),
-            kv_writes: Vec::new(),
-            emitted: Vec::new(),
-        });
-        if let Err(error) = self.submit_blocking(op) {
-            // The delivery stays unacknowledged in the store: at worst it is delivered again.
-            tracing::error!(subscription, offset, error = %error_chain(&error), "storing an ack failed");
-        }
+    fn dead_letter_count(&self) -> u64 {
+        self.shared.dead_letters.load(Ordering::Relaxed)
+    }
+
+    fn checkpoint(&self, relay: &str) -> Result<Option<i64>, LogError> {
+        SqliteStore::checkpoint(self, relay).map_err(log_error)
+    }
+
+    fn purge(&self, filter: DeadLetterFilter) -> BoxFuture<'_, Result<u64, LogError>> {
+        Box::pin(async move { self.dlq_purge(&filter).await.map_err(log_error) })
+    }
+
+    fn key_values(self: Arc<Self>) -> Arc<dyn KeyValueStore> {
+        self
+    }
+
+    fn is_durable(&self) -> bool {
+        true
     }
 }
 

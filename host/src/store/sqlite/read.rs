@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::schema::{self, ACKED, DEAD, PENDING, PURGED};
-use super::{DeadLetter, DeliveryState, PendingDelivery, StoreError};
+use super::{DeadLetter, DeadLetterFilter, DeliveryState, PendingDelivery, StoreError};
 use crate::event::Event;
 use crate::monitor::FailureRecord;
 
@@ -86,7 +86,7 @@ fn parse_time(path: &Path, what: &str, text: &str) -> Result<DateTime<Utc>, Stor
         .map_err(|e| corrupt(path, format!("{what}: bad timestamp {text:?}: {e}")))
 }
 
-fn parse_event(path: &Path, pos: i64, json: &str) -> Result<Arc<Event>, StoreError> {
+pub(super) fn parse_event(path: &Path, pos: i64, json: &str) -> Result<Arc<Event>, StoreError> {
     Event::from_json(json.as_bytes())
         .map(Arc::new)
         .map_err(|e| corrupt(path, format!("event at offset {pos}: {e}")))
@@ -219,39 +219,46 @@ pub(super) fn delivery_state(
     Ok(Some(state))
 }
 
-/// Dead letters of one subscription (or all), of one offset (or all), each with its full
-/// failure history; read in one transaction so the list and the histories agree.
+/// The id of the dead letter of delivery `d` (SQL over `d.sub`, `d.pos`): the id of its
+/// last failure, which is the one that dead-lettered it. Unique, and new each time a
+/// replayed delivery dies again.
+pub(super) const DEAD_LETTER_ID: &str =
+    "SELECT max(f.id) FROM failures f WHERE f.sub = d.sub AND f.pos = d.pos";
+
+/// Dead letters matching `filter`, each with its full failure history; read in one
+/// transaction so the list and the histories agree.
 pub(super) fn dead_letters(
     conn: &Connection,
     path: &Path,
-    subscription: Option<&str>,
-    offset: Option<u64>,
+    filter: &DeadLetterFilter,
 ) -> Result<Vec<DeadLetter>, StoreError> {
     let tx = conn.unchecked_transaction()?;
     let mut letters = Vec::new();
     {
-        let mut stmt = tx.prepare_cached(
-            "SELECT s.name, d.sub, d.pos, e.event, d.dead_at
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT s.name, d.sub, d.pos, e.event, d.dead_at, ({DEAD_LETTER_ID}) AS dead_id
              FROM deliveries d INDEXED BY deliveries_dead
              JOIN subscriptions s ON s.id = d.sub
              JOIN events e ON e.pos = d.pos
-             WHERE d.state = 2 AND (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR d.pos = ?2)
-             ORDER BY s.name, d.pos",
-        )?;
+             WHERE d.state = 2 AND (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR dead_id = ?2)
+             ORDER BY s.name, d.pos"
+        ))?;
         let mut failures_stmt =
             tx.prepare_cached("SELECT record FROM failures WHERE sub = ?1 AND pos = ?2 ORDER BY id")?;
-        let mut rows = stmt.query(params![subscription, offset.map(to_pos)])?;
+        let mut rows = stmt.query(params![filter.subscription, filter.id.map(|id| id as i64)])?;
         while let Some(row) = rows.next()? {
             let name: String = row.get(0)?;
             let sub: i64 = row.get(1)?;
             let pos: i64 = row.get(2)?;
             let json: String = row.get(3)?;
             let dead_at: Option<String> = row.get(4)?;
+            let id: Option<i64> = row.get(5)?;
             let failures = failures_stmt
                 .query_map(params![sub, pos], |row| row.get::<_, String>(0))?
                 .map(|record| parse_failure(path, &name, pos, &record?))
                 .collect::<Result<Vec<_>, StoreError>>()?;
             letters.push(DeadLetter {
+                id: id.unwrap_or_default() as u64,
                 offset: to_offset(pos),
                 event: parse_event(path, pos, &json)?,
                 failures,

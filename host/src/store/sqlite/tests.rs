@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 
 use super::writer::{Answer, Encoded, Op, Reply};
 use super::*;
+use crate::event::Event;
 use crate::monitor::FailureKind;
 
 /// A directory removed when the test ends.
@@ -76,12 +77,21 @@ fn failure(subscription: &str, event: &Event, attempt: u32, message: &str) -> Fa
 
 fn ack(subscription: &str, offset: u64) -> DeliveryCommit {
     DeliveryCommit {
-        subscription: subscription.to_owned(),
+        subscription: subscription.into(),
         offset,
+        // The store finds the event by offset.
+        event: event(0),
         outcome: DeliveryOutcome::Acked,
         kv_namespace: subscription.to_owned(),
         kv_writes: Vec::new(),
         emitted: Vec::new(),
+    }
+}
+
+fn by_subscription(name: &str) -> DeadLetterFilter {
+    DeadLetterFilter {
+        id: None,
+        subscription: Some(name.into()),
     }
 }
 
@@ -139,7 +149,6 @@ fn queue_append(
         events: vec![Encoded::new(event)],
         routes: vec![routes.iter().map(|s| (*s).to_owned()).collect()],
         checkpoint: None,
-        reject_duplicates: false,
     };
     store.send(op, Reply::Async(reply)).unwrap();
     answer
@@ -482,7 +491,12 @@ async fn a_retry_keeps_the_delivery_pending_and_the_dead_letter_keeps_every_fail
         .await
         .unwrap();
     assert!(store.pending("s").unwrap().is_empty());
-    let letter = store.dlq_get("s", offset).unwrap().expect("dead-lettered");
+    let letter = store
+        .dlq_list(&by_subscription("s"))
+        .unwrap()
+        .pop()
+        .expect("dead-lettered");
+    assert_eq!(store.dlq_get(letter.id).unwrap().as_ref(), Some(&letter));
     assert_eq!(letter.failures, failures, "every failure, oldest first");
     assert_eq!((letter.subscription.as_str(), letter.offset), ("s", offset));
     assert_eq!(letter.event, e);
@@ -517,19 +531,41 @@ async fn dead_letters_are_listed_replayed_and_purged() {
             .unwrap();
         offsets.push((sub, offset, e));
     }
-    let all = store.dlq_list(None).unwrap();
+    let all = store.dlq_list(&DeadLetterFilter::default()).unwrap();
     assert_eq!(
         all.iter()
             .map(|l| (l.subscription.as_str(), l.offset))
             .collect::<Vec<_>>(),
         offsets.iter().map(|(s, o, _)| (*s, *o)).collect::<Vec<_>>()
     );
-    assert_eq!(store.dlq_list(Some("a")).unwrap().len(), 2);
-    assert!(store.dlq_get("b", offsets[0].1).unwrap().is_none(), "not b's");
+    assert_eq!(store.dlq_list(&by_subscription("a")).unwrap().len(), 2);
+    let ids: Vec<u64> = all.iter().map(|l| l.id).collect();
+    assert!(ids[0] < ids[1] && ids[1] < ids[2], "ids are unique: {ids:?}");
+    let not_b = DeadLetterFilter {
+        id: Some(ids[0]),
+        subscription: Some("b".into()),
+    };
+    assert!(store.dlq_list(&not_b).unwrap().is_empty(), "not b's");
 
     // Replay one: pending again, attempts reset, history kept.
     let (_, first, first_event) = &offsets[0];
-    assert_eq!(store.dlq_replay(Some("a"), Some(*first)).await.unwrap(), 1);
+    let one = DeadLetterFilter {
+        id: Some(ids[0]),
+        subscription: None,
+    };
+    let replayed = store.dlq_replay(&one, None).await.unwrap();
+    assert_eq!(
+        replayed,
+        [Replayed {
+            subscription: "a".into(),
+            delivery: PendingDelivery {
+                offset: *first,
+                event: Arc::clone(first_event),
+                attempt: 0,
+                not_before: None
+            }
+        }]
+    );
     let pending = store.pending("a").unwrap();
     assert_eq!(
         (pending.len(), pending[0].offset, pending[0].attempt),
@@ -539,19 +575,27 @@ async fn dead_letters_are_listed_replayed_and_purged() {
         .commit(dead("a", *first, failure("a", first_event, 1, "no, again")))
         .await
         .unwrap();
-    let history: Vec<_> = store
-        .dlq_get("a", *first)
-        .unwrap()
-        .unwrap()
-        .failures
-        .into_iter()
-        .map(|f| f.message)
-        .collect();
+    let again = store.dlq_list(&by_subscription("a")).unwrap().remove(0);
+    assert!(again.id > ids[2], "dead again: a new id");
+    assert!(store.dlq_get(ids[0]).unwrap().is_none(), "the old id is gone");
+    let history: Vec<_> = again.failures.into_iter().map(|f| f.message).collect();
     assert_eq!(history, ["no", "no, again"]);
 
-    // Replay everything.
-    assert_eq!(store.dlq_replay(None, None).await.unwrap(), 3);
-    assert!(store.dlq_list(None).unwrap().is_empty());
+    // Replay only the subscriptions asked for, then everything.
+    let only_b = store
+        .dlq_replay(&DeadLetterFilter::default(), Some(vec!["b".into()]))
+        .await
+        .unwrap();
+    assert_eq!(only_b.len(), 1);
+    assert_eq!(
+        store
+            .dlq_replay(&DeadLetterFilter::default(), None)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(store.dlq_list(&DeadLetterFilter::default()).unwrap().is_empty());
     assert_eq!(store.stats().unwrap().pending, 3);
 
     // Purge: b's dead letter first, then the rest.
@@ -561,8 +605,8 @@ async fn dead_letters_are_listed_replayed_and_purged() {
             .await
             .unwrap();
     }
-    assert_eq!(store.dlq_purge(Some("b")).await.unwrap(), 1);
-    assert!(store.dlq_list(Some("b")).unwrap().is_empty());
+    assert_eq!(store.dlq_purge(&by_subscription("b")).await.unwrap(), 1);
+    assert!(store.dlq_list(&by_subscription("b")).unwrap().is_empty());
     assert_eq!(
         store.delivery_state("b", offsets[2].1).unwrap(),
         Some(DeliveryState::Purged)
@@ -572,12 +616,15 @@ async fn dead_letters_are_listed_replayed_and_purged() {
         CommitOutcome::AlreadyDone,
         "a purged delivery is never done again"
     );
-    assert_eq!(
-        store.dlq_replay(Some("b"), None).await.unwrap(),
-        0,
+    assert!(
+        store
+            .dlq_replay(&by_subscription("b"), None)
+            .await
+            .unwrap()
+            .is_empty(),
         "purged is gone for good"
     );
-    assert_eq!(store.dlq_purge(None).await.unwrap(), 2);
+    assert_eq!(store.dlq_purge(&DeadLetterFilter::default()).await.unwrap(), 2);
     let stats = store.stats().unwrap();
     assert_eq!((stats.pending, stats.dead_letters), (0, 0));
 }
@@ -598,15 +645,15 @@ async fn a_checkpoint_is_stored_with_its_append_or_not_at_all() {
     assert_eq!(store.checkpoint("pg").unwrap(), Some(42));
 
     // An append that fails as a whole leaves the checkpoint where it was.
-    let (reply, answer) = oneshot::channel();
-    let op = Op::Append {
-        events: vec![Encoded::new(event(2)), Encoded::new(e)],
-        routes: Vec::new(),
+    let mismatched = AppendBatch {
+        events: vec![event(2), e],
+        routes: vec![Vec::new()],
         checkpoint: Some(("pg".into(), 43)),
-        reject_duplicates: true,
     };
-    store.send(op, Reply::Async(reply)).unwrap();
-    assert!(matches!(answer.await.unwrap(), Err(StoreError::Duplicate { .. })));
+    assert!(matches!(
+        store.append(mismatched).await,
+        Err(StoreError::RoutesMismatch { .. })
+    ));
     assert_eq!(store.checkpoint("pg").unwrap(), Some(42));
     assert_eq!(store.stats().unwrap().events, 1);
 
@@ -747,7 +794,10 @@ async fn a_closed_store_answers_closed() {
         store.append(routed(&[event(2)], &[&["s"]])).await,
         Err(StoreError::Closed)
     ));
-    assert!(matches!(store.dlq_purge(None).await, Err(StoreError::Closed)));
+    assert!(matches!(
+        store.dlq_purge(&DeadLetterFilter::default()).await,
+        Err(StoreError::Closed)
+    ));
     assert!(matches!(store.kv_get("p", "k"), Err(StoreError::Closed)));
     assert!(matches!(store.pending("s"), Err(StoreError::Closed)));
     let error = KeyValueStore::commit(&*store, "p", vec![("k".into(), None)]).unwrap_err();
@@ -804,7 +854,7 @@ async fn reads_do_not_wait_for_the_writer() {
         (
             reader.pending("s").unwrap().len(),
             reader.kv_get("p", "k").unwrap(),
-            reader.dlq_list(None).unwrap().len(),
+            reader.dlq_list(&DeadLetterFilter::default()).unwrap().len(),
         )
     });
     assert_eq!(within(read).await.unwrap(), (1, Some(vec![7]), 0));
@@ -812,66 +862,35 @@ async fn reads_do_not_wait_for_the_writer() {
     within(held).await.unwrap().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_event_log_trait_appends_and_acks_durably() {
+#[tokio::test]
+async fn the_event_log_trait_is_the_store() {
     let dir = TempDir::new();
     let store = open(&dir);
     let log: Arc<dyn EventLog> = store.clone();
-    let events: Vec<_> = (0..3).map(event).collect();
-    let first = log.append(&events).await.unwrap();
-    // `ack` blocks until durable; on a runtime worker it runs in block_in_place.
-    log.ack("bus", first + 2);
-    assert_eq!(
-        store.delivery_state("bus", first + 2).unwrap(),
-        Some(DeliveryState::Acked)
-    );
-    assert_eq!(
-        store.delivery_state("bus", first).unwrap(),
-        None,
-        "no routes, no deliveries"
-    );
-    // And from a plain thread.
-    let plain = Arc::clone(&store);
-    std::thread::spawn(move || plain.ack("bus", first))
-        .join()
+    assert!(log.is_durable());
+    let events: Vec<_> = (0..2).map(event).collect();
+    let appended = log.append(routed(&events, &[&["bus"], &["bus"]])).await.unwrap();
+    let offsets: Vec<u64> = log.pending("bus").unwrap().iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [appended[0].offset, appended[1].offset]);
+    log.commit(ack("bus", appended[0].offset)).await.unwrap();
+    log.commit(dead(
+        "bus",
+        appended[1].offset,
+        failure("bus", &events[1], 1, "x"),
+    ))
+    .await
+    .unwrap();
+    assert!(log.pending("bus").unwrap().is_empty());
+    assert_eq!(log.dead_letter_count(), 1);
+    let replayed = log
+        .replay(DeadLetterFilter::default(), vec!["other".into()])
+        .await
         .unwrap();
-    assert_eq!(
-        store.delivery_state("bus", first).unwrap(),
-        Some(DeliveryState::Acked)
-    );
-
-    // The trait cannot report duplicates, so a batch with one fails whole.
-    let fresh = event(10);
-    let error = log.append(&[fresh.clone(), events[1].clone()]).await.unwrap_err();
-    assert!(error.0.contains("already accepted"), "{error}");
-    assert!(
-        !append_one(&store, &fresh, &[]).await.duplicate,
-        "nothing of it was stored"
-    );
-    assert_eq!(log.append(&[]).await.unwrap(), 0);
-}
-
-#[test]
-fn the_event_log_ack_works_without_a_runtime_and_on_a_current_thread_one() {
-    let dir = TempDir::new();
-    let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let first = runtime
-        .block_on(EventLog::append(&*store, &[event(1), event(2)]))
-        .unwrap();
-    runtime.block_on(async { EventLog::ack(&*store, "bus", first) });
-    EventLog::ack(&*store, "bus", first + 1);
-    assert_eq!(
-        store.delivery_state("bus", first).unwrap(),
-        Some(DeliveryState::Acked)
-    );
-    assert_eq!(
-        store.delivery_state("bus", first + 1).unwrap(),
-        Some(DeliveryState::Acked)
-    );
+    assert!(replayed.is_empty(), "only the subscriptions named");
+    assert_eq!(log.purge(by_subscription("bus")).await.unwrap(), 1);
+    let kv = Arc::clone(&log).key_values();
+    kv.commit("p", vec![("k".into(), Some(vec![1]))]).unwrap();
+    assert_eq!(store.kv_get("p", "k").unwrap(), Some(vec![1]));
 }
 
 #[test]
@@ -942,8 +961,23 @@ async fn the_counters_match_the_file() {
         .commit(retry("c", o(2), 1, Utc::now(), failure("c", &events[2], 1, "x")))
         .await
         .unwrap();
-    store.dlq_replay(Some("b"), Some(o(5))).await.unwrap();
-    store.dlq_purge(Some("c")).await.unwrap();
+    let b5 = store
+        .dlq_list(&by_subscription("b"))
+        .unwrap()
+        .into_iter()
+        .find(|l| l.offset == o(5))
+        .unwrap();
+    store
+        .dlq_replay(
+            &DeadLetterFilter {
+                id: Some(b5.id),
+                subscription: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    store.dlq_purge(&by_subscription("c")).await.unwrap();
 
     let stats = store.stats().unwrap();
     let in_file = counted(store.path());

@@ -18,9 +18,9 @@ use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::read::{format_time, to_offset, to_pos};
+use super::read::{DEAD_LETTER_ID, format_time, to_offset, to_pos};
 use super::schema::{ACKED, DEAD, PENDING, PURGED, classify};
-use super::{Appended, CommitOutcome, Shared, StoreError};
+use super::{Appended, CommitOutcome, DeadLetterFilter, Shared, StoreError};
 use crate::event::Event;
 
 /// What the store handle sends the writer.
@@ -101,9 +101,6 @@ pub(super) enum Op {
         events: Vec<Encoded>,
         routes: Vec<Vec<String>>,
         checkpoint: Option<(String, i64)>,
-        /// Fail the whole request on a duplicate instead of reporting it (for
-        /// [`crate::store::EventLog::append`], which cannot report one).
-        reject_duplicates: bool,
     },
     Commit(EncodedCommit),
     Kv {
@@ -111,11 +108,12 @@ pub(super) enum Op {
         writes: Vec<(String, Option<Vec<u8>>)>,
     },
     Replay {
-        subscription: Option<String>,
-        offset: Option<u64>,
+        filter: DeadLetterFilter,
+        /// Only dead letters of these subscriptions, if given.
+        subscriptions: Option<Vec<String>>,
     },
     Purge {
-        subscription: Option<String>,
+        filter: DeadLetterFilter,
     },
     /// Panics in the writer, to test that callers get an error instead of hanging.
     #[cfg(test)]
@@ -147,6 +145,8 @@ pub(super) enum Answer {
     Commit(CommitOutcome),
     Done,
     Count(u64),
+    /// Replayed deliveries: subscription, position, event JSON.
+    Replayed(Vec<(String, i64, String)>),
 }
 
 /// Changes to the counters a transaction makes, applied once it commits.
@@ -311,19 +311,11 @@ impl Writer {
                 events,
                 routes,
                 checkpoint,
-                reject_duplicates,
             } => {
                 let mut appended = Vec::with_capacity(events.len());
                 for (i, event) in events.iter().enumerate() {
                     let routes = routes.get(i).map(Vec::as_slice).unwrap_or_default();
-                    let result = self.insert_event(event, routes, delta)?;
-                    if result.duplicate && *reject_duplicates {
-                        return Err(StoreError::Duplicate {
-                            event_source: event.event.source.clone(),
-                            id: event.event.id.clone(),
-                        });
-                    }
-                    appended.push(result);
+                    appended.push(self.insert_event(event, routes, delta)?);
                 }
                 if let Some((relay, position)) = checkpoint {
                     self.conn
@@ -340,37 +332,45 @@ impl Writer {
                 self.kv_writes(namespace, writes)?;
                 Ok(Answer::Done)
             }
-            Op::Replay { subscription, offset } => {
-                let n = self
-                    .conn
-                    .prepare_cached(&format!(
-                    "UPDATE deliveries INDEXED BY deliveries_dead SET state = {PENDING}, attempt = 0, not_before = NULL, dead_at = NULL
-                     WHERE state = {DEAD}
-                       AND (?1 IS NULL OR sub = (SELECT id FROM subscriptions WHERE name = ?1))
-                       AND (?2 IS NULL OR pos = ?2)"
-                ))?
-                    .execute(params![subscription, offset.map(to_pos)])?;
-                delta.pending += n as i64;
-                delta.dead_letters -= n as i64;
-                Ok(Answer::Count(n as u64))
+            Op::Replay {
+                filter,
+                subscriptions,
+            } => {
+                let mut replayed = Vec::new();
+                for (sub, name, pos) in self.dead_letters(filter)? {
+                    if subscriptions.as_ref().is_some_and(|names| !names.contains(&name)) {
+                        continue;
+                    }
+                    self.conn
+                        .prepare_cached(&format!(
+                            "UPDATE deliveries SET state = {PENDING}, attempt = 0, not_before = NULL, dead_at = NULL
+                             WHERE sub = ?1 AND pos = ?2"
+                        ))?
+                        .execute(params![sub, pos])?;
+                    let json: String = self
+                        .conn
+                        .prepare_cached("SELECT event FROM events WHERE pos = ?1")?
+                        .query_row([pos], |row| row.get(0))?;
+                    replayed.push((name, pos, json));
+                }
+                delta.pending += replayed.len() as i64;
+                delta.dead_letters -= replayed.len() as i64;
+                Ok(Answer::Replayed(replayed))
             }
-            Op::Purge { subscription } => {
-                let filter = format!(
-                    "state = {DEAD} AND (?1 IS NULL OR sub = (SELECT id FROM subscriptions WHERE name = ?1))"
-                );
-                self.conn
-                    .prepare_cached(&format!(
-                        "DELETE FROM failures WHERE (sub, pos) IN (SELECT sub, pos FROM deliveries INDEXED BY deliveries_dead WHERE {filter})"
-                    ))?
-                    .execute([subscription])?;
-                let n = self
-                    .conn
-                    .prepare_cached(&format!(
-                        "UPDATE deliveries INDEXED BY deliveries_dead SET state = {PURGED} WHERE {filter}"
-                    ))?
-                    .execute([subscription])?;
-                delta.dead_letters -= n as i64;
-                Ok(Answer::Count(n as u64))
+            Op::Purge { filter } => {
+                let letters = self.dead_letters(filter)?;
+                for (sub, _, pos) in &letters {
+                    self.conn
+                        .prepare_cached("DELETE FROM failures WHERE sub = ?1 AND pos = ?2")?
+                        .execute(params![sub, pos])?;
+                    self.conn
+                        .prepare_cached(&format!(
+                            "UPDATE deliveries SET state = {PURGED} WHERE sub = ?1 AND pos = ?2"
+                        ))?
+                        .execute(params![sub, pos])?;
+                }
+                delta.dead_letters -= letters.len() as i64;
+                Ok(Answer::Count(letters.len() as u64))
             }
             #[cfg(test)]
             Op::Panic => panic!("writer panic requested by a test"),
@@ -423,6 +423,24 @@ impl Writer {
             offset: to_offset(pos),
             duplicate: false,
         })
+    }
+
+    /// The dead deliveries matching `filter`: subscription id and name, position.
+    fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT d.sub, s.name, d.pos
+             FROM deliveries d INDEXED BY deliveries_dead JOIN subscriptions s ON s.id = d.sub
+             WHERE d.state = {DEAD} AND (?1 IS NULL OR s.name = ?1)
+               AND (?2 IS NULL OR ({DEAD_LETTER_ID}) = ?2)
+             ORDER BY s.name, d.pos"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![filter.subscription, filter.id.map(|id| id as i64)],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     fn subscription_id(&mut self, name: &str) -> Result<i64, StoreError> {
