@@ -53,7 +53,8 @@ pub struct Running {
     pub url: String,
     logs: Arc<Mutex<Vec<Value>>>,
     pub plugins: PathBuf,
-    _dir: TempDir,
+    /// The folder `start` made for this run; `None` when the caller owns it (`start_in`).
+    _dir: Option<TempDir>,
 }
 
 impl Running {
@@ -61,14 +62,17 @@ impl Running {
     /// plugins folder, and `manifests` (name, TOML text) written beside them.
     pub fn start(plugins: &[(&str, &str)], manifests: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("run");
-        let plugins_dir = dir.0.join("plugins");
-        std::fs::create_dir_all(&plugins_dir).unwrap();
-        for (name, path) in plugins {
-            std::fs::copy(path, plugins_dir.join(format!("{name}.wasm"))).unwrap();
-        }
-        for (name, text) in manifests {
-            std::fs::write(plugins_dir.join(format!("{name}.toml")), text).unwrap();
-        }
+        install(&dir.0, plugins, manifests);
+        let mut running = Self::start_in(&dir.0);
+        running._dir = Some(dir);
+        running
+    }
+
+    /// Starts the host on a free port with the plugins folder `dir/plugins` and the data
+    /// directory `dir/data` as they are, and leaves both behind: a host started again on
+    /// the same `dir` continues from the same durable log.
+    pub fn start_in(dir: &Path) -> Self {
+        let plugins_dir = dir.join("plugins");
         let mut child = Command::new(evhost_bin())
             .args([
                 "run",
@@ -80,7 +84,7 @@ impl Running {
             ])
             .arg(&plugins_dir)
             .arg("--data-dir")
-            .arg(dir.0.join("data"))
+            .arg(dir.join("data"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -100,7 +104,7 @@ impl Running {
             url: String::new(),
             logs,
             plugins: plugins_dir,
-            _dir: dir,
+            _dir: None,
         };
         let ready = running.wait_for_log(
             |line| line["message"] == "evhost is ready",
@@ -157,6 +161,19 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Fills `dir/plugins` for [`Running::start_in`]: `plugins` (name, built `.wasm`) copied in,
+/// `manifests` (name, TOML text) written beside them.
+pub fn install(dir: &Path, plugins: &[(&str, &str)], manifests: &[(&str, &str)]) {
+    let plugins_dir = dir.join("plugins");
+    std::fs::create_dir_all(&plugins_dir).unwrap();
+    for (name, path) in plugins {
+        std::fs::copy(path, plugins_dir.join(format!("{name}.wasm"))).unwrap();
+    }
+    for (name, text) in manifests {
+        std::fs::write(plugins_dir.join(format!("{name}.toml")), text).unwrap();
     }
 }
 
@@ -577,17 +594,25 @@ async fn a_scaffolded_plugin_builds_and_is_served() {
     let http = client();
     assert!(
         eventually(Duration::from_secs(10), async || {
-            let response = post_events(
-                &http,
-                &host.url,
-                "/events?wait=true",
-                "application/cloudevents+json",
-                structured("Hello", "h1", "k", json!({})).to_string(),
-            )
-            .await;
-            response.status() == 200 && kv(&host, "demo-handler", "seen:h1").await.is_some()
+            get_json(&http, format!("{}/plugins", host.url))
+                .await
+                .as_array()
+                .is_some_and(|plugins| plugins.iter().any(|p| p["name"] == "demo-handler"))
         })
         .await,
+        "the scaffolded plugin is loaded"
+    );
+    let response = post_events(
+        &http,
+        &host.url,
+        "/events?wait=true",
+        "application/cloudevents+json",
+        structured("Hello", "h1", "k", json!({})).to_string(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        kv(&host, "demo-handler", "seen:h1").await.is_some(),
         "the scaffolded plugin handled the event"
     );
 }

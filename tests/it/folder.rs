@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use evhost::plugins::{PluginFolder, PluginFolderOptions};
 use evhost::runtime::content_hash;
-use evhost::store::KeyValueStore;
 use evhost::{AsyncEventBus, Event, EventBus, FailureKind, FailureRecord, Runtime, RuntimeConfig};
 use serde_json::json;
 
