@@ -396,6 +396,34 @@ mod tests {
     }
 
     #[test]
+    fn durability_and_the_outbox_are_read_and_checked() {
+        let config = parse("").unwrap();
+        assert!(config.durable, "durable by default");
+        assert!(config.outbox.is_none());
+        let config = parse(
+            r#"
+            durable = false
+            [outbox]
+            url = "postgres://app@db/orders"
+            batch_size = 50
+            "#,
+        )
+        .unwrap();
+        assert!(!config.durable);
+        let relay = config.outbox.unwrap().relay_config();
+        assert_eq!(
+            (relay.url.as_str(), relay.schema.as_str(), relay.batch_size),
+            ("postgres://app@db/orders", "evhost", 50)
+        );
+        assert_eq!(relay.poll_interval, Duration::from_secs(5));
+
+        let err = parse("[outbox]\nurl = \"mysql://db\"").unwrap_err().to_string();
+        assert!(err.contains("outbox.url") && err.contains("PostgreSQL"), "{err}");
+        let err = parse("[outbox]\nschema = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("url"), "the URL is required: {err}");
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_key() {
         let err = parse("listen = 8080").unwrap_err().to_string();
         assert!(err.starts_with("evhost.toml:"), "{err}");

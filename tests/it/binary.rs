@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::wasm;
 
 /// Builds the binary once per test run (a no-op when it is up to date).
-fn evhost_bin() -> &'static Path {
+pub fn evhost_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -72,6 +72,11 @@ impl Running {
     /// directory `dir/data` as they are, and leaves both behind: a host started again on
     /// the same `dir` continues from the same durable log.
     pub fn start_in(dir: &Path) -> Self {
+        Self::start_in_with(dir, &[])
+    }
+
+    /// [`Running::start_in`] with more arguments for `evhost run`.
+    pub fn start_in_with(dir: &Path, args: &[&str]) -> Self {
         let plugins_dir = dir.join("plugins");
         let mut child = Command::new(evhost_bin())
             .args([
@@ -85,6 +90,7 @@ impl Running {
             .arg(&plugins_dir)
             .arg("--data-dir")
             .arg(dir.join("data"))
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -177,14 +183,14 @@ pub fn install(dir: &Path, plugins: &[(&str, &str)], manifests: &[(&str, &str)])
     }
 }
 
-fn client() -> reqwest::Client {
+pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
 }
 
-async fn kv(host: &Running, plugin: &str, key: &str) -> Option<Value> {
+pub async fn kv(host: &Running, plugin: &str, key: &str) -> Option<Value> {
     let response = client()
         .get(format!("{}/plugins/{plugin}/kv/{key}", host.url))
         .send()
@@ -204,7 +210,7 @@ async fn kv(host: &Running, plugin: &str, key: &str) -> Option<Value> {
 }
 
 /// Polls `check` until it holds or `timeout` passes.
-async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if check().await {
@@ -216,7 +222,7 @@ async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> 
 }
 
 /// GETs `url` and parses the JSON answer.
-async fn get_json(http: &reqwest::Client, url: String) -> Value {
+pub async fn get_json(http: &reqwest::Client, url: String) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
@@ -235,7 +241,7 @@ fn replace_atomically(source: &str, target: &Path) {
 }
 
 /// POSTs `body` to `url` + `path` with the content type, expecting an answer.
-async fn post_events(
+pub async fn post_events(
     http: &reqwest::Client,
     url: &str,
     path: &str,
@@ -250,7 +256,7 @@ async fn post_events(
         .unwrap()
 }
 
-fn structured(ty: &str, id: &str, subject: &str, data: Value) -> Value {
+pub fn structured(ty: &str, id: &str, subject: &str, data: Value) -> Value {
     json!({"specversion": "1.0", "id": id, "source": "tests", "type": ty, "subject": subject, "data": data})
 }
 
@@ -695,7 +701,7 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
 }
 
 /// Runs `evhost ARGS` with `stdin`, returning (exit code, stdout, stderr).
-fn evhost(args: &[&str], stdin: &str) -> (i32, String, String) {
+pub fn evhost(args: &[&str], stdin: &str) -> (i32, String, String) {
     use std::io::Write as _;
     let mut child = Command::new(evhost_bin())
         .args(args)

@@ -3,6 +3,7 @@
 mod adversarial;
 mod binary;
 mod crash;
+mod durability;
 mod examples;
 mod folder;
 mod loading;
