@@ -35,11 +35,11 @@ use super::{
 };
 use crate::event::Event;
 use crate::metrics::BusMetrics;
-use crate::monitor::{self, ErrorMonitor, ErrorStream, FailureKind};
+use crate::monitor::{self, ErrorMonitor, ErrorStream, FailureKind, FailureRecord};
 use crate::outbox::OutboxTarget;
 use crate::store::{
     AppendBatch, Appended, CommitOutcome, DeadLetter, DeadLetterFilter, DeliveryCommit, DeliveryOutcome,
-    EventLog, KeyValueStore, MemoryLog, Offset, PendingDelivery,
+    EventLog, KeyValueStore, LogError, MemoryLog, Offset, PendingDelivery,
 };
 
 /// How many events of one key a worker handles in a row before letting other keys in.
@@ -49,6 +49,9 @@ const RELEASE_BATCH: usize = 64;
 /// How many invocations a worker makes on one bus-wide permit before queueing for it
 /// again, so a busy subscription cannot starve the others.
 const PERMIT_STREAK: u32 = 64;
+/// Most acknowledgements of unkeyed events a worker stores in one commit. Keyed ones are
+/// stored one by one, before the key moves on.
+const ACK_BATCH: usize = 64;
 
 /// What `publish` does when the bus already holds `capacity` unfinished events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -204,6 +207,28 @@ enum Settled {
     Done(Result<(), HandlerError>),
     /// To be tried again after this delay.
     Retry(Duration),
+}
+
+/// A successful invocation's acknowledgement, ready to commit.
+#[derive(Debug)]
+struct PreparedAck {
+    commit: DeliveryCommit,
+    /// The events it emitted with the lanes they are routed to, queued once stored.
+    emitted: Option<Emitted>,
+}
+
+/// Events a handler emitted, with the routing table they were routed by.
+#[derive(Debug)]
+struct Emitted {
+    lanes: Arc<[Arc<Lane>]>,
+    events: Vec<Arc<Event>>,
+}
+
+/// A delivery whose handler succeeded, waiting in its worker for the next commit.
+#[derive(Debug)]
+struct Ack {
+    pending: Pending,
+    prepared: PreparedAck,
 }
 
 /// One accepted event on its way to every matching subscription.
@@ -574,6 +599,30 @@ impl Inner {
                 }
             }
         }
+        let append = Self::append_and_queue(Arc::clone(inner), events, collect, checkpoint);
+        if !inner.durable {
+            // The log in memory answers at once: nothing can be dropped half-way.
+            return append.await;
+        }
+        // Once the log has the request, the events may be stored whether or not anyone
+        // waits for the answer: a publisher that goes away (a dropped HTTP request) must
+        // leave no stored event unqueued and no capacity taken, so the append finishes on
+        // a task of its own. (Measured: a task here also groups appends better than
+        // awaiting in the publisher's task.)
+        tokio::spawn(append)
+            .await
+            .map_err(|e| BusError::Log(LogError(format!("the append task failed: {e}"))))?
+    }
+
+    /// The rest of [`Inner::accept`] once capacity for `events` is reserved: appends them
+    /// to the log and queues them.
+    async fn append_and_queue(
+        inner: Arc<Self>,
+        events: Vec<Event>,
+        collect: bool,
+        checkpoint: Option<(String, i64)>,
+    ) -> Result<Accepted, BusError> {
+        let n = events.len();
         let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         // The routes the log stores are the lanes the events are queued on below.
         let lanes = inner.lanes();
@@ -861,7 +910,23 @@ impl Inner {
                 self.release_finished(&mut worker);
                 return;
             }
-            let Some(mut pending) = lane.next(&mut worker) else {
+            // A key's acknowledgement is stored before the key moves on: its next event
+            // reads what this one wrote, and a restart must not find them out of order.
+            if worker.claimed_key.is_some()
+                && !worker.acks.is_empty()
+                && !self.flush_acks(&lane, &mut worker).await
+            {
+                return;
+            }
+            let next = lane.next(&mut worker);
+            worker.retired = next.is_none();
+            if !worker.acks.is_empty()
+                && (next.is_none() || worker.acks.len() >= ACK_BATCH)
+                && !self.flush_acks(&lane, &mut worker).await
+            {
+                return;
+            }
+            let Some(mut pending) = next else {
                 self.release_finished(&mut worker);
                 return;
             };
@@ -877,66 +942,89 @@ impl Inner {
                 worker.permit_uses = 0;
             }
             worker.permit_uses += 1;
-            let settled = {
-                let call = self.attempt(&lane, &mut pending);
-                tokio::pin!(call);
-                match futures::poll!(call.as_mut()) {
-                    Poll::Ready(settled) => settled,
-                    Poll::Pending => {
-                        // Nothing finished may wait behind a slow handler or commit.
-                        self.release_finished(&mut worker);
-                        worker.blocked = true;
-                        {
-                            let mut queue = lane.lock();
-                            queue.blocked += 1;
-                            self.spawn_workers(&lane, queue);
-                        }
-                        tokio::select! {
-                            settled = &mut call => settled,
-                            () = self.cancel.cancelled() => return,
-                        }
-                    }
-                }
+            let Some(attempted) = self
+                .blocking(&lane, &mut worker, self.attempt(&lane, &mut pending))
+                .await
+            else {
+                return;
             };
-            match settled {
-                Settled::Done(result) => self.finish(&lane, &pending.delivery, result, &mut worker),
-                Settled::Retry(delay) => {
-                    // The key stays claimed by the retry, not by this worker: later
-                    // events of the key wait, other keys go on.
-                    let key = worker.claimed_key.take();
-                    self.retry_later(&lane, pending, key, delay);
+            match attempted {
+                Ok(prepared) => worker.acks.push(Ack { pending, prepared }),
+                Err(failure) => {
+                    let recorded = self.record_failure(&lane, &pending, failure);
+                    let Some(settled) = self.blocking(&lane, &mut worker, recorded).await else {
+                        return;
+                    };
+                    self.settle(&lane, pending, settled, &mut worker);
                 }
             }
         }
     }
 
-    /// Calls the handler once and commits the outcome to the log: the acknowledgement
-    /// with the handler's effects, a retry, or a dead letter.
-    async fn attempt(self: &Arc<Self>, lane: &Lane, pending: &mut Pending) -> Settled {
-        pending.attempt += 1;
-        let delivery = &pending.delivery;
-        let subscription = &lane.subscription;
-        let result = invoke(
-            subscription,
-            &delivery.event,
-            pending.attempt,
-            &self.monitor,
-            Apply::Return,
-        )
-        .await;
-        let failure = match result {
-            Ok(effects) => match self.acknowledge(lane, delivery, effects).await {
-                Ok(()) => return Settled::Done(Ok(())),
-                Err(error) => failure_record(
-                    subscription,
-                    &delivery.event,
-                    pending.attempt,
-                    &error,
-                    &self.monitor,
-                ),
-            },
-            Err(failure) => failure,
+    /// Runs `work` for the worker. If it does not finish at once, the worker counts as
+    /// blocked (another may start on the lane's ready work) and hands its buffered
+    /// acknowledgements to a task of their own, so they do not wait for a slow handler.
+    /// `None` when the bus was cancelled meanwhile.
+    async fn blocking<T>(
+        self: &Arc<Self>,
+        lane: &Arc<Lane>,
+        worker: &mut WorkerState,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        tokio::pin!(work);
+        if let Poll::Ready(output) = futures::poll!(work.as_mut()) {
+            return Some(output);
+        }
+        self.release_finished(worker);
+        // A worker the lane already let go of (it found nothing more to do) is not counted.
+        if !worker.retired && !std::mem::replace(&mut worker.blocked, true) {
+            let mut queue = lane.lock();
+            queue.blocked += 1;
+            self.spawn_workers(lane, queue);
+        }
+        if !worker.acks.is_empty() {
+            let (inner, lane, acks) = (
+                Arc::clone(self),
+                Arc::clone(lane),
+                std::mem::take(&mut worker.acks),
+            );
+            self.workers.spawn(async move {
+                let mut detached = WorkerState::default();
+                let stored = inner.commit_acks(acks).await;
+                inner.settle_acks(&lane, stored, &mut detached).await;
+                inner.release_finished(&mut detached);
+            });
+        }
+        tokio::select! {
+            output = &mut work => Some(output),
+            () = self.cancel.cancelled() => None,
+        }
+    }
+
+    /// Stores the worker's buffered acknowledgements in one commit and finishes them.
+    /// `false` when the bus was cancelled meanwhile.
+    async fn flush_acks(self: &Arc<Self>, lane: &Arc<Lane>, worker: &mut WorkerState) -> bool {
+        let acks = std::mem::take(&mut worker.acks);
+        let Some(stored) = self.blocking(lane, worker, self.commit_acks(acks)).await else {
+            return false;
         };
+        self.settle_acks(lane, stored, worker).await;
+        true
+    }
+
+    /// Calls the handler once and prepares the acknowledgement of its effects.
+    async fn attempt(&self, lane: &Lane, pending: &mut Pending) -> Result<PreparedAck, FailureRecord> {
+        pending.attempt += 1;
+        let (subscription, event) = (&lane.subscription, &pending.delivery.event);
+        let effects = invoke(subscription, event, pending.attempt, &self.monitor, Apply::Return).await?;
+        self.prepare_ack(lane, &pending.delivery, effects)
+            .map_err(|error| failure_record(subscription, event, pending.attempt, &error, &self.monitor))
+    }
+
+    /// Stores a failed attempt: as a retry if the policy allows another, else as a dead
+    /// letter.
+    async fn record_failure(&self, lane: &Lane, pending: &Pending, failure: FailureRecord) -> Settled {
+        let delivery = &pending.delivery;
         let error = HandlerError::new(failure.kind, failure.message.clone());
         let retry = failure.kind != FailureKind::Reject && pending.attempt < lane.retry.max_attempts;
         let delay = lane.retry.backoff(pending.attempt, rand_unit());
@@ -950,19 +1038,17 @@ impl Inner {
         } else {
             DeliveryOutcome::DeadLettered { failure }
         };
-        match self
-            .log
-            .commit(self.delivery_commit(lane, delivery, outcome))
-            .await
-        {
-            Ok(CommitOutcome::Committed { .. }) => {}
+        let commit = self.delivery_commit(lane, delivery, outcome);
+        match self.log.commit(vec![commit]).await.as_deref() {
+            Ok([CommitOutcome::Committed { .. }]) => {}
             // Another delivery of the event (a replay racing a restart's redelivery)
             // finished it first.
-            Ok(CommitOutcome::AlreadyDone) => return Settled::Done(Err(error)),
+            Ok([CommitOutcome::AlreadyDone]) => return Settled::Done(Err(error)),
+            Ok(other) => unreachable!("one outcome per commit, got {other:?}"),
             Err(log_error) => {
                 // The log still has the delivery pending: a restart delivers it again.
                 tracing::error!(
-                    subscription = %subscription.name,
+                    subscription = %lane.subscription.name,
                     offset = delivery.offset,
                     error = %log_error,
                     "storing a failed delivery's outcome failed"
@@ -976,13 +1062,14 @@ impl Inner {
         }
     }
 
-    /// Commits a successful delivery with its effects, then queues the events it emitted.
-    async fn acknowledge(
-        self: &Arc<Self>,
+    /// The acknowledgement of a successful invocation with its effects, checked and
+    /// routed, ready to commit.
+    fn prepare_ack(
+        &self,
         lane: &Lane,
         delivery: &Delivery,
         effects: Effects,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<PreparedAck, HandlerError> {
         let Effects {
             kv_namespace,
             kv_writes,
@@ -1010,19 +1097,94 @@ impl Inner {
             .iter()
             .map(|event| (Arc::clone(event), routes.next().unwrap_or_default()))
             .collect();
-        match self.log.commit(commit).await {
-            Ok(CommitOutcome::Committed { emitted: appended }) => {
-                if let Some(lanes) = lanes {
-                    self.dispatch_emitted(&lanes, emitted, &appended);
-                }
-                Ok(())
+        Ok(PreparedAck {
+            commit,
+            emitted: lanes.map(|lanes| Emitted {
+                lanes,
+                events: emitted,
+            }),
+        })
+    }
+
+    /// Commits `acks` in one request and queues the events they emitted; each comes back
+    /// with whether it is stored.
+    async fn commit_acks(self: &Arc<Self>, acks: Vec<Ack>) -> Vec<(Pending, Result<(), HandlerError>)> {
+        let (commits, rest): (Vec<_>, Vec<_>) = acks
+            .into_iter()
+            .map(|Ack { pending, prepared }| (prepared.commit, (pending, prepared.emitted)))
+            .unzip();
+        match self.log.commit(commits).await {
+            Ok(outcomes) => rest
+                .into_iter()
+                .zip(outcomes)
+                .map(|((pending, emitted), outcome)| {
+                    // `AlreadyDone`: its effects are in the log already (a redelivery).
+                    if let (CommitOutcome::Committed { emitted: appended }, Some(emitted)) =
+                        (outcome, emitted)
+                    {
+                        self.dispatch_emitted(&emitted.lanes, emitted.events, &appended);
+                    }
+                    (pending, Ok(()))
+                })
+                .collect(),
+            Err(e) => {
+                let error = HandlerError::new(
+                    FailureKind::HostError,
+                    format!("committing the delivery and its effects failed: {e}"),
+                );
+                rest.into_iter()
+                    .map(|(pending, _)| (pending, Err(error.clone())))
+                    .collect()
             }
-            // Its effects are in the log already: this was a redelivery.
-            Ok(CommitOutcome::AlreadyDone) => Ok(()),
-            Err(e) => Err(HandlerError::new(
-                FailureKind::HostError,
-                format!("committing the delivery and its effects failed: {e}"),
-            )),
+        }
+    }
+
+    /// Finishes acknowledgements once `commit_acks` stored them; one that could not be
+    /// stored is a failed attempt.
+    async fn settle_acks(
+        self: &Arc<Self>,
+        lane: &Arc<Lane>,
+        stored: Vec<(Pending, Result<(), HandlerError>)>,
+        worker: &mut WorkerState,
+    ) {
+        for (pending, result) in stored {
+            let settled = match result {
+                Ok(()) => Settled::Done(Ok(())),
+                Err(error) => {
+                    let failure = failure_record(
+                        &lane.subscription,
+                        &pending.delivery.event,
+                        pending.attempt,
+                        &error,
+                        &self.monitor,
+                    );
+                    self.record_failure(lane, &pending, failure).await
+                }
+            };
+            self.settle(lane, pending, settled, worker);
+        }
+    }
+
+    /// Finishes `pending`, or puts it back for its retry.
+    fn settle(
+        self: &Arc<Self>,
+        lane: &Arc<Lane>,
+        pending: Pending,
+        settled: Settled,
+        worker: &mut WorkerState,
+    ) {
+        match settled {
+            Settled::Done(result) => self.finish(lane, &pending.delivery, result, worker),
+            Settled::Retry(delay) => {
+                // The key stays claimed by the retry, not by this worker: later events of
+                // the key wait, other keys go on.
+                let key = if pending.delivery.event.ordering_key().is_some() {
+                    worker.claimed_key.take()
+                } else {
+                    None
+                };
+                self.retry_later(lane, pending, key, delay);
+            }
         }
     }
 
@@ -1138,6 +1300,10 @@ struct WorkerState {
     blocked: bool,
     /// Events this worker completed that are not yet counted out of the bus.
     finished: usize,
+    /// Successful deliveries whose acknowledgement is not stored yet.
+    acks: Vec<Ack>,
+    /// The lane let go of the worker; it only stores its last acknowledgements.
+    retired: bool,
 }
 
 impl Lane {

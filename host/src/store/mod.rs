@@ -180,8 +180,9 @@ pub trait EventLog: Send + Sync + Debug + 'static {
     /// resolves the events are accepted. One [`Appended`] per event, in order.
     fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<Vec<Appended>, LogError>>;
 
-    /// Finishes a delivery with its effects, atomically and at most once.
-    fn commit(&self, commit: DeliveryCommit) -> BoxFuture<'_, Result<CommitOutcome, LogError>>;
+    /// Finishes deliveries with their effects, each at most once, in order and atomically:
+    /// all of `commits` or none. One outcome per commit.
+    fn commit(&self, commits: Vec<DeliveryCommit>) -> BoxFuture<'_, Result<Vec<CommitOutcome>, LogError>>;
 
     /// Every pending delivery of `subscription`, in offset order.
     fn pending(&self, subscription: &str) -> Result<Vec<PendingDelivery>, LogError>;
@@ -250,31 +251,7 @@ impl MemoryLog {
         })
     }
 
-    fn take_history(&self, subscription: &Arc<str>, offset: Offset) -> Vec<FailureRecord> {
-        if self.retrying_len.load(Ordering::Acquire) == 0 {
-            return Vec::new();
-        }
-        let mut retrying = lock(&self.retrying);
-        let history = retrying.remove(&(Arc::clone(subscription), offset));
-        self.retrying_len.store(retrying.len(), Ordering::Release);
-        history.unwrap_or_default()
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl EventLog for MemoryLog {
-    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<Vec<Appended>, LogError>> {
-        if let Some((relay, position)) = batch.checkpoint {
-            lock(&self.checkpoints).insert(relay, position);
-        }
-        let appended = self.number(batch.events.len()).collect();
-        Box::pin(std::future::ready(Ok(appended)))
-    }
-
-    fn commit(&self, commit: DeliveryCommit) -> BoxFuture<'_, Result<CommitOutcome, LogError>> {
+    fn commit_one(&self, commit: DeliveryCommit) -> CommitOutcome {
         let DeliveryCommit {
             subscription,
             offset,
@@ -284,7 +261,7 @@ impl EventLog for MemoryLog {
             kv_writes,
             emitted,
         } = commit;
-        let outcome = match outcome {
+        match outcome {
             DeliveryOutcome::Acked => {
                 self.take_history(&subscription, offset);
                 if !kv_writes.is_empty() {
@@ -320,8 +297,39 @@ impl EventLog for MemoryLog {
                 );
                 CommitOutcome::Committed { emitted: Vec::new() }
             }
-        };
-        Box::pin(std::future::ready(Ok(outcome)))
+        }
+    }
+
+    fn take_history(&self, subscription: &Arc<str>, offset: Offset) -> Vec<FailureRecord> {
+        if self.retrying_len.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let mut retrying = lock(&self.retrying);
+        let history = retrying.remove(&(Arc::clone(subscription), offset));
+        self.retrying_len.store(retrying.len(), Ordering::Release);
+        history.unwrap_or_default()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EventLog for MemoryLog {
+    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<Vec<Appended>, LogError>> {
+        if let Some((relay, position)) = batch.checkpoint {
+            lock(&self.checkpoints).insert(relay, position);
+        }
+        let appended = self.number(batch.events.len()).collect();
+        Box::pin(std::future::ready(Ok(appended)))
+    }
+
+    fn commit(&self, commits: Vec<DeliveryCommit>) -> BoxFuture<'_, Result<Vec<CommitOutcome>, LogError>> {
+        let outcomes = commits
+            .into_iter()
+            .map(|commit| self.commit_one(commit))
+            .collect();
+        Box::pin(std::future::ready(Ok(outcomes)))
     }
 
     /// Nothing is pending across a restart in memory: the bus's queues hold it all.

@@ -356,3 +356,24 @@ async fn a_durable_bus_refuses_two_subscriptions_of_one_name() {
     bus.replace_subscription(id, &["B"], Recorder::named("r"), named("r"))
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_goes_away_mid_append_leaves_nothing_unqueued() {
+    let dir = TempDir::new("durable");
+    let store = dir.open();
+    let bus = durable_bus(&store, AsyncBusConfig::default());
+    let recorder = Recorder::named("r");
+    bus.subscribe_with("*", recorder.clone(), named("r")).unwrap();
+    bus.start().await.unwrap();
+    for _ in 0..20 {
+        // Polled until the append is with the log, then dropped: a client that hung up.
+        let _ = futures::poll!(Box::pin(bus.publish(event("T"))));
+    }
+    settle(&bus).await;
+    assert_eq!(
+        recorder.count() as u64,
+        store.stats().unwrap().events,
+        "every stored event was handled"
+    );
+    assert_eq!(bus.stop().await.unwrap().abandoned, 0);
+}

@@ -386,6 +386,19 @@ impl SqliteStore {
         }
     }
 
+    /// [`SqliteStore::commit`] for several deliveries in one request, applied in order and
+    /// all or none (a failing one fails them all). One answer per commit.
+    pub async fn commit_all(&self, commits: Vec<DeliveryCommit>) -> Result<Vec<CommitOutcome>, StoreError> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let commits = commits.into_iter().map(encode_commit).collect::<Result<_, _>>()?;
+        match self.submit(Op::Commits(commits)).await? {
+            Answer::Commits(outcomes) => Ok(outcomes),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Every pending delivery of `subscription` in offset order, with its event, failed
     /// attempts and `not_before`: what the bus redelivers after a restart. Returns the
     /// whole backlog: call it from `spawn_blocking` when that may be large.
@@ -646,8 +659,8 @@ impl EventLog for SqliteStore {
         Box::pin(async move { SqliteStore::append(self, batch).await.map_err(log_error) })
     }
 
-    fn commit(&self, commit: DeliveryCommit) -> BoxFuture<'_, Result<CommitOutcome, LogError>> {
-        Box::pin(async move { SqliteStore::commit(self, commit).await.map_err(log_error) })
+    fn commit(&self, commits: Vec<DeliveryCommit>) -> BoxFuture<'_, Result<Vec<CommitOutcome>, LogError>> {
+        Box::pin(async move { self.commit_all(commits).await.map_err(log_error) })
     }
 
     fn pending(&self, subscription: &str) -> Result<Vec<PendingDelivery>, LogError> {

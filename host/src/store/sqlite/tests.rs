@@ -872,14 +872,33 @@ async fn the_event_log_trait_is_the_store() {
     let appended = log.append(routed(&events, &[&["bus"], &["bus"]])).await.unwrap();
     let offsets: Vec<u64> = log.pending("bus").unwrap().iter().map(|p| p.offset).collect();
     assert_eq!(offsets, [appended[0].offset, appended[1].offset]);
-    log.commit(ack("bus", appended[0].offset)).await.unwrap();
-    log.commit(dead(
-        "bus",
-        appended[1].offset,
-        failure("bus", &events[1], 1, "x"),
-    ))
-    .await
-    .unwrap();
+    let ack_first = || {
+        let mut commit = ack("bus", appended[0].offset);
+        commit.kv_writes = vec![("k".into(), Some(vec![9]))];
+        commit
+    };
+    let dead_second = || dead("bus", appended[1].offset, failure("bus", &events[1], 1, "x"));
+
+    // A batch is all or none: one bad commit and nothing of it is applied.
+    let error = log
+        .commit(vec![ack_first(), dead_second(), ack("bus", 9_999)])
+        .await
+        .unwrap_err();
+    assert!(error.0.contains("9999"), "{error}");
+    assert_eq!(log.pending("bus").unwrap().len(), 2);
+    assert_eq!(store.kv_get("bus", "k").unwrap(), None);
+
+    let outcomes = log.commit(vec![ack_first(), dead_second()]).await.unwrap();
+    assert!(matches!(
+        outcomes.as_slice(),
+        [CommitOutcome::Committed { .. }, CommitOutcome::Committed { .. }]
+    ));
+    assert_eq!(store.kv_get("bus", "k").unwrap(), Some(vec![9]));
+    assert_eq!(
+        log.commit(vec![ack_first()]).await.unwrap(),
+        [CommitOutcome::AlreadyDone],
+        "committed once"
+    );
     assert!(log.pending("bus").unwrap().is_empty());
     assert_eq!(log.dead_letter_count(), 1);
     let replayed = log

@@ -103,6 +103,8 @@ pub(super) enum Op {
         checkpoint: Option<(String, i64)>,
     },
     Commit(EncodedCommit),
+    /// Several deliveries' commits, applied in order as one request: all or none.
+    Commits(Vec<EncodedCommit>),
     Kv {
         namespace: String,
         writes: Vec<(String, Option<Vec<u8>>)>,
@@ -133,6 +135,7 @@ impl Op {
         match self {
             Self::Append { events, .. } => events.len().max(1),
             Self::Commit(commit) => commit.emitted.len() + 1,
+            Self::Commits(commits) => commits.iter().map(|c| c.emitted.len() + 1).sum(),
             _ => 1,
         }
     }
@@ -143,6 +146,7 @@ impl Op {
 pub(super) enum Answer {
     Appended(Vec<Appended>),
     Commit(CommitOutcome),
+    Commits(Vec<CommitOutcome>),
     Done,
     Count(u64),
     /// Replayed deliveries: subscription, position, event JSON.
@@ -328,6 +332,11 @@ impl Writer {
                 Ok(Answer::Appended(appended))
             }
             Op::Commit(commit) => self.commit(commit, delta).map(Answer::Commit),
+            Op::Commits(commits) => commits
+                .iter()
+                .map(|commit| self.commit(commit, delta))
+                .collect::<Result<_, _>>()
+                .map(Answer::Commits),
             Op::Kv { namespace, writes } => {
                 self.kv_writes(namespace, writes)?;
                 Ok(Answer::Done)
@@ -461,6 +470,20 @@ impl Writer {
     fn commit(&mut self, commit: &EncodedCommit, delta: &mut Delta) -> Result<CommitOutcome, StoreError> {
         let sub = self.subscription_id(&commit.subscription)?;
         let pos = to_pos(commit.offset);
+        if let EncodedOutcome::Acked = commit.outcome {
+            // The common case in one statement: a pending delivery acknowledged.
+            let acked = self
+                .conn
+                .prepare_cached(&format!(
+                    "UPDATE deliveries SET state = {ACKED}, not_before = NULL
+                     WHERE sub = ?1 AND pos = ?2 AND state = {PENDING}"
+                ))?
+                .execute(params![sub, pos])?;
+            if acked == 1 {
+                delta.pending -= 1;
+                return self.apply_effects(commit, delta);
+            }
+        }
         let state: Option<i64> = self
             .conn
             .prepare_cached("SELECT state FROM deliveries WHERE sub = ?1 AND pos = ?2")?
@@ -507,12 +530,7 @@ impl Writer {
                     ))?
                     .execute(params![sub, pos])?;
                 delta.pending -= was_pending;
-                self.kv_writes(&commit.kv_namespace, &commit.kv_writes)?;
-                let mut emitted = Vec::with_capacity(commit.emitted.len());
-                for (event, routes) in &commit.emitted {
-                    emitted.push(self.insert_event(event, routes, delta)?);
-                }
-                CommitOutcome::Committed { emitted }
+                self.apply_effects(commit, delta)?
             }
             EncodedOutcome::Retry {
                 attempt,
@@ -533,6 +551,20 @@ impl Writer {
             }
         };
         Ok(outcome)
+    }
+
+    /// The key-value writes and emitted events of an acknowledged delivery.
+    fn apply_effects(
+        &mut self,
+        commit: &EncodedCommit,
+        delta: &mut Delta,
+    ) -> Result<CommitOutcome, StoreError> {
+        self.kv_writes(&commit.kv_namespace, &commit.kv_writes)?;
+        let mut emitted = Vec::with_capacity(commit.emitted.len());
+        for (event, routes) in &commit.emitted {
+            emitted.push(self.insert_event(event, routes, delta)?);
+        }
+        Ok(CommitOutcome::Committed { emitted })
     }
 
     fn insert_failure(&self, sub: i64, pos: i64, record: &str) -> Result<(), StoreError> {
