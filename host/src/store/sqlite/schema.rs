@@ -1,10 +1,10 @@
 //! Opening the file: WAL mode, the integrity check, the schema and its migrations.
 //!
-//! # Schema (version 1)
+//! # Schema (version 2)
 //!
-//! - `events(pos, source, id, event)`: the log. `pos` is the offset (an
-//!   `AUTOINCREMENT` rowid, so an offset is never handed out twice even if old events are
-//!   deleted some day); `event` is the CloudEvents JSON; `(source, id)` is unique, which is
+//! - `events(pos, source, id, event)`: the log. `pos` is the offset (the rowid; events
+//!   are never deleted, so an offset is never handed out twice); `event` is the
+//!   CloudEvents JSON; `(source, id)` is unique, which is
 //!   what makes publishing idempotent.
 //! - `subscriptions(id, name)`: subscription names, so each delivery row stores a small
 //!   integer instead of the name.
@@ -29,7 +29,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use super::{Shared, StoreError};
 
 /// `PRAGMA application_id` of an evhost store: "evhs".
-const APPLICATION_ID: i64 = 0x6576_6873;
+pub(super) const APPLICATION_ID: i64 = 0x6576_6873;
 
 /// Delivery states as stored.
 pub(super) const PENDING: i64 = 0;
@@ -44,8 +44,11 @@ pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Integrity-check messages quoted in an error; SQLite can report thousands.
 const MAX_CHECK_MESSAGES: usize = 10;
 
-/// `MIGRATIONS[n]` takes a store from schema version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[r"
+/// `MIGRATIONS[n]` takes a store from schema version `n` to `n + 1`. Version 2 drops
+/// `AUTOINCREMENT` from `events.pos`: it cost a write to `sqlite_sequence` per event, and
+/// events are never deleted, so the next offset is always one past the largest anyway.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r"
     CREATE TABLE events (
         pos    INTEGER PRIMARY KEY AUTOINCREMENT,
         source TEXT NOT NULL,
@@ -90,7 +93,20 @@ const MIGRATIONS: &[&str] = &[r"
         relay    TEXT PRIMARY KEY,
         position INTEGER NOT NULL
     ) STRICT, WITHOUT ROWID;
-"];
+",
+    r"
+    CREATE TABLE events_v2 (
+        pos    INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        id     TEXT NOT NULL,
+        event  TEXT NOT NULL
+    ) STRICT;
+    INSERT INTO events_v2 (pos, source, id, event) SELECT pos, source, id, event FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_v2 RENAME TO events;
+    CREATE UNIQUE INDEX events_by_source_id ON events (source, id);
+",
+];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

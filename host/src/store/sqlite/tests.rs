@@ -1009,3 +1009,38 @@ async fn the_counters_match_the_file() {
         in_file
     );
 }
+
+#[tokio::test]
+async fn a_version_1_store_is_migrated_and_keeps_its_events_and_offsets() {
+    let dir = TempDir::new();
+    let path = dir.path().join(FILE_NAME);
+    let e = event(1);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; {}
+             PRAGMA application_id = {}; PRAGMA user_version = 1;",
+            schema::MIGRATIONS[0],
+            schema::APPLICATION_ID
+        ))
+        .unwrap();
+        conn.execute(
+            "INSERT INTO events (pos, source, id, event) VALUES (7, ?1, ?2, ?3)",
+            rusqlite::params![e.source, e.id, serde_json::to_string(&*e).unwrap()],
+        )
+        .unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(store.stats().unwrap().events, 1);
+    let again = append_one(&store, &e, &["s"]).await;
+    assert_eq!(
+        again,
+        Appended {
+            offset: 7,
+            duplicate: true
+        },
+        "still known, at its offset"
+    );
+    let next = append_one(&store, &event(2), &["s"]).await;
+    assert_eq!(next.offset, 8, "offsets go on after the migrated ones");
+}

@@ -23,6 +23,14 @@ use super::schema::{ACKED, DEAD, PENDING, PURGED, classify};
 use super::{Appended, CommitOutcome, DeadLetterFilter, Shared, StoreError};
 use crate::event::Event;
 
+/// The statements run once per event, as constants: the statement cache is keyed by their
+/// text, so formatting them in would cost an allocation per event. The states are
+/// [`PENDING`] (0) and [`ACKED`] (1).
+const INSERT_PENDING: &str =
+    "INSERT INTO deliveries (sub, pos, state) VALUES (?1, ?2, 0) ON CONFLICT DO NOTHING";
+const ACK_PENDING: &str =
+    "UPDATE deliveries SET state = 1, not_before = NULL WHERE sub = ?1 AND pos = ?2 AND state = 0";
+
 /// What the store handle sends the writer.
 pub(super) enum Message {
     /// A write to apply and answer.
@@ -422,9 +430,7 @@ impl Writer {
             // DO NOTHING: a subscription listed twice still gets one delivery.
             let created = self
                 .conn
-                .prepare_cached(&format!(
-                    "INSERT INTO deliveries (sub, pos, state) VALUES (?1, ?2, {PENDING}) ON CONFLICT DO NOTHING"
-                ))?
+                .prepare_cached(INSERT_PENDING)?
                 .execute(params![sub, pos])?;
             delta.pending += created as i64;
         }
@@ -474,10 +480,7 @@ impl Writer {
             // The common case in one statement: a pending delivery acknowledged.
             let acked = self
                 .conn
-                .prepare_cached(&format!(
-                    "UPDATE deliveries SET state = {ACKED}, not_before = NULL
-                     WHERE sub = ?1 AND pos = ?2 AND state = {PENDING}"
-                ))?
+                .prepare_cached(ACK_PENDING)?
                 .execute(params![sub, pos])?;
             if acked == 1 {
                 delta.pending -= 1;
