@@ -227,7 +227,7 @@ pub async fn get_json(http: &reqwest::Client, url: String) -> Value {
 }
 
 /// GETs `url` as text.
-async fn get_text(http: &reqwest::Client, url: String) -> String {
+pub async fn get_text(http: &reqwest::Client, url: String) -> String {
     http.get(url).send().await.unwrap().text().await.unwrap()
 }
 

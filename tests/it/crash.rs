@@ -21,7 +21,7 @@ use evhost::store::sqlite::{SqliteStore, StoreOptions};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::binary::{Running, TempDir, install};
+use crate::binary::{Running, TempDir, get_text, install};
 use crate::wasm;
 
 const SOURCE: &str = "crash-test";
@@ -461,22 +461,8 @@ async fn kill_9_under_load_loses_nothing_and_applies_nothing_twice() {
         }
     }
     if !missing.is_empty() {
-        let dlq = http
-            .get(format!("{}/dlq", host.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let errors = http
-            .get(format!("{}/errors", host.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let dlq = get_text(&http, format!("{}/dlq", host.url)).await;
+        let errors = get_text(&http, format!("{}/errors", host.url)).await;
         panic!(
             "{} events or saga steps were never handled, e.g. {:?}\ndead letters: {dlq}\nerrors: {errors}",
             missing.len(),

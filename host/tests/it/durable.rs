@@ -72,13 +72,7 @@ async fn accepted_events_are_delivered_after_a_restart_and_handled_ones_are_not(
     store.close().await;
     drop(store);
 
-    let store = dir.open();
-    let bus = durable_bus(&store, AsyncBusConfig::default());
-    let recorder = Recorder::named("projection");
-    bus.subscribe_with("*", recorder.clone(), named("projection"))
-        .unwrap();
-    bus.start().await.unwrap();
-    settle(&bus).await;
+    let (store, bus, recorder) = start_recording(&dir).await;
     let mut seen: Vec<String> = recorder
         .seen
         .lock()
@@ -97,14 +91,20 @@ async fn accepted_events_are_delivered_after_a_restart_and_handled_ones_are_not(
     drop(store);
 
     // Everything was acknowledged: a third start delivers nothing.
+    let (_store, _bus, again) = start_recording(&dir).await;
+    assert_eq!(again.count(), 0, "nothing acknowledged runs again");
+}
+
+/// Opens the log in `dir`, subscribes a recorder as `projection`, starts and settles.
+async fn start_recording(dir: &TempDir) -> (Arc<SqliteStore>, AsyncEventBus, Arc<Recorder>) {
     let store = dir.open();
     let bus = durable_bus(&store, AsyncBusConfig::default());
-    let again = Recorder::named("projection");
-    bus.subscribe_with("*", again.clone(), named("projection"))
+    let recorder = Recorder::named("projection");
+    bus.subscribe_with("*", recorder.clone(), named("projection"))
         .unwrap();
     bus.start().await.unwrap();
     settle(&bus).await;
-    assert_eq!(again.count(), 0, "nothing acknowledged runs again");
+    (store, bus, recorder)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
