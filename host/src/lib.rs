@@ -1,7 +1,9 @@
 //! evhost: an event-handler host whose handlers are WebAssembly components.
 //!
 //! Applications publish CloudEvents; evhost delivers each to every subscribed handler,
-//! concurrently, per-key ordered, with every failure reported to one error monitor.
+//! concurrently, per-key ordered, with every failure reported to one error monitor, then
+//! retried or dead-lettered. On the durable log an event is accepted once stored, and a
+//! handler's effects commit exactly once with its delivery.
 //! This crate is both the library (native Rust handlers on an embedded bus) and the
 //! `evhost` binary.
 //!
