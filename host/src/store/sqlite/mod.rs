@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //!
-//! - `schema`: opening the file, the integrity check and migrations (the schema is there).
+//! - `schema`: opening the file, the integrity check and migrations (the schema is there),
+//!   and the checkpointer thread.
 //! - `writer`: the one writer thread and its group commit.
 //! - `read`: the read-only connections and the queries behind the read API.
 //!
@@ -35,6 +36,11 @@
 //! cache, which outlives the process — but in WAL mode it syncs only at checkpoints, so the
 //! last commits before a power cut could vanish after their publishers were told "accepted".
 //! Group commit is what makes FULL affordable: one fsync per transaction, not per event.
+//!
+//! Copying the WAL back into the database file (a checkpoint) is not the writer's job:
+//! SQLite's automatic checkpoint would run inside a commit and hold up every request
+//! queued behind it. A checkpointer thread runs a `PASSIVE` checkpoint every 100 ms on
+//! its own connection instead, which never blocks the writer or the readers.
 //!
 //! # Reads
 //!
@@ -273,6 +279,8 @@ pub struct SqliteStore {
     /// `None` only while dropping: dropping it is what stops the writer.
     sender: Option<mpsc::Sender<Message>>,
     writer: Option<JoinHandle<()>>,
+    /// Dropping the sender stops the checkpointer thread.
+    checkpointer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     readers: Readers,
     shared: Arc<Shared>,
 }
@@ -314,10 +322,17 @@ impl SqliteStore {
             .name("evhost-store-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(StoreError::Spawn)?;
+        let (stop, stopped) = mpsc::channel();
+        let file = path.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("evhost-store-checkpointer".into())
+            .spawn(move || schema::checkpoint(&file, &stopped))
+            .map_err(StoreError::Spawn)?;
         Ok(Arc::new(Self {
             path,
             sender: Some(sender),
             writer: Some(writer),
+            checkpointer: Some((stop, checkpointer)),
             readers,
             shared,
         }))
@@ -577,6 +592,10 @@ impl Drop for SqliteStore {
         if let Some(writer) = self.writer.take() {
             // A panicked writer was already reported to the requests it dropped.
             let _ = writer.join();
+        }
+        if let Some((stop, checkpointer)) = self.checkpointer.take() {
+            drop(stop);
+            let _ = checkpointer.join();
         }
     }
 }

@@ -152,12 +152,14 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     migrate(&conn, path)?;
     // FULL: every commit fsyncs the WAL, so an answered write survives power loss, not
     // only kill -9 (see the module docs). The cache holds the hot index pages of the
-    // log; `journal_size_limit` shrinks the WAL back after a burst.
+    // log; `journal_size_limit` shrinks the WAL back after a burst. Checkpoints are the
+    // checkpointer thread's (`checkpoint`), not the writer's.
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
          PRAGMA cache_size = -65536;
          PRAGMA temp_store = MEMORY;
-         PRAGMA journal_size_limit = 67108864;",
+         PRAGMA journal_size_limit = 67108864;
+         PRAGMA wal_autocheckpoint = 0;",
     )
     .map_err(open_error)?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -252,4 +254,31 @@ pub(super) fn load_counts(conn: &Connection, shared: &Shared) -> rusqlite::Resul
         Ordering::Relaxed,
     );
     Ok(())
+}
+
+/// How often the checkpointer copies the WAL into the database file.
+pub(super) const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The checkpointer thread: every [`CHECKPOINT_INTERVAL`] a `PASSIVE` checkpoint copies
+/// what the WAL holds into the database file, on its own connection, so the writer never
+/// stops committing to do it (SQLite's automatic checkpoint would run inside a commit).
+/// `PASSIVE` never waits for the writer or the readers; what it cannot copy yet is copied
+/// next time. Returns once `stop` is dropped.
+pub(super) fn checkpoint(path: &Path, stop: &std::sync::mpsc::Receiver<()>) {
+    let conn = match Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(conn) => conn,
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "the store's checkpointer cannot open the file; the WAL will grow");
+            return;
+        }
+    };
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(path = %path.display(), %error, "a WAL checkpoint failed; trying again");
+        }
+    }
 }
