@@ -17,12 +17,15 @@
 //! # Group commit
 //!
 //! Every write ([`SqliteStore::append`], [`SqliteStore::commit`], DLQ replay and purge,
-//! [`KeyValueStore::commit`]) is a request to one dedicated writer thread. The thread takes
+//! [`KeyValueStore::commit`], [`SqliteStore::commit_all`]) is a request to one dedicated
+//! writer thread. The thread takes
 //! the first queued request and every request queued behind it (up to
 //! [`StoreOptions::max_group_events`]), applies them all in ONE transaction, commits once —
 //! one fsync — and only then answers each request. Requests arrive while the previous group
 //! is being synced, so under load many publishes share one fsync, and an idle store still
-//! answers a lone publish after a single commit. A request that fails (say a commit for an
+//! answers a lone publish after a single commit. When it finds several requests queued
+//! (load), it waits 200 µs for more before it starts the transaction: groups about twice
+//! as large, for a fraction of the time a commit takes anyway. A request that fails (say a commit for an
 //! unknown offset) does not fail the others: the group is rolled back and each request
 //! is retried in a transaction of its own.
 //!
