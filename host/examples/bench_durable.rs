@@ -18,13 +18,12 @@
 //! - `*_cpu_us_per_event`: CPU time of the whole process per event (Linux only), and of
 //!   the store's writer thread alone; it says where the durable mode's cost goes.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::median;
+use common::{Fresh, median};
 use evhost::store::EventLog;
-use evhost::store::sqlite::{SqliteStore, StoreOptions, StoreStats};
+use evhost::store::sqlite::{SqliteStore, StoreStats};
 use evhost::{AsyncBusConfig, AsyncEventBus, Event, EventBus, PluginOptions, Runtime, RuntimeConfig};
 use serde_json::json;
 
@@ -46,26 +45,6 @@ fn bus_config() -> AsyncBusConfig {
         capacity: 100_000,
         handler_timeout: Duration::from_secs(60),
         ..Default::default()
-    }
-}
-
-/// A fresh store in a directory removed on drop.
-struct Fresh {
-    store: Arc<SqliteStore>,
-    dir: PathBuf,
-}
-
-impl Fresh {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("evhost-bench-durable-{}", uuid::Uuid::new_v4()));
-        let store = SqliteStore::open(&dir, StoreOptions::default()).expect("opening the store");
-        Self { store, dir }
-    }
-}
-
-impl Drop for Fresh {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -242,7 +221,7 @@ async fn run(runtime: &Arc<Runtime>, wasm: &[u8], store: Option<&Arc<SqliteStore
 }
 
 async fn durable_run(runtime: &Arc<Runtime>, wasm: &[u8]) -> Run {
-    let fresh = Fresh::new();
+    let fresh = Fresh::new("bench-durable");
     let result = run(runtime, wasm, Some(&fresh.store)).await;
     fresh.store.close().await;
     result

@@ -12,16 +12,13 @@
 //! median of 3 runs on a fresh store in the temporary directory (set `TMPDIR` to measure
 //! another disk); the last line printed is one JSON object with every figure.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::median;
+use common::{Fresh, median};
 use evhost::Event;
-use evhost::store::sqlite::{
-    AppendBatch, DeliveryCommit, DeliveryOutcome, SqliteStore, StoreOptions, StoreStats,
-};
+use evhost::store::sqlite::{AppendBatch, DeliveryCommit, DeliveryOutcome, StoreStats};
 use serde_json::json;
 
 mod common;
@@ -34,26 +31,6 @@ const BATCH_SIZE: usize = 100;
 const BATCH_PUBLISHERS: usize = 8;
 const COMMITS: usize = 50_000;
 const COMMITTERS: usize = 256;
-
-/// A fresh store in a directory removed on drop.
-struct Fresh {
-    store: Arc<SqliteStore>,
-    dir: PathBuf,
-}
-
-impl Fresh {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("evhost-bench-store-{}", uuid::Uuid::new_v4()));
-        let store = SqliteStore::open(&dir, StoreOptions::default()).expect("opening the store");
-        Self { store, dir }
-    }
-}
-
-impl Drop for Fresh {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn events(n: usize) -> Vec<Arc<Event>> {
     (0..n)
@@ -121,7 +98,7 @@ where
 
 /// `publishers` appending `total` events, `per_request` events at a time.
 async fn append_run(total: usize, per_request: usize, publishers: usize) -> Run {
-    let fresh = Fresh::new();
+    let fresh = Fresh::new("bench-store");
     let input = Arc::new(events(total));
     let before = fresh.store.stats().unwrap();
     let store = Arc::clone(&fresh.store);
@@ -148,7 +125,7 @@ async fn append_run(total: usize, per_request: usize, publishers: usize) -> Run 
 }
 
 async fn delivery_commits() -> Run {
-    let fresh = Fresh::new();
+    let fresh = Fresh::new("bench-store");
     let input = events(COMMITS);
     let mut offsets = Vec::with_capacity(COMMITS);
     for chunk in input.chunks(1_000) {

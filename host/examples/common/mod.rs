@@ -1,4 +1,4 @@
-//! What the benchmarks share: a no-op handler, building test plugins, medians.
+//! What the benchmarks share: a no-op handler, building test plugins, fresh stores, medians.
 
 #![allow(dead_code, reason = "each benchmark uses a different part")]
 
@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
+use evhost::store::sqlite::{SqliteStore, StoreOptions};
 use evhost::{Event, EventHandler, HandlerError};
 
 /// A native handler that does nothing.
@@ -47,4 +48,25 @@ pub fn build_test_plugins(names: &[&str]) -> PathBuf {
 pub fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
+}
+
+/// A fresh durable store in a temporary directory, removed on drop.
+pub struct Fresh {
+    pub store: Arc<SqliteStore>,
+    dir: PathBuf,
+}
+
+impl Fresh {
+    /// `label` names the benchmark in the directory's name.
+    pub fn new(label: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("evhost-{label}-{}", uuid::Uuid::new_v4()));
+        let store = SqliteStore::open(&dir, StoreOptions::default()).expect("opening the store");
+        Self { store, dir }
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
