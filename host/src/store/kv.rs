@@ -70,28 +70,39 @@ impl KeyValueStore for MemoryKv {
     }
 }
 
+/// What every [`KeyValueStore`] must do, checked against `kv` (which starts empty).
+#[cfg(test)]
+pub(crate) fn check_contract(kv: &dyn KeyValueStore) {
+    kv.commit(
+        "a",
+        vec![
+            ("k".into(), Some(b"1".to_vec())),
+            ("j".into(), Some(b"2".to_vec())),
+        ],
+    )
+    .unwrap();
+    kv.commit("a", Vec::new()).unwrap();
+    assert_eq!(kv.get("a", "k").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(kv.get("b", "k").unwrap(), None, "another namespace sees nothing");
+    let (first, next) = kv.list_keys("a", None, 1).unwrap();
+    assert_eq!((first, next), (vec!["j".to_owned()], Some(1)));
+    let (second, next) = kv.list_keys("a", next, 1).unwrap();
+    assert_eq!((second, next), (vec!["k".to_owned()], None));
+    assert_eq!(
+        kv.list_keys("a", None, 10).unwrap(),
+        (vec!["j".to_owned(), "k".to_owned()], None)
+    );
+    assert_eq!(kv.list_keys("none", None, 10).unwrap(), (Vec::new(), None));
+    kv.commit("a", vec![("k".into(), None)]).unwrap();
+    assert_eq!(kv.get("a", "k").unwrap(), None);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn namespaces_are_separate_and_pages_cover_every_key() {
-        let kv = MemoryKv::default();
-        kv.commit(
-            "a",
-            vec![
-                ("k".into(), Some(b"1".to_vec())),
-                ("j".into(), Some(b"2".to_vec())),
-            ],
-        )
-        .unwrap();
-        assert_eq!(kv.get("a", "k").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(kv.get("b", "k").unwrap(), None, "another namespace sees nothing");
-        let (first, next) = kv.list_keys("a", None, 1).unwrap();
-        assert_eq!((first, next), (vec!["j".to_owned()], Some(1)));
-        let (second, next) = kv.list_keys("a", next, 1).unwrap();
-        assert_eq!((second, next), (vec!["k".to_owned()], None));
-        kv.commit("a", vec![("k".into(), None)]).unwrap();
-        assert_eq!(kv.get("a", "k").unwrap(), None);
+        check_contract(&MemoryKv::default());
     }
 }

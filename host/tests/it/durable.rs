@@ -61,9 +61,7 @@ async fn accepted_events_are_delivered_after_a_restart_and_handled_ones_are_not(
     let dir = TempDir::new("durable");
     let store = dir.open();
     // Subscribed but never started: the process "dies" with everything pending.
-    let bus = durable_bus(&store, AsyncBusConfig::default());
-    bus.subscribe_with("*", Recorder::named("projection"), named("projection"))
-        .unwrap();
+    let (bus, _) = recording_bus(&store);
     let events: Vec<Event> = (0..5).map(|i| keyed("T", &format!("k{}", i % 2), i)).collect();
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     bus.publish_batch(events).await.unwrap();
@@ -95,31 +93,33 @@ async fn accepted_events_are_delivered_after_a_restart_and_handled_ones_are_not(
     assert_eq!(again.count(), 0, "nothing acknowledged runs again");
 }
 
-/// Opens the log in `dir`, subscribes a recorder as `projection`, starts and settles.
+/// Opens the log in `dir`, subscribes a recorder as `r`, starts and settles.
 async fn start_recording(dir: &TempDir) -> (Arc<SqliteStore>, AsyncEventBus, Arc<Recorder>) {
     let store = dir.open();
-    let bus = durable_bus(&store, AsyncBusConfig::default());
-    let recorder = Recorder::named("projection");
-    bus.subscribe_with("*", recorder.clone(), named("projection"))
-        .unwrap();
+    let (bus, recorder) = recording_bus(&store);
     bus.start().await.unwrap();
     settle(&bus).await;
     (store, bus, recorder)
+}
+
+/// A bus over `store` with a recorder subscribed to everything as `r`, not started yet.
+fn recording_bus(store: &Arc<SqliteStore>) -> (AsyncEventBus, Arc<Recorder>) {
+    let bus = durable_bus(store, AsyncBusConfig::default());
+    let recorder = Recorder::named("r");
+    bus.subscribe_with("*", recorder.clone(), named("r")).unwrap();
+    (bus, recorder)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_pending_events_come_back_in_order_before_new_ones() {
     let dir = TempDir::new("durable");
     let store = dir.open();
-    let bus = durable_bus(&store, AsyncBusConfig::default());
-    bus.subscribe_with("*", Recorder::named("r"), named("r")).unwrap();
+    let (bus, _) = recording_bus(&store);
     let old: Vec<Event> = (0..20).map(|i| keyed("T", "k", i)).collect();
     bus.publish_batch(old.clone()).await.unwrap();
     drop(bus);
 
-    let bus = durable_bus(&store, AsyncBusConfig::default());
-    let recorder = Recorder::named("r");
-    bus.subscribe_with("*", recorder.clone(), named("r")).unwrap();
+    let (bus, recorder) = recording_bus(&store);
     let new: Vec<Event> = (20..40).map(|i| keyed("T", "k", i)).collect();
     bus.publish_batch(new.clone()).await.unwrap();
     bus.start().await.unwrap();
@@ -179,9 +179,7 @@ async fn effects_commit_with_the_acknowledgement() {
 async fn publishing_an_accepted_event_again_is_a_no_op_that_says_so() {
     let dir = TempDir::new("durable");
     let store = dir.open();
-    let bus = durable_bus(&store, AsyncBusConfig::default());
-    let recorder = Recorder::named("r");
-    bus.subscribe_with("*", recorder.clone(), named("r")).unwrap();
+    let (bus, recorder) = recording_bus(&store);
     bus.start().await.unwrap();
     let first = event("T");
     let fresh = event("T");
@@ -361,9 +359,7 @@ async fn a_durable_bus_refuses_two_subscriptions_of_one_name() {
 async fn a_publisher_that_goes_away_mid_append_leaves_nothing_unqueued() {
     let dir = TempDir::new("durable");
     let store = dir.open();
-    let bus = durable_bus(&store, AsyncBusConfig::default());
-    let recorder = Recorder::named("r");
-    bus.subscribe_with("*", recorder.clone(), named("r")).unwrap();
+    let (bus, recorder) = recording_bus(&store);
     bus.start().await.unwrap();
     for _ in 0..20 {
         // Polled until the append is with the log, then dropped: a client that hung up.

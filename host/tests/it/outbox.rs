@@ -81,6 +81,13 @@ impl TestDb {
         insert_row(&self.client, &self.schema, id).await;
     }
 
+    /// The outbox's positions, in order.
+    async fn positions(&self) -> Vec<i64> {
+        let sql = format!("SELECT position FROM {}.outbox ORDER BY position", self.schema);
+        let rows = self.client.query(&sql, &[]).await.unwrap();
+        rows.iter().map(|row| row.get(0)).collect()
+    }
+
     async fn execute(&self, sql: &str) {
         self.client.batch_execute(sql).await.unwrap();
     }
@@ -432,18 +439,10 @@ async fn concurrent_transactions_arrive_exactly_once_in_commit_order() {
     target.assert_clean();
 
     // A rolled-back transaction leaves no gap: positions are 1..=n, in commit order.
-    let positions: Vec<i64> = db
-        .client
-        .query(
-            &format!("SELECT position FROM {}.outbox ORDER BY position", db.schema),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(positions, (1..=expected.len() as i64).collect::<Vec<_>>());
+    assert_eq!(
+        db.positions().await,
+        (1..=expected.len() as i64).collect::<Vec<_>>()
+    );
     relay.stop().await;
 }
 
@@ -713,18 +712,7 @@ async fn installing_the_schema_is_idempotent_and_safe_to_race() {
     b.unwrap();
     fresh.write("one").await;
     fresh.write("two").await;
-    let positions: Vec<i64> = fresh
-        .client
-        .query(
-            &format!("SELECT position FROM {}.outbox ORDER BY position", fresh.schema),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(positions, [1, 2]);
+    assert_eq!(fresh.positions().await, [1, 2]);
 }
 
 /// Records the ids it handles, in order (one invocation at a time: the order of the log).

@@ -916,29 +916,7 @@ async fn the_event_log_trait_is_the_store() {
 fn the_key_value_store_trait_pages_keys_and_keeps_namespaces_apart() {
     let dir = TempDir::new();
     let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
-    let kv: &dyn KeyValueStore = &*store;
-    kv.commit(
-        "a",
-        vec![
-            ("k".into(), Some(b"1".to_vec())),
-            ("j".into(), Some(b"2".to_vec())),
-        ],
-    )
-    .unwrap();
-    kv.commit("a", Vec::new()).unwrap();
-    assert_eq!(kv.get("a", "k").unwrap(), Some(b"1".to_vec()));
-    assert_eq!(kv.get("b", "k").unwrap(), None, "another namespace sees nothing");
-    let (first, next) = kv.list_keys("a", None, 1).unwrap();
-    assert_eq!((first, next), (vec!["j".to_owned()], Some(1)));
-    let (second, next) = kv.list_keys("a", next, 1).unwrap();
-    assert_eq!((second, next), (vec!["k".to_owned()], None));
-    assert_eq!(
-        kv.list_keys("a", None, 10).unwrap(),
-        (vec!["j".to_owned(), "k".to_owned()], None)
-    );
-    assert_eq!(kv.list_keys("none", None, 10).unwrap(), (Vec::new(), None));
-    kv.commit("a", vec![("k".into(), None)]).unwrap();
-    assert_eq!(kv.get("a", "k").unwrap(), None);
+    crate::store::kv::check_contract(&*store);
     drop(store);
     let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(store.kv_get("a", "j").unwrap(), Some(b"2".to_vec()));
