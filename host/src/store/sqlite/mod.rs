@@ -397,11 +397,10 @@ impl SqliteStore {
     /// commit. Effects with a failure outcome are refused
     /// ([`StoreError::EffectsWithoutAck`]): a failed invocation must leave nothing behind.
     pub async fn commit(&self, commit: DeliveryCommit) -> Result<CommitOutcome, StoreError> {
-        let op = Op::Commit(encode_commit(commit)?);
-        match self.submit(op).await? {
-            Answer::Commit(outcome) => Ok(outcome),
-            other => Err(unexpected(&other)),
-        }
+        let mut outcomes = self.commit_all(vec![commit]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| StoreError::Internal("a commit without an outcome".into()))
     }
 
     /// [`SqliteStore::commit`] for several deliveries in one request, applied in order and

@@ -309,7 +309,7 @@ async fn a_failing_request_does_not_fail_its_group() {
     let (reply, bad) = oneshot::channel();
     store
         .send(
-            Op::Commit(encode_commit(ack("s", 999_999)).unwrap()),
+            Op::Commits(vec![encode_commit(ack("s", 999_999)).unwrap()]),
             Reply::Async(reply),
         )
         .unwrap();

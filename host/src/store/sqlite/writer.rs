@@ -113,8 +113,7 @@ pub(super) enum Op {
         routes: Vec<Vec<String>>,
         checkpoint: Option<(String, i64)>,
     },
-    Commit(EncodedCommit),
-    /// Several deliveries' commits, applied in order as one request: all or none.
+    /// Deliveries' commits, applied in order as one request: all or none.
     Commits(Vec<EncodedCommit>),
     Kv {
         namespace: String,
@@ -145,7 +144,6 @@ impl Op {
     fn weight(&self) -> usize {
         match self {
             Self::Append { events, .. } => events.len().max(1),
-            Self::Commit(commit) => commit.emitted.len() + 1,
             Self::Commits(commits) => commits.iter().map(|c| c.emitted.len() + 1).sum(),
             _ => 1,
         }
@@ -156,7 +154,6 @@ impl Op {
 #[derive(Debug)]
 pub(super) enum Answer {
     Appended(Vec<Appended>),
-    Commit(CommitOutcome),
     Commits(Vec<CommitOutcome>),
     Done,
     Count(u64),
@@ -355,7 +352,6 @@ impl Writer {
                 }
                 Ok(Answer::Appended(appended))
             }
-            Op::Commit(commit) => self.commit(commit, delta).map(Answer::Commit),
             Op::Commits(commits) => commits
                 .iter()
                 .map(|commit| self.commit(commit, delta))
