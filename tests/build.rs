@@ -1,6 +1,8 @@
 //! Builds the example plugins (`../plugins`) and the test plugins (`plugins/`) for
 //! `wasm32-wasip2` and generates a constant with the path of each `.wasm`, so tests load
-//! components built from source, never committed binaries.
+//! components built from source, never committed binaries. The few test plugins that do
+//! what Rust cannot express (grow a table, run a start function) are core modules in
+//! `plugins/wat/`, made components of the `evhost:plugin/handler` world here.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,8 +38,56 @@ fn main() {
     for path in ["guest-sdk/src", "guest-sdk/Cargo.toml", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
+    let wat_dir = manifest_dir.join("plugins").join("wat");
+    println!("cargo:rerun-if-changed={}", wat_dir.display());
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+    for (name, component) in wat_components(&wat_dir, &root.join("wit")) {
+        let wasm = out_dir.join(format!("{name}.wasm"));
+        std::fs::write(&wasm, component).unwrap();
+        constants.push_str(&format!(
+            "pub const {}: &str = {:?};\n",
+            name.replace('-', "_").to_uppercase(),
+            wasm.display().to_string()
+        ));
+    }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap()).join("plugins.rs");
     std::fs::write(out, constants).unwrap();
+}
+
+/// Each `NAME.wat` core module in `dir`, with the handler world's metadata embedded and
+/// encoded as a component.
+fn wat_components(dir: &Path, wit: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(wit).expect("reading the WIT package");
+    let world = resolve
+        .select_world(&[package], Some("handler"))
+        .expect("the handler world");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wat"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            println!("cargo:rerun-if-changed={}", path.display());
+            let mut module = wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            wit_component::embed_component_metadata(
+                &mut module,
+                &resolve,
+                world,
+                wit_component::StringEncoding::UTF8,
+            )
+            .unwrap();
+            let component = wit_component::ComponentEncoder::default()
+                .module(&module)
+                .and_then(|encoder| encoder.validate(true).encode())
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            (name, component)
+        })
+        .collect()
 }
 
 /// The plugin crates of a workspace: every directory beside its Cargo.toml that has one.

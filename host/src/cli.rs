@@ -446,11 +446,22 @@ pub async fn read_kv(url: &str, plugin: &str, key: &str) -> anyhow::Result<()> {
 
 /// `evhost plugins check`: loads the component in a throwaway runtime.
 pub async fn check_plugin(file: &Path) -> anyhow::Result<()> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let runtime = Runtime::new(RuntimeConfig {
+    let config = RuntimeConfig {
         max_instances: 4,
         ..RuntimeConfig::default()
-    })?;
+    };
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
+    if size > config.max_component_bytes {
+        bail!(
+            "{} is {size} bytes, over the limit of {} bytes a host accepts (`runtime.max_component_mb`)",
+            file.display(),
+            config.max_component_bytes
+        );
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let runtime = Runtime::new(config)?;
     let plugin = runtime
         .load(
             bytes,
@@ -462,6 +473,13 @@ pub async fn check_plugin(file: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not a usable evhost plugin", file.display()))?;
     let info = plugin.info();
     println!("{}: ok", file.display());
+    let stem = file.file_stem().map(|s| s.to_string_lossy());
+    if stem.as_deref() != Some(info.name.as_str()) {
+        println!(
+            "note:          a plugins folder serves it only as {}.wasm (a plugin's name is its file name)",
+            info.name
+        );
+    }
     println!("name:          {}", info.name);
     println!("version:       {}", info.version);
     println!("hash:          {}", info.hash);

@@ -183,16 +183,24 @@ impl Default for Config {
     }
 }
 
+/// Invocations of one plugin at once unless configured: a few per core is all CPU-bound
+/// calls can use, and it bounds what one plugin holds (4 × 64 MiB of memory by default).
+pub const DEFAULT_PLUGIN_CONCURRENCY: usize = 4;
+
 /// `[bus]`: concurrency, capacity and timeouts of the event bus.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusSettings {
     /// Invocations running at once across all plugins.
     pub max_concurrency: usize,
-    /// Default per-plugin limit (a plugin's `limits.concurrency` overrides it).
+    /// Default per-plugin limit (a plugin's `limits.concurrency` overrides it). A plugin
+    /// cannot do I/O, so its calls use the CPU: more instances at once than cores add
+    /// memory (up to `memory_mb` each), not throughput.
     pub plugin_concurrency: usize,
     /// Unfinished events the bus holds at most.
     pub capacity: usize,
+    /// Unfinished events emitted by plugins the bus holds at most, on top of `capacity`.
+    pub emitted_capacity: usize,
     /// `"wait"` (publishers wait for room) or `"reject"` (HTTP answers 503).
     pub backpressure: BackpressureSetting,
     /// Failure records buffered for the error monitor.
@@ -204,8 +212,9 @@ impl Default for BusSettings {
         let bus = AsyncBusConfig::default();
         Self {
             max_concurrency: bus.max_concurrency,
-            plugin_concurrency: bus.subscription_concurrency,
+            plugin_concurrency: DEFAULT_PLUGIN_CONCURRENCY,
             capacity: bus.capacity,
+            emitted_capacity: bus.emitted_capacity,
             backpressure: BackpressureSetting::Wait,
             monitor_capacity: bus.monitor_capacity,
         }
@@ -230,6 +239,9 @@ pub struct RuntimeSettings {
     pub max_instances: u32,
     /// The largest memory limit a plugin may be given, in MiB.
     pub max_memory_mb: u64,
+    /// The largest plugin file accepted, in MiB: a bigger `.wasm` is refused without
+    /// being read.
+    pub max_component_mb: u64,
 }
 
 impl Default for RuntimeSettings {
@@ -238,6 +250,7 @@ impl Default for RuntimeSettings {
         Self {
             max_instances: runtime.max_instances,
             max_memory_mb: (runtime.max_memory_bytes >> 20) as u64,
+            max_component_mb: runtime.max_component_bytes >> 20,
         }
     }
 }
@@ -275,26 +288,63 @@ impl Config {
             key,
             message: message.to_owned(),
         };
-        let positive: [(&'static str, u64); 7] = [
-            ("drain_timeout_ms", self.drain_timeout_ms),
-            ("max_body_bytes", self.max_body_bytes as u64),
-            ("bus.max_concurrency", self.bus.max_concurrency as u64),
-            ("bus.plugin_concurrency", self.bus.plugin_concurrency as u64),
-            ("bus.capacity", self.bus.capacity as u64),
-            ("bus.monitor_capacity", self.bus.monitor_capacity as u64),
-            ("runtime.max_instances", u64::from(self.runtime.max_instances)),
+        // (key, value, least, most): the upper bounds keep durations and sizes far from
+        // overflowing what the host computes with them.
+        let ranges: [(&'static str, u64, u64, u64); 11] = [
+            ("drain_timeout_ms", self.drain_timeout_ms, 1, 86_400_000),
+            ("max_body_bytes", self.max_body_bytes as u64, 1, 1 << 30),
+            (
+                "bus.max_concurrency",
+                self.bus.max_concurrency as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "bus.plugin_concurrency",
+                self.bus.plugin_concurrency as u64,
+                1,
+                1_000_000,
+            ),
+            ("bus.capacity", self.bus.capacity as u64, 1, 100_000_000),
+            (
+                "bus.emitted_capacity",
+                self.bus.emitted_capacity as u64,
+                1,
+                100_000_000,
+            ),
+            (
+                "bus.monitor_capacity",
+                self.bus.monitor_capacity as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "runtime.max_instances",
+                u64::from(self.runtime.max_instances),
+                1,
+                1_000_000,
+            ),
+            // A 32-bit linear memory addresses 4 GiB.
+            ("runtime.max_memory_mb", self.runtime.max_memory_mb, 1, 4096),
+            ("runtime.max_component_mb", self.runtime.max_component_mb, 1, 4096),
+            (
+                "outbox.poll_interval_ms",
+                self.outbox.as_ref().map_or(1, |o| o.poll_interval_ms),
+                1,
+                86_400_000,
+            ),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(invalid(key, "must be at least 1"));
+        for (key, value, least, most) in ranges {
+            if value < least {
+                return Err(invalid(key, &format!("must be at least {least}")));
+            }
+            if value > most {
+                return Err(invalid(key, &format!("({value}) must be at most {most}")));
             }
         }
         if let Some(outbox) = &self.outbox {
             if outbox.batch_size == 0 {
                 return Err(invalid("outbox.batch_size", "must be at least 1"));
-            }
-            if outbox.poll_interval_ms == 0 {
-                return Err(invalid("outbox.poll_interval_ms", "must be at least 1"));
             }
             if !outbox.url.starts_with("postgres://") && !outbox.url.starts_with("postgresql://") {
                 return Err(invalid(
@@ -302,9 +352,6 @@ impl Config {
                     "must be a PostgreSQL URL (postgres://user@host/database)",
                 ));
             }
-        }
-        if self.runtime.max_memory_mb == 0 {
-            return Err(invalid("runtime.max_memory_mb", "must be at least 1"));
         }
         if u64::from(self.runtime.max_instances) < self.bus.max_concurrency as u64 {
             return Err(invalid(
@@ -328,6 +375,7 @@ impl Config {
             max_concurrency: self.bus.max_concurrency,
             subscription_concurrency: self.bus.plugin_concurrency.min(self.bus.max_concurrency),
             capacity: self.bus.capacity,
+            emitted_capacity: self.bus.emitted_capacity,
             backpressure: match self.bus.backpressure {
                 BackpressureSetting::Wait => Backpressure::Wait,
                 BackpressureSetting::Reject => Backpressure::Reject,
@@ -344,6 +392,7 @@ impl Config {
             max_instances: self.runtime.max_instances,
             max_memory_bytes: (self.runtime.max_memory_mb << 20) as usize,
             cache_dir: self.compile_cache.then(|| self.data_dir.join("cache")),
+            max_component_bytes: self.runtime.max_component_mb << 20,
             ..RuntimeConfig::default()
         }
     }
@@ -440,5 +489,27 @@ mod tests {
 
         let err = parse("[runtime]\nmax_instances = 10").unwrap_err().to_string();
         assert!(err.contains("runtime.max_instances"), "{err}");
+
+        let err = parse("drain_timeout_ms = 18446744073709551615")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`drain_timeout_ms` (18446744073709551615) must be at most"),
+            "{err}"
+        );
+        let err = parse("[runtime]\nmax_memory_mb = 17592186044416")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`runtime.max_memory_mb`") && err.contains("at most 4096"),
+            "{err}"
+        );
+        let err = parse("[plugins.retry]\nmax_backoff_ms = 9000000000000000")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("retry.max_backoff_ms") && err.contains("a week"),
+            "{err}"
+        );
     }
 }

@@ -21,6 +21,10 @@ pub const SPEC_VERSION: &str = "1.0";
 pub const CORRELATION_ID: &str = "correlationid";
 /// Extension carrying the id of the event that caused this one.
 pub const CAUSATION_ID: &str = "causationid";
+/// The extension attribute that counts hops from the event that started a chain: absent
+/// (or 0) on an event published from outside, one more than its cause's on an emitted one.
+/// The host refuses to emit an event deeper than a plugin's `emit_depth` limit.
+pub const CAUSATION_DEPTH: &str = "causationdepth";
 
 /// Attribute names the CloudEvents JSON format reserves; they can never be extensions.
 const RESERVED: &[&str] = &[
@@ -232,12 +236,15 @@ impl Event {
         self.with_extension(CAUSATION_ID, id.into())
     }
 
-    /// Marks this event as caused by `cause`: the causation id becomes `cause.id` and the
-    /// correlation id is carried over (or starts at `cause.id` when `cause` has none).
+    /// Marks this event as caused by `cause`: the causation id becomes `cause.id`, the
+    /// correlation id is carried over (or starts at `cause.id` when `cause` has none) and
+    /// the causation depth is one more than `cause`'s.
     pub fn caused_by(self, cause: &Event) -> Self {
         let correlation = cause.correlation_id().unwrap_or(&cause.id).to_owned();
+        let depth = i32::try_from(cause.causation_depth().saturating_add(1)).unwrap_or(i32::MAX);
         self.with_correlation_id(correlation)
             .with_causation_id(cause.id.clone())
+            .with_extension(CAUSATION_DEPTH, depth)
     }
 
     /// The correlation id, if set as a string extension.
@@ -248,6 +255,17 @@ impl Event {
     /// The causation id, if set as a string extension.
     pub fn causation_id(&self) -> Option<&str> {
         self.string_extension(CAUSATION_ID)
+    }
+
+    /// How many hops this event is from the event that started its chain (the
+    /// `causationdepth` extension, an integer or its decimal text): 0 when absent or not
+    /// a non-negative number.
+    pub fn causation_depth(&self) -> u32 {
+        match self.extensions.get(CAUSATION_DEPTH) {
+            Some(ExtensionValue::Integer(depth)) => u32::try_from(*depth).unwrap_or(0),
+            Some(ExtensionValue::String(depth)) => depth.parse().unwrap_or(0),
+            _ => 0,
+        }
     }
 
     /// The key whose events reach each subscription one at a time, in publish order.
@@ -636,5 +654,19 @@ mod tests {
         let second = Event::new("ShipmentRequested", "saga", Value::Null).caused_by(&first);
         assert_eq!(second.correlation_id(), Some(root.id.as_str()));
         assert_eq!(second.causation_id(), Some(first.id.as_str()));
+    }
+
+    #[test]
+    fn each_hop_of_a_chain_is_one_deeper_than_its_cause() {
+        let root = Event::new("A", "s", Value::Null);
+        assert_eq!(root.causation_depth(), 0);
+        let first = Event::new("B", "s", Value::Null).caused_by(&root);
+        let second = Event::new("C", "s", Value::Null).caused_by(&first);
+        assert_eq!((first.causation_depth(), second.causation_depth()), (1, 2));
+        assert_eq!(second.correlation_id(), Some(root.id.as_str()));
+        let from_text = root.clone().with_extension(CAUSATION_DEPTH, "7");
+        assert_eq!(from_text.causation_depth(), 7);
+        let negative = root.with_extension(CAUSATION_DEPTH, -3);
+        assert_eq!(negative.causation_depth(), 0);
     }
 }

@@ -16,6 +16,48 @@ use tokio::sync::mpsc;
 /// The capacity of the error channel unless configured otherwise.
 pub const DEFAULT_CAPACITY: usize = 100;
 
+/// The longest failure message kept, in bytes. A handler's reason, a panic or trap
+/// message, the host's own error: whatever reaches the error monitor, `GET /errors`, the
+/// log and the dead-letter history is cut to this size (at a character boundary, saying
+/// how much was cut), so a plugin cannot fill the host's memory with its messages.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes (plus a short note of how much was cut), at a
+/// character boundary.
+pub(crate) fn bound_text(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let total = text.len();
+    let end = char_floor(&text, max);
+    text.truncate(end);
+    text.push_str(&format!("… [{} of {total} bytes cut]", total - end));
+    text
+}
+
+/// [`bound_text`] of a borrowed text: copies only what is kept.
+pub(crate) fn bounded_copy(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let end = char_floor(text, max);
+    format!(
+        "{}… [{} of {} bytes cut]",
+        &text[..end],
+        text.len() - end,
+        text.len()
+    )
+}
+
+/// The largest character boundary of `text` at or below `index`.
+fn char_floor(text: &str, index: usize) -> usize {
+    let mut end = index.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
 /// How a handler invocation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -35,6 +77,10 @@ pub enum FailureKind {
     Timeout,
     /// A Wasm handler tried to grow past its memory ceiling.
     MemoryLimit,
+    /// A Wasm handler went over a budget the host enforces per invocation: key-value bytes
+    /// or keys written, events emitted (count, bytes or causation depth), open resource
+    /// handles, table elements — or the bus had no room for its emitted events in time.
+    ResourceLimit,
     /// The host failed while serving the handler (not the handler's fault).
     HostError,
     /// A plugin file could not be loaded (not an invocation: the event fields are empty).
@@ -43,7 +89,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in a stable order (for metrics).
-    pub const ALL: [FailureKind; 9] = [
+    pub const ALL: [FailureKind; 10] = [
         Self::Retry,
         Self::Reject,
         Self::Panic,
@@ -51,6 +97,7 @@ impl FailureKind {
         Self::OutOfFuel,
         Self::Timeout,
         Self::MemoryLimit,
+        Self::ResourceLimit,
         Self::HostError,
         Self::PluginLoad,
     ];
@@ -65,6 +112,7 @@ impl FailureKind {
             Self::OutOfFuel => "out-of-fuel",
             Self::Timeout => "timeout",
             Self::MemoryLimit => "memory-limit",
+            Self::ResourceLimit => "resource-limit",
             Self::HostError => "host-error",
             Self::PluginLoad => "plugin-load",
         }
@@ -144,8 +192,10 @@ impl ErrorMonitor {
     }
 
     /// Hands the record to the consumer without waiting; counts it as overflow when full.
-    pub fn report(&self, record: FailureRecord) {
+    /// A message longer than [`MAX_MESSAGE_BYTES`] is cut to it.
+    pub fn report(&self, mut record: FailureRecord) {
         self.reported.fetch_add(1, Ordering::Relaxed);
+        record.message = bound_text(record.message, MAX_MESSAGE_BYTES);
         if self.sender.try_send(record).is_err() {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
         }
@@ -243,6 +293,24 @@ mod tests {
     }
 
     #[test]
+    fn long_messages_are_cut_at_a_character_boundary_saying_how_much() {
+        assert_eq!(bound_text("short".to_owned(), 10), "short");
+        let cut = bound_text("é".repeat(10), 5);
+        assert_eq!(cut, "éé… [16 of 20 bytes cut]");
+        assert_eq!(bounded_copy(&"é".repeat(10), 5), cut);
+        let huge = bound_text("x".repeat(10 << 20), MAX_MESSAGE_BYTES);
+        assert!(huge.len() < MAX_MESSAGE_BYTES + 64, "{}", huge.len());
+        let monitor = ErrorMonitor::new(1);
+        monitor.report(FailureRecord {
+            message: "y".repeat(1 << 20),
+            ..record(1)
+        });
+        let kept = monitor.errors().unwrap().try_recv().unwrap();
+        assert!(kept.message.len() < MAX_MESSAGE_BYTES + 64);
+        assert!(kept.message.ends_with("bytes cut]"), "{}", &kept.message[4000..]);
+    }
+
+    #[test]
     fn kinds_have_stable_names() {
         let names: Vec<_> = FailureKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(
@@ -255,6 +323,7 @@ mod tests {
                 "out-of-fuel",
                 "timeout",
                 "memory-limit",
+                "resource-limit",
                 "host-error",
                 "plugin-load"
             ]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use evhost::{BusError, EventBus, FailureKind, FailureRecord, Limits, PluginOptions};
+use evhost::{BusError, Event, EventBus, FailureKind, FailureRecord, Limits, PluginOptions};
 use serde_json::json;
 
 use crate::{Host, recorder, wasm};
@@ -22,9 +22,9 @@ fn unmetered(timeout: Duration) -> PluginOptions {
     })
 }
 
-fn poke(n: usize) -> Vec<evhost::Event> {
+fn poke(n: usize) -> Vec<Event> {
     (0..n)
-        .map(|i| evhost::Event::new("Poke", "tests", json!({ "n": i })))
+        .map(|i| Event::new("Poke", "tests", json!({ "n": i })))
         .collect()
 }
 
@@ -203,4 +203,53 @@ async fn config_values_reach_the_plugin() {
         .insert("reason".into(), "configured by the manifest".into());
     let (record, _, _) = single_failure(wasm::RETURNS_REJECT, options).await;
     assert_eq!(record.message, "configured by the manifest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_emitting_for_itself_stops_at_the_causation_depth_limit() {
+    let host = Host::new().await;
+    let mut errors = host.bus.errors().unwrap();
+    let chain = recorder(&host.bus, "Amplified");
+    let mut options = PluginOptions::default();
+    options.config.insert("count".into(), "1".into());
+    options.limits.emit_depth = 5;
+    host.load(wasm::AMPLIFIER, options).await;
+    host.publish_and_wait(vec![Event::new("Attack", "tests", json!({}))])
+        .await;
+    let depths: Vec<u32> = chain
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.causation_depth())
+        .collect();
+    assert_eq!(depths, [1, 2, 3, 4, 5], "one event per hop, up to the limit");
+    let record = errors.recv().await.unwrap();
+    assert_eq!(record.kind, FailureKind::ResourceLimit, "{record}");
+    assert!(record.message.contains("`emit_depth`"), "{}", record.message);
+    assert!(record.message.contains("6 hops"), "{}", record.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_keys_merges_the_invocations_writes_with_the_stored_keys_page_by_page() {
+    let host = Host::new().await;
+    let mut options = PluginOptions::default();
+    options.config.insert("keys".into(), "1500".into());
+    let mut errors = host.bus.errors().unwrap();
+    host.load(wasm::KV_LISTER, options).await;
+    // Keys of `a` are stored; those of `b` sort between them and are only buffered
+    // while the second event lists.
+    host.publish_and_wait(vec![Event::new("Attack", "tests", json!({})).with_subject("a")])
+        .await;
+    assert_eq!(host.kv_bytes("kv-lister", "count").as_deref(), Some(&b"1500"[..]));
+    host.publish_and_wait(vec![Event::new("Attack", "tests", json!({})).with_subject("b")])
+        .await;
+    assert!(
+        errors.try_recv().is_err(),
+        "every listing was complete and in order"
+    );
+    assert_eq!(
+        host.kv_bytes("kv-lister", "count").as_deref(),
+        Some(&b"3001"[..]),
+        "1,500 stored keys, `count` and 1,500 buffered keys"
+    );
 }

@@ -16,12 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use evhost::store::KeyValueStore as _;
 use evhost::store::sqlite::{SqliteStore, StoreOptions};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::binary::{Running, TempDir, get_text, install};
+use crate::support::{Running, TempDir, get_text, install};
 use crate::wasm;
 
 const SOURCE: &str = "crash-test";
@@ -348,17 +347,17 @@ async fn counter(http: &reqwest::Client, host: &Running, key: &str) -> Option<u6
 /// Every key of `namespace` with its value, read from the store of a stopped host.
 fn read_namespace(store: &SqliteStore, namespace: &str) -> BTreeMap<String, Vec<u8>> {
     let mut entries = BTreeMap::new();
-    let mut cursor = None;
+    let mut after: Option<String> = None;
     loop {
-        let (keys, next) = store.list_keys(namespace, cursor, 1000).unwrap();
-        for key in keys {
-            let value = store.kv_get(namespace, &key).unwrap().unwrap();
-            entries.insert(key, value);
+        let page = store.kv_keys(namespace, after.as_deref(), 1000).unwrap();
+        for key in &page.keys {
+            let value = store.kv_get(namespace, key).unwrap().unwrap();
+            entries.insert(key.clone(), value);
         }
-        match next {
-            Some(next) => cursor = Some(next),
-            None => return entries,
+        if !page.more {
+            return entries;
         }
+        after = page.keys.last().cloned();
     }
 }
 

@@ -8,7 +8,7 @@ use evhost::outbox::Outbox;
 use serde_json::json;
 use tokio_postgres::NoTls;
 
-use crate::binary::{Running, TempDir, client, eventually, evhost, install, kv, post_events, structured};
+use crate::support::{Running, TempDir, client, eventually, evhost, install, kv, post_events, structured};
 use crate::wasm;
 
 #[test]

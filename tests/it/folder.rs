@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use evhost::plugins::{PluginFolder, PluginFolderOptions};
 use evhost::runtime::content_hash;
 use evhost::{AsyncEventBus, Event, EventBus, FailureKind, FailureRecord, Runtime, RuntimeConfig};
+use futures::FutureExt as _;
 use serde_json::json;
 
 use crate::{Host, wasm};
@@ -113,7 +114,7 @@ impl Fixture {
     }
 
     fn seen(&self, plugin: &str, key: &str) -> bool {
-        self.host.kv.get(plugin, key).unwrap().is_some()
+        self.host.kv_bytes(plugin, key).is_some()
     }
 
     /// Publishes one `Tick` and waits until the bus has handled it.
@@ -290,7 +291,9 @@ async fn replace_under_load(fixture: &Fixture) {
                 .host
                 .kv
                 .list_keys("healthy", None, 1)
-                .is_ok_and(|(keys, _)| !keys.is_empty())
+                .now_or_never()
+                .expect("the in-memory store answers at once")
+                .is_ok_and(|page| !page.keys.is_empty())
     })
     .await;
     // Copied over the file in place, as a deploy script would.
@@ -571,40 +574,38 @@ async fn an_unchanged_file_is_not_reloaded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_file_with_a_taken_name_waits_for_the_name() {
-    let fixture = Fixture::open("clash", |dir| {
+async fn a_file_declaring_another_plugins_name_is_refused_and_never_sees_its_data() {
+    let fixture = Fixture::open("thief", |dir| {
         dir.copy(wasm::HEALTHY, "healthy.wasm");
         dir.copy(wasm::HEALTHY_V2, "healthy-next.wasm");
     })
     .await;
-    let status = fixture.folder.status("healthy").unwrap();
-    assert_eq!(
-        status.file,
-        fixture.dir.path("healthy.wasm"),
-        "the first in name order wins"
-    );
-    let clash = fixture.load_failure("healthy-next.wasm", |_| true).await;
+    let id = fixture.tick().await;
+    assert!(fixture.seen("healthy", &format!("seen:{id}")));
+    let refused = fixture.load_failure("healthy-next.wasm", |_| true).await;
     assert!(
-        clash.message.contains("`healthy` is already served by"),
+        refused
+            .message
+            .contains("declares the name `healthy`, but it is loaded as `healthy-next`"),
         "{}",
-        clash.message
+        refused.message
     );
-    assert!(clash.message.contains("healthy.wasm"), "{}", clash.message);
     assert_eq!(fixture.host.bus.metrics().subscriptions.len(), 1);
 
+    // Even with the owner gone, the impostor does not get the owner's name or data.
     std::fs::remove_file(fixture.dir.path("healthy.wasm")).unwrap();
     fixture
         .folder
         .sync_file(&fixture.dir.path("healthy.wasm"))
         .await
         .unwrap();
-    let status = fixture.folder.status("healthy").unwrap();
-    assert_eq!(
-        status.file,
-        fixture.dir.path("healthy-next.wasm"),
-        "the waiting file took over"
-    );
-    assert_eq!(status.hash, file_hash(wasm::HEALTHY_V2));
+    let again = fixture
+        .folder
+        .sync_file(&fixture.dir.path("healthy-next.wasm"))
+        .await;
+    assert!(again.is_err(), "still refused");
+    assert!(fixture.folder.statuses().is_empty(), "nothing serves");
+    assert!(fixture.host.bus.metrics().subscriptions.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

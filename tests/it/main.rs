@@ -7,12 +7,16 @@ mod durability;
 mod examples;
 mod folder;
 mod loading;
+#[path = "../support/mod.rs"]
+#[allow(dead_code, reason = "each test binary uses some of the helpers")]
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use evhost::store::KeyValueStore;
 use evhost::{AsyncBusConfig, AsyncEventBus, Event, EventBus, Plugin, PluginOptions, Runtime, RuntimeConfig};
+use futures::FutureExt as _;
 
 /// Paths of the built `.wasm` files, one constant per plugin crate.
 #[allow(dead_code, reason = "not every test uses every plugin")]
@@ -61,10 +65,17 @@ impl Host {
     }
 
     fn kv_json(&self, plugin: &str, key: &str) -> Option<serde_json::Value> {
+        self.kv_bytes(plugin, key)
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// A value of the in-memory store (whose reads are ready at once).
+    fn kv_bytes(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
         self.kv
             .get(plugin, key)
+            .now_or_never()
+            .expect("the in-memory store answers at once")
             .unwrap()
-            .map(|bytes| serde_json::from_slice(&bytes).unwrap())
     }
 
     async fn publish_and_wait(&self, events: Vec<Event>) {

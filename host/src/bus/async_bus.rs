@@ -9,18 +9,26 @@
 //! writes). A subscription's pending deliveries in the log are queued when it subscribes:
 //! that is how a restart on a durable log redelivers what was not acknowledged.
 //!
+//! Isolation: a subscription runs at most its concurrency limit of invocations, and a
+//! worker queues for its bus-wide permit again after every call that had to wait, so a
+//! slow subscription cannot hold every slot. Events a handler emits take room from its
+//! own subscription's `emitted_capacity`, so a handler feeding itself is held back alone.
+//! A panic in the bus's own work or in the log fails the delivery, never the worker.
+//!
 //! Ordering: a queue holds unkeyed events and *keys*. All events with one ordering key wait
 //! in that key's own FIFO; the key is handed to one worker at a time, so a subscription
 //! sees a key's events one by one in publish order while other keys run in parallel.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher as _;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -31,7 +39,7 @@ use super::in_flight::InFlight;
 use super::{
     Apply, BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, Effects, EventBus, EventHandler, EventSink,
     HandlerError, HandlerOutcome, Pattern, StopReport, SubscribeOptions, Subscription, SubscriptionId,
-    failure_record, invoke, validate,
+    failure_record, invoke, panic_message, validate,
 };
 use crate::event::Event;
 use crate::metrics::BusMetrics;
@@ -46,8 +54,10 @@ use crate::store::{
 const KEY_STREAK: u32 = 64;
 /// Finished events a worker counts out of the bus at once.
 const RELEASE_BATCH: usize = 64;
-/// How many invocations a worker makes on one bus-wide permit before queueing for it
-/// again, so a busy subscription cannot starve the others.
+/// How many quick invocations (done on their first poll) a worker makes on one bus-wide
+/// permit before queueing for it again, so a busy subscription cannot starve the others.
+/// After a call that had to wait the worker always queues again: the semaphore is fair,
+/// so slow calls cannot keep slots from other subscriptions.
 const PERMIT_STREAK: u32 = 64;
 /// Most acknowledgements of unkeyed events a worker stores in one commit. Keyed ones are
 /// stored one by one, before the key moves on.
@@ -75,6 +85,12 @@ pub struct AsyncBusConfig {
     pub handler_timeout: Duration,
     /// Accepted events not yet fully handled that the bus holds at most. This bounds memory.
     pub capacity: usize,
+    /// Events each subscription's handler emitted that the bus holds unfinished at most,
+    /// on top of `capacity` (they may not wait for room publishers hold). A handler whose
+    /// emitted events do not fit waits for room, up to its timeout, and then fails as
+    /// `resource-limit` (and is retried): a handler feeding itself cannot grow the bus
+    /// without bound, and uses up only its own room, not other handlers'.
+    pub emitted_capacity: usize,
     /// What publishing does when `capacity` is reached.
     pub backpressure: Backpressure,
     /// Unconsumed failure records the error monitor keeps before counting overflow.
@@ -84,19 +100,26 @@ pub struct AsyncBusConfig {
     /// Default retry policy ([`SubscribeOptions::retry`] overrides it). The default makes
     /// one attempt: a failure is dead-lettered at once.
     pub retry: RetryPolicy,
+    /// The tokio runtime handlers run on (the bus's workers and retry timers); the runtime
+    /// the bus is used from when `None`. `evhost run` gives plugins a runtime of their own,
+    /// so that however busy they keep its threads, the HTTP API and the store keep theirs.
+    pub executor: Option<tokio::runtime::Handle>,
 }
 
 impl Default for AsyncBusConfig {
     fn default() -> Self {
         Self {
             max_concurrency: 256,
-            subscription_concurrency: 256,
+            // Well below the bus-wide limit: one slow subscription cannot take every slot.
+            subscription_concurrency: 32,
             handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             capacity: 100_000,
+            emitted_capacity: 1_000,
             backpressure: Backpressure::Wait,
             monitor_capacity: monitor::DEFAULT_CAPACITY,
             drain_timeout: Duration::from_secs(30),
             retry: RetryPolicy::no_retries(),
+            executor: None,
         }
     }
 }
@@ -162,6 +185,9 @@ struct Lane {
     subscription: Subscription,
     concurrency: usize,
     retry: RetryPolicy,
+    /// Room for the events this subscription's handler emitted and the bus has not
+    /// finished (`emitted_capacity`); kept by a replacement of the same name.
+    emitted: Arc<InFlight>,
     queue: Mutex<Queue>,
 }
 
@@ -217,11 +243,13 @@ struct PreparedAck {
     emitted: Option<Emitted>,
 }
 
-/// Events a handler emitted, with the routing table they were routed by.
+/// Events a handler emitted, with the routing table they were routed by and the room
+/// reserved for them.
 #[derive(Debug)]
 struct Emitted {
     lanes: Arc<[Arc<Lane>]>,
     events: Vec<Arc<Event>>,
+    room: Arc<InFlight>,
 }
 
 /// A delivery whose handler succeeded, waiting in its worker for the next commit.
@@ -240,6 +268,9 @@ struct Delivery {
     remaining: AtomicUsize,
     /// Present for `publish_sync`, which waits for every outcome.
     report: Option<ReportCollector>,
+    /// For an event a handler emitted: the emitting subscription's room for emitted events,
+    /// which it holds until it is finished.
+    emitted_by: Option<Arc<InFlight>>,
 }
 
 /// What `Inner::accept` hands back.
@@ -275,8 +306,8 @@ impl AsyncEventBus {
     /// A bus that stores accepted events and progress in `log`.
     ///
     /// # Panics
-    /// If `max_concurrency`, `subscription_concurrency`, `capacity` or `monitor_capacity`
-    /// is zero.
+    /// If `max_concurrency`, `subscription_concurrency`, `capacity`, `emitted_capacity` or
+    /// `monitor_capacity` is zero.
     pub fn with_log(config: AsyncBusConfig, log: Arc<dyn EventLog>) -> Self {
         assert!(config.max_concurrency > 0, "max_concurrency must be at least 1");
         assert!(
@@ -284,6 +315,7 @@ impl AsyncEventBus {
             "subscription_concurrency must be at least 1"
         );
         assert!(config.capacity > 0, "capacity must be at least 1");
+        assert!(config.emitted_capacity > 0, "emitted_capacity must be at least 1");
         let cancel = CancellationToken::new();
         let inner = Inner {
             durable: log.is_durable(),
@@ -413,9 +445,12 @@ impl AsyncEventBus {
             }
             // A replacement of the same name keeps counting where the old one left off, so
             // metrics do not restart at every plugin reload.
-            let metrics = match replaced {
-                Some(old) if same_name => Arc::clone(&old.subscription.metrics),
-                _ => Arc::default(),
+            let (metrics, emitted) = match replaced {
+                Some(old) if same_name => (Arc::clone(&old.subscription.metrics), Arc::clone(&old.emitted)),
+                _ => (
+                    Arc::default(),
+                    Arc::new(InFlight::new(inner.config.emitted_capacity)),
+                ),
             };
             let lane = Arc::new(Lane {
                 subscription: Subscription {
@@ -428,6 +463,7 @@ impl AsyncEventBus {
                 },
                 concurrency,
                 retry,
+                emitted,
                 queue: Mutex::default(),
             });
             // What the log holds for this name is queued before the lane routes anything,
@@ -631,7 +667,7 @@ impl Inner {
             events: events.clone(),
             checkpoint,
         };
-        let appended = match inner.log.append(batch).await {
+        let appended = match contained(|| inner.log.append(batch)).await {
             Ok(appended) => appended,
             Err(error) => {
                 inner.in_flight.release(n);
@@ -658,6 +694,7 @@ impl Inner {
                 offset: appended.offset,
                 remaining: AtomicUsize::new(0),
                 report,
+                emitted_by: None,
             };
             if appended.duplicate {
                 delivery.complete_duplicate();
@@ -721,13 +758,11 @@ impl Inner {
         unrouted
     }
 
-    /// Queues the events a handler emitted, once their commit stored them.
-    fn dispatch_emitted(
-        self: &Arc<Self>,
-        lanes: &[Arc<Lane>],
-        events: Vec<Arc<Event>>,
-        appended: &[Appended],
-    ) {
+    /// Queues the events a handler emitted, once their commit stored them. Their room was
+    /// reserved before the commit; duplicates and unrouted events give theirs back.
+    fn dispatch_emitted(self: &Arc<Self>, emitted: Emitted, appended: &[Appended]) {
+        let Emitted { lanes, events, room } = emitted;
+        let reserved = events.len();
         let deliveries: Vec<Arc<Delivery>> = events
             .into_iter()
             .zip(appended)
@@ -738,16 +773,19 @@ impl Inner {
                     offset: appended.offset,
                     remaining: AtomicUsize::new(0),
                     report: None,
+                    emitted_by: Some(Arc::clone(&room)),
                 })
             })
             .collect();
-        // Not bounded by the capacity: a handler waiting for room its own events take
-        // would wait forever.
+        room.release(reserved - deliveries.len());
+        // Not bounded by `capacity`: a handler waiting for room its own event occupies
+        // would wait forever. The emitter's room bounds them instead.
         self.in_flight.force_reserve(deliveries.len());
         self.accepted
             .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
-        let unrouted = self.dispatch(lanes, deliveries);
+        let unrouted = self.dispatch(&lanes, deliveries);
         self.in_flight.release(unrouted);
+        room.release(unrouted);
     }
 
     /// A delivery the log holds (pending after a restart, or replayed), counted in.
@@ -759,6 +797,7 @@ impl Inner {
                 offset: stored.offset,
                 remaining: AtomicUsize::new(1),
                 report: None,
+                emitted_by: None,
             }),
             attempt: stored.attempt,
         }
@@ -849,6 +888,14 @@ impl Inner {
         Ok(added)
     }
 
+    /// Spawns bus work (a worker, a retry timer, a commit) on the handlers' runtime.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        match &self.config.executor {
+            Some(executor) => drop(self.workers.spawn_on(task, executor)),
+            None => drop(self.workers.spawn(task)),
+        }
+    }
+
     fn lanes(&self) -> Arc<[Arc<Lane>]> {
         Arc::clone(&self.lanes.read().unwrap_or_else(|e| e.into_inner()))
     }
@@ -893,7 +940,7 @@ impl Inner {
         queue.workers += wanted;
         drop(queue);
         for _ in 0..wanted {
-            self.workers.spawn(Arc::clone(self).work(Arc::clone(lane)));
+            self.spawn(Arc::clone(self).work(Arc::clone(lane)));
         }
     }
 
@@ -930,7 +977,8 @@ impl Inner {
                 self.release_finished(&mut worker);
                 return;
             };
-            if worker.permit.is_none() || worker.permit_uses >= PERMIT_STREAK {
+            let waited = std::mem::take(&mut worker.waited);
+            if worker.permit.is_none() || worker.permit_uses >= PERMIT_STREAK || waited {
                 drop(worker.permit.take());
                 self.release_finished(&mut worker);
                 tokio::select! {
@@ -942,16 +990,31 @@ impl Inner {
                 worker.permit_uses = 0;
             }
             worker.permit_uses += 1;
-            let Some(attempted) = self
-                .blocking(&lane, &mut worker, self.attempt(&lane, &mut pending))
-                .await
-            else {
+            // The handler's own panics are caught by `invoke`; these are the bus's.
+            let attempt = AssertUnwindSafe(self.attempt(&lane, &mut pending)).catch_unwind();
+            let Some(attempted) = self.blocking(&lane, &mut worker, attempt).await else {
                 return;
+            };
+            let attempted = match attempted {
+                Ok(attempted) => attempted,
+                Err(panic) => {
+                    let error = HandlerError::new(
+                        FailureKind::HostError,
+                        format!("evhost panicked running the delivery: {}", panic_message(&*panic)),
+                    );
+                    Err(failure_record(
+                        &lane.subscription,
+                        &pending.delivery.event,
+                        pending.attempt,
+                        &error,
+                        &self.monitor,
+                    ))
+                }
             };
             match attempted {
                 Ok(prepared) => worker.acks.push(Ack { pending, prepared }),
                 Err(failure) => {
-                    let recorded = self.record_failure(&lane, &pending, failure);
+                    let recorded = self.record_failure_contained(&lane, &pending, failure);
                     let Some(settled) = self.blocking(&lane, &mut worker, recorded).await else {
                         return;
                     };
@@ -975,6 +1038,7 @@ impl Inner {
         if let Poll::Ready(output) = futures::poll!(work.as_mut()) {
             return Some(output);
         }
+        worker.waited = true;
         self.release_finished(worker);
         // A worker the lane already let go of (it found nothing more to do) is not counted.
         if !worker.retired && !std::mem::replace(&mut worker.blocked, true) {
@@ -988,7 +1052,7 @@ impl Inner {
                 Arc::clone(lane),
                 std::mem::take(&mut worker.acks),
             );
-            self.workers.spawn(async move {
+            self.spawn(async move {
                 let mut detached = WorkerState::default();
                 let stored = inner.commit_acks(acks).await;
                 inner.settle_acks(&lane, stored, &mut detached).await;
@@ -1012,13 +1076,73 @@ impl Inner {
         true
     }
 
-    /// Calls the handler once and prepares the acknowledgement of its effects.
+    /// Calls the handler once and prepares the acknowledgement of its effects, with room
+    /// reserved for the events it emitted.
     async fn attempt(&self, lane: &Lane, pending: &mut Pending) -> Result<PreparedAck, FailureRecord> {
         pending.attempt += 1;
         let (subscription, event) = (&lane.subscription, &pending.delivery.event);
         let effects = invoke(subscription, event, pending.attempt, &self.monitor, Apply::Return).await?;
-        self.prepare_ack(lane, &pending.delivery, effects)
-            .map_err(|error| failure_record(subscription, event, pending.attempt, &error, &self.monitor))
+        let emitted = effects.emitted.len();
+        let prepared = match self.reserve_emitted(lane, emitted).await {
+            Ok(()) => self
+                .prepare_ack(lane, &pending.delivery, effects)
+                .inspect_err(|_| {
+                    lane.emitted.release(emitted);
+                }),
+            Err(error) => Err(error),
+        };
+        prepared.map_err(|error| failure_record(subscription, event, pending.attempt, &error, &self.monitor))
+    }
+
+    /// Reserves room in the lane's budget for `n` emitted events, waiting for it up to the
+    /// subscription's timeout: backpressure on a handler that emits faster than the bus
+    /// finishes what it emitted.
+    async fn reserve_emitted(&self, lane: &Lane, n: usize) -> Result<(), HandlerError> {
+        if n == 0 || lane.emitted.try_reserve(n) {
+            return Ok(());
+        }
+        let capacity = lane.emitted.capacity();
+        let wait = lane.subscription.timeout;
+        let reserved = n <= capacity
+            && tokio::time::timeout(wait, lane.emitted.reserve(n, || self.cancel.is_cancelled()))
+                .await
+                .unwrap_or(false);
+        if reserved {
+            return Ok(());
+        }
+        Err(HandlerError::new(
+            FailureKind::ResourceLimit,
+            format!(
+                "no room for the {n} events the handler emitted within {wait:?}: at most {capacity} events \
+                 it emitted may be unfinished at once (`bus.emitted_capacity`)"
+            ),
+        ))
+    }
+
+    /// [`Inner::record_failure`], with a panic in it ending the delivery here (the log
+    /// still holds it pending: a restart delivers it again) rather than the worker.
+    async fn record_failure_contained(
+        &self,
+        lane: &Lane,
+        pending: &Pending,
+        failure: FailureRecord,
+    ) -> Settled {
+        let error = HandlerError::new(failure.kind, failure.message.clone());
+        match AssertUnwindSafe(self.record_failure(lane, pending, failure))
+            .catch_unwind()
+            .await
+        {
+            Ok(settled) => settled,
+            Err(panic) => {
+                tracing::error!(
+                    subscription = %lane.subscription.name,
+                    offset = pending.delivery.offset,
+                    "evhost panicked storing a failed delivery: {}",
+                    panic_message(&*panic)
+                );
+                Settled::Done(Err(error))
+            }
+        }
     }
 
     /// Stores a failed attempt: as a retry if the policy allows another, else as a dead
@@ -1029,7 +1153,7 @@ impl Inner {
         let retry = failure.kind != FailureKind::Reject && pending.attempt < lane.retry.max_attempts;
         let delay = lane.retry.backoff(pending.attempt, rand_unit());
         let outcome = if retry {
-            let not_before = Utc::now() + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX / 2);
+            let not_before = saturating_after(delay);
             DeliveryOutcome::Retry {
                 attempt: pending.attempt,
                 not_before,
@@ -1039,12 +1163,22 @@ impl Inner {
             DeliveryOutcome::DeadLettered { failure }
         };
         let commit = self.delivery_commit(lane, delivery, outcome);
-        match self.log.commit(vec![commit]).await.as_deref() {
-            Ok([CommitOutcome::Committed { .. }]) => {}
+        let committed =
+            contained(|| self.log.commit(vec![commit]))
+                .await
+                .and_then(|outcomes| match outcomes[..] {
+                    [CommitOutcome::Committed { .. }] => Ok(true),
+                    [CommitOutcome::AlreadyDone] => Ok(false),
+                    _ => Err(LogError(format!(
+                        "one commit answered with {} outcomes",
+                        outcomes.len()
+                    ))),
+                });
+        match committed {
+            Ok(true) => {}
             // Another delivery of the event (a replay racing a restart's redelivery)
             // finished it first.
-            Ok([CommitOutcome::AlreadyDone]) => return Settled::Done(Err(error)),
-            Ok(other) => unreachable!("one outcome per commit, got {other:?}"),
+            Ok(false) => return Settled::Done(Err(error)),
             Err(log_error) => {
                 // The log still has the delivery pending: a restart delivers it again.
                 tracing::error!(
@@ -1102,6 +1236,7 @@ impl Inner {
             emitted: lanes.map(|lanes| Emitted {
                 lanes,
                 events: emitted,
+                room: Arc::clone(&lane.emitted),
             }),
         })
     }
@@ -1113,16 +1248,29 @@ impl Inner {
             .into_iter()
             .map(|Ack { pending, prepared }| (prepared.commit, (pending, prepared.emitted)))
             .unzip();
-        match self.log.commit(commits).await {
+        let committed = contained(|| self.log.commit(commits)).await.and_then(|outcomes| {
+            if outcomes.len() == rest.len() {
+                Ok(outcomes)
+            } else {
+                Err(LogError(format!(
+                    "the event log answered {} commits with {} outcomes",
+                    rest.len(),
+                    outcomes.len()
+                )))
+            }
+        });
+        match committed {
             Ok(outcomes) => rest
                 .into_iter()
                 .zip(outcomes)
                 .map(|((pending, emitted), outcome)| {
-                    // `AlreadyDone`: its effects are in the log already (a redelivery).
-                    if let (CommitOutcome::Committed { emitted: appended }, Some(emitted)) =
-                        (outcome, emitted)
-                    {
-                        self.dispatch_emitted(&emitted.lanes, emitted.events, &appended);
+                    match (outcome, emitted) {
+                        (CommitOutcome::Committed { emitted: appended }, Some(emitted)) => {
+                            self.dispatch_emitted(emitted, &appended);
+                        }
+                        // `AlreadyDone`: its effects are in the log already (a redelivery).
+                        (_, Some(emitted)) => emitted.room.release(emitted.events.len()),
+                        (_, None) => {}
                     }
                     (pending, Ok(()))
                 })
@@ -1133,7 +1281,12 @@ impl Inner {
                     format!("committing the delivery and its effects failed: {e}"),
                 );
                 rest.into_iter()
-                    .map(|(pending, _)| (pending, Err(error.clone())))
+                    .map(|(pending, emitted)| {
+                        if let Some(emitted) = emitted {
+                            emitted.room.release(emitted.events.len());
+                        }
+                        (pending, Err(error.clone()))
+                    })
                     .collect()
             }
         }
@@ -1158,7 +1311,7 @@ impl Inner {
                         &error,
                         &self.monitor,
                     );
-                    self.record_failure(lane, &pending, failure).await
+                    self.record_failure_contained(lane, &pending, failure).await
                 }
             };
             self.settle(lane, pending, settled, worker);
@@ -1204,7 +1357,7 @@ impl Inner {
     /// in the lane's map without being ready, which holds the key's later events.
     fn retry_later(self: &Arc<Self>, lane: &Arc<Lane>, pending: Pending, key: Option<u64>, delay: Duration) {
         let (inner, lane) = (Arc::clone(self), Arc::clone(lane));
-        self.workers.spawn(async move {
+        self.spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = inner.cancel.cancelled() => return,
@@ -1246,6 +1399,9 @@ impl Inner {
         }
         if delivery.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             delivery.complete();
+            if let Some(room) = &delivery.emitted_by {
+                room.release(1);
+            }
             worker.finished += 1;
             if worker.finished >= RELEASE_BATCH || delivery.report.is_some() {
                 self.release_finished(worker);
@@ -1298,6 +1454,8 @@ struct WorkerState {
     running: bool,
     /// Whether the worker's current handler returned `Pending`.
     blocked: bool,
+    /// Whether something the worker ran since it took its permit had to wait.
+    waited: bool,
     /// Events this worker completed that are not yet counted out of the bus.
     finished: usize,
     /// Successful deliveries whose acknowledgement is not stored yet.
@@ -1480,6 +1638,30 @@ impl EventBus for AsyncEventBus {
             .idle(|| inner.state.load(Ordering::SeqCst) == STOPPED)
             .await;
     }
+}
+
+/// Makes a call into the log with a panic — in the call or in the future it returns —
+/// turned into a [`LogError`]: a faulty log must not take down a worker, and the events
+/// it holds, with it.
+async fn contained<'a, T>(call: impl FnOnce() -> BoxFuture<'a, Result<T, LogError>>) -> Result<T, LogError> {
+    let panicked = |panic: Box<dyn std::any::Any + Send>| {
+        LogError(format!("the event log panicked: {}", panic_message(&*panic)))
+    };
+    let future = std::panic::catch_unwind(AssertUnwindSafe(call)).map_err(panicked)?;
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(panicked(panic)))
+}
+
+/// Now plus `delay`, or the end of the year 9999 when that is further: the latest time
+/// RFC 3339 writes with a four-digit year, which every store reads back.
+fn saturating_after(delay: Duration) -> chrono::DateTime<Utc> {
+    let latest = chrono::DateTime::<Utc>::from_timestamp(253_402_300_799, 0).expect("9999-12-31T23:59:59Z");
+    TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|delay| Utc::now().checked_add_signed(delay))
+        .map_or(latest, |time| time.min(latest))
 }
 
 /// A uniform sample from `0.0..1.0` for backoff jitter (not for anything that needs

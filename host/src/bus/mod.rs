@@ -29,7 +29,7 @@ pub use async_bus::{AsyncBusConfig, AsyncEventBus, Backpressure};
 pub use memory::InMemoryEventBus;
 pub use pattern::Pattern;
 pub use retry::RetryPolicy;
-pub(crate) use subscription::{Apply, Subscription, failure_record, invoke};
+pub(crate) use subscription::{Apply, Subscription, failure_record, invoke, panic_message};
 
 /// Per-invocation timeout unless a subscription sets its own.
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -192,10 +192,12 @@ impl HandlerError {
     }
 
     /// A failure of a given kind (used by the host for traps, timeouts and the like).
+    /// A message longer than [`MAX_MESSAGE_BYTES`](crate::monitor::MAX_MESSAGE_BYTES) is
+    /// cut to it.
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         Self {
             kind,
-            message: message.into(),
+            message: crate::monitor::bound_text(message.into(), crate::monitor::MAX_MESSAGE_BYTES),
             version: None,
         }
     }

@@ -44,13 +44,14 @@ impl RetryPolicy {
     /// How long to wait after attempt `failed_attempt` (1 for the first delivery) failed.
     /// `random` is a uniform sample from `0.0..1.0`: the delay is spread by up to ±jitter
     /// around the exponential value so that events that failed together do not retry in
-    /// lockstep. Never more than `max_backoff`.
+    /// lockstep. Never more than `max_backoff`; whatever the policy's values (an infinite
+    /// or NaN product included), never a panic.
     pub fn backoff(&self, failed_attempt: u32, random: f64) -> Duration {
         let exponent = i32::try_from(failed_attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let max = self.max_backoff.as_secs_f64();
         let base = (self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent)).min(max);
         let spread = 1.0 + self.jitter * (2.0 * random.clamp(0.0, 1.0) - 1.0);
-        Duration::from_secs_f64((base * spread).clamp(0.0, max))
+        Duration::try_from_secs_f64((base * spread).clamp(0.0, max)).unwrap_or(self.max_backoff)
     }
 }
 
@@ -75,5 +76,25 @@ mod tests {
         };
         assert_eq!(jittery.backoff(1, 0.0).as_millis(), 80);
         assert_eq!(jittery.backoff(1, 1.0).as_millis(), 120);
+    }
+
+    #[test]
+    fn extreme_policies_saturate_instead_of_panicking() {
+        let huge = RetryPolicy {
+            max_attempts: u32::MAX,
+            initial_backoff: Duration::MAX,
+            max_backoff: Duration::MAX,
+            multiplier: f64::MAX,
+            jitter: 1.0,
+        };
+        for attempt in [1, 2, 1000, u32::MAX] {
+            assert!(huge.backoff(attempt, 0.999) <= Duration::MAX);
+        }
+        let nan = RetryPolicy {
+            multiplier: f64::NAN,
+            max_backoff: Duration::from_secs(9),
+            ..huge
+        };
+        assert_eq!(nan.backoff(3, 0.5), Duration::from_secs(9));
     }
 }

@@ -130,10 +130,17 @@ pub(crate) fn failure_record(
 }
 
 fn panicked(panic: Box<dyn std::any::Any + Send>) -> HandlerError {
-    let message = panic
+    HandlerError::new(
+        FailureKind::Panic,
+        format!("handler panicked: {}", panic_message(&*panic)),
+    )
+}
+
+/// What a panic said, when it said it with a string.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with a non-string payload".to_owned());
-    HandlerError::new(FailureKind::Panic, format!("handler panicked: {message}"))
+        .unwrap_or_else(|| "a panic with a non-string payload".to_owned())
 }

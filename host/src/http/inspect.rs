@@ -131,19 +131,12 @@ pub(crate) async fn kv_value(
             "no plugin named {plugin:?} is loaded"
         )));
     }
-    let kv = Arc::clone(&state.kv);
-    let (namespace, lookup) = (plugin.clone(), key.clone());
-    // A durable store reads from disk: keep that off the async workers.
-    let value = tokio::task::spawn_blocking(move || kv.get(&namespace, &lookup))
-        .await
-        .map_err(|join| {
-            ApiError::Internal(anyhow::Error::new(join).context("reading a plugin's key-value store"))
-        })?
-        .map_err(|error| {
-            ApiError::Internal(
-                anyhow::Error::new(error).context(format!("reading key {key:?} of plugin {plugin:?}")),
-            )
-        })?;
+    // A durable store reads on a blocking thread of its own.
+    let value = state.kv.get(&plugin, &key).await.map_err(|error| {
+        ApiError::Internal(
+            anyhow::Error::new(error).context(format!("reading key {key:?} of plugin {plugin:?}")),
+        )
+    })?;
     let Some(value) = value else {
         return Err(ApiError::NotFound(format!(
             "plugin {plugin:?} has no key {key:?}"

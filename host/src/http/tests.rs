@@ -899,6 +899,12 @@ async fn plugins_lists_the_catalog_with_counters() {
             "fuel": limits.fuel,
             "timeout_ms": limits.timeout.as_millis() as u64,
             "memory_bytes": limits.memory_bytes,
+            "kv_write_bytes": limits.kv_write_bytes,
+            "kv_writes": limits.kv_writes,
+            "emit_events": limits.emit_events,
+            "emit_bytes": limits.emit_bytes,
+            "emit_depth": limits.emit_depth,
+            "log_bytes": limits.log_bytes,
         })
     );
     assert_eq!(audit["concurrency"], 4);
@@ -1053,7 +1059,7 @@ async fn kv_values_are_served_read_only() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "read-only");
     assert_eq!(
-        h.kv.get(AUDIT, "user:u1").unwrap(),
+        h.kv.get(AUDIT, "user:u1").await.unwrap(),
         Some(br#"{"name":"Ada"}"#.to_vec())
     );
 }

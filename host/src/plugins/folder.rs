@@ -27,20 +27,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, DebouncedEvent, Debouncer, RecommendedCache};
 use serde::Serialize;
+use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::slot::Slot;
 use super::{Manifest, ManifestError};
 use crate::bus::{AsyncEventBus, EventBus, EventHandler, SubscriptionId};
 use crate::monitor::{FailureKind, FailureRecord};
-use crate::runtime::{Limits, Plugin, Runtime, content_hash};
+use crate::runtime::{Limits, Plugin, PluginOptions, Runtime, content_hash};
 use crate::store::KeyValueStore;
 
 /// How long a file must have gone unmodified before it is read, so that a writer that
@@ -50,6 +51,8 @@ const SETTLE: Duration = Duration::from_millis(50);
 const SETTLE_LIMIT: Duration = Duration::from_secs(2);
 /// Debounced batches of file events waiting for the reloading task.
 const WATCH_QUEUE: usize = 64;
+/// The largest manifest (`NAME.toml`) read.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// What the folder reports about one loaded plugin.
 #[derive(Debug, Clone, Serialize)]
@@ -125,13 +128,8 @@ impl std::fmt::Debug for PluginFolder {
 
 #[derive(Default)]
 struct State {
-    /// Loaded plugins by file stem (`NAME` of `NAME.wasm`).
+    /// Loaded plugins by name, which is their file stem (`NAME` of `NAME.wasm`).
     entries: BTreeMap<String, Entry>,
-    /// The file stem each plugin name is loaded from.
-    names: HashMap<String, String>,
-    /// Files refused because another file serves their plugin name (stem → name): they
-    /// are tried again when that name becomes free.
-    waiting_for_name: BTreeMap<String, String>,
     /// The last failure reported per file stem, so that one is reported once.
     reported: HashMap<String, String>,
 }
@@ -205,7 +203,7 @@ enum Prepared {
     Unchanged,
     Compiled {
         plugin: Arc<Plugin>,
-        manifest: Manifest,
+        manifest: Box<Manifest>,
     },
 }
 
@@ -213,8 +211,13 @@ impl PluginFolder {
     /// Loads every `NAME.wasm` in the folder (a `NAME.toml` beside it is its manifest,
     /// laid over the defaults) and subscribes it to `bus`. A file that fails to load is
     /// logged, reported to the bus's monitor as a
-    /// [`PluginLoad`](FailureKind::PluginLoad) failure and skipped. Of two files declaring
-    /// the same plugin name, the first in name order is loaded.
+    /// [`PluginLoad`](FailureKind::PluginLoad) failure and skipped.
+    ///
+    /// A plugin's name is its file name: a component whose metadata declares another name
+    /// is refused, so no file can take over another plugin's key-value data. A file
+    /// larger than the runtime's
+    /// [`max_component_bytes`](crate::RuntimeConfig::max_component_bytes) is refused
+    /// without being read.
     ///
     /// # Errors
     /// When the folder itself cannot be read, or `options.defaults` is invalid (see
@@ -259,7 +262,7 @@ impl PluginFolder {
             .collect()
             .await;
         for (stem, result) in prepared {
-            if let Err(error) = result.and_then(|prepared| folder.apply(&stem, prepared, true).map(drop)) {
+            if let Err(error) = result.and_then(|prepared| folder.apply(&stem, prepared, true)) {
                 folder.reject(&stem, &error);
             }
         }
@@ -332,9 +335,7 @@ impl PluginFolder {
 
     /// The plugin called `name`, if loaded.
     pub fn status(&self, name: &str) -> Option<PluginStatus> {
-        let mut state = self.lock_state();
-        let stem = state.names.get(name)?.clone();
-        state.entries.get_mut(&stem).map(Entry::status)
+        self.lock_state().entries.get_mut(name).map(Entry::status)
     }
 
     /// Successful loads after the initial ones: replaced versions and new files.
@@ -360,31 +361,12 @@ impl PluginFolder {
         let stem = plugin_stem(wasm_path)
             .with_context(|| format!("{} does not name a plugin file", wasm_path.display()))?;
         let _loading = self.loading.lock().await;
-        self.sync_stem(&stem).await
-    }
-
-    /// [`PluginFolder::sync_file`] with the loading lock held, then the same for files
-    /// waiting for a plugin name this freed.
-    async fn sync_stem(&self, stem: &str) -> anyhow::Result<()> {
-        let mut waiting = self.sync_one(stem).await?;
-        while let Some(stem) = waiting.pop() {
-            // Their failures are reported, and are theirs rather than this call's.
-            if let Ok(more) = self.sync_one(&stem).await {
-                waiting.extend(more);
-            }
-        }
-        Ok(())
-    }
-
-    /// Prepares and applies one file, reporting a failure. Returns the files waiting for
-    /// a plugin name this freed.
-    async fn sync_one(&self, stem: &str) -> anyhow::Result<Vec<String>> {
-        let outcome = match self.prepare(stem).await {
-            Ok(prepared) => self.apply(stem, prepared, false),
+        let outcome = match self.prepare(&stem).await {
+            Ok(prepared) => self.apply(&stem, prepared, false),
             Err(error) => Err(error),
         };
         if let Err(error) = &outcome {
-            self.reject(stem, error);
+            self.reject(&stem, error);
         }
         outcome
     }
@@ -392,7 +374,8 @@ impl PluginFolder {
     /// Reads the plugin's files and compiles its component, unless nothing changed.
     async fn prepare(&self, stem: &str) -> anyhow::Result<Prepared> {
         let file = self.wasm_path(stem);
-        let bytes = match read_settled(&file)
+        let max = self.runtime.config().max_component_bytes;
+        let bytes = match read_settled(&file, max, "`runtime.max_component_mb`")
             .await
             .with_context(|| format!("reading {}", file.display()))?
         {
@@ -411,16 +394,19 @@ impl PluginFolder {
             if unchanged {
                 return Ok::<_, anyhow::Error>(Prepared::Unchanged);
             }
+            // The file name is the plugin's identity; the metadata must agree.
+            let options = PluginOptions {
+                name: Some(stem.to_owned()),
+                ..manifest.plugin_options()
+            };
             let plugin = self
                 .runtime
-                .load(
-                    bytes,
-                    manifest.plugin_options(),
-                    Arc::clone(&self.kv),
-                    self.bus.sink(),
-                )
+                .load(bytes, options, Arc::clone(&self.kv), self.bus.sink())
                 .await?;
-            Ok(Prepared::Compiled { plugin, manifest })
+            Ok(Prepared::Compiled {
+                plugin,
+                manifest: Box::new(manifest),
+            })
         };
         load.await.with_context(|| format!("loading {}", file.display()))
     }
@@ -430,7 +416,7 @@ impl PluginFolder {
         let path = self.options.dir.join(format!("{stem}.toml"));
         // Settled like the component: a manifest caught between being truncated and
         // written would otherwise pass for an empty one, i.e. the defaults.
-        let own = match read_settled(&path).await {
+        let own = match read_settled(&path, MAX_MANIFEST_BYTES, "a manifest's 1 MiB").await {
             Ok(Some(bytes)) => {
                 let text = String::from_utf8(bytes).map_err(|e| ManifestError::Parse {
                     path: path.clone(),
@@ -444,22 +430,24 @@ impl PluginFolder {
         Ok(own.over(&self.options.defaults))
     }
 
-    /// Puts what [`PluginFolder::prepare`] produced into service. Returns the files
-    /// waiting for a plugin name this freed.
-    fn apply(&self, stem: &str, prepared: Prepared, initial: bool) -> anyhow::Result<Vec<String>> {
+    /// Puts what [`PluginFolder::prepare`] produced into service.
+    fn apply(&self, stem: &str, prepared: Prepared, initial: bool) -> anyhow::Result<()> {
         match prepared {
-            Prepared::Gone => Ok(self.unload(stem)),
+            Prepared::Gone => {
+                self.unload(stem);
+                Ok(())
+            }
             Prepared::Empty => {
                 tracing::debug!(file = %self.wasm_path(stem).display(), "ignoring an empty file (still being written?)");
-                Ok(Vec::new())
+                Ok(())
             }
             Prepared::Unchanged => {
                 tracing::debug!(file = %self.wasm_path(stem).display(), "plugin unchanged, not reloaded");
                 // Back to the version being served: a failure seen in between is over.
                 self.lock_state().reported.remove(stem);
-                Ok(Vec::new())
+                Ok(())
             }
-            Prepared::Compiled { plugin, manifest } => self.install(stem, plugin, manifest, initial),
+            Prepared::Compiled { plugin, manifest } => self.install(stem, plugin, *manifest, initial),
         }
     }
 
@@ -470,28 +458,15 @@ impl PluginFolder {
         plugin: Arc<Plugin>,
         manifest: Manifest,
         initial: bool,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> anyhow::Result<()> {
         let file = self.wasm_path(stem);
         let name = plugin.info().name.clone();
         let mut state = self.lock_state();
         let state = &mut *state;
-        if let Some(owner) = state.names.get(&name)
-            && owner != stem
-        {
-            state.waiting_for_name.insert(stem.to_owned(), name.clone());
-            bail!(
-                "loading {}: the plugin name `{name}` is already served by {}; a name can be loaded from \
-                 one file only (remove one of them, or rename the plugin in its metadata)",
-                file.display(),
-                self.wasm_path(owner).display(),
-            );
-        }
-        state.waiting_for_name.remove(stem);
         state.reported.remove(stem);
         let handler = Arc::clone(&plugin) as Arc<dyn EventHandler>;
         let patterns = plugin.info().subscriptions.clone();
         let now = Utc::now();
-        let mut freed = Vec::new();
         match state.entries.get_mut(stem) {
             Some(entry) if same_subscription(&entry.plugin, &plugin) => {
                 entry.slot.swap(handler);
@@ -518,12 +493,6 @@ impl PluginFolder {
                     plugin = %name, file = %file.display(), from = %old.info().hash, to = %plugin.info().hash,
                     subscriptions = ?patterns, "plugin reloaded with a new subscription"
                 );
-                let old_name = old.info().name.clone();
-                if old_name != name {
-                    state.names.remove(&old_name);
-                    state.names.insert(name.clone(), stem.to_owned());
-                    freed = waiting_for(&state.waiting_for_name, &old_name);
-                }
                 entry.retire(old);
                 entry.slot = slot;
                 entry.subscription = subscription;
@@ -545,7 +514,6 @@ impl PluginFolder {
                     plugin = %name, file = %file.display(), hash = %plugin.info().hash,
                     subscriptions = ?patterns, "plugin loaded"
                 );
-                state.names.insert(name, stem.to_owned());
                 state.entries.insert(
                     stem.to_owned(),
                     Entry {
@@ -565,25 +533,22 @@ impl PluginFolder {
         if !initial {
             self.reloads.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(freed)
+        Ok(())
     }
 
-    /// Unsubscribes the plugin of a removed file. Returns the files waiting for its name.
-    fn unload(&self, stem: &str) -> Vec<String> {
+    /// Unsubscribes the plugin of a removed file.
+    fn unload(&self, stem: &str) {
         let mut state = self.lock_state();
-        state.waiting_for_name.remove(stem);
         state.reported.remove(stem);
         let Some(entry) = state.entries.remove(stem) else {
-            return Vec::new();
+            return;
         };
         let name = entry.plugin.info().name.clone();
-        state.names.remove(&name);
         // Events already queued for it are still handled; none are routed to it from now.
         if let Err(error) = self.bus.unsubscribe(entry.subscription) {
             tracing::warn!(plugin = %name, "unsubscribing a removed plugin: {error}");
         }
         tracing::info!(plugin = %name, file = %entry.file.display(), "plugin unloaded: its file was removed");
-        waiting_for(&state.waiting_for_name, &name)
     }
 
     /// Logs a file that could not be loaded and reports it to the monitor — once: the
@@ -639,7 +604,7 @@ impl PluginFolder {
         }
     }
 
-    /// Syncs every file in the folder and every plugin loaded or waiting.
+    /// Syncs every file in the folder and every plugin loaded.
     async fn rescan(&self) {
         let mut stems: BTreeSet<String> = match self.list().await {
             Ok(stems) => stems.into_iter().collect(),
@@ -648,11 +613,7 @@ impl PluginFolder {
                 return;
             }
         };
-        {
-            let state = self.lock_state();
-            stems.extend(state.entries.keys().cloned());
-            stems.extend(state.waiting_for_name.keys().cloned());
-        }
+        stems.extend(self.lock_state().entries.keys().cloned());
         for stem in stems {
             let _ = self.sync_file(&self.wasm_path(&stem)).await;
         }
@@ -720,24 +681,27 @@ fn plugin_stem(path: &Path) -> Option<String> {
     (!stem.is_empty() && !stem.starts_with('.')).then(|| stem.to_owned())
 }
 
-fn waiting_for(waiting: &BTreeMap<String, String>, name: &str) -> Vec<String> {
-    waiting
-        .iter()
-        .filter(|(_, wanted)| *wanted == name)
-        .map(|(stem, _)| stem.clone())
-        .collect()
-}
-
 /// Reads a file once it has stopped changing: not modified for [`SETTLE`], and the same
 /// length and modification time before and after the read. A file that keeps changing
 /// is read anyway after [`SETTLE_LIMIT`] (and most likely refused as truncated; the next
-/// change event loads it). `None` if there is no such file.
-async fn read_settled(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+/// change event loads it). `None` if there is no such file. A file over `max` bytes is
+/// refused (naming the limit `limit`) before any of it is read, and never more than
+/// `max` bytes are read, even of a file growing meanwhile.
+async fn read_settled(path: &Path, max: u64, limit: &str) -> std::io::Result<Option<Vec<u8>>> {
+    let too_large = |size: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("the file is {size} bytes, over the limit of {max} bytes ({limit})"),
+        )
+    };
     let started = Instant::now();
     loop {
         let Some(before) = metadata(path).await? else {
             return Ok(None);
         };
+        if before.len() > max {
+            return Err(too_large(before.len()));
+        }
         let patient = started.elapsed() < SETTLE_LIMIT;
         // A modification time in the future (clock skew) counts as settled.
         let age = before.modified()?.elapsed().unwrap_or(SETTLE);
@@ -748,11 +712,16 @@ async fn read_settled(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
         if before.len() == 0 {
             return Ok(Some(Vec::new()));
         }
-        let bytes = match tokio::fs::read(path).await {
-            Ok(bytes) => bytes,
+        let mut file = match tokio::fs::File::open(path).await {
+            Ok(file) => file,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(error),
         };
+        let mut bytes = Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0));
+        (&mut file).take(max + 1).read_to_end(&mut bytes).await?;
+        if bytes.len() as u64 > max {
+            return Err(too_large(bytes.len() as u64));
+        }
         let Some(after) = metadata(path).await? else {
             return Ok(None);
         };

@@ -73,7 +73,48 @@ pub struct LimitSettings {
     /// Most invocations of the plugin running at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
+    /// Bytes of key-value writes (keys and values) per invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_write_bytes: Option<u64>,
+    /// Key-value `set` and `delete` calls per invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_writes: Option<u64>,
+    /// Events one invocation may emit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emit_events: Option<u64>,
+    /// Bytes of the events one invocation emits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emit_bytes: Option<u64>,
+    /// Hops an emitted event may be from the event that started its chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emit_depth: Option<u32>,
+    /// Bytes of output (logging, stdout, stderr) kept per invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_bytes: Option<u64>,
 }
+
+/// The range each `[limits]` and `[retry]` value must fall in: `(key, min, max, unit)`.
+/// The upper bounds keep every duration and size far from overflowing anything the host
+/// computes with them.
+const RANGES: &[(&str, u64, u64, &str)] = &[
+    ("limits.fuel", 1, u64::MAX, ""),
+    ("limits.timeout_ms", 1, MAX_TIMEOUT_MS, " (an hour)"),
+    ("limits.memory_mb", 1, 4096, " (a 32-bit memory's 4 GiB)"),
+    ("limits.concurrency", 1, 100_000, ""),
+    ("limits.kv_write_bytes", 1, 1 << 30, " (1 GiB)"),
+    ("limits.kv_writes", 1, 10_000_000, ""),
+    ("limits.emit_events", 0, 100_000, ""),
+    ("limits.emit_bytes", 0, 1 << 30, " (1 GiB)"),
+    ("limits.emit_depth", 1, 1_000, ""),
+    ("limits.log_bytes", 0, 1 << 30, " (1 GiB)"),
+    ("retry.max_attempts", 1, 1_000, ""),
+    ("retry.initial_backoff_ms", 0, MAX_BACKOFF_MS, " (a week)"),
+    ("retry.max_backoff_ms", 0, MAX_BACKOFF_MS, " (a week)"),
+];
+/// The longest invocation timeout, in milliseconds: an hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// The longest retry backoff, in milliseconds: a week.
+pub const MAX_BACKOFF_MS: u64 = 7 * 24 * 3_600_000;
 
 /// The `[retry]` table; [`RetrySettings::policy`] fills in the defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
@@ -204,6 +245,12 @@ impl Manifest {
                 timeout_ms: own.timeout_ms.or(base.timeout_ms),
                 memory_mb: own.memory_mb.or(base.memory_mb),
                 concurrency: own.concurrency.or(base.concurrency),
+                kv_write_bytes: own.kv_write_bytes.or(base.kv_write_bytes),
+                kv_writes: own.kv_writes.or(base.kv_writes),
+                emit_events: own.emit_events.or(base.emit_events),
+                emit_bytes: own.emit_bytes.or(base.emit_bytes),
+                emit_depth: own.emit_depth.or(base.emit_depth),
+                log_bytes: own.log_bytes.or(base.log_bytes),
             },
             subscriptions: self
                 .subscriptions
@@ -228,28 +275,32 @@ impl Manifest {
             key: key.to_owned(),
             message,
         };
-        let at_least_one = [
-            ("limits.fuel", self.limits.fuel),
-            ("limits.timeout_ms", self.limits.timeout_ms),
-            ("limits.memory_mb", self.limits.memory_mb),
-            ("limits.concurrency", self.limits.concurrency.map(|c| c as u64)),
-            ("retry.max_attempts", self.retry.max_attempts.map(u64::from)),
+        let (limits, retry) = (&self.limits, &self.retry);
+        let values = [
+            limits.fuel,
+            limits.timeout_ms,
+            limits.memory_mb,
+            limits.concurrency.map(|c| c as u64),
+            limits.kv_write_bytes,
+            limits.kv_writes,
+            limits.emit_events,
+            limits.emit_bytes,
+            limits.emit_depth.map(u64::from),
+            limits.log_bytes,
+            retry.max_attempts.map(u64::from),
+            retry.initial_backoff_ms,
+            retry.max_backoff_ms,
         ];
-        for (key, value) in at_least_one {
-            if value == Some(0) {
-                return Err(invalid(key, "must be at least 1".to_owned()));
+        for (&(key, min, max, unit), value) in RANGES.iter().zip(values) {
+            match value {
+                Some(value) if value < min && min == 1 => {
+                    return Err(invalid(key, "must be at least 1".to_owned()));
+                }
+                Some(value) if value > max => {
+                    return Err(invalid(key, format!("({value}) must be at most {max}{unit}")));
+                }
+                _ => {}
             }
-        }
-        if let Some(mb) = self.limits.memory_mb
-            && mb
-                .checked_mul(1 << 20)
-                .and_then(|b| usize::try_from(b).ok())
-                .is_none()
-        {
-            return Err(invalid(
-                "limits.memory_mb",
-                format!("({mb} MiB) is more than this machine can address"),
-            ));
         }
         if let Some(patterns) = &self.subscriptions {
             if patterns.is_empty() {
@@ -306,16 +357,25 @@ impl Manifest {
     /// [`Limits::default`] for unset limits.
     pub fn plugin_options(&self) -> PluginOptions {
         let defaults = Limits::default();
+        let limits = &self.limits;
+        let bytes = |value: Option<u64>, default: usize| {
+            value.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+        };
         PluginOptions {
+            name: None,
             limits: Limits {
-                fuel: self.limits.fuel.unwrap_or(defaults.fuel),
-                timeout: self
-                    .limits
-                    .timeout_ms
-                    .map_or(defaults.timeout, Duration::from_millis),
-                memory_bytes: self.limits.memory_mb.map_or(defaults.memory_bytes, |mb| {
-                    usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
-                }),
+                fuel: limits.fuel.unwrap_or(defaults.fuel),
+                timeout: limits.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
+                memory_bytes: bytes(
+                    limits.memory_mb.map(|mb| mb.saturating_mul(1 << 20)),
+                    defaults.memory_bytes,
+                ),
+                kv_write_bytes: bytes(limits.kv_write_bytes, defaults.kv_write_bytes),
+                kv_writes: bytes(limits.kv_writes, defaults.kv_writes),
+                emit_events: bytes(limits.emit_events, defaults.emit_events),
+                emit_bytes: bytes(limits.emit_bytes, defaults.emit_bytes),
+                emit_depth: limits.emit_depth.unwrap_or(defaults.emit_depth),
+                log_bytes: bytes(limits.log_bytes, defaults.log_bytes),
             },
             config: self.config.clone(),
             subscriptions: self.subscriptions.clone(),
@@ -385,6 +445,7 @@ mod tests {
                 fuel: 1_000_000,
                 timeout: Duration::from_millis(250),
                 memory_bytes: 16 << 20,
+                ..Limits::default()
             }
         );
         assert_eq!(options.concurrency, Some(3));
@@ -479,7 +540,30 @@ mod tests {
             (
                 "[limits]\nmemory_mb = 17592186044416",
                 "limits.memory_mb",
-                "address",
+                "must be at most 4096",
+            ),
+            (
+                "[limits]\ntimeout_ms = 3600001",
+                "limits.timeout_ms",
+                "at most 3600000 (an hour)",
+            ),
+            ("[limits]\nkv_writes = 0", "limits.kv_writes", "at least 1"),
+            (
+                "[limits]\nkv_write_bytes = 2000000000",
+                "limits.kv_write_bytes",
+                "at most",
+            ),
+            ("[limits]\nemit_depth = 0", "limits.emit_depth", "at least 1"),
+            ("[limits]\nemit_depth = 5000", "limits.emit_depth", "at most 1000"),
+            (
+                "[retry]\ninitial_backoff_ms = 9000000000000000\nmax_backoff_ms = 9000000000000000",
+                "retry.initial_backoff_ms",
+                "at most 604800000 (a week)",
+            ),
+            (
+                "[retry]\nmax_backoff_ms = 604800001",
+                "retry.max_backoff_ms",
+                "a week",
             ),
             ("subscriptions = []", "subscriptions", "at least one pattern"),
             (
@@ -593,6 +677,31 @@ mod tests {
             "{high:?}"
         );
         assert!(policy.backoff(40, 0.999) <= policy.max_backoff);
+    }
+
+    #[test]
+    fn host_budgets_are_read_and_fill_in_from_the_defaults() {
+        let manifest = parse(
+            "[limits]\nkv_write_bytes = 1000\nkv_writes = 10\nemit_events = 0\nemit_bytes = 500\n\
+             emit_depth = 3\nlog_bytes = 0\n",
+        )
+        .unwrap();
+        let limits = manifest.plugin_options().limits;
+        assert_eq!(
+            (
+                limits.kv_write_bytes,
+                limits.kv_writes,
+                limits.emit_events,
+                limits.emit_bytes
+            ),
+            (1000, 10, 0, 500)
+        );
+        assert_eq!((limits.emit_depth, limits.log_bytes), (3, 0));
+        let defaults = Manifest::default().plugin_options().limits;
+        assert_eq!(defaults, Limits::default());
+        let merged = parse("[limits]\nkv_writes = 7\n").unwrap().over(&manifest);
+        assert_eq!(merged.limits.kv_writes, Some(7));
+        assert_eq!(merged.limits.emit_depth, Some(3));
     }
 
     #[test]

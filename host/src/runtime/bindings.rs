@@ -4,7 +4,14 @@ mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "evhost:plugin/handler",
-        imports: { default: trappable },
+        // Reads of the key-value store may wait on the disk: async, so the deadline holds
+        // inside them and no executor thread waits.
+        imports: {
+            "wasi:keyvalue/store.[method]bucket.get": async | trappable,
+            "wasi:keyvalue/store.[method]bucket.exists": async | trappable,
+            "wasi:keyvalue/store.[method]bucket.list-keys": async | trappable,
+            default: trappable,
+        },
         exports: { default: async },
         with: {
             "wasi:keyvalue/store.bucket": crate::runtime::host::Bucket,

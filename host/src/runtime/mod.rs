@@ -28,6 +28,19 @@ use host::InvocationState;
 use plugin::PluginShared;
 pub use plugin::{Limits, Plugin, PluginInfo, PluginOptions};
 
+/// The longest key a plugin may write to its key-value store, in bytes. A longer `set` or
+/// `delete` fails the invocation as `resource-limit`; a longer `get` finds nothing.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Resource handles (key-value buckets, WASI streams and pollables…) one invocation may
+/// hold open at once; opening more fails it as `resource-limit`.
+pub const MAX_HANDLES: usize = 10_000;
+/// Elements a table of a plugin may grow to; growing further fails the invocation as
+/// `resource-limit`.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// The longest plugin name, in bytes. A name is 1 to 64 ASCII letters, digits, `-`, `_`
+/// or `.`, starting with a letter or digit.
+pub const MAX_NAME_BYTES: usize = 64;
+
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -47,6 +60,10 @@ pub struct RuntimeConfig {
     /// directory per Wasmtime version, so a stale entry is never used. Wasmtime's cache
     /// worker trims the directory in the background.
     pub cache_dir: Option<PathBuf>,
+    /// The largest component accepted, in bytes (64 MiB by default: a Python or
+    /// JavaScript component with its interpreter is 10–30 MB). A plugins folder checks a
+    /// file's size before reading it.
+    pub max_component_bytes: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -57,6 +74,7 @@ impl Default for RuntimeConfig {
             max_wasm_stack: 512 << 10,
             epoch_tick: Duration::from_millis(1),
             cache_dir: None,
+            max_component_bytes: 64 << 20,
         }
     }
 }
@@ -87,6 +105,29 @@ pub enum LoadError {
     /// `metadata` failed or returned something unusable.
     #[error("the plugin's metadata is unusable: {0}")]
     Metadata(String),
+    /// The component declares another name than the identity the host gave it (its file
+    /// name): a plugin's name is its key-value namespace, so no file may claim another's.
+    #[error(
+        "the plugin declares the name `{declared}`, but it is loaded as `{expected}`: a plugin's name is \
+         its file name (`{expected}.wasm`); rename the file or the plugin"
+    )]
+    NameMismatch {
+        /// The name the host expects (the file name).
+        expected: String,
+        /// What the plugin's metadata says (cut to a readable length).
+        declared: String,
+    },
+    /// The name the host was asked to load the plugin as is not a valid plugin name.
+    #[error("invalid plugin name: {0}")]
+    InvalidName(String),
+    /// The component file is larger than the runtime accepts.
+    #[error("the component is {size} bytes, over the limit of {max} bytes (`runtime.max_component_mb`)")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A limit is outside what the runtime allows.
     #[error("invalid limit: {0}")]
     Limits(String),
@@ -167,6 +208,11 @@ impl Runtime {
         }))
     }
 
+    /// The settings the runtime was made with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
     /// The engine (for compiling components elsewhere).
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -201,6 +247,15 @@ impl Runtime {
                 options.limits.memory_bytes, self.config.max_memory_bytes
             )));
         }
+        if bytes.len() as u64 > self.config.max_component_bytes {
+            return Err(LoadError::TooLarge {
+                size: bytes.len() as u64,
+                max: self.config.max_component_bytes,
+            });
+        }
+        if let Some(name) = &options.name {
+            check_name(name).map_err(LoadError::InvalidName)?;
+        }
         check_header(&bytes)?;
         let hash = content_hash(&bytes);
         let engine = self.engine.clone();
@@ -218,7 +273,7 @@ impl Runtime {
         let mut plugin = Plugin {
             runtime: Arc::clone(self),
             shared: Arc::new(PluginShared {
-                name: String::new(),
+                name: Arc::from(options.name.as_deref().unwrap_or_default()),
                 limits: options.limits,
                 config: options.config,
                 kv,
@@ -237,20 +292,44 @@ impl Runtime {
             fuel_consumed: Default::default(),
         };
         let metadata = plugin.call_metadata().await.map_err(LoadError::Metadata)?;
-        if metadata.name.trim().is_empty() {
-            return Err(LoadError::Metadata("the name is empty".to_owned()));
+        if let Some(expected) = options.name
+            && metadata.name != expected
+        {
+            return Err(LoadError::NameMismatch {
+                expected,
+                declared: crate::monitor::bound_text(metadata.name, MAX_NAME_BYTES),
+            });
+        }
+        check_name(&metadata.name).map_err(LoadError::Metadata)?;
+        if metadata.version.len() > MAX_VERSION_BYTES {
+            return Err(LoadError::Metadata(format!(
+                "the version is {} bytes long; at most {MAX_VERSION_BYTES} are allowed",
+                metadata.version.len()
+            )));
         }
         let subscriptions = options.subscriptions.unwrap_or(metadata.subscriptions);
         if subscriptions.is_empty() {
             return Err(LoadError::Metadata("it subscribes to nothing".to_owned()));
         }
+        if subscriptions.len() > MAX_SUBSCRIPTIONS {
+            return Err(LoadError::Metadata(format!(
+                "it subscribes to {} patterns; at most {MAX_SUBSCRIPTIONS} are allowed",
+                subscriptions.len()
+            )));
+        }
         for pattern in &subscriptions {
+            if pattern.len() > MAX_PATTERN_BYTES {
+                return Err(LoadError::Metadata(format!(
+                    "a pattern is {} bytes long; at most {MAX_PATTERN_BYTES} are allowed",
+                    pattern.len()
+                )));
+            }
             Pattern::parse(pattern).map_err(|e| LoadError::Metadata(e.to_string()))?;
         }
-        // Invocations log and keep their key-value data under the name `metadata` gave.
+        // Invocations log and keep their key-value data under the plugin's name.
         Arc::get_mut(&mut plugin.shared)
             .expect("the metadata call has released the plugin's shared state")
-            .name = metadata.name.clone();
+            .name = Arc::from(metadata.name.as_str());
         plugin.info.name = metadata.name;
         plugin.info.version = metadata.version;
         plugin.info.subscriptions = subscriptions;
@@ -290,6 +369,39 @@ fn open_cache(dir: &Path) -> anyhow::Result<Cache> {
     config.with_directory(&dir);
     Cache::new(config)
         .map_err(|e| anyhow::anyhow!("opening the compiled-code cache in {}: {e:#}", dir.display()))
+}
+
+/// Longest version string a plugin may declare, in bytes.
+const MAX_VERSION_BYTES: usize = 128;
+/// Most subscription patterns a plugin may declare.
+const MAX_SUBSCRIPTIONS: usize = 64;
+/// Longest subscription pattern, in bytes.
+const MAX_PATTERN_BYTES: usize = 256;
+
+/// Checks a plugin name: 1 to [`MAX_NAME_BYTES`] ASCII letters, digits, `-`, `_` or `.`,
+/// starting with a letter or digit. Names are key-value namespaces, URL path segments and
+/// metric labels.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let shown = || crate::monitor::bounded_copy(name, MAX_NAME_BYTES);
+    if name.is_empty() {
+        return Err("the name is empty".to_owned());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "the name `{}` is {} bytes long; at most {MAX_NAME_BYTES} are allowed",
+            shown(),
+            name.len()
+        ));
+    }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if !name.as_bytes()[0].is_ascii_alphanumeric() || !name.bytes().all(allowed) {
+        return Err(format!(
+            "the name `{}` may hold only ASCII letters, digits, `-`, `_` and `.`, and must start with a \
+             letter or digit",
+            shown()
+        ));
+    }
+    Ok(())
 }
 
 /// Tells the common wrong files apart before the compiler sees them, so the error says

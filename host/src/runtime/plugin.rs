@@ -10,7 +10,7 @@ use wasmtime::Store;
 
 use super::bindings::{HandlerPre, types};
 use super::host::{InvocationState, event_to_wit};
-use super::{DeadlineExceeded, Runtime};
+use super::{DeadlineExceeded, MAX_HANDLES, Runtime};
 use crate::bus::{
     AsyncEventBus, BusError, Effects, EventHandler, EventSink, HandlerError, SubscribeOptions, SubscriptionId,
 };
@@ -19,19 +19,43 @@ use crate::monitor::FailureKind;
 use crate::store::KeyValueStore;
 
 /// How long past its deadline a call may run (inside a host function, say) before the
-/// tokio timeout ends it.
-const BACKSTOP: Duration = Duration::from_millis(500);
+/// tokio timeout ends it. Guest code is stopped at the deadline by epoch interruption;
+/// this bounds what a host call can add.
+const BACKSTOP: Duration = Duration::from_millis(100);
 
-/// Per-invocation budgets of a plugin. Serializes as `{"fuel", "timeout_ms", "memory_bytes"}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Per-invocation budgets of a plugin: what its code may compute and hold, and what the
+/// host may hold or do on its behalf. Going over fuel, the deadline or the memory ceiling
+/// fails the invocation as `out-of-fuel`, `timeout` or `memory-limit`; going over a host
+/// budget (key-value writes, emitted events) as `resource-limit`. Output over
+/// `log_bytes` is dropped, never a failure. Serializes with `timeout_ms` for the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Limits {
     /// Fuel per invocation: roughly the number of Wasm instructions it may execute
     /// (10 billion by default, a few seconds of computation).
     pub fuel: u64,
-    /// Wall-clock time per invocation.
+    /// Wall-clock time per invocation, host calls included (5 s by default).
+    #[serde(rename = "timeout_ms", serialize_with = "serialize_millis")]
     pub timeout: Duration,
-    /// Linear memory per instance, in bytes.
+    /// Linear memory per instance, in bytes (64 MiB by default).
     pub memory_bytes: usize,
+    /// Bytes of keys and values one invocation may hand to key-value `set`, all calls
+    /// together, overwrites included (2 MiB by default). A single key is at most
+    /// [`MAX_KEY_BYTES`](crate::runtime::MAX_KEY_BYTES).
+    pub kv_write_bytes: usize,
+    /// Key-value `set` and `delete` calls per invocation (10,000 by default).
+    pub kv_writes: usize,
+    /// Events one invocation may emit (100 by default).
+    pub emit_events: usize,
+    /// Bytes of the events one invocation emits, all together: data, type, subject and
+    /// the other attributes (1 MiB by default).
+    pub emit_bytes: usize,
+    /// How many hops from the event that started a chain an emitted event may be: an
+    /// event published from outside is at depth 0, an event emitted while handling it at
+    /// 1, and so on (32 by default). Stops a cycle of plugins emitting for each other.
+    pub emit_depth: u32,
+    /// Bytes of output one invocation may log through `wasi:logging`, stdout and stderr
+    /// together (64 KiB by default); what comes after is dropped and counted.
+    pub log_bytes: usize,
 }
 
 impl Default for Limits {
@@ -40,31 +64,29 @@ impl Default for Limits {
             fuel: 10_000_000_000,
             timeout: Duration::from_secs(5),
             memory_bytes: 64 << 20,
+            kv_write_bytes: 2 << 20,
+            kv_writes: 10_000,
+            emit_events: 100,
+            emit_bytes: 1 << 20,
+            emit_depth: 32,
+            log_bytes: 64 << 10,
         }
     }
 }
 
-impl Serialize for Limits {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // Operators read milliseconds, not serde's `{secs, nanos}` for a `Duration`.
-        #[derive(Serialize)]
-        struct Json {
-            fuel: u64,
-            timeout_ms: u64,
-            memory_bytes: usize,
-        }
-        Json {
-            fuel: self.fuel,
-            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
-            memory_bytes: self.memory_bytes,
-        }
-        .serialize(serializer)
-    }
+/// Operators read milliseconds, not serde's `{secs, nanos}` for a `Duration`.
+fn serialize_millis<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// How a plugin is run: its limits, config values and optional overrides.
 #[derive(Debug, Clone, Default)]
 pub struct PluginOptions {
+    /// The plugin's identity: its subscription name and key-value namespace. When set, the
+    /// component's metadata must declare exactly this name or the load is refused, so no
+    /// component can take over another plugin's data (a plugins folder sets it to the file
+    /// name). `None` takes the name the metadata declares.
+    pub name: Option<String>,
     /// Per-invocation budgets.
     pub limits: Limits,
     /// Values the plugin reads through `wasi:config/store`.
@@ -95,7 +117,7 @@ pub struct PluginInfo {
 /// The part of a plugin its invocations share.
 #[derive(Debug)]
 pub(crate) struct PluginShared {
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) limits: Limits,
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) kv: Arc<dyn KeyValueStore>,
@@ -162,14 +184,18 @@ impl Plugin {
             name: Some(self.info.name.clone()),
             concurrency: self.concurrency,
             // The plugin enforces its own deadline; the bus's is a last resort.
-            timeout: Some(self.shared.limits.timeout + BACKSTOP * 2),
+            timeout: Some(self.shared.limits.timeout.saturating_add(BACKSTOP * 2)),
             retry: self.retry,
         }
     }
 
     fn new_store(&self, trigger: Option<Arc<Event>>) -> Store<InvocationState> {
         let limits = self.shared.limits;
-        let deadline = Instant::now() + limits.timeout;
+        let now = Instant::now();
+        // A timeout too long to add is as good as none: a day is further than any deadline.
+        let deadline = now
+            .checked_add(limits.timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400));
         let state = InvocationState::new(Arc::clone(&self.shared), trigger, deadline);
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|state| &mut state.limits);
@@ -190,7 +216,7 @@ impl Plugin {
     /// Calls the plugin's `metadata` export in a fresh instance.
     pub(crate) async fn call_metadata(&self) -> Result<types::Metadata, String> {
         let mut store = self.new_store(None);
-        let timeout = self.shared.limits.timeout + BACKSTOP;
+        let timeout = self.shared.limits.timeout.saturating_add(BACKSTOP);
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
@@ -198,14 +224,16 @@ impl Plugin {
                 .call_metadata(&mut store)
                 .await
         };
-        match tokio::time::timeout(timeout, call).await {
+        let result = match tokio::time::timeout(timeout, call).await {
             Err(_) => Err(format!("`metadata` did not return within {timeout:?}")),
             Ok(Ok(metadata)) => Ok(metadata),
             Ok(Err(error)) => {
                 let (kind, message) = classify(&error, store.data());
                 Err(format!("`metadata` failed ({kind}): {message}"))
             }
-        }
+        };
+        store.data().output.finish();
+        result
     }
 
     /// One invocation in a fresh instance; effects are returned only on success.
@@ -214,22 +242,21 @@ impl Plugin {
         let mut store = self.new_store(Some(event));
         let timeout = self.shared.limits.timeout;
         let call = async {
-            let instance = self.pre.instantiate_async(&mut store).await.map_err(|e| {
-                HandlerError::new(FailureKind::HostError, format!("could not instantiate: {e:#}"))
-            })?;
-            Ok::<_, HandlerError>(
-                instance
-                    .evhost_plugin_event_handler()
-                    .call_handle(&mut store, &wit_event)
-                    .await,
-            )
+            // Instantiating runs the component's start functions: a trap or the deadline
+            // there is the plugin's failure like one in `handle`.
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance
+                .evhost_plugin_event_handler()
+                .call_handle(&mut store, &wit_event)
+                .await
         };
-        let outcome = tokio::time::timeout(timeout + BACKSTOP, call).await;
+        let outcome = tokio::time::timeout(timeout.saturating_add(BACKSTOP), call).await;
         if let Ok(remaining) = store.get_fuel() {
             let burned = self.shared.limits.fuel.saturating_sub(remaining);
             self.fuel_consumed
                 .fetch_add(burned, std::sync::atomic::Ordering::Relaxed);
         }
+        store.data().output.finish();
         let result = match outcome {
             Err(_) => {
                 return Err(HandlerError::new(
@@ -237,13 +264,13 @@ impl Plugin {
                     format!("no result within {timeout:?} (stopped inside a host call)"),
                 ));
             }
-            Ok(instantiated) => instantiated?,
+            Ok(result) => result,
         };
         match result {
             Ok(Ok(())) => {
                 let state = store.into_data();
                 Ok(Effects {
-                    kv_namespace: self.shared.name.clone(),
+                    kv_namespace: self.shared.name.to_string(),
                     kv_writes: state.kv_writes.into_iter().collect(),
                     emitted: state.emitted,
                 })
@@ -258,11 +285,15 @@ impl Plugin {
     }
 }
 
-/// Names what stopped a call: a deadline, fuel, the memory ceiling, the host, or a trap
-/// (with the guest's panic message when it printed one).
+/// Names what stopped a call: the host, a host budget, the deadline, the memory or table
+/// ceiling, fuel, the guest exiting, or a trap (with the guest's panic message when it
+/// printed one). What wasmtime reports without a trap code is the host's fault.
 fn classify(error: &wasmtime::Error, state: &InvocationState) -> (FailureKind, String) {
     if let Some(message) = &state.host_error {
         return (FailureKind::HostError, message.clone());
+    }
+    if let Some(message) = &state.over_budget {
+        return (FailureKind::ResourceLimit, message.clone());
     }
     if error.downcast_ref::<DeadlineExceeded>().is_some() {
         return (
@@ -270,7 +301,7 @@ fn classify(error: &wasmtime::Error, state: &InvocationState) -> (FailureKind, S
             format!("no result within {:?}", state.plugin.limits.timeout),
         );
     }
-    if state.limits.hit {
+    if state.limits.memory_hit {
         return (
             FailureKind::MemoryLimit,
             format!(
@@ -278,6 +309,36 @@ fn classify(error: &wasmtime::Error, state: &InvocationState) -> (FailureKind, S
                 state.plugin.limits.memory_bytes
             ),
         );
+    }
+    if state.limits.table_hit {
+        return (
+            FailureKind::ResourceLimit,
+            format!("a table grew past its limit: {error:#}"),
+        );
+    }
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return (
+            FailureKind::Trap,
+            format!(
+                "the plugin exited with code {} instead of returning a result",
+                exit.0
+            ),
+        );
+    }
+    if error
+        .downcast_ref::<wasmtime::component::ResourceTableError>()
+        .is_some()
+    {
+        return (
+            FailureKind::ResourceLimit,
+            format!("more than {MAX_HANDLES} resource handles open at once: {error:#}"),
+        );
+    }
+    let text = format!("{error:#}");
+    // Wasmtime's caps on the handles a component holds and on the instances, tables and
+    // memories it creates have no error type of their own.
+    if text.contains("cannot allocate another handle") || text.contains("resource limit exceeded") {
+        return (FailureKind::ResourceLimit, text);
     }
     let stderr = state.panic_text();
     match error.downcast_ref::<wasmtime::Trap>() {
@@ -292,7 +353,7 @@ fn classify(error: &wasmtime::Error, state: &InvocationState) -> (FailureKind, S
         ),
         Some(trap) if stderr.is_empty() => (FailureKind::Trap, trap.to_string()),
         Some(trap) => (FailureKind::Trap, format!("{trap}: {stderr}")),
-        None => (FailureKind::HostError, format!("{error:#}")),
+        None => (FailureKind::HostError, text),
     }
 }
 

@@ -2,28 +2,47 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
+use std::ops::Bound;
 use std::sync::RwLock;
+
+use futures::future::BoxFuture;
 
 use super::LogError;
 
 /// Storage behind `wasi:keyvalue/store`. Every call names the namespace (the plugin) it
 /// acts on; writes of one invocation arrive together through [`KeyValueStore::commit`], so
 /// an invocation that fails leaves nothing behind.
+///
+/// Reads are async: a store that reads from disk does it off the async executor, so a
+/// plugin reading in a loop cannot hold a tokio worker thread.
 pub trait KeyValueStore: Send + Sync + Debug + 'static {
     /// The value of `key` in `namespace`.
-    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, LogError>;
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, LogError>>;
 
     /// Applies `writes` (`None` deletes) to `namespace` at once.
     fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError>;
 
-    /// Keys of `namespace` in order, starting after `cursor` (an index), at most `limit`.
-    /// Returns the keys and the cursor for the next page, if any.
-    fn list_keys(
-        &self,
-        namespace: &str,
-        cursor: Option<u64>,
+    /// At most `limit` keys of `namespace` in order, starting after `after` (from the
+    /// first key when `None`). A page costs about its own size, wherever it starts.
+    fn list_keys<'a>(
+        &'a self,
+        namespace: &'a str,
+        after: Option<&'a str>,
         limit: usize,
-    ) -> Result<(Vec<String>, Option<u64>), LogError>;
+    ) -> BoxFuture<'a, Result<KeyPage, LogError>>;
+}
+
+/// One page of [`KeyValueStore::list_keys`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    /// The keys, in order.
+    pub keys: Vec<String>,
+    /// Whether keys follow the last one.
+    pub more: bool,
 }
 
 /// A [`KeyValueStore`] in memory.
@@ -33,9 +52,14 @@ pub struct MemoryKv {
 }
 
 impl KeyValueStore for MemoryKv {
-    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, LogError> {
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, LogError>> {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
-        Ok(namespaces.get(namespace).and_then(|ns| ns.get(key)).cloned())
+        let value = namespaces.get(namespace).and_then(|ns| ns.get(key)).cloned();
+        Box::pin(std::future::ready(Ok(value)))
     }
 
     fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError> {
@@ -53,56 +77,80 @@ impl KeyValueStore for MemoryKv {
         Ok(())
     }
 
-    fn list_keys(
-        &self,
-        namespace: &str,
-        cursor: Option<u64>,
+    fn list_keys<'a>(
+        &'a self,
+        namespace: &'a str,
+        after: Option<&'a str>,
         limit: usize,
-    ) -> Result<(Vec<String>, Option<u64>), LogError> {
+    ) -> BoxFuture<'a, Result<KeyPage, LogError>> {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
-        let Some(ns) = namespaces.get(namespace) else {
-            return Ok((Vec::new(), None));
+        let page = match namespaces.get(namespace) {
+            None => KeyPage::default(),
+            Some(ns) => {
+                let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+                let mut keys = ns
+                    .range::<str, _>((lower, Bound::Unbounded))
+                    .map(|(k, _)| k.clone());
+                let page: Vec<String> = keys.by_ref().take(limit).collect();
+                KeyPage {
+                    keys: page,
+                    more: keys.next().is_some(),
+                }
+            }
         };
-        let start = cursor.unwrap_or(0) as usize;
-        let keys: Vec<String> = ns.keys().skip(start).take(limit).cloned().collect();
-        let next = (start + keys.len() < ns.len()).then_some((start + keys.len()) as u64);
-        Ok((keys, next))
+        Box::pin(std::future::ready(Ok(page)))
     }
 }
 
 /// What every [`KeyValueStore`] must do, checked against `kv` (which starts empty).
 #[cfg(test)]
-pub(crate) fn check_contract(kv: &dyn KeyValueStore) {
+pub(crate) async fn check_contract(kv: &dyn KeyValueStore) {
     kv.commit(
         "a",
         vec![
             ("k".into(), Some(b"1".to_vec())),
             ("j".into(), Some(b"2".to_vec())),
+            ("l".into(), Some(b"3".to_vec())),
         ],
     )
     .unwrap();
     kv.commit("a", Vec::new()).unwrap();
-    assert_eq!(kv.get("a", "k").unwrap(), Some(b"1".to_vec()));
-    assert_eq!(kv.get("b", "k").unwrap(), None, "another namespace sees nothing");
-    let (first, next) = kv.list_keys("a", None, 1).unwrap();
-    assert_eq!((first, next), (vec!["j".to_owned()], Some(1)));
-    let (second, next) = kv.list_keys("a", next, 1).unwrap();
-    assert_eq!((second, next), (vec!["k".to_owned()], None));
+    assert_eq!(kv.get("a", "k").await.unwrap(), Some(b"1".to_vec()));
     assert_eq!(
-        kv.list_keys("a", None, 10).unwrap(),
-        (vec!["j".to_owned(), "k".to_owned()], None)
+        kv.get("b", "k").await.unwrap(),
+        None,
+        "another namespace sees nothing"
     );
-    assert_eq!(kv.list_keys("none", None, 10).unwrap(), (Vec::new(), None));
+    let page = |keys: &[&str], more| KeyPage {
+        keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+        more,
+    };
+    assert_eq!(kv.list_keys("a", None, 1).await.unwrap(), page(&["j"], true));
+    assert_eq!(kv.list_keys("a", Some("j"), 1).await.unwrap(), page(&["k"], true));
+    assert_eq!(
+        kv.list_keys("a", Some("k"), 1).await.unwrap(),
+        page(&["l"], false)
+    );
+    assert_eq!(
+        kv.list_keys("a", Some("jj"), 5).await.unwrap(),
+        page(&["k", "l"], false)
+    );
+    assert_eq!(
+        kv.list_keys("a", None, 10).await.unwrap(),
+        page(&["j", "k", "l"], false)
+    );
+    assert_eq!(kv.list_keys("a", Some("l"), 10).await.unwrap(), page(&[], false));
+    assert_eq!(kv.list_keys("none", None, 10).await.unwrap(), page(&[], false));
     kv.commit("a", vec![("k".into(), None)]).unwrap();
-    assert_eq!(kv.get("a", "k").unwrap(), None);
+    assert_eq!(kv.get("a", "k").await.unwrap(), None);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn namespaces_are_separate_and_pages_cover_every_key() {
-        check_contract(&MemoryKv::default());
+    #[tokio::test]
+    async fn namespaces_are_separate_and_pages_cover_every_key() {
+        check_contract(&MemoryKv::default()).await;
     }
 }

@@ -156,7 +156,7 @@ async fn effects_commit_with_the_acknowledgement() {
         "the key-value write is stored"
     );
     assert_eq!(
-        bus.key_value_store().get("counter", "last:o1").unwrap(),
+        bus.key_value_store().get("counter", "last:o1").await.unwrap(),
         Some(placed.id.as_bytes().to_vec()),
         "and is what plugins on this bus read"
     );

@@ -78,7 +78,7 @@ pub use super::{
     AppendBatch, Appended, CommitOutcome, DeadLetter, DeadLetterFilter, DeliveryCommit, DeliveryOutcome,
     PendingDelivery, Replayed,
 };
-use super::{EventLog, KeyValueStore, LogError};
+use super::{EventLog, KeyPage, KeyValueStore, LogError};
 use crate::monitor::FailureRecord;
 use read::Readers;
 use writer::{Answer, Encoded, EncodedCommit, EncodedOutcome, Message, Op, Reply, Request, Writer};
@@ -284,7 +284,7 @@ pub struct SqliteStore {
     writer: Option<JoinHandle<()>>,
     /// Dropping the sender stops the checkpointer thread.
     checkpointer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
-    readers: Readers,
+    readers: Arc<Readers>,
     shared: Arc<Shared>,
 }
 
@@ -313,7 +313,7 @@ impl SqliteStore {
         let conn = schema::open_writer(&path)?;
         let shared = Arc::new(Shared::default());
         schema::load_counts(&conn, &shared).map_err(|e| schema::classify(&path, e))?;
-        let readers = Readers::open(path.clone(), options.idle_readers)?;
+        let readers = Arc::new(Readers::open(path.clone(), options.idle_readers)?);
         let (sender, receiver) = mpsc::channel();
         let writer = Writer::new(
             conn,
@@ -438,6 +438,11 @@ impl SqliteStore {
         self.read(|conn, _| read::kv_get(conn, namespace, key))
     }
 
+    /// At most `limit` keys of `namespace` in order, after `after`.
+    pub fn kv_keys(&self, namespace: &str, after: Option<&str>, limit: usize) -> Result<KeyPage, StoreError> {
+        self.read(|conn, _| read::kv_keys(conn, namespace, after, limit))
+    }
+
     /// The dead letters matching `filter`, ordered by subscription and offset, each with
     /// its full failure history. Returns all of them: call it from `spawn_blocking` when
     /// the queue may be large.
@@ -540,6 +545,20 @@ impl SqliteStore {
             return Err(StoreError::Closed);
         }
         self.readers.with(query)
+    }
+
+    /// [`SqliteStore::read`] on a blocking thread, for async callers.
+    async fn read_off_thread<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&rusqlite::Connection, &Path) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || readers.with(query))
+            .await
+            .map_err(|e| StoreError::Internal(format!("a read task failed: {e}")))?
     }
 
     /// Queues `op` for the writer.
@@ -730,8 +749,18 @@ impl EventLog for SqliteStore {
 /// transaction of its own (for writes outside a delivery), which blocks the calling thread
 /// until durable.
 impl KeyValueStore for SqliteStore {
-    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, LogError> {
-        self.kv_get(namespace, key).map_err(log_error)
+    /// Read on a blocking thread: a plugin reading in a loop never holds an executor thread.
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, LogError>> {
+        let (namespace, key) = (namespace.to_owned(), key.to_owned());
+        Box::pin(async move {
+            self.read_off_thread(move |conn, _| read::kv_get(conn, &namespace, &key))
+                .await
+                .map_err(log_error)
+        })
     }
 
     fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError> {
@@ -748,14 +777,19 @@ impl KeyValueStore for SqliteStore {
         }
     }
 
-    /// Pages with `LIMIT`/`OFFSET`: a late page costs a scan of the keys before it.
-    fn list_keys(
-        &self,
-        namespace: &str,
-        cursor: Option<u64>,
+    /// Pages by key (`key > after`), so a page costs one index range scan wherever it
+    /// starts.
+    fn list_keys<'a>(
+        &'a self,
+        namespace: &'a str,
+        after: Option<&'a str>,
         limit: usize,
-    ) -> Result<(Vec<String>, Option<u64>), LogError> {
-        self.read(|conn, _| read::kv_keys(conn, namespace, cursor, limit))
-            .map_err(log_error)
+    ) -> BoxFuture<'a, Result<KeyPage, LogError>> {
+        let (namespace, after) = (namespace.to_owned(), after.map(str::to_owned));
+        Box::pin(async move {
+            self.read_off_thread(move |conn, _| read::kv_keys(conn, &namespace, after.as_deref(), limit))
+                .await
+                .map_err(log_error)
+        })
     }
 }

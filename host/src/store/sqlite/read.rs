@@ -13,6 +13,7 @@ use super::schema::{self, ACKED, DEAD, PENDING, PURGED};
 use super::{DeadLetter, DeadLetterFilter, DeliveryState, PendingDelivery, StoreError};
 use crate::event::Event;
 use crate::monitor::FailureRecord;
+use crate::store::KeyPage;
 
 /// Read-only connections, opened on demand and kept for reuse.
 pub(super) struct Readers {
@@ -132,25 +133,29 @@ pub(super) fn kv_get(conn: &Connection, namespace: &str, key: &str) -> Result<Op
         .optional()?)
 }
 
-/// A page of `namespace`'s keys in order, as [`crate::store::KeyValueStore::list_keys`]
-/// defines it: `cursor` is the index of the first key.
+/// A page of `namespace`'s keys in order, after `after`, as
+/// [`crate::store::KeyValueStore::list_keys`] defines it.
 pub(super) fn kv_keys(
     conn: &Connection,
     namespace: &str,
-    cursor: Option<u64>,
+    after: Option<&str>,
     limit: usize,
-) -> Result<(Vec<String>, Option<u64>), StoreError> {
-    let start = cursor.unwrap_or(0);
+) -> Result<KeyPage, StoreError> {
     // One key more than asked tells whether another page follows.
     let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1).saturating_add(1);
-    let mut keys: Vec<String> = conn
-        .prepare_cached("SELECT key FROM kv WHERE namespace = ?1 ORDER BY key LIMIT ?2 OFFSET ?3")?
-        .query_map(params![namespace, fetch, to_pos(start)], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut keys: Vec<String> = match after {
+        None => conn
+            .prepare_cached("SELECT key FROM kv WHERE namespace = ?1 ORDER BY key LIMIT ?2")?
+            .query_map(params![namespace, fetch], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?,
+        Some(after) => conn
+            .prepare_cached("SELECT key FROM kv WHERE namespace = ?1 AND key > ?2 ORDER BY key LIMIT ?3")?
+            .query_map(params![namespace, after, fetch], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?,
+    };
     let more = keys.len() > limit;
     keys.truncate(limit);
-    let next = more.then(|| start + keys.len() as u64);
-    Ok((keys, next))
+    Ok(KeyPage { keys, more })
 }
 
 pub(super) fn pending(

@@ -912,11 +912,11 @@ async fn the_event_log_trait_is_the_store() {
     assert_eq!(store.kv_get("p", "k").unwrap(), Some(vec![1]));
 }
 
-#[test]
-fn the_key_value_store_trait_pages_keys_and_keeps_namespaces_apart() {
+#[tokio::test]
+async fn the_key_value_store_trait_pages_keys_and_keeps_namespaces_apart() {
     let dir = TempDir::new();
     let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
-    crate::store::kv::check_contract(&*store);
+    crate::store::kv::check_contract(&*store).await;
     drop(store);
     let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(store.kv_get("a", "j").unwrap(), Some(b"2".to_vec()));
