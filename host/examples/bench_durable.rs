@@ -159,12 +159,7 @@ async fn run(runtime: &Arc<Runtime>, wasm: &[u8], store: Option<&Arc<SqliteStore
         None => AsyncEventBus::with_config(bus_config()),
     };
     let plugin = runtime
-        .load(
-            wasm.to_vec(),
-            PluginOptions::default(),
-            bus.key_value_store(),
-            bus.sink(),
-        )
+        .load(wasm.to_vec(), PluginOptions::default(), bus.key_value_store())
         .await
         .expect("loading the plugin");
     plugin.subscribe(&bus).expect("subscribing the plugin");

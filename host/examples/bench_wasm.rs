@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use evhost::store::MemoryKv;
 use evhost::{AsyncBusConfig, AsyncEventBus, Event, EventBus, PluginOptions, Runtime, RuntimeConfig};
 use serde_json::json;
 
@@ -45,9 +44,8 @@ async fn through_bus(plugin: Option<(&Arc<Runtime>, &[u8])>) -> f64 {
     });
     match plugin {
         Some((runtime, bytes)) => {
-            let kv = Arc::new(MemoryKv::default());
             let plugin = runtime
-                .load(bytes.to_vec(), PluginOptions::default(), kv, bus.sink())
+                .load(bytes.to_vec(), PluginOptions::default(), bus.key_value_store())
                 .await
                 .unwrap();
             plugin.subscribe(&bus).unwrap();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use evhost::bus::from_fn;
+use evhost::bus::{Effects, from_fn};
 use evhost::{AsyncEventBus, Event, EventBus, EventHandler, HandlerError};
 use serde_json::json;
 
@@ -17,13 +17,13 @@ impl EventHandler for WelcomeMailer {
         "welcome-mailer"
     }
 
-    async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
+    async fn handle(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
         let email = event
             .json_data()
             .and_then(|data| data["email"].as_str())
             .ok_or_else(|| HandlerError::reject("UserCreated without an email"))?;
         println!("welcome mail to {email}");
-        Ok(())
+        Ok(Effects::none())
     }
 }
 

@@ -8,7 +8,6 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::bus::{BusError, EventSink};
 use crate::config::{Config, ConfigError, LogFormat};
 use crate::event::Event;
 use crate::runtime::{PluginOptions, Runtime, RuntimeConfig};
@@ -463,12 +462,7 @@ pub async fn check_plugin(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let runtime = Runtime::new(config)?;
     let plugin = runtime
-        .load(
-            bytes,
-            PluginOptions::default(),
-            Arc::new(MemoryKv::default()),
-            Arc::new(NoSink),
-        )
+        .load(bytes, PluginOptions::default(), Arc::new(MemoryKv::default()))
         .await
         .with_context(|| format!("{} is not a usable evhost plugin", file.display()))?;
     let info = plugin.info();
@@ -489,15 +483,6 @@ pub async fn check_plugin(file: &Path) -> anyhow::Result<()> {
         println!("  {import}");
     }
     Ok(())
-}
-
-/// Where `plugins check` sends emitted events: nowhere, nothing runs.
-struct NoSink;
-
-impl EventSink for NoSink {
-    fn emit(&self, _events: Vec<Event>) -> futures::future::BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async { Err(BusError::Stopped) })
-    }
 }
 
 /// `evhost new`: writes `NAME/Cargo.toml`, `NAME/src/lib.rs` and `NAME/.gitignore`.

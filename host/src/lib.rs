@@ -36,7 +36,7 @@ pub mod store;
 
 pub use async_trait::async_trait;
 pub use bus::{
-    AsyncBusConfig, AsyncEventBus, Backpressure, BusError, DeliveryReport, EventBus, EventHandler, EventSink,
+    AsyncBusConfig, AsyncEventBus, Backpressure, BusError, DeliveryReport, EventBus, EventHandler,
     HandlerError, InMemoryEventBus, StopReport, SubscribeOptions, SubscriptionId,
 };
 pub use event::{Event, EventError};

@@ -109,3 +109,35 @@ async fn a_core_module_and_a_text_file_are_named_for_what_they_are() {
         assert!(err.to_string().contains(expected), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_in_memory_bus_a_plugins_effects_apply_too() {
+    use evhost::{Event, EventBus, InMemoryEventBus};
+    use futures::FutureExt as _;
+
+    let host = Host::new().await;
+    let bus = InMemoryEventBus::new();
+    let kv = bus.key_value_store();
+    let bytes = std::fs::read(wasm::USER_PROJECTION).unwrap();
+    let plugin = host
+        .runtime
+        .load(bytes, PluginOptions::default(), kv.clone())
+        .await
+        .unwrap();
+    bus.subscribe("User*", plugin).unwrap();
+    let created = Event::new(
+        "UserCreated",
+        "tests",
+        serde_json::json!({"id": "u1", "name": "Ada", "email": "ada@example.com"}),
+    )
+    .with_subject("u1");
+    bus.publish(created).await.unwrap();
+    let user = kv
+        .get("user-projection", "user:u1")
+        .now_or_never()
+        .unwrap()
+        .unwrap()
+        .expect("the projection's write applied");
+    let user: serde_json::Value = serde_json::from_slice(&user).unwrap();
+    assert_eq!(user["name"], "Ada");
+}

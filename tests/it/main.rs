@@ -52,9 +52,7 @@ impl Host {
 
     async fn try_load(&self, path: &str, options: PluginOptions) -> Result<Arc<Plugin>, evhost::LoadError> {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-        self.runtime
-            .load(bytes, options, self.kv.clone(), self.bus.sink())
-            .await
+        self.runtime.load(bytes, options, self.kv.clone()).await
     }
 
     /// Loads the plugin and subscribes it to the bus.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
+use evhost::bus::Effects;
 use evhost::store::sqlite::{SqliteStore, StoreOptions};
 use evhost::{Event, EventHandler, HandlerError};
 
@@ -18,8 +19,8 @@ impl EventHandler for Noop {
         "noop"
     }
 
-    async fn handle(&self, _event: Arc<Event>) -> Result<(), HandlerError> {
-        Ok(())
+    async fn handle(&self, _event: Arc<Event>) -> Result<Effects, HandlerError> {
+        Ok(Effects::none())
     }
 }
 

@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -37,9 +37,9 @@ use tokio_util::task::TaskTracker;
 use super::RetryPolicy;
 use super::in_flight::InFlight;
 use super::{
-    Apply, BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, Effects, EventBus, EventHandler, EventSink,
-    HandlerError, HandlerOutcome, Pattern, StopReport, SubscribeOptions, Subscription, SubscriptionId,
-    failure_record, invoke, panic_message, validate,
+    BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, Effects, EventBus, EventHandler, HandlerError,
+    HandlerOutcome, Pattern, StopReport, SubscribeOptions, Subscription, SubscriptionId, failure_record,
+    invoke, panic_message, validate,
 };
 use crate::event::Event;
 use crate::metrics::BusMetrics;
@@ -533,16 +533,9 @@ impl AsyncEventBus {
     /// is in the log and whether it was a duplicate: an event whose `source` + `id` a
     /// durable log already accepted is not published again.
     pub async fn publish_batch_offsets(&self, events: Vec<Event>) -> Result<Vec<Appended>, BusError> {
-        Inner::accept(&self.inner, events, false, true, None)
+        Inner::accept(&self.inner, events, false, None)
             .await
             .map(|accepted| accepted.appended)
-    }
-
-    /// A handle that publishes onto this bus without keeping it alive, for handlers that
-    /// emit events (Wasm plugins). Emitted events skip the capacity check: a handler
-    /// waiting for room its own event occupies would wait forever.
-    pub fn sink(&self) -> Arc<dyn EventSink> {
-        Arc::new(WeakSink(Arc::downgrade(&self.inner)))
     }
 
     async fn accept(
@@ -550,7 +543,7 @@ impl AsyncEventBus {
         events: Vec<Event>,
         collect: bool,
     ) -> Result<Vec<oneshot::Receiver<DeliveryReport>>, BusError> {
-        Inner::accept(&self.inner, events, collect, true, None)
+        Inner::accept(&self.inner, events, collect, None)
             .await
             .map(|accepted| accepted.receivers)
     }
@@ -571,41 +564,20 @@ impl OutboxTarget for AsyncEventBus {
         position: i64,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            Inner::accept(
-                &self.inner,
-                events,
-                false,
-                true,
-                Some((relay.to_owned(), position)),
-            )
-            .await?;
+            Inner::accept(&self.inner, events, false, Some((relay.to_owned(), position))).await?;
             Ok(())
         })
     }
 }
 
-/// See [`AsyncEventBus::sink`].
-#[derive(Debug)]
-struct WeakSink(Weak<Inner>);
-
-impl EventSink for WeakSink {
-    fn emit(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            let inner = self.0.upgrade().ok_or(BusError::Stopped)?;
-            Inner::accept(&inner, events, false, false, None).await.map(drop)
-        })
-    }
-}
-
 impl Inner {
-    /// Accepts `events`: one report receiver per event when `collect` is set, and where
-    /// the log put each. `bounded` applies the capacity limit; `checkpoint` is stored with
-    /// the events.
+    /// Accepts `events`, within the capacity: one report receiver per event when
+    /// `collect` is set, and where the log put each. `checkpoint` is stored with the
+    /// events.
     async fn accept(
         inner: &Arc<Self>,
         events: Vec<Event>,
         collect: bool,
-        bounded: bool,
         checkpoint: Option<(String, i64)>,
     ) -> Result<Accepted, BusError> {
         for event in &events {
@@ -617,9 +589,7 @@ impl Inner {
         inner.check_open()?;
         let n = events.len();
         let capacity = inner.in_flight.capacity();
-        if !bounded {
-            inner.in_flight.force_reserve(n);
-        } else if n > capacity {
+        if n > capacity {
             return Err(BusError::BatchTooLarge { len: n, capacity });
         } else if !inner.in_flight.try_reserve(n) {
             match inner.config.backpressure {
@@ -1081,7 +1051,7 @@ impl Inner {
     async fn attempt(&self, lane: &Lane, pending: &mut Pending) -> Result<PreparedAck, FailureRecord> {
         pending.attempt += 1;
         let (subscription, event) = (&lane.subscription, &pending.delivery.event);
-        let effects = invoke(subscription, event, pending.attempt, &self.monitor, Apply::Return).await?;
+        let effects = invoke(subscription, event, pending.attempt, &self.monitor).await?;
         let emitted = effects.emitted.len();
         let prepared = match self.reserve_emitted(lane, emitted).await {
             Ok(()) => self
@@ -1225,7 +1195,11 @@ impl Inner {
             .unwrap_or_default()
             .into_iter();
         let mut commit = self.delivery_commit(lane, delivery, DeliveryOutcome::Acked);
-        commit.kv_namespace = kv_namespace;
+        commit.kv_namespace = if kv_namespace.is_empty() {
+            lane.subscription.name.to_string()
+        } else {
+            kv_namespace
+        };
         commit.kv_writes = kv_writes;
         commit.emitted = emitted
             .iter()

@@ -1,25 +1,32 @@
 //! The synchronous bus: handlers run in the publisher's task, in subscription order.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use super::in_flight::InFlight;
 use std::sync::{Arc, RwLock};
 
+use super::in_flight::InFlight;
 use super::{
-    Apply, BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, EventBus, EventHandler, HandlerError,
-    HandlerOutcome, Pattern, StopReport, Subscription, SubscriptionId, invoke, validate,
+    BusError, DEFAULT_HANDLER_TIMEOUT, DeliveryReport, Effects, EventBus, EventHandler, HandlerError,
+    HandlerOutcome, Pattern, StopReport, Subscription, SubscriptionId, failure_record, invoke, validate,
 };
 use crate::event::Event;
 use crate::metrics::BusMetrics;
-use crate::monitor::{self, ErrorMonitor};
+use crate::monitor::{self, ErrorMonitor, FailureKind};
+use crate::store::{KeyValueStore, MemoryKv};
 
 /// A bus that handles each event before `publish` returns.
 ///
 /// Handlers run one after another in the order they subscribed; the first failure stops
 /// the event there and is returned to the publisher (and reported to the monitor).
 /// Panics are caught and returned as [`FailureKind::Panic`](crate::FailureKind::Panic).
+///
+/// A handler's [`Effects`] apply when it succeeds: its key-value writes go to the bus's
+/// own [`MemoryKv`] ([`InMemoryEventBus::key_value_store`]), and the events it emitted are
+/// handled after the event that caused them, before `publish` returns; their failures go
+/// to the monitor only.
 #[derive(Debug)]
 pub struct InMemoryEventBus {
+    kv: Arc<MemoryKv>,
     subscriptions: RwLock<Vec<Arc<Subscription>>>,
     next_id: AtomicU64,
     stopped: AtomicBool,
@@ -38,6 +45,7 @@ impl InMemoryEventBus {
     /// An empty bus with an error monitor of the default capacity.
     pub fn new() -> Self {
         Self {
+            kv: Arc::default(),
             subscriptions: RwLock::default(),
             next_id: AtomicU64::new(1),
             stopped: AtomicBool::new(false),
@@ -50,6 +58,11 @@ impl InMemoryEventBus {
     /// The error monitor every failure is reported to.
     pub fn monitor(&self) -> &ErrorMonitor {
         &self.monitor
+    }
+
+    /// The key-value data handlers' effects write: load plugins with this store.
+    pub fn key_value_store(&self) -> Arc<dyn KeyValueStore> {
+        Arc::clone(&self.kv) as Arc<dyn KeyValueStore>
     }
 
     /// Counters and latency per subscription.
@@ -69,6 +82,7 @@ impl InMemoryEventBus {
         }
     }
 
+    /// Handles `event`, then the events its handlers emitted (and theirs, in order).
     async fn deliver(&self, event: Event, stop_at_first_failure: bool) -> Result<DeliveryReport, BusError> {
         validate(&event)?;
         if self.stopped.load(Ordering::SeqCst) {
@@ -80,8 +94,26 @@ impl InMemoryEventBus {
             "the in-memory bus has no capacity limit"
         );
         let _done = scopeguard(|| self.in_flight.release(1));
+        let mut emitted = VecDeque::new();
+        let report = self
+            .deliver_one(Arc::new(event), stop_at_first_failure, &mut emitted)
+            .await;
+        while let Some(event) = emitted.pop_front() {
+            // Not the publisher's event: its failures reach the monitor only.
+            let _ = self.deliver_one(event, false, &mut emitted).await;
+        }
+        report.into_result()
+    }
+
+    /// Runs the handlers of one event, applying each one's effects as it succeeds and
+    /// queueing the events it emitted on `emitted`.
+    async fn deliver_one(
+        &self,
+        event: Arc<Event>,
+        stop_at_first_failure: bool,
+        emitted: &mut VecDeque<Arc<Event>>,
+    ) -> DeliveryReport {
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        let event = Arc::new(event);
         let matching: Vec<_> = self
             .subscriptions
             .read()
@@ -92,10 +124,10 @@ impl InMemoryEventBus {
             .collect();
         let mut outcomes = Vec::with_capacity(matching.len());
         for subscription in matching {
-            let error = invoke(&subscription, &event, 1, &self.monitor, Apply::Handler)
-                .await
-                .err()
-                .map(|record| HandlerError::new(record.kind, record.message));
+            let error = match invoke(&subscription, &event, 1, &self.monitor).await {
+                Ok(effects) => self.apply(&subscription, &event, effects, emitted).err(),
+                Err(record) => Some(HandlerError::new(record.kind, record.message)),
+            };
             let failed = error.is_some();
             outcomes.push(HandlerOutcome {
                 subscription: subscription.name.to_string(),
@@ -110,7 +142,40 @@ impl InMemoryEventBus {
             duplicate: false,
             outcomes,
         }
-        .into_result()
+    }
+
+    /// Applies a successful handler's effects: writes its key-value data and queues the
+    /// events it emitted. An invalid emitted event fails the invocation, with nothing
+    /// applied.
+    fn apply(
+        &self,
+        subscription: &Subscription,
+        event: &Event,
+        effects: Effects,
+        emitted: &mut VecDeque<Arc<Event>>,
+    ) -> Result<(), HandlerError> {
+        let Effects {
+            kv_namespace,
+            kv_writes,
+            emitted: events,
+        } = effects;
+        if let Some(invalid) = events.iter().find_map(|e| e.validate().err()) {
+            let error = HandlerError::new(
+                FailureKind::HostError,
+                format!("the handler emitted an invalid event: {invalid}"),
+            );
+            failure_record(subscription, event, 1, &error, &self.monitor);
+            return Err(error);
+        }
+        let namespace = if kv_namespace.is_empty() {
+            subscription.name.to_string()
+        } else {
+            kv_namespace
+        };
+        // Writes to memory cannot fail.
+        let _ = self.kv.commit(&namespace, kv_writes);
+        emitted.extend(events.into_iter().map(Arc::new));
+        Ok(())
     }
 }
 

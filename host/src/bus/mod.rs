@@ -29,7 +29,7 @@ pub use async_bus::{AsyncBusConfig, AsyncEventBus, Backpressure};
 pub use memory::InMemoryEventBus;
 pub use pattern::Pattern;
 pub use retry::RetryPolicy;
-pub(crate) use subscription::{Apply, Subscription, failure_record, invoke, panic_message};
+pub(crate) use subscription::{Subscription, failure_record, invoke, panic_message};
 
 /// Per-invocation timeout unless a subscription sets its own.
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,16 +65,16 @@ pub trait EventBus: Send + Sync {
     async fn wait(&self);
 }
 
-/// Where a handler's emitted events go (see [`AsyncEventBus::sink`]).
-pub trait EventSink: Send + Sync + 'static {
-    /// Publishes `events`, in order.
-    fn emit(&self, events: Vec<Event>) -> futures::future::BoxFuture<'_, Result<(), BusError>>;
-}
-
-/// A native Rust event handler.
+/// An event handler: a native Rust one, or a Wasm plugin.
+///
+/// A handler returns its [`Effects`] — key-value writes and events to emit — instead of
+/// applying them: the bus that ran it applies them with the delivery (the async bus
+/// commits them with the delivery's acknowledgement, all or nothing), so a failed
+/// invocation leaves nothing behind. Most native handlers have none:
 ///
 /// ```
 /// use std::sync::Arc;
+/// use evhost::bus::Effects;
 /// use evhost::{Event, EventHandler, HandlerError};
 ///
 /// struct SendWelcomeMail;
@@ -85,13 +85,13 @@ pub trait EventSink: Send + Sync + 'static {
 ///         "send-welcome-mail"
 ///     }
 ///
-///     async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
+///     async fn handle(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
 ///         let email = event
 ///             .json_data()
 ///             .and_then(|d| d["email"].as_str())
 ///             .ok_or_else(|| HandlerError::reject("UserCreated without an email"))?;
 ///         let _ = email; // send it; a transient outage would be HandlerError::retry(...)
-///         Ok(())
+///         Ok(Effects::none())
 ///     }
 /// }
 /// ```
@@ -107,22 +107,16 @@ pub trait EventHandler: Send + Sync + 'static {
         None
     }
 
-    /// Handles one event.
-    async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError>;
-
-    /// Handles one event and returns its effects — key-value writes and emitted events —
-    /// instead of applying them, so that [`AsyncEventBus`] commits them together with the
-    /// delivery's acknowledgement: all of them or, if the handler or the commit fails,
-    /// none. The default calls [`EventHandler::handle`] and has no effects.
-    async fn handle_with_effects(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
-        self.handle(event).await.map(|()| Effects::default())
-    }
+    /// Handles one event: `Ok` with what it wants written and emitted, for the bus to
+    /// apply; `Err` applies nothing.
+    async fn handle(&self, event: Arc<Event>) -> Result<Effects, HandlerError>;
 }
 
-/// What a successful invocation leaves behind; see [`EventHandler::handle_with_effects`].
+/// What a successful invocation asks the bus to apply; see [`EventHandler`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Effects {
-    /// The key-value namespace `kv_writes` go to (a plugin's name).
+    /// The key-value namespace `kv_writes` go to (a plugin's name); empty means the
+    /// subscription's name.
     pub kv_namespace: String,
     /// Key-value writes in order; `None` deletes the key.
     pub kv_writes: Vec<(String, Option<Vec<u8>>)>,
@@ -130,7 +124,25 @@ pub struct Effects {
     pub emitted: Vec<Event>,
 }
 
-/// Wraps an async closure as a handler.
+impl Effects {
+    /// Nothing to write or emit.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Whether there is nothing to apply.
+    pub fn is_empty(&self) -> bool {
+        self.kv_writes.is_empty() && self.emitted.is_empty()
+    }
+}
+
+impl From<()> for Effects {
+    fn from((): ()) -> Self {
+        Self::none()
+    }
+}
+
+/// Wraps an async closure as a handler with no effects.
 ///
 /// ```
 /// use evhost::{bus::from_fn, HandlerError};
@@ -162,8 +174,8 @@ where
         &self.name
     }
 
-    async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
-        (self.f)(event).await
+    async fn handle(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
+        (self.f)(event).await.map(Effects::from)
     }
 }
 

@@ -46,15 +46,6 @@ impl Subscription {
     }
 }
 
-/// Who applies a handler's effects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Apply {
-    /// The handler, as part of [`EventHandler::handle`].
-    Handler,
-    /// The bus: the handler returns them ([`EventHandler::handle_with_effects`]).
-    Return,
-}
-
 /// Calls the handler once: under the subscription's timeout, with panics caught, the
 /// outcome recorded in the metrics and any failure reported to the monitor (and returned).
 pub(crate) async fn invoke(
@@ -62,20 +53,11 @@ pub(crate) async fn invoke(
     event: &Arc<Event>,
     attempt: u32,
     monitor: &ErrorMonitor,
-    effects: Apply,
 ) -> Result<Effects, FailureRecord> {
     let started = Instant::now();
     let handler = &subscription.handler;
     let call = std::panic::catch_unwind(AssertUnwindSafe(|| -> BoxFuture<'_, _> {
-        if effects == Apply::Return {
-            handler.handle_with_effects(Arc::clone(event))
-        } else {
-            Box::pin(
-                handler
-                    .handle(Arc::clone(event))
-                    .map(|r| r.map(|()| Effects::default())),
-            )
-        }
+        handler.handle(Arc::clone(event))
     }));
     let result = match call {
         Err(panic) => Err(panicked(panic)),

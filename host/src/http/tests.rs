@@ -15,7 +15,7 @@ use crate::bus::{AsyncBusConfig, AsyncEventBus, Backpressure, EventBus, HandlerE
 use crate::event::{Data, Event, ExtensionValue};
 use crate::monitor::{ErrorMonitor, FailureKind, FailureRecord};
 use crate::runtime::Limits;
-use crate::store::{KeyValueStore, MemoryKv};
+use crate::store::{KeyValueReader, KeyValueStore, MemoryKv};
 
 /// Subscribed to `*`: records every event it sees, in order.
 const AUDIT: &str = "audit";

@@ -401,7 +401,7 @@ impl PluginFolder {
             };
             let plugin = self
                 .runtime
-                .load(bytes, options, Arc::clone(&self.kv), self.bus.sink())
+                .load(bytes, options, Arc::clone(&self.kv) as _)
                 .await?;
             Ok(Prepared::Compiled {
                 plugin,

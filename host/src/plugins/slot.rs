@@ -83,18 +83,10 @@ impl EventHandler for Slot {
             .filter(|v| !v.is_empty())
     }
 
-    async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
+    async fn handle(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
         let Current { handler, .. } = self.current();
         handler
             .handle(event)
-            .await
-            .map_err(|e| e.with_version(handler.version()))
-    }
-
-    async fn handle_with_effects(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
-        let Current { handler, .. } = self.current();
-        handler
-            .handle_with_effects(event)
             .await
             .map_err(|e| e.with_version(handler.version()))
     }
@@ -167,10 +159,10 @@ mod tests {
             Some(self.version)
         }
 
-        async fn handle(&self, _event: Arc<Event>) -> Result<(), HandlerError> {
+        async fn handle(&self, _event: Arc<Event>) -> Result<Effects, HandlerError> {
             self.started.notify_one();
             self.release.notified().await;
-            (self.outcome)()
+            (self.outcome)().map(Effects::from)
         }
     }
 

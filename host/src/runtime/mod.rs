@@ -21,8 +21,8 @@ use sha2::Digest as _;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Cache, CacheConfig, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::bus::{EventSink, Pattern};
-use crate::store::KeyValueStore;
+use crate::bus::Pattern;
+use crate::store::KeyValueReader;
 use bindings::{HANDLER_EXPORT, Handler, HandlerPre};
 use host::InvocationState;
 use plugin::PluginShared;
@@ -228,18 +228,15 @@ impl Runtime {
     }
 
     /// Compiles `bytes` (on a blocking thread), checks the world, pre-links it and reads
-    /// its metadata. The plugin reads key-value data from `kv`, under its name. When an
-    /// [`AsyncEventBus`](crate::AsyncEventBus) runs it, the bus commits its key-value
-    /// writes and emitted events with each delivery, so pass the bus's
-    /// [`key_value_store`](crate::AsyncEventBus::key_value_store) and
-    /// [`sink`](crate::AsyncEventBus::sink); on other buses the plugin writes to `kv` and
-    /// emits to `sink` itself.
+    /// its metadata. The plugin reads key-value data from `kv`, under its name: pass the
+    /// store its bus applies effects to ([`AsyncEventBus::key_value_store`](crate::AsyncEventBus::key_value_store)),
+    /// so that it reads what its earlier deliveries wrote. Its writes and emitted events
+    /// are effects the bus applies (see [`EventHandler`](crate::EventHandler)).
     pub async fn load(
         self: &Arc<Self>,
         bytes: Vec<u8>,
         options: PluginOptions,
-        kv: Arc<dyn KeyValueStore>,
-        sink: Arc<dyn EventSink>,
+        kv: Arc<dyn KeyValueReader>,
     ) -> Result<Arc<Plugin>, LoadError> {
         if options.limits.memory_bytes > self.config.max_memory_bytes {
             return Err(LoadError::Limits(format!(
@@ -288,7 +285,6 @@ impl Runtime {
             },
             concurrency: options.concurrency,
             retry: options.retry,
-            sink,
             fuel_consumed: Default::default(),
         };
         let metadata = plugin.call_metadata().await.map_err(LoadError::Metadata)?;

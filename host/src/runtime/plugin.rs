@@ -12,11 +12,11 @@ use super::bindings::{HandlerPre, types};
 use super::host::{InvocationState, event_to_wit};
 use super::{DeadlineExceeded, MAX_HANDLES, Runtime};
 use crate::bus::{
-    AsyncEventBus, BusError, Effects, EventHandler, EventSink, HandlerError, SubscribeOptions, SubscriptionId,
+    AsyncEventBus, BusError, Effects, EventHandler, HandlerError, SubscribeOptions, SubscriptionId,
 };
 use crate::event::Event;
 use crate::monitor::FailureKind;
-use crate::store::KeyValueStore;
+use crate::store::KeyValueReader;
 
 /// How long past its deadline a call may run (inside a host function, say) before the
 /// tokio timeout ends it. Guest code is stopped at the deadline by epoch interruption;
@@ -120,7 +120,7 @@ pub(crate) struct PluginShared {
     pub(crate) name: Arc<str>,
     pub(crate) limits: Limits,
     pub(crate) config: BTreeMap<String, String>,
-    pub(crate) kv: Arc<dyn KeyValueStore>,
+    pub(crate) kv: Arc<dyn KeyValueReader>,
 }
 
 /// A loaded plugin. It is an [`EventHandler`]: subscribe it to a bus with
@@ -132,7 +132,6 @@ pub struct Plugin {
     pub(crate) info: PluginInfo,
     pub(crate) concurrency: Option<usize>,
     pub(crate) retry: Option<crate::bus::RetryPolicy>,
-    pub(crate) sink: Arc<dyn EventSink>,
     /// Fuel burned by all invocations so far.
     pub(crate) fuel_consumed: std::sync::atomic::AtomicU64,
 }
@@ -367,32 +366,9 @@ impl EventHandler for Plugin {
         Some(&self.info.hash)
     }
 
-    /// Runs the invocation and applies its effects itself: for a bus that does not
-    /// commit effects (the in-memory one). [`AsyncEventBus`] calls
-    /// [`EventHandler::handle_with_effects`] instead.
-    async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
-        let Effects {
-            kv_namespace,
-            kv_writes,
-            emitted,
-        } = self.handle_with_effects(event).await?;
-        self.shared.kv.commit(&kv_namespace, kv_writes).map_err(|e| {
-            HandlerError::new(FailureKind::HostError, format!("key-value commit failed: {e}"))
-        })?;
-        if !emitted.is_empty() {
-            self.sink.emit(emitted).await.map_err(|e| {
-                HandlerError::new(
-                    FailureKind::HostError,
-                    format!("publishing emitted events failed: {e}"),
-                )
-            })?;
-        }
-        Ok(())
-    }
-
     /// One invocation in a fresh instance; its key-value writes and emitted events are
-    /// returned (on success only) for the bus to commit with the delivery.
-    async fn handle_with_effects(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
+    /// returned (on success only) for the bus to apply with the delivery.
+    async fn handle(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
         // One span per invocation: the plugin's own log lines and the host's nest in it.
         let span = tracing::info_span!(
             "invocation",

@@ -9,22 +9,18 @@ use futures::future::BoxFuture;
 
 use super::LogError;
 
-/// Storage behind `wasi:keyvalue/store`. Every call names the namespace (the plugin) it
-/// acts on; writes of one invocation arrive together through [`KeyValueStore::commit`], so
-/// an invocation that fails leaves nothing behind.
+/// Reading the data behind `wasi:keyvalue/store`: all a plugin needs, since its writes
+/// are effects the bus applies. Every call names the namespace (the plugin) it acts on.
 ///
 /// Reads are async: a store that reads from disk does it off the async executor, so a
 /// plugin reading in a loop cannot hold a tokio worker thread.
-pub trait KeyValueStore: Send + Sync + Debug + 'static {
+pub trait KeyValueReader: Send + Sync + Debug + 'static {
     /// The value of `key` in `namespace`.
     fn get<'a>(
         &'a self,
         namespace: &'a str,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Vec<u8>>, LogError>>;
-
-    /// Applies `writes` (`None` deletes) to `namespace` at once.
-    fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError>;
 
     /// At most `limit` keys of `namespace` in order, starting after `after` (from the
     /// first key when `None`). A page costs about its own size, wherever it starts.
@@ -36,7 +32,15 @@ pub trait KeyValueStore: Send + Sync + Debug + 'static {
     ) -> BoxFuture<'a, Result<KeyPage, LogError>>;
 }
 
-/// One page of [`KeyValueStore::list_keys`].
+/// A [`KeyValueReader`] that can be written outside a delivery. The writes of one
+/// invocation arrive together through [`KeyValueStore::commit`], so an invocation that
+/// fails leaves nothing behind.
+pub trait KeyValueStore: KeyValueReader {
+    /// Applies `writes` (`None` deletes) to `namespace` at once.
+    fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError>;
+}
+
+/// One page of [`KeyValueReader::list_keys`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyPage {
     /// The keys, in order.
@@ -51,7 +55,7 @@ pub struct MemoryKv {
     namespaces: RwLock<HashMap<String, BTreeMap<String, Vec<u8>>>>,
 }
 
-impl KeyValueStore for MemoryKv {
+impl KeyValueReader for MemoryKv {
     fn get<'a>(
         &'a self,
         namespace: &'a str,
@@ -60,21 +64,6 @@ impl KeyValueStore for MemoryKv {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         let value = namespaces.get(namespace).and_then(|ns| ns.get(key)).cloned();
         Box::pin(std::future::ready(Ok(value)))
-    }
-
-    fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
-        let ns = namespaces.entry(namespace.to_owned()).or_default();
-        for (key, value) in writes {
-            match value {
-                Some(value) => ns.insert(key, value),
-                None => ns.remove(&key),
-            };
-        }
-        Ok(())
     }
 
     fn list_keys<'a>(
@@ -99,6 +88,23 @@ impl KeyValueStore for MemoryKv {
             }
         };
         Box::pin(std::future::ready(Ok(page)))
+    }
+}
+
+impl KeyValueStore for MemoryKv {
+    fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
+        let ns = namespaces.entry(namespace.to_owned()).or_default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => ns.insert(key, value),
+                None => ns.remove(&key),
+            };
+        }
+        Ok(())
     }
 }
 

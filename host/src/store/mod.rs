@@ -413,4 +413,4 @@ impl EventLog for MemoryLog {
 mod kv;
 pub mod sqlite;
 
-pub use kv::{KeyPage, KeyValueStore, MemoryKv};
+pub use kv::{KeyPage, KeyValueReader, KeyValueStore, MemoryKv};

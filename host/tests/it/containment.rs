@@ -208,11 +208,7 @@ impl EventHandler for Amplifier {
         "amplifier"
     }
 
-    async fn handle(&self, _event: Arc<Event>) -> Result<(), HandlerError> {
-        unreachable!("the bus asks for the effects")
-    }
-
-    async fn handle_with_effects(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
+    async fn handle(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
         let emitted = (0..self.fan_out)
             .map(|_| Event::new(self.emits, "amplifier", json!({})).caused_by(&event))
             .collect();

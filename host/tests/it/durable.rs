@@ -42,11 +42,7 @@ impl EventHandler for Counter {
         "counter"
     }
 
-    async fn handle(&self, _event: Arc<Event>) -> Result<(), HandlerError> {
-        unreachable!("the bus asks for the effects")
-    }
-
-    async fn handle_with_effects(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
+    async fn handle(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
         let subject = event.subject.clone().unwrap_or_default();
         Ok(Effects {
             kv_namespace: "counter".into(),

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use evhost::bus::Effects;
 use evhost::{Event, EventHandler, HandlerError};
 use serde_json::json;
 
@@ -38,9 +39,9 @@ impl EventHandler for Recorder {
         &self.name
     }
 
-    async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
+    async fn handle(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
         self.seen.lock().unwrap().push(event);
-        Ok(())
+        Ok(Effects::none())
     }
 }
 
@@ -75,13 +76,13 @@ impl EventHandler for ConcurrencyProbe {
         &self.name
     }
 
-    async fn handle(&self, _event: Arc<Event>) -> Result<(), HandlerError> {
+    async fn handle(&self, _event: Arc<Event>) -> Result<Effects, HandlerError> {
         let now = self.current.fetch_add(1, Ordering::SeqCst) + 1;
         self.max.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(self.hold).await;
         self.current.fetch_sub(1, Ordering::SeqCst);
         self.done.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        Ok(Effects::none())
     }
 }
 
@@ -103,7 +104,7 @@ impl EventHandler for OrderChecker {
         "order-checker"
     }
 
-    async fn handle(&self, event: Arc<Event>) -> Result<(), HandlerError> {
+    async fn handle(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
         let key = event.subject.clone().expect("keyed events");
         let seq = event.json_data().unwrap()["seq"].as_u64().unwrap();
         {
@@ -139,7 +140,7 @@ impl EventHandler for OrderChecker {
         self.running_keys.fetch_sub(1, Ordering::SeqCst);
         *self.running_per_key.lock().unwrap().get_mut(&key).unwrap() -= 1;
         self.handled.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        Ok(Effects::none())
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use evhost::bus::from_fn;
+use evhost::bus::{Effects, from_fn};
 use evhost::{BusError, EventBus, FailureKind, HandlerError, InMemoryEventBus};
 
 use crate::helpers::{Recorder, event};
@@ -119,4 +119,59 @@ async fn an_invalid_event_is_refused() {
     bad.specversion = "0.3".into();
     let err = bus.publish(bad).await.unwrap_err();
     assert!(err.to_string().contains("specversion"), "{err}");
+}
+
+/// Writes `last` (the event's id) and emits `Counted` for every `Order`.
+struct Counting;
+
+#[evhost::async_trait]
+impl evhost::EventHandler for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+
+    async fn handle(&self, event: Arc<evhost::Event>) -> Result<Effects, HandlerError> {
+        Ok(Effects {
+            kv_namespace: String::new(),
+            kv_writes: vec![("last".into(), Some(event.id.as_bytes().to_vec()))],
+            emitted: vec![evhost::Event::new("Counted", "counting", serde_json::json!({})).caused_by(&event)],
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_handlers_effects_apply_and_its_events_are_handled_before_publish_returns() {
+    let bus = InMemoryEventBus::new();
+    bus.subscribe("Order", Arc::new(Counting)).unwrap();
+    let counted = Recorder::named("counted");
+    bus.subscribe("Counted", counted.clone()).unwrap();
+    bus.start().await.unwrap();
+    let order = event("Order");
+    bus.publish(order.clone()).await.unwrap();
+    let kv = bus.key_value_store();
+    assert_eq!(
+        kv.get("counting", "last").await.unwrap(),
+        Some(order.id.as_bytes().to_vec()),
+        "written under the subscription's name"
+    );
+    assert_eq!(counted.types(), ["Counted"]);
+    assert_eq!(
+        counted.seen.lock().unwrap()[0].causation_id(),
+        Some(order.id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_failed_handler_applies_nothing() {
+    let bus = InMemoryEventBus::new();
+    let counted = Recorder::named("counted");
+    bus.subscribe("Counted", counted.clone()).unwrap();
+    bus.subscribe(
+        "Order",
+        from_fn("refuser", |_| async { Err(HandlerError::reject("no")) }),
+    )
+    .unwrap();
+    bus.publish(event("Order")).await.unwrap_err();
+    assert_eq!(counted.count(), 0);
+    assert_eq!(bus.key_value_store().get("refuser", "last").await.unwrap(), None);
 }

@@ -727,11 +727,11 @@ impl evhost::EventHandler for IdRecorder {
         "recorder"
     }
 
-    async fn handle(&self, event: Arc<Event>) -> Result<(), evhost::HandlerError> {
+    async fn handle(&self, event: Arc<Event>) -> Result<evhost::bus::Effects, evhost::HandlerError> {
         let mut ids = self.ids.lock().unwrap();
         ids.push(event.id.clone());
         self.count.send_replace(ids.len());
-        Ok(())
+        Ok(evhost::bus::Effects::none())
     }
 }
 

@@ -78,7 +78,7 @@ pub use super::{
     AppendBatch, Appended, CommitOutcome, DeadLetter, DeadLetterFilter, DeliveryCommit, DeliveryOutcome,
     PendingDelivery, Replayed,
 };
-use super::{EventLog, KeyPage, KeyValueStore, LogError};
+use super::{EventLog, KeyPage, KeyValueReader, KeyValueStore, LogError};
 use crate::monitor::FailureRecord;
 use read::Readers;
 use writer::{Answer, Encoded, EncodedCommit, EncodedOutcome, Message, Op, Reply, Request, Writer};
@@ -748,7 +748,7 @@ impl EventLog for SqliteStore {
 /// [`SqliteStore::commit`], atomically with the delivery's ack; `commit` here is a
 /// transaction of its own (for writes outside a delivery), which blocks the calling thread
 /// until durable.
-impl KeyValueStore for SqliteStore {
+impl KeyValueReader for SqliteStore {
     /// Read on a blocking thread: a plugin reading in a loop never holds an executor thread.
     fn get<'a>(
         &'a self,
@@ -761,20 +761,6 @@ impl KeyValueStore for SqliteStore {
                 .await
                 .map_err(log_error)
         })
-    }
-
-    fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let op = Op::Kv {
-            namespace: namespace.to_owned(),
-            writes,
-        };
-        match self.submit_blocking(op).map_err(log_error)? {
-            Answer::Done => Ok(()),
-            other => Err(log_error(unexpected(&other))),
-        }
     }
 
     /// Pages by key (`key > after`), so a page costs one index range scan wherever it
@@ -791,5 +777,21 @@ impl KeyValueStore for SqliteStore {
                 .await
                 .map_err(log_error)
         })
+    }
+}
+
+impl KeyValueStore for SqliteStore {
+    fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let op = Op::Kv {
+            namespace: namespace.to_owned(),
+            writes,
+        };
+        match self.submit_blocking(op).map_err(log_error)? {
+            Answer::Done => Ok(()),
+            other => Err(log_error(unexpected(&other))),
+        }
     }
 }
