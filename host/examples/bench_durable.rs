@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Fresh, median};
-use evhost::store::EventLog;
 use evhost::store::sqlite::{SqliteStore, StoreStats};
 use evhost::{AsyncBusConfig, AsyncEventBus, Event, EventBus, PluginOptions, Runtime, RuntimeConfig};
 use serde_json::json;
@@ -155,7 +154,7 @@ fn delta(before: StoreStats, after: StoreStats) -> StoreStats {
 /// plugin subscribed, and waits until all are handled.
 async fn run(runtime: &Arc<Runtime>, wasm: &[u8], store: Option<&Arc<SqliteStore>>) -> Run {
     let bus = match store {
-        Some(store) => AsyncEventBus::with_log(bus_config(), Arc::clone(store) as Arc<dyn EventLog>),
+        Some(store) => AsyncEventBus::with_storage(bus_config(), store.storage()),
         None => AsyncEventBus::with_config(bus_config()),
     };
     let plugin = runtime

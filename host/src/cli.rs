@@ -118,7 +118,7 @@ pub struct RunArgs {
     #[arg(long, env = "EVHOST_NO_DURABLE")]
     pub no_durable: bool,
     /// Relay the transactional outbox of this PostgreSQL database into the log, e.g.
-    /// postgres://app@db/orders (schema and batching in evhost.toml's [outbox]).
+    /// postgres://app@db/orders (schema and batching in evhost.toml's `[outbox]`).
     #[arg(long, env = "EVHOST_OUTBOX")]
     pub outbox: Option<String>,
 }

@@ -127,6 +127,9 @@ pub struct BusMetrics {
     pub monitor_overflow: u64,
     /// Events in the dead-letter queue.
     pub dead_letters: u64,
+    /// Times a delivery's commit failed in the store and was tried again (the host's
+    /// failures, not the handlers').
+    pub store_retries: u64,
     /// Per-subscription counters.
     pub subscriptions: Vec<SubscriptionSnapshot>,
 }

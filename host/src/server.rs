@@ -11,7 +11,6 @@ use crate::http::{AppState, PluginCatalog};
 use crate::outbox::{OutboxRelay, OutboxTarget};
 use crate::plugins::{PluginFolder, PluginFolderOptions};
 use crate::runtime::Runtime;
-use crate::store::EventLog;
 use crate::store::sqlite::{SqliteStore, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -60,7 +59,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         ..config.bus_config()
     };
     let bus = match &store {
-        Some(store) => AsyncEventBus::with_log(bus_config, Arc::clone(store) as Arc<dyn EventLog>),
+        Some(store) => AsyncEventBus::with_storage(bus_config, store.storage()),
         None => AsyncEventBus::with_config(bus_config),
     };
     let kv = bus.key_value_store();

@@ -138,6 +138,6 @@ async fn on_the_in_memory_bus_a_plugins_effects_apply_too() {
         .unwrap()
         .unwrap()
         .expect("the projection's write applied");
-    let user: serde_json::Value = serde_json::from_slice(&user).unwrap();
+    let user: serde_json::Value = serde_json::from_slice(&user.value).unwrap();
     assert_eq!(user["name"], "Ada");
 }

@@ -74,6 +74,7 @@ impl Host {
             .now_or_never()
             .expect("the in-memory store answers at once")
             .unwrap()
+            .map(|versioned| versioned.value)
     }
 
     async fn publish_and_wait(&self, events: Vec<Event>) {

@@ -19,7 +19,7 @@
 //! in that key's own FIFO; the key is handed to one worker at a time, so a subscription
 //! sees a key's events one by one in publish order while other keys run in parallel.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +30,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
+use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,7 +48,7 @@ use crate::monitor::{self, ErrorMonitor, ErrorStream, FailureKind, FailureRecord
 use crate::outbox::OutboxTarget;
 use crate::store::{
     AppendBatch, Appended, CommitOutcome, DeadLetter, DeadLetterFilter, DeliveryCommit, DeliveryOutcome,
-    EventLog, KeyValueStore, LogError, MemoryLog, Offset, PendingDelivery,
+    KeyValueStore, Offset, PendingDelivery, Storage, StorageError,
 };
 
 /// How many events of one key a worker handles in a row before letting other keys in.
@@ -158,9 +159,7 @@ pub struct AsyncEventBus {
 #[derive(Debug)]
 struct Inner {
     config: AsyncBusConfig,
-    log: Arc<dyn EventLog>,
-    /// Whether `log` keeps routes: only a durable log needs them.
-    durable: bool,
+    storage: Storage,
     /// Copy-on-write, so publishing reads it without holding a lock while routing.
     lanes: RwLock<Arc<[Arc<Lane>]>>,
     /// Subscriptions removed before `start` with events still queued.
@@ -169,6 +168,8 @@ struct Inner {
     state: AtomicU8,
     in_flight: InFlight,
     accepted: AtomicU64,
+    /// Commits the store failed and the bus tried again.
+    store_retries: AtomicU64,
     /// Workers kept runnable per subscription: about one per thread.
     runnable_target: usize,
     key_hasher: std::hash::RandomState,
@@ -205,6 +206,16 @@ struct Queue {
     running: usize,
     /// Workers whose handler is pending (waiting on I/O or time).
     blocked: usize,
+    /// Present while the subscription's backlog is read from the log.
+    loading: Option<Loading>,
+}
+
+/// A lane's state while its backlog is read from the log: the events routed to it
+/// meanwhile wait here, after the backlog, and the log's copy of any of them is skipped.
+#[derive(Debug, Default)]
+struct Loading {
+    live: Vec<Pending>,
+    offsets: HashSet<Offset>,
 }
 
 #[derive(Debug)]
@@ -243,13 +254,54 @@ struct PreparedAck {
     emitted: Option<Emitted>,
 }
 
-/// Events a handler emitted, with the routing table they were routed by and the room
-/// reserved for them.
+/// Events a handler emitted, with the routing table and routes they were routed by and
+/// the room reserved for them.
 #[derive(Debug)]
 struct Emitted {
     lanes: Arc<[Arc<Lane>]>,
+    routes: Routes,
     events: Vec<Arc<Event>>,
     room: Arc<InFlight>,
+}
+
+/// Per event of a batch, the lanes (indices into one routing table) it goes to: matched
+/// once, for the routes the log stores and for queueing.
+#[derive(Debug, Default)]
+struct Routes {
+    /// Where each event's lanes end in `lanes`.
+    ends: Vec<u32>,
+    lanes: Vec<u32>,
+}
+
+impl Routes {
+    fn of(lanes: &[Arc<Lane>], events: &[Arc<Event>]) -> Self {
+        let mut routes = Routes {
+            ends: Vec::with_capacity(events.len()),
+            lanes: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            for (index, lane) in lanes.iter().enumerate() {
+                if lane.subscription.matches(&event.ty) {
+                    routes.lanes.push(index as u32);
+                }
+            }
+            routes.ends.push(routes.lanes.len() as u32);
+        }
+        routes
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, event: usize) -> &[u32] {
+        let start = if event == 0 {
+            0
+        } else {
+            self.ends[event - 1] as usize
+        };
+        &self.lanes[start..self.ends[event] as usize]
+    }
 }
 
 /// A delivery whose handler succeeded, waiting in its worker for the next commit.
@@ -300,15 +352,16 @@ impl AsyncEventBus {
 
     /// A bus with the given settings and an in-memory log.
     pub fn with_config(config: AsyncBusConfig) -> Self {
-        Self::with_log(config, Arc::new(MemoryLog::default()))
+        Self::with_storage(config, Storage::memory())
     }
 
-    /// A bus that stores accepted events and progress in `log`.
+    /// A bus that keeps accepted events, deliveries' outcomes, dead letters and the
+    /// plugins' key-value data in `storage` (e.g. [`SqliteStore::storage`](crate::store::sqlite::SqliteStore::storage)).
     ///
     /// # Panics
     /// If `max_concurrency`, `subscription_concurrency`, `capacity`, `emitted_capacity` or
     /// `monitor_capacity` is zero.
-    pub fn with_log(config: AsyncBusConfig, log: Arc<dyn EventLog>) -> Self {
+    pub fn with_storage(config: AsyncBusConfig, storage: Storage) -> Self {
         assert!(config.max_concurrency > 0, "max_concurrency must be at least 1");
         assert!(
             config.subscription_concurrency > 0,
@@ -318,14 +371,14 @@ impl AsyncEventBus {
         assert!(config.emitted_capacity > 0, "emitted_capacity must be at least 1");
         let cancel = CancellationToken::new();
         let inner = Inner {
-            durable: log.is_durable(),
-            log,
+            storage,
             lanes: RwLock::new(Arc::from(Vec::new())),
             retired: Mutex::default(),
             next_id: AtomicU64::new(1),
             state: AtomicU8::new(CREATED),
             in_flight: InFlight::new(config.capacity),
             accepted: AtomicU64::new(0),
+            store_retries: AtomicU64::new(0),
             runnable_target: std::thread::available_parallelism().map_or(2, |n| n.get()),
             key_hasher: std::hash::RandomState::new(),
             permits: Arc::new(Semaphore::new(config.max_concurrency)),
@@ -369,7 +422,8 @@ impl AsyncEventBus {
             running: inner.lanes().iter().map(|lane| lane.lock().running as u64).sum(),
             failures_reported: inner.monitor.reported(),
             monitor_overflow: inner.monitor.overflowed(),
-            dead_letters: inner.log.dead_letter_count(),
+            dead_letters: inner.storage.dead_letters.count(),
+            store_retries: inner.store_retries.load(Ordering::Relaxed),
             subscriptions: inner
                 .lanes()
                 .iter()
@@ -438,9 +492,9 @@ impl AsyncEventBus {
         let name: Arc<str> = Arc::from(name);
         let lane = inner.edit_lanes(replacing, |replaced, others| {
             let same_name = replaced.is_some_and(|old| old.subscription.name == name);
-            // On a durable log a name is a subscription's identity: its deliveries and
-            // progress are stored under it.
-            if inner.durable && others.iter().any(|other| other.subscription.name == name) {
+            // A name is a subscription's identity: its deliveries, their outcomes and its
+            // dead letters are stored under it.
+            if others.iter().any(|other| other.subscription.name == name) {
                 return Err(BusError::NameTaken(name.to_string()));
             }
             // A replacement of the same name keeps counting where the old one left off, so
@@ -464,27 +518,30 @@ impl AsyncEventBus {
                 concurrency,
                 retry,
                 emitted,
-                queue: Mutex::default(),
+                // What the log holds for this name is read after the lane is installed,
+                // with no lock held; events routed to the lane meanwhile wait until it is
+                // queued, so a key's old events come before its new ones. A replacement of
+                // the same name leaves them to the old lane, which has them queued already.
+                queue: Mutex::new(Queue {
+                    loading: (!same_name).then(Loading::default),
+                    ..Queue::default()
+                }),
             });
-            // What the log holds for this name is queued before the lane routes anything,
-            // so a key's old events come before its new ones. A replacement of the same
-            // name leaves them to the old lane, which has them queued already.
-            if !same_name {
-                inner.queue_pending(&lane)?;
-            }
             Ok(Some(lane))
         })?;
-        if let Some(lane) = lane
-            && inner.state.load(Ordering::SeqCst) != CREATED
-        {
-            inner.spawn_workers(&lane, lane.lock());
+        if let Some(lane) = lane {
+            if lane.lock().loading.is_some() {
+                inner.load_backlog(lane);
+            } else if inner.state.load(Ordering::SeqCst) != CREATED {
+                inner.spawn_workers(&lane, lane.lock());
+            }
         }
         Ok(id)
     }
 
     /// The dead letters matching `filter`, by subscription and offset.
-    pub fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, BusError> {
-        Ok(self.inner.log.dead_letters(filter)?)
+    pub async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, BusError> {
+        Ok(self.inner.storage.dead_letters.list(filter.clone()).await?)
     }
 
     /// Delivers the matching dead letters again, each to the current handler of its
@@ -496,7 +553,7 @@ impl AsyncEventBus {
         inner.check_open()?;
         let lanes = inner.lanes();
         let names = lanes.iter().map(|l| l.subscription.name.to_string()).collect();
-        let replayed = inner.log.replay(filter.clone(), names).await?;
+        let replayed = inner.storage.dead_letters.replay(filter.clone(), names).await?;
         let count = replayed.len();
         let dispatching = inner.state.load(Ordering::SeqCst) != CREATED;
         for replayed in replayed {
@@ -515,18 +572,18 @@ impl AsyncEventBus {
 
     /// Drops the matching dead letters for good; returns how many.
     pub async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, BusError> {
-        Ok(self.inner.log.purge(filter.clone()).await?)
+        Ok(self.inner.storage.dead_letters.purge(filter.clone()).await?)
     }
 
     /// The key-value data plugins on this bus read, and their delivery commits write:
     /// load plugins with this store.
     pub fn key_value_store(&self) -> Arc<dyn KeyValueStore> {
-        Arc::clone(&self.inner.log).key_values()
+        Arc::clone(&self.inner.storage.kv)
     }
 
-    /// Whether accepted events survive the process (the log is durable).
-    pub fn is_durable(&self) -> bool {
-        self.inner.durable
+    /// Where the bus keeps what it accepts.
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
     }
 
     /// Publishes `events` like [`EventBus::publish_batch`] and says, per event, where it
@@ -552,9 +609,8 @@ impl AsyncEventBus {
 /// The outbox relay appends into the bus: each batch is stored with the relay's position
 /// in one append, then queued like any publish.
 impl OutboxTarget for AsyncEventBus {
-    fn checkpoint(&self, relay: &str) -> BoxFuture<'_, anyhow::Result<Option<i64>>> {
-        let checkpoint = self.inner.log.checkpoint(relay).map_err(anyhow::Error::from);
-        Box::pin(std::future::ready(checkpoint))
+    fn checkpoint<'a>(&'a self, relay: &'a str) -> BoxFuture<'a, anyhow::Result<Option<i64>>> {
+        Box::pin(async move { Ok(self.inner.storage.checkpoints.checkpoint(relay).await?) })
     }
 
     fn append_with_checkpoint<'a>(
@@ -605,19 +661,23 @@ impl Inner {
                 }
             }
         }
-        let append = Self::append_and_queue(Arc::clone(inner), events, collect, checkpoint);
-        if !inner.durable {
-            // The log in memory answers at once: nothing can be dropped half-way.
-            return append.await;
+        let mut append = Box::pin(Self::append_and_queue(
+            Arc::clone(inner),
+            events,
+            collect,
+            checkpoint,
+        ));
+        // A log in memory answers at once. One that has to wait (for its disk, its server)
+        // has the request by now, and the events may be stored whether or not anyone waits
+        // for the answer: a publisher that goes away (a dropped HTTP request) must leave
+        // no stored event unqueued and no capacity taken, so the append finishes on a
+        // task of its own.
+        if let Poll::Ready(accepted) = futures::poll!(append.as_mut()) {
+            return accepted;
         }
-        // Once the log has the request, the events may be stored whether or not anyone
-        // waits for the answer: a publisher that goes away (a dropped HTTP request) must
-        // leave no stored event unqueued and no capacity taken, so the append finishes on
-        // a task of its own. (Measured: a task here also groups appends better than
-        // awaiting in the publisher's task.)
         tokio::spawn(append)
             .await
-            .map_err(|e| BusError::Log(LogError(format!("the append task failed: {e}"))))?
+            .map_err(|e| BusError::Storage(StorageError::permanent(format!("the append task failed: {e}"))))?
     }
 
     /// The rest of [`Inner::accept`] once capacity for `events` is reserved: appends them
@@ -632,12 +692,13 @@ impl Inner {
         let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         // The routes the log stores are the lanes the events are queued on below.
         let lanes = inner.lanes();
+        let routes = Routes::of(&lanes, &events);
         let batch = AppendBatch {
-            routes: inner.routes(&lanes, &events),
+            routes: inner.route_names(&lanes, &routes),
             events: events.clone(),
             checkpoint,
         };
-        let appended = match contained(|| inner.log.append(batch)).await {
+        let appended = match contained(|| inner.storage.log.append(batch)).await {
             Ok(appended) => appended,
             Err(error) => {
                 inner.in_flight.release(n);
@@ -647,7 +708,7 @@ impl Inner {
         let mut receivers = Vec::new();
         let mut deliveries = Vec::with_capacity(n);
         let mut duplicates = 0;
-        for (event, appended) in events.into_iter().zip(&appended) {
+        for (index, (event, appended)) in events.into_iter().zip(&appended).enumerate() {
             let (report, receiver) = if collect {
                 let (sender, receiver) = oneshot::channel();
                 let collector = ReportCollector {
@@ -670,51 +731,53 @@ impl Inner {
                 delivery.complete_duplicate();
                 duplicates += 1;
             } else {
-                deliveries.push(Arc::new(delivery));
+                deliveries.push((Arc::new(delivery), index));
             }
         }
         inner
             .accepted
             .fetch_add((n - duplicates) as u64, Ordering::Relaxed);
-        let unrouted = inner.dispatch(&lanes, deliveries);
+        let unrouted = inner.dispatch(&lanes, &routes, deliveries);
         inner.in_flight.release(duplicates + unrouted);
         Ok(Accepted { receivers, appended })
     }
 
-    /// Per event, the names of the lanes it goes to, for a durable log to store; a log
-    /// in memory needs none.
-    fn routes(&self, lanes: &[Arc<Lane>], events: &[Arc<Event>]) -> Vec<Vec<String>> {
-        if !self.durable {
+    /// Per event, the names of the lanes `routes` sends it to, for a log that creates the
+    /// deliveries from them; none for one that does not want them.
+    fn route_names(&self, lanes: &[Arc<Lane>], routes: &Routes) -> Vec<Vec<String>> {
+        if !self.storage.log.wants_routes() {
             return Vec::new();
         }
-        events
-            .iter()
-            .map(|event| {
-                lanes
+        (0..routes.len())
+            .map(|i| {
+                routes
+                    .get(i)
                     .iter()
-                    .filter(|lane| lane.subscription.matches(&event.ty))
-                    .map(|lane| lane.subscription.name.to_string())
+                    .map(|&lane| lanes[lane as usize].subscription.name.to_string())
                     .collect()
             })
             .collect()
     }
 
-    /// Queues each delivery on every lane of `lanes` that matches its event. Returns how
-    /// many matched none: they are complete at once and the caller counts them out.
-    fn dispatch(self: &Arc<Self>, lanes: &[Arc<Lane>], deliveries: Vec<Arc<Delivery>>) -> usize {
+    /// Queues each delivery — with the index of its event in `routes` — on the lanes its
+    /// route names. Returns how many go nowhere: they are complete at once and the caller
+    /// counts them out.
+    fn dispatch(
+        self: &Arc<Self>,
+        lanes: &[Arc<Lane>],
+        routes: &Routes,
+        deliveries: Vec<(Arc<Delivery>, usize)>,
+    ) -> usize {
         let mut per_lane: Vec<Vec<Pending>> = lanes.iter().map(|_| Vec::new()).collect();
         let mut unrouted = 0;
-        for delivery in deliveries {
-            let mut matching = 0;
-            for (lane, queue) in lanes.iter().zip(&mut per_lane) {
-                if lane.subscription.matches(&delivery.event.ty) {
-                    queue.push(Pending::new(Arc::clone(&delivery)));
-                    matching += 1;
-                }
+        for (delivery, index) in deliveries {
+            let route = routes.get(index);
+            for &lane in route {
+                per_lane[lane as usize].push(Pending::new(Arc::clone(&delivery)));
             }
             // Set before any worker can see the delivery: queues are filled below.
-            delivery.remaining.store(matching, Ordering::Relaxed);
-            if matching == 0 {
+            delivery.remaining.store(route.len(), Ordering::Relaxed);
+            if route.is_empty() {
                 delivery.complete();
                 unrouted += 1;
             }
@@ -731,20 +794,27 @@ impl Inner {
     /// Queues the events a handler emitted, once their commit stored them. Their room was
     /// reserved before the commit; duplicates and unrouted events give theirs back.
     fn dispatch_emitted(self: &Arc<Self>, emitted: Emitted, appended: &[Appended]) {
-        let Emitted { lanes, events, room } = emitted;
+        let Emitted {
+            lanes,
+            routes,
+            events,
+            room,
+        } = emitted;
         let reserved = events.len();
-        let deliveries: Vec<Arc<Delivery>> = events
+        let deliveries: Vec<(Arc<Delivery>, usize)> = events
             .into_iter()
             .zip(appended)
-            .filter(|(_, appended)| !appended.duplicate)
-            .map(|(event, appended)| {
-                Arc::new(Delivery {
+            .enumerate()
+            .filter(|(_, (_, appended))| !appended.duplicate)
+            .map(|(index, (event, appended))| {
+                let delivery = Arc::new(Delivery {
                     event,
                     offset: appended.offset,
                     remaining: AtomicUsize::new(0),
                     report: None,
                     emitted_by: Some(Arc::clone(&room)),
-                })
+                });
+                (delivery, index)
             })
             .collect();
         room.release(reserved - deliveries.len());
@@ -753,7 +823,7 @@ impl Inner {
         self.in_flight.force_reserve(deliveries.len());
         self.accepted
             .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
-        let unrouted = self.dispatch(&lanes, deliveries);
+        let unrouted = self.dispatch(&lanes, &routes, deliveries);
         self.in_flight.release(unrouted);
         room.release(unrouted);
     }
@@ -773,36 +843,107 @@ impl Inner {
         }
     }
 
-    /// Queues what the log holds pending for `lane`'s subscription, in offset order, each
-    /// not before its `not_before`. Called before the lane is in the routing table.
-    fn queue_pending(self: &Arc<Self>, lane: &Arc<Lane>) -> Result<(), BusError> {
-        let stored = self.log.pending(&lane.subscription.name)?;
-        if stored.is_empty() {
-            return Ok(());
-        }
-        tracing::info!(
-            subscription = %lane.subscription.name,
-            pending = stored.len(),
-            "queueing deliveries the log holds"
+    /// Reads what the log holds pending for `lane`'s subscription on a task of its own —
+    /// no lock held, a page at a time — and queues it in offset order, each not before its
+    /// `not_before`; then queues what was routed to the lane meanwhile and opens it.
+    /// Until then the bus counts one event in flight, so `wait` waits for the backlog.
+    fn load_backlog(self: &Arc<Self>, lane: Arc<Lane>) {
+        // A log that keeps nothing pending (in memory) says so at once: the lane opens
+        // now, with no task.
+        let nothing = matches!(
+            self.storage
+                .log
+                .pending(&lane.subscription.name)
+                .next()
+                .now_or_never(),
+            Some(None)
         );
-        let now = Utc::now();
-        let mut ready = Vec::new();
-        for stored in stored {
+        if nothing {
+            let mut queue = lane.lock();
+            let live = queue
+                .loading
+                .take()
+                .map(|loading| loading.live)
+                .unwrap_or_default();
+            self.push(&mut queue, live);
+            if self.state.load(Ordering::SeqCst) != CREATED {
+                self.spawn_workers(&lane, queue);
+            }
+            return;
+        }
+        self.in_flight.force_reserve(1);
+        let inner = Arc::clone(self);
+        self.spawn(async move {
+            let name = &lane.subscription.name;
+            match inner.queue_backlog(&lane).await {
+                Ok(0) => {}
+                Ok(loaded) => tracing::info!(subscription = %name, pending = loaded, "queued the deliveries the log holds"),
+                // What is left stays pending in the log: a restart delivers it.
+                Err(error) => tracing::error!(subscription = %name, %error, "reading the deliveries the log holds failed"),
+            }
+            let mut queue = lane.lock();
+            let live = queue.loading.take().map(|loading| loading.live).unwrap_or_default();
+            inner.push(&mut queue, live);
+            if inner.state.load(Ordering::SeqCst) != CREATED {
+                inner.spawn_workers(&lane, queue);
+            } else {
+                drop(queue);
+            }
+            inner.in_flight.release(1);
+        });
+    }
+
+    /// Queues the lane's backlog, page by page; returns how many deliveries it queued.
+    async fn queue_backlog(self: &Arc<Self>, lane: &Arc<Lane>) -> Result<usize, StorageError> {
+        const BATCH: usize = 1_000;
+        let mut stream = self.storage.log.pending(&lane.subscription.name);
+        let (mut loaded, mut ready) = (0, Vec::new());
+        loop {
+            let stored = tokio::select! {
+                stored = stream.try_next() => stored?,
+                () = self.cancel.cancelled() => None,
+            };
+            let Some(stored) = stored else { break };
+            // Routed to the lane after it was installed: it waits with the live events.
+            let live = lane
+                .lock()
+                .loading
+                .as_ref()
+                .is_some_and(|loading| loading.offsets.contains(&stored.offset));
+            if live {
+                continue;
+            }
+            loaded += 1;
             let delay = stored
                 .not_before
-                .and_then(|t| (t - now).to_std().ok())
+                .and_then(|t| (t - Utc::now()).to_std().ok())
                 .filter(|d| !d.is_zero());
             let pending = self.pending_delivery(stored);
             match delay {
                 None => ready.push(pending),
                 Some(delay) => {
-                    self.enqueue(lane, std::mem::take(&mut ready), false);
+                    self.queue_loaded(lane, std::mem::take(&mut ready));
                     self.hold(lane, pending, delay);
                 }
             }
+            if ready.len() >= BATCH {
+                self.queue_loaded(lane, std::mem::take(&mut ready));
+            }
         }
-        self.enqueue(lane, ready, false);
-        Ok(())
+        self.queue_loaded(lane, ready);
+        Ok(loaded)
+    }
+
+    /// Queues part of a backlog while the lane is still loading, and starts workers on it.
+    fn queue_loaded(self: &Arc<Self>, lane: &Arc<Lane>, deliveries: Vec<Pending>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let mut queue = lane.lock();
+        self.push(&mut queue, deliveries);
+        if self.state.load(Ordering::SeqCst) != CREATED {
+            self.spawn_workers(lane, queue);
+        }
     }
 
     /// Queues `pending` after `delay`, holding its key meanwhile (unless older events of
@@ -877,8 +1018,25 @@ impl Inner {
         }
     }
 
+    /// Queues deliveries on the lane (behind its backlog while that is being read) and,
+    /// if `spawn`, starts workers for them.
     fn enqueue(self: &Arc<Self>, lane: &Arc<Lane>, deliveries: Vec<Pending>, spawn: bool) {
         let mut queue = lane.lock();
+        if let Some(loading) = &mut queue.loading {
+            loading
+                .offsets
+                .extend(deliveries.iter().map(|p| p.delivery.offset));
+            loading.live.extend(deliveries);
+            return;
+        }
+        self.push(&mut queue, deliveries);
+        if spawn {
+            self.spawn_workers(lane, queue);
+        }
+    }
+
+    /// Puts deliveries in the queue: unkeyed ones ready, keyed ones behind their key.
+    fn push(&self, queue: &mut Queue, deliveries: Vec<Pending>) {
         for pending in deliveries {
             match pending.delivery.event.ordering_key() {
                 None => queue.ready.push_back(Work::Unkeyed(pending)),
@@ -892,9 +1050,6 @@ impl Inner {
                     }
                 }
             }
-        }
-        if spawn {
-            self.spawn_workers(lane, queue);
         }
     }
 
@@ -1133,28 +1288,17 @@ impl Inner {
             DeliveryOutcome::DeadLettered { failure }
         };
         let commit = self.delivery_commit(lane, delivery, outcome);
-        let committed =
-            contained(|| self.log.commit(vec![commit]))
-                .await
-                .and_then(|outcomes| match outcomes[..] {
-                    [CommitOutcome::Committed { .. }] => Ok(true),
-                    [CommitOutcome::AlreadyDone] => Ok(false),
-                    _ => Err(LogError(format!(
-                        "one commit answered with {} outcomes",
-                        outcomes.len()
-                    ))),
-                });
-        match committed {
-            Ok(true) => {}
+        match self.commit_to_store(&[commit]).await.as_deref() {
+            Ok([CommitOutcome::Committed { .. }]) => {}
             // Another delivery of the event (a replay racing a restart's redelivery)
             // finished it first.
-            Ok(false) => return Settled::Done(Err(error)),
-            Err(log_error) => {
+            Ok(_) => return Settled::Done(Err(error)),
+            Err(store_error) => {
                 // The log still has the delivery pending: a restart delivers it again.
                 tracing::error!(
                     subscription = %lane.subscription.name,
                     offset = delivery.offset,
-                    error = %log_error,
+                    error = %store_error,
                     "storing a failed delivery's outcome failed"
                 );
             }
@@ -1188,12 +1332,6 @@ impl Inner {
             })?;
         }
         let emitted: Vec<Arc<Event>> = emitted.into_iter().map(Arc::new).collect();
-        let lanes = (!emitted.is_empty()).then(|| self.lanes());
-        let mut routes = lanes
-            .as_ref()
-            .map(|lanes| self.routes(lanes, &emitted))
-            .unwrap_or_default()
-            .into_iter();
         let mut commit = self.delivery_commit(lane, delivery, DeliveryOutcome::Acked);
         commit.kv_namespace = if kv_namespace.is_empty() {
             lane.subscription.name.to_string()
@@ -1201,14 +1339,24 @@ impl Inner {
             kv_namespace
         };
         commit.kv_writes = kv_writes;
+        if emitted.is_empty() {
+            return Ok(PreparedAck {
+                commit,
+                emitted: None,
+            });
+        }
+        let lanes = self.lanes();
+        let routes = Routes::of(&lanes, &emitted);
+        let mut names = self.route_names(&lanes, &routes).into_iter();
         commit.emitted = emitted
             .iter()
-            .map(|event| (Arc::clone(event), routes.next().unwrap_or_default()))
+            .map(|event| (Arc::clone(event), names.next().unwrap_or_default()))
             .collect();
         Ok(PreparedAck {
             commit,
-            emitted: lanes.map(|lanes| Emitted {
+            emitted: Some(Emitted {
                 lanes,
+                routes,
                 events: emitted,
                 room: Arc::clone(&lane.emitted),
             }),
@@ -1216,24 +1364,13 @@ impl Inner {
     }
 
     /// Commits `acks` in one request and queues the events they emitted; each comes back
-    /// with whether it is stored.
-    async fn commit_acks(self: &Arc<Self>, acks: Vec<Ack>) -> Vec<(Pending, Result<(), HandlerError>)> {
+    /// with whether it is stored, or the store's failure.
+    async fn commit_acks(self: &Arc<Self>, acks: Vec<Ack>) -> Vec<(Pending, Result<(), StorageError>)> {
         let (commits, rest): (Vec<_>, Vec<_>) = acks
             .into_iter()
             .map(|Ack { pending, prepared }| (prepared.commit, (pending, prepared.emitted)))
             .unzip();
-        let committed = contained(|| self.log.commit(commits)).await.and_then(|outcomes| {
-            if outcomes.len() == rest.len() {
-                Ok(outcomes)
-            } else {
-                Err(LogError(format!(
-                    "the event log answered {} commits with {} outcomes",
-                    rest.len(),
-                    outcomes.len()
-                )))
-            }
-        });
-        match committed {
+        match self.commit_to_store(&commits).await {
             Ok(outcomes) => rest
                 .into_iter()
                 .zip(outcomes)
@@ -1249,46 +1386,77 @@ impl Inner {
                     (pending, Ok(()))
                 })
                 .collect(),
-            Err(e) => {
-                let error = HandlerError::new(
-                    FailureKind::HostError,
-                    format!("committing the delivery and its effects failed: {e}"),
-                );
-                rest.into_iter()
-                    .map(|(pending, emitted)| {
-                        if let Some(emitted) = emitted {
-                            emitted.room.release(emitted.events.len());
-                        }
-                        (pending, Err(error.clone()))
-                    })
-                    .collect()
+            Err(error) => rest
+                .into_iter()
+                .map(|(pending, emitted)| {
+                    if let Some(emitted) = emitted {
+                        emitted.room.release(emitted.events.len());
+                    }
+                    (pending, Err(error.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Commits to the store, one outcome per commit. A failure that may pass is the
+    /// host's problem, not the handler's: it is logged, counted and tried again with
+    /// backoff (10 ms doubling to 5 s) until it succeeds, fails for good or the bus stops.
+    async fn commit_to_store(&self, commits: &[DeliveryCommit]) -> Result<Vec<CommitOutcome>, StorageError> {
+        let mut delay = Duration::from_millis(10);
+        loop {
+            let committed = contained(|| self.storage.ledger.commit(commits))
+                .await
+                .and_then(|outcomes| {
+                    if outcomes.len() == commits.len() {
+                        Ok(outcomes)
+                    } else {
+                        Err(StorageError::permanent(format!(
+                            "the store answered {} commits with {} outcomes",
+                            commits.len(),
+                            outcomes.len()
+                        )))
+                    }
+                });
+            match committed {
+                Err(error) if error.is_transient() && !self.cancel.is_cancelled() => {
+                    self.store_retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, retry_in = ?delay, commits = commits.len(), "the store failed to commit; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.cancel.cancelled() => return Err(error),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
             }
         }
     }
 
-    /// Finishes acknowledgements once `commit_acks` stored them; one that could not be
-    /// stored is a failed attempt.
+    /// Finishes acknowledgements once `commit_acks` stored them (or the store failed them
+    /// for good).
     async fn settle_acks(
         self: &Arc<Self>,
         lane: &Arc<Lane>,
-        stored: Vec<(Pending, Result<(), HandlerError>)>,
+        stored: Vec<(Pending, Result<(), StorageError>)>,
         worker: &mut WorkerState,
     ) {
         for (pending, result) in stored {
-            let settled = match result {
-                Ok(()) => Settled::Done(Ok(())),
-                Err(error) => {
-                    let failure = failure_record(
-                        &lane.subscription,
-                        &pending.delivery.event,
-                        pending.attempt,
-                        &error,
-                        &self.monitor,
-                    );
-                    self.record_failure_contained(lane, &pending, failure).await
-                }
-            };
-            self.settle(lane, pending, settled, worker);
+            let result = result.map_err(|error| {
+                // The store failed for good: the host's failure, so it spends none of the
+                // handler's attempts and is not reported as the handler's. The log still
+                // holds the delivery pending: a restart delivers it again.
+                tracing::error!(
+                    subscription = %lane.subscription.name,
+                    offset = pending.delivery.offset,
+                    %error,
+                    "storing a delivery's acknowledgement failed; it stays pending in the log"
+                );
+                HandlerError::new(
+                    FailureKind::HostError,
+                    format!("the store could not commit the delivery: {error}"),
+                )
+            });
+            self.settle(lane, pending, Settled::Done(result), worker);
         }
     }
 
@@ -1614,12 +1782,14 @@ impl EventBus for AsyncEventBus {
     }
 }
 
-/// Makes a call into the log with a panic — in the call or in the future it returns —
-/// turned into a [`LogError`]: a faulty log must not take down a worker, and the events
-/// it holds, with it.
-async fn contained<'a, T>(call: impl FnOnce() -> BoxFuture<'a, Result<T, LogError>>) -> Result<T, LogError> {
+/// Makes a call into the storage with a panic — in the call or in the future it returns
+/// — turned into a (permanent) [`StorageError`]: a faulty backend must not take down a
+/// worker, and the events it holds, with it.
+async fn contained<'a, T>(
+    call: impl FnOnce() -> BoxFuture<'a, Result<T, StorageError>>,
+) -> Result<T, StorageError> {
     let panicked = |panic: Box<dyn std::any::Any + Send>| {
-        LogError(format!("the event log panicked: {}", panic_message(&*panic)))
+        StorageError::permanent(format!("the storage panicked: {}", panic_message(&*panic)))
     };
     let future = std::panic::catch_unwind(AssertUnwindSafe(call)).map_err(panicked)?;
     AssertUnwindSafe(future)

@@ -75,6 +75,7 @@ impl InMemoryEventBus {
             failures_reported: self.monitor.reported(),
             monitor_overflow: self.monitor.overflowed(),
             dead_letters: 0,
+            store_retries: 0,
             subscriptions: subscriptions
                 .iter()
                 .map(|s| s.metrics.snapshot(&s.name, s.patterns_text()))
@@ -172,8 +173,7 @@ impl InMemoryEventBus {
         } else {
             kv_namespace
         };
-        // Writes to memory cannot fail.
-        let _ = self.kv.commit(&namespace, kv_writes);
+        self.kv.write(&namespace, kv_writes);
         emitted.extend(events.into_iter().map(Arc::new));
         Ok(())
     }

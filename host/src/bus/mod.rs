@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::event::{Event, EventError};
 use crate::monitor::FailureKind;
-use crate::store::LogError;
+use crate::store::StorageError;
 pub use crate::store::{Appended, DeadLetter, DeadLetterFilter};
 
 pub use async_bus::{AsyncBusConfig, AsyncEventBus, Backpressure};
@@ -347,9 +347,10 @@ pub enum BusError {
         /// The configured intake capacity.
         capacity: usize,
     },
-    /// The event log could not store the events; they were not accepted.
-    #[error("the event log failed: {0}")]
-    Log(#[from] LogError),
+    /// The storage failed: the events were not accepted, or the operation did not happen.
+    /// [`StorageError::is_transient`] says whether trying again may help.
+    #[error("the storage failed: {0}")]
+    Storage(#[from] StorageError),
     /// At least one handler failed; the report holds every outcome.
     #[error("{} of {} handlers failed for event {}: {}", .0.failures().count(), .0.outcomes.len(), .0.event_id, first_failure(.0))]
     HandlersFailed(DeliveryReport),

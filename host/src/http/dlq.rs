@@ -97,11 +97,7 @@ pub(crate) async fn purge(
     Ok(Json(json!({ "purged": purged })))
 }
 
-/// Reads the queue off the async threads: a durable log reads all of it from disk.
+/// Reads the queue (a durable store reads it off the async threads).
 async fn read_dead_letters(state: &AppState, filter: DeadLetterFilter) -> Result<Vec<DeadLetter>, ApiError> {
-    let bus = state.bus.clone();
-    let letters = tokio::task::spawn_blocking(move || bus.dead_letters(&filter))
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the dead-letter queue failed: {e}")))??;
-    Ok(letters)
+    Ok(state.bus.dead_letters(&filter).await?)
 }

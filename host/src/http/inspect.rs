@@ -16,6 +16,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::{AppState, PluginView, prometheus};
 use crate::monitor::FailureRecord;
+use crate::store::Versioned;
 
 /// Records `/errors` returns when the client gives no `limit`.
 const DEFAULT_ERRORS_LIMIT: usize = 100;
@@ -137,7 +138,7 @@ pub(crate) async fn kv_value(
             anyhow::Error::new(error).context(format!("reading key {key:?} of plugin {plugin:?}")),
         )
     })?;
-    let Some(value) = value else {
+    let Some(Versioned { value, revision }) = value else {
         return Err(ApiError::NotFound(format!(
             "plugin {plugin:?} has no key {key:?}"
         )));
@@ -147,8 +148,13 @@ pub(crate) async fn kv_value(
     } else {
         "application/octet-stream"
     };
+    // The revision counts the key's writes: a reader can tell a changed value.
+    let etag = HeaderValue::from_str(&format!("\"{revision}\"")).expect("digits are a valid header value");
     Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::ETAG, etag),
+        ],
         Body::from(value),
     )
         .into_response())

@@ -144,6 +144,13 @@ pub(crate) fn render(bus: &BusMetrics, plugins: &[PluginView], reloads: u64, loa
     );
     family(
         w,
+        "evhost_store_retries_total",
+        "counter",
+        "Commits the store failed and the host tried again.",
+    );
+    sample(w, "evhost_store_retries_total", &[], bus.store_retries);
+    family(
+        w,
         "evhost_dead_letters",
         "gauge",
         "Events in the dead-letter queue.",

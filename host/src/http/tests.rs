@@ -802,6 +802,7 @@ async fn metrics_parse_and_count_what_was_sent() {
         ("evhost_handler_duration_seconds", "histogram"),
         ("evhost_fuel_consumed_total", "counter"),
         ("evhost_error_monitor_overflow_total", "counter"),
+        ("evhost_store_retries_total", "counter"),
         ("evhost_failures_reported_total", "counter"),
         ("evhost_plugin_reloads_total", "counter"),
         ("evhost_plugin_load_failures_total", "counter"),
@@ -1018,8 +1019,10 @@ async fn kv_values_are_served_read_only() {
             ("orders/o1".into(), Some(b"[1,2]".to_vec())),
         ],
     )
+    .await
     .unwrap();
     h.kv.commit("ghost", vec![("k".into(), Some(b"1".to_vec()))])
+        .await
         .unwrap();
 
     for path in ["/plugins/audit/kv/user:u1", "/plugins/audit/kv/user%3Au1"] {
@@ -1059,7 +1062,7 @@ async fn kv_values_are_served_read_only() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "read-only");
     assert_eq!(
-        h.kv.get(AUDIT, "user:u1").await.unwrap(),
+        h.kv.get(AUDIT, "user:u1").await.unwrap().map(|v| v.value),
         Some(br#"{"name":"Ada"}"#.to_vec())
     );
 }

@@ -122,7 +122,7 @@ pub use schema::{DEFAULT_SCHEMA, Outbox};
 pub trait OutboxTarget: Send + Sync + 'static {
     /// The position `relay` last relayed, or `None` before its first batch (the relay then
     /// starts at the beginning of the outbox).
-    fn checkpoint(&self, relay: &str) -> BoxFuture<'_, anyhow::Result<Option<i64>>>;
+    fn checkpoint<'a>(&'a self, relay: &'a str) -> BoxFuture<'a, anyhow::Result<Option<i64>>>;
 
     /// Stores `events` and sets the relay's checkpoint to `position`, atomically; events whose
     /// (source, id) is already stored are skipped.

@@ -455,7 +455,10 @@ mod tests {
     fn invalid_configurations_are_refused_before_connecting() {
         struct Nowhere;
         impl OutboxTarget for Nowhere {
-            fn checkpoint(&self, _: &str) -> futures::future::BoxFuture<'_, anyhow::Result<Option<i64>>> {
+            fn checkpoint<'a>(
+                &'a self,
+                _: &'a str,
+            ) -> futures::future::BoxFuture<'a, anyhow::Result<Option<i64>>> {
                 unreachable!()
             }
             fn append_with_checkpoint<'a>(

@@ -596,7 +596,7 @@ impl keyvalue::HostBucket for InvocationState {
             return Ok(Ok(None));
         }
         match self.plugin.kv.get(&self.plugin.name, &key).await {
-            Ok(value) => Ok(Ok(value)),
+            Ok(value) => Ok(Ok(value.map(|versioned| versioned.value))),
             Err(e) => Err(self.host_failure(format!("key-value read failed: {e}"))),
         }
     }

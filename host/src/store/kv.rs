@@ -7,20 +7,20 @@ use std::sync::RwLock;
 
 use futures::future::BoxFuture;
 
-use super::LogError;
+use super::{StorageError, Versioned};
 
 /// Reading the data behind `wasi:keyvalue/store`: all a plugin needs, since its writes
 /// are effects the bus applies. Every call names the namespace (the plugin) it acts on.
 ///
-/// Reads are async: a store that reads from disk does it off the async executor, so a
-/// plugin reading in a loop cannot hold a tokio worker thread.
+/// Reads are async: a store that reads from disk or the network does it off the async
+/// executor, so a plugin reading in a loop cannot hold a tokio worker thread.
 pub trait KeyValueReader: Send + Sync + Debug + 'static {
-    /// The value of `key` in `namespace`.
+    /// The value of `key` in `namespace`, with its revision.
     fn get<'a>(
         &'a self,
         namespace: &'a str,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, LogError>>;
+    ) -> BoxFuture<'a, Result<Option<Versioned>, StorageError>>;
 
     /// At most `limit` keys of `namespace` in order, starting after `after` (from the
     /// first key when `None`). A page costs about its own size, wherever it starts.
@@ -29,15 +29,19 @@ pub trait KeyValueReader: Send + Sync + Debug + 'static {
         namespace: &'a str,
         after: Option<&'a str>,
         limit: usize,
-    ) -> BoxFuture<'a, Result<KeyPage, LogError>>;
+    ) -> BoxFuture<'a, Result<KeyPage, StorageError>>;
 }
 
-/// A [`KeyValueReader`] that can be written outside a delivery. The writes of one
-/// invocation arrive together through [`KeyValueStore::commit`], so an invocation that
-/// fails leaves nothing behind.
+/// A [`KeyValueReader`] that can be written outside a delivery (a delivery's writes go
+/// through [`DeliveryLedger::commit`](super::DeliveryLedger::commit), with its
+/// acknowledgement).
 pub trait KeyValueStore: KeyValueReader {
     /// Applies `writes` (`None` deletes) to `namespace` at once.
-    fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError>;
+    fn commit<'a>(
+        &'a self,
+        namespace: &'a str,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
 }
 
 /// One page of [`KeyValueReader::list_keys`].
@@ -52,7 +56,32 @@ pub struct KeyPage {
 /// A [`KeyValueStore`] in memory.
 #[derive(Debug, Default)]
 pub struct MemoryKv {
-    namespaces: RwLock<HashMap<String, BTreeMap<String, Vec<u8>>>>,
+    namespaces: RwLock<HashMap<String, Namespace>>,
+}
+
+/// One namespace's keys, each with its value and revision.
+type Namespace = BTreeMap<String, (Vec<u8>, u64)>;
+
+impl MemoryKv {
+    /// Applies `writes` to `namespace` (they cannot fail in memory).
+    pub(crate) fn write(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) {
+        if writes.is_empty() {
+            return;
+        }
+        let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
+        let ns = namespaces.entry(namespace.to_owned()).or_default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => {
+                    let revision = ns.get(&key).map_or(1, |(_, revision)| revision + 1);
+                    ns.insert(key, (value, revision));
+                }
+                None => {
+                    ns.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 impl KeyValueReader for MemoryKv {
@@ -60,9 +89,15 @@ impl KeyValueReader for MemoryKv {
         &'a self,
         namespace: &'a str,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, LogError>> {
+    ) -> BoxFuture<'a, Result<Option<Versioned>, StorageError>> {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
-        let value = namespaces.get(namespace).and_then(|ns| ns.get(key)).cloned();
+        let value = namespaces
+            .get(namespace)
+            .and_then(|ns| ns.get(key))
+            .map(|(value, revision)| Versioned {
+                value: value.clone(),
+                revision: *revision,
+            });
         Box::pin(std::future::ready(Ok(value)))
     }
 
@@ -71,7 +106,7 @@ impl KeyValueReader for MemoryKv {
         namespace: &'a str,
         after: Option<&'a str>,
         limit: usize,
-    ) -> BoxFuture<'a, Result<KeyPage, LogError>> {
+    ) -> BoxFuture<'a, Result<KeyPage, StorageError>> {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         let page = match namespaces.get(namespace) {
             None => KeyPage::default(),
@@ -92,63 +127,14 @@ impl KeyValueReader for MemoryKv {
 }
 
 impl KeyValueStore for MemoryKv {
-    fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
-        let ns = namespaces.entry(namespace.to_owned()).or_default();
-        for (key, value) in writes {
-            match value {
-                Some(value) => ns.insert(key, value),
-                None => ns.remove(&key),
-            };
-        }
-        Ok(())
+    fn commit<'a>(
+        &'a self,
+        namespace: &'a str,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.write(namespace, writes);
+        Box::pin(std::future::ready(Ok(())))
     }
-}
-
-/// What every [`KeyValueStore`] must do, checked against `kv` (which starts empty).
-#[cfg(test)]
-pub(crate) async fn check_contract(kv: &dyn KeyValueStore) {
-    kv.commit(
-        "a",
-        vec![
-            ("k".into(), Some(b"1".to_vec())),
-            ("j".into(), Some(b"2".to_vec())),
-            ("l".into(), Some(b"3".to_vec())),
-        ],
-    )
-    .unwrap();
-    kv.commit("a", Vec::new()).unwrap();
-    assert_eq!(kv.get("a", "k").await.unwrap(), Some(b"1".to_vec()));
-    assert_eq!(
-        kv.get("b", "k").await.unwrap(),
-        None,
-        "another namespace sees nothing"
-    );
-    let page = |keys: &[&str], more| KeyPage {
-        keys: keys.iter().map(|k| (*k).to_owned()).collect(),
-        more,
-    };
-    assert_eq!(kv.list_keys("a", None, 1).await.unwrap(), page(&["j"], true));
-    assert_eq!(kv.list_keys("a", Some("j"), 1).await.unwrap(), page(&["k"], true));
-    assert_eq!(
-        kv.list_keys("a", Some("k"), 1).await.unwrap(),
-        page(&["l"], false)
-    );
-    assert_eq!(
-        kv.list_keys("a", Some("jj"), 5).await.unwrap(),
-        page(&["k", "l"], false)
-    );
-    assert_eq!(
-        kv.list_keys("a", None, 10).await.unwrap(),
-        page(&["j", "k", "l"], false)
-    );
-    assert_eq!(kv.list_keys("a", Some("l"), 10).await.unwrap(), page(&[], false));
-    assert_eq!(kv.list_keys("none", None, 10).await.unwrap(), page(&[], false));
-    kv.commit("a", vec![("k".into(), None)]).unwrap();
-    assert_eq!(kv.get("a", "k").await.unwrap(), None);
 }
 
 #[cfg(test)]
@@ -156,7 +142,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn namespaces_are_separate_and_pages_cover_every_key() {
-        check_contract(&MemoryKv::default()).await;
+    async fn namespaces_are_separate_pages_cover_every_key_and_revisions_grow() {
+        crate::store::contract::key_values(&MemoryKv::default()).await;
     }
 }

@@ -1,24 +1,37 @@
 //! Where accepted events, each subscription's progress and the plugins' key-value data are
-//! kept.
+//! kept: the storage seam between the bus and a backend.
 //!
-//! The bus talks to an [`EventLog`]: it appends every batch — with the subscriptions each
-//! event must reach — before acknowledging the publisher, and commits every delivery once
-//! its handler finished, together with the handler's effects (key-value writes, emitted
-//! events). Two logs implement it:
+//! The seam is a set of small async traits, each with one job, and a [`Storage`] that
+//! bundles one backend's implementations of them:
+//!
+//! - [`EventLog`]: appends batches of accepted events (idempotent by `source` + `id`) and
+//!   streams what is pending for a subscription.
+//! - [`DeliveryLedger`]: stores how each delivery ended — acknowledged with its effects,
+//!   to be retried at a time, or dead-lettered. How atomic a commit is, is part of each
+//!   backend's documented contract.
+//! - [`DeadLetters`]: lists, replays and purges the dead-letter queue.
+//! - [`Checkpoints`]: where a relay (the outbox) left off.
+//! - [`KeyValueStore`] (a [`KeyValueReader`] plugins read through): the plugins' data,
+//!   with a revision per value.
+//!
+//! Every error is a [`StorageError`] that says whether trying again may help.
+//!
+//! Two backends implement all of it:
 //!
 //! - [`sqlite::SqliteStore`], the embedded durable log: nothing accepted is lost, a
-//!   delivery's effects commit exactly once, and a restart redelivers what was pending.
-//! - [`MemoryLog`]: the same contract in memory, for tests and for the library — nothing
-//!   survives the process, and publishing is not idempotent (remembering every `source` +
-//!   `id` would grow without bound).
+//!   delivery's outcome and effects commit in one transaction, a restart redelivers what
+//!   was pending.
+//! - [`MemoryLog`]: in memory, for tests and the library. It keeps no pending deliveries
+//!   (the bus's queues hold them while the process lives) and does not recognise
+//!   duplicates (remembering every `source` + `id` would grow without bound); the
+//!   contract suites say where.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use serde::{Serialize, Serializer};
 
 use crate::event::Event;
@@ -27,10 +40,43 @@ use crate::monitor::FailureRecord;
 /// A position in the log.
 pub type Offset = u64;
 
-/// The log could not store, read or commit.
+/// A backend could not store, read or commit. [`StorageError::is_transient`] tells a
+/// failure that may pass (a busy database, an I/O error, a lost connection) from one that
+/// will not (a closed store, corrupt data, a request the backend refuses).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct LogError(pub String);
+#[error("{message}")]
+pub struct StorageError {
+    message: String,
+    transient: bool,
+}
+
+impl StorageError {
+    /// A failure that may pass if the request is made again later.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    /// A failure that making the request again will not fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    /// Whether the same request may succeed later.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
 
 /// Events to append in one request.
 #[derive(Debug, Clone, Default)]
@@ -174,21 +220,55 @@ pub struct Replayed {
     pub delivery: PendingDelivery,
 }
 
-/// Storage behind a bus. See the [module docs](self).
+/// A value of the key-value store with the revision of the write that produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Grows with every write of the key (1 for its first); a key deleted and written
+    /// again starts over.
+    pub revision: u64,
+}
+
+/// Where accepted events are kept.
 pub trait EventLog: Send + Sync + Debug + 'static {
-    /// Stores `batch` and a pending delivery per event and route; once the future
-    /// resolves the events are accepted. One [`Appended`] per event, in order.
-    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<Vec<Appended>, LogError>>;
+    /// Stores `batch` — its events, a pending delivery per event and route, and its
+    /// checkpoint — and resolves once they are accepted: one [`Appended`] per event, in
+    /// order. A backend that recognises duplicates (by `source` + `id`) stores them once
+    /// and marks the later ones `duplicate`; dropping the future does not withdraw the
+    /// request.
+    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<Vec<Appended>, StorageError>>;
 
-    /// Finishes deliveries with their effects, each at most once, in order and atomically:
-    /// all of `commits` or none. One outcome per commit.
-    fn commit(&self, commits: Vec<DeliveryCommit>) -> BoxFuture<'_, Result<Vec<CommitOutcome>, LogError>>;
+    /// The deliveries pending for `subscription` — never delivered, or waiting for a
+    /// retry — in offset order, read a page at a time as the stream is polled.
+    fn pending<'a>(&'a self, subscription: &'a str) -> BoxStream<'a, Result<PendingDelivery, StorageError>>;
 
-    /// Every pending delivery of `subscription`, in offset order.
-    fn pending(&self, subscription: &str) -> Result<Vec<PendingDelivery>, LogError>;
+    /// Whether [`AppendBatch::routes`] is of use: a log that creates pending deliveries
+    /// from them wants them; one that does not (it keeps no deliveries, or its
+    /// subscribers read the log themselves) lets the bus skip naming them.
+    fn wants_routes(&self) -> bool {
+        true
+    }
+}
 
-    /// The dead letters matching `filter`, by subscription and offset.
-    fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, LogError>;
+/// Where each delivery's outcome is stored.
+pub trait DeliveryLedger: Send + Sync + Debug + 'static {
+    /// Finishes deliveries, in order, each at most once: a delivery already acknowledged,
+    /// dead-lettered or purged answers [`CommitOutcome::AlreadyDone`] and nothing of its
+    /// commit applies. An acknowledgement carries the handler's effects. One outcome per
+    /// commit. How much of a request is applied together (one delivery and its effects,
+    /// the whole request, ...) is each backend's documented contract.
+    fn commit<'a>(
+        &'a self,
+        commits: &'a [DeliveryCommit],
+    ) -> BoxFuture<'a, Result<Vec<CommitOutcome>, StorageError>>;
+}
+
+/// The dead-letter queue.
+pub trait DeadLetters: Send + Sync + Debug + 'static {
+    /// The dead letters matching `filter`, by subscription and offset, each with its
+    /// failure history.
+    fn list(&self, filter: DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>, StorageError>>;
 
     /// Moves the dead letters matching `filter` whose subscription is one of
     /// `subscriptions` back to pending (attempts reset, history kept) and returns them.
@@ -196,221 +276,63 @@ pub trait EventLog: Send + Sync + Debug + 'static {
         &self,
         filter: DeadLetterFilter,
         subscriptions: Vec<String>,
-    ) -> BoxFuture<'_, Result<Vec<Replayed>, LogError>>;
-
-    /// How many dead letters there are.
-    fn dead_letter_count(&self) -> u64;
-
-    /// The position `relay` stored with its last append ([`AppendBatch::checkpoint`]).
-    fn checkpoint(&self, relay: &str) -> Result<Option<i64>, LogError>;
+    ) -> BoxFuture<'_, Result<Vec<Replayed>, StorageError>>;
 
     /// Drops the dead letters matching `filter` for good; returns how many.
-    fn purge(&self, filter: DeadLetterFilter) -> BoxFuture<'_, Result<u64, LogError>>;
+    fn purge(&self, filter: DeadLetterFilter) -> BoxFuture<'_, Result<u64, StorageError>>;
 
-    /// The key-value data delivery commits write to: what plugins on this bus read.
-    fn key_values(self: Arc<Self>) -> Arc<dyn KeyValueStore>;
-
-    /// Whether accepted events survive the process.
-    fn is_durable(&self) -> bool;
+    /// How many dead letters there are (for metrics: answered without I/O).
+    fn count(&self) -> u64;
 }
 
-/// An [`EventLog`] in memory: numbers events, applies key-value writes to a [`MemoryKv`]
-/// and keeps the dead-letter queue. The bus's own queues hold pending deliveries.
-#[derive(Debug, Default)]
-pub struct MemoryLog {
-    next: AtomicU64,
-    kv: Arc<MemoryKv>,
-    dead: Mutex<MemoryDeadLetters>,
-    /// Failure histories of deliveries being retried, by subscription and offset.
-    retrying: Mutex<HashMap<DeliveryKey, Vec<FailureRecord>>>,
-    /// Entries in `retrying`, read without the lock on every ack.
-    retrying_len: AtomicUsize,
-    checkpoints: Mutex<HashMap<String, i64>>,
+/// Where relays (the outbox) left off. A relay's position is written with the batch it
+/// relayed ([`AppendBatch::checkpoint`]).
+pub trait Checkpoints: Send + Sync + Debug + 'static {
+    /// The position `relay` stored with its last append, if any.
+    fn checkpoint<'a>(&'a self, relay: &'a str) -> BoxFuture<'a, Result<Option<i64>, StorageError>>;
 }
 
-/// A delivery: its subscription and the event's offset.
-type DeliveryKey = (Arc<str>, Offset);
-
-#[derive(Debug, Default)]
-struct MemoryDeadLetters {
-    last_id: u64,
-    letters: BTreeMap<u64, DeadLetter>,
+/// One backend's parts of the storage seam.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    /// The accepted events.
+    pub log: Arc<dyn EventLog>,
+    /// The deliveries' outcomes.
+    pub ledger: Arc<dyn DeliveryLedger>,
+    /// The dead-letter queue.
+    pub dead_letters: Arc<dyn DeadLetters>,
+    /// The relays' positions.
+    pub checkpoints: Arc<dyn Checkpoints>,
+    /// The plugins' key-value data.
+    pub kv: Arc<dyn KeyValueStore>,
 }
 
-impl MemoryLog {
-    /// Events appended so far (emitted ones included).
-    pub fn appended(&self) -> u64 {
-        self.next.load(Ordering::Relaxed)
-    }
-
-    fn number(&self, n: usize) -> impl Iterator<Item = Appended> {
-        let first = self.next.fetch_add(n as u64, Ordering::Relaxed);
-        (first..first + n as u64).map(|offset| Appended {
-            offset,
-            duplicate: false,
-        })
-    }
-
-    fn commit_one(&self, commit: DeliveryCommit) -> CommitOutcome {
-        let DeliveryCommit {
-            subscription,
-            offset,
-            event,
-            outcome,
-            kv_namespace,
-            kv_writes,
-            emitted,
-        } = commit;
-        match outcome {
-            DeliveryOutcome::Acked => {
-                self.take_history(&subscription, offset);
-                if !kv_writes.is_empty() {
-                    // Memory writes cannot fail.
-                    let _ = self.kv.commit(&kv_namespace, kv_writes);
-                }
-                CommitOutcome::Committed {
-                    emitted: self.number(emitted.len()).collect(),
-                }
-            }
-            DeliveryOutcome::Retry { failure, .. } => {
-                let mut retrying = lock(&self.retrying);
-                retrying.entry((subscription, offset)).or_default().push(failure);
-                self.retrying_len.store(retrying.len(), Ordering::Release);
-                CommitOutcome::Committed { emitted: Vec::new() }
-            }
-            DeliveryOutcome::DeadLettered { failure } => {
-                let mut failures = self.take_history(&subscription, offset);
-                failures.push(failure);
-                let mut dead = lock(&self.dead);
-                dead.last_id += 1;
-                let id = dead.last_id;
-                dead.letters.insert(
-                    id,
-                    DeadLetter {
-                        id,
-                        subscription: subscription.to_string(),
-                        offset,
-                        event,
-                        failures,
-                        dead_at: Utc::now(),
-                    },
-                );
-                CommitOutcome::Committed { emitted: Vec::new() }
-            }
+impl Storage {
+    /// Every part from one backend that implements them all.
+    pub fn of<B>(backend: Arc<B>) -> Self
+    where
+        B: EventLog + DeliveryLedger + DeadLetters + Checkpoints + KeyValueStore,
+    {
+        Self {
+            log: Arc::clone(&backend) as Arc<dyn EventLog>,
+            ledger: Arc::clone(&backend) as Arc<dyn DeliveryLedger>,
+            dead_letters: Arc::clone(&backend) as Arc<dyn DeadLetters>,
+            checkpoints: Arc::clone(&backend) as Arc<dyn Checkpoints>,
+            kv: backend as Arc<dyn KeyValueStore>,
         }
     }
 
-    fn take_history(&self, subscription: &Arc<str>, offset: Offset) -> Vec<FailureRecord> {
-        if self.retrying_len.load(Ordering::Acquire) == 0 {
-            return Vec::new();
-        }
-        let mut retrying = lock(&self.retrying);
-        let history = retrying.remove(&(Arc::clone(subscription), offset));
-        self.retrying_len.store(retrying.len(), Ordering::Release);
-        history.unwrap_or_default()
+    /// A fresh [`MemoryLog`].
+    pub fn memory() -> Self {
+        Self::of(Arc::new(MemoryLog::default()))
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl EventLog for MemoryLog {
-    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<Vec<Appended>, LogError>> {
-        if let Some((relay, position)) = batch.checkpoint {
-            lock(&self.checkpoints).insert(relay, position);
-        }
-        let appended = self.number(batch.events.len()).collect();
-        Box::pin(std::future::ready(Ok(appended)))
-    }
-
-    fn commit(&self, commits: Vec<DeliveryCommit>) -> BoxFuture<'_, Result<Vec<CommitOutcome>, LogError>> {
-        let outcomes = commits
-            .into_iter()
-            .map(|commit| self.commit_one(commit))
-            .collect();
-        Box::pin(std::future::ready(Ok(outcomes)))
-    }
-
-    /// Nothing is pending across a restart in memory: the bus's queues hold it all.
-    fn pending(&self, _subscription: &str) -> Result<Vec<PendingDelivery>, LogError> {
-        Ok(Vec::new())
-    }
-
-    fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, LogError> {
-        let mut letters: Vec<DeadLetter> = lock(&self.dead)
-            .letters
-            .values()
-            .filter(|l| filter.matches(l))
-            .cloned()
-            .collect();
-        letters.sort_by(|a, b| (&a.subscription, a.offset).cmp(&(&b.subscription, b.offset)));
-        Ok(letters)
-    }
-
-    fn replay(
-        &self,
-        filter: DeadLetterFilter,
-        subscriptions: Vec<String>,
-    ) -> BoxFuture<'_, Result<Vec<Replayed>, LogError>> {
-        let mut dead = lock(&self.dead);
-        let ids: Vec<u64> = dead
-            .letters
-            .values()
-            .filter(|l| filter.matches(l) && subscriptions.contains(&l.subscription))
-            .map(|l| l.id)
-            .collect();
-        let mut retrying = lock(&self.retrying);
-        let mut replayed = Vec::with_capacity(ids.len());
-        for id in ids {
-            let letter = dead.letters.remove(&id).expect("listed just now");
-            // The history goes on growing if the replay fails again.
-            retrying.insert(
-                (Arc::from(letter.subscription.as_str()), letter.offset),
-                letter.failures,
-            );
-            replayed.push(Replayed {
-                subscription: letter.subscription,
-                delivery: PendingDelivery {
-                    offset: letter.offset,
-                    event: letter.event,
-                    attempt: 0,
-                    not_before: None,
-                },
-            });
-        }
-        self.retrying_len.store(retrying.len(), Ordering::Release);
-        replayed
-            .sort_by(|a, b| (&a.subscription, a.delivery.offset).cmp(&(&b.subscription, b.delivery.offset)));
-        Box::pin(std::future::ready(Ok(replayed)))
-    }
-
-    fn dead_letter_count(&self) -> u64 {
-        lock(&self.dead).letters.len() as u64
-    }
-
-    fn checkpoint(&self, relay: &str) -> Result<Option<i64>, LogError> {
-        Ok(lock(&self.checkpoints).get(relay).copied())
-    }
-
-    fn purge(&self, filter: DeadLetterFilter) -> BoxFuture<'_, Result<u64, LogError>> {
-        let mut dead = lock(&self.dead);
-        let before = dead.letters.len();
-        dead.letters.retain(|_, l| !filter.matches(l));
-        let purged = (before - dead.letters.len()) as u64;
-        Box::pin(std::future::ready(Ok(purged)))
-    }
-
-    fn key_values(self: Arc<Self>) -> Arc<dyn KeyValueStore> {
-        Arc::clone(&self.kv) as Arc<dyn KeyValueStore>
-    }
-
-    fn is_durable(&self) -> bool {
-        false
-    }
-}
-
+#[cfg(test)]
+pub(crate) mod contract;
 mod kv;
+mod memory;
 pub mod sqlite;
 
 pub use kv::{KeyPage, KeyValueReader, KeyValueStore, MemoryKv};
+pub use memory::MemoryLog;

@@ -8,10 +8,7 @@ use std::time::Duration;
 
 use evhost::bus::{Effects, RetryPolicy, from_fn};
 use evhost::store::sqlite::DeliveryState;
-use evhost::store::{
-    AppendBatch, Appended, CommitOutcome, DeadLetter, DeadLetterFilter, DeliveryCommit, EventLog,
-    KeyValueStore, LogError, MemoryLog, PendingDelivery, Replayed,
-};
+use evhost::store::{CommitOutcome, DeliveryCommit, DeliveryLedger, MemoryLog, Storage, StorageError};
 use evhost::{
     AsyncBusConfig, AsyncEventBus, BusError, Event, EventBus, EventHandler, FailureKind, HandlerError,
     SubscribeOptions,
@@ -21,65 +18,53 @@ use serde_json::json;
 
 use crate::helpers::{TempDir, event};
 
-/// A log that panics when asked to store anything about a `Doomed` event: a bug in a
-/// storage backend.
+/// A ledger that panics when asked to store anything about a `Doomed` event (a bug in a
+/// storage backend), and fails the first `transient_failures` other requests with a
+/// transient error (a busy disk), in front of a memory log.
 #[derive(Debug, Default)]
-struct PanickingLog {
-    inner: MemoryLog,
+struct FaultyLedger {
+    inner: Arc<MemoryLog>,
+    transient_failures: AtomicU32,
+    requests: AtomicU32,
 }
 
-impl EventLog for PanickingLog {
-    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<Vec<Appended>, LogError>> {
-        self.inner.append(batch)
-    }
-
-    fn commit(&self, commits: Vec<DeliveryCommit>) -> BoxFuture<'_, Result<Vec<CommitOutcome>, LogError>> {
+impl DeliveryLedger for FaultyLedger {
+    fn commit<'a>(
+        &'a self,
+        commits: &'a [DeliveryCommit],
+    ) -> BoxFuture<'a, Result<Vec<CommitOutcome>, StorageError>> {
         if commits.iter().any(|c| c.event.ty == "Doomed") {
             panic!("the log cannot store this");
         }
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let failing = self
+            .transient_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Box::pin(async { Err(StorageError::transient("the disk is busy")) });
+        }
         self.inner.commit(commits)
     }
+}
 
-    fn pending(&self, subscription: &str) -> Result<Vec<PendingDelivery>, LogError> {
-        self.inner.pending(subscription)
-    }
-
-    fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, LogError> {
-        self.inner.dead_letters(filter)
-    }
-
-    fn replay(
-        &self,
-        filter: DeadLetterFilter,
-        subscriptions: Vec<String>,
-    ) -> BoxFuture<'_, Result<Vec<Replayed>, LogError>> {
-        self.inner.replay(filter, subscriptions)
-    }
-
-    fn dead_letter_count(&self) -> u64 {
-        self.inner.dead_letter_count()
-    }
-
-    fn checkpoint(&self, relay: &str) -> Result<Option<i64>, LogError> {
-        self.inner.checkpoint(relay)
-    }
-
-    fn purge(&self, filter: DeadLetterFilter) -> BoxFuture<'_, Result<u64, LogError>> {
-        self.inner.purge(filter)
-    }
-
-    fn key_values(self: Arc<Self>) -> Arc<dyn KeyValueStore> {
-        Arc::new(MemoryLog::default()).key_values()
-    }
-
-    fn is_durable(&self) -> bool {
-        false
-    }
+fn faulty(transient_failures: u32) -> (Storage, Arc<FaultyLedger>) {
+    let log = Arc::new(MemoryLog::default());
+    let ledger = Arc::new(FaultyLedger {
+        inner: Arc::clone(&log),
+        transient_failures: AtomicU32::new(transient_failures),
+        requests: AtomicU32::new(0),
+    });
+    let storage = Storage {
+        ledger: Arc::clone(&ledger) as Arc<dyn DeliveryLedger>,
+        ..Storage::of(log)
+    };
+    (storage, ledger)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_the_log_fails_the_delivery_and_leaves_nothing_in_flight() {
-    let bus = AsyncEventBus::with_log(AsyncBusConfig::default(), Arc::new(PanickingLog::default()));
+    let bus = AsyncEventBus::with_storage(AsyncBusConfig::default(), faulty(0).0);
     let mut errors = bus.errors().unwrap();
     bus.subscribe(
         "*",
@@ -110,21 +95,18 @@ async fn a_panic_in_the_log_fails_the_delivery_and_leaves_nothing_in_flight() {
     assert_eq!(failures[0].0, "neighbour");
     assert_eq!(failures[0].1, FailureKind::HostError);
     assert!(
-        failures[0]
-            .2
-            .contains("the event log panicked: the log cannot store this"),
+        failures[0].2.contains(
+            "the store could not commit the delivery: the storage panicked: the log cannot store this"
+        ),
         "{failures:?}"
     );
     assert_eq!(
         (failures[1].0.as_str(), failures[1].1),
         ("refuser", FailureKind::Reject)
     );
-    let mut kinds = vec![
-        errors.recv().await.unwrap().kind,
-        errors.recv().await.unwrap().kind,
-    ];
-    kinds.sort_by_key(|k| k.as_str());
-    assert_eq!(kinds, [FailureKind::HostError, FailureKind::Reject]);
+    // The store's failure is the host's: only the refuser's own reaches the monitor.
+    assert_eq!(errors.recv().await.unwrap().kind, FailureKind::Reject);
+    assert!(errors.try_recv().is_err());
 
     // The bus goes on: more events are handled, and none stays in flight.
     for _ in 0..10 {
@@ -164,7 +146,7 @@ async fn a_retry_further_away_than_time_goes_neither_panics_nor_hangs_across_a_r
         ..Default::default()
     };
     let store = dir.open();
-    let bus = AsyncEventBus::with_log(config.clone(), Arc::clone(&store) as Arc<dyn EventLog>);
+    let bus = AsyncEventBus::with_storage(config.clone(), store.storage());
     let mut errors = bus.errors().unwrap();
     let failing = || from_fn("later", |_| async { Err(HandlerError::retry("not now")) });
     bus.subscribe_with("*", failing(), options.clone()).unwrap();
@@ -188,7 +170,7 @@ async fn a_retry_further_away_than_time_goes_neither_panics_nor_hangs_across_a_r
 
     // After a restart the stored retry keeps its time: it is held, not run, not a panic.
     let store = dir.open();
-    let bus = AsyncEventBus::with_log(config, Arc::clone(&store) as Arc<dyn EventLog>);
+    let bus = AsyncEventBus::with_storage(config, store.storage());
     bus.subscribe_with("*", failing(), options).unwrap();
     bus.start().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -267,5 +249,46 @@ async fn a_handler_feeding_itself_holds_only_its_own_room_for_emitted_events() {
         let report = bus.publish_sync(event("Order")).await.unwrap();
         assert!(report.failures().next().is_none());
     }
+    bus.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_fails_for_a_while_costs_the_handler_no_attempt() {
+    let (storage, ledger) = faulty(3);
+    let bus = AsyncEventBus::with_storage(
+        AsyncBusConfig {
+            retry: RetryPolicy {
+                max_attempts: 2,
+                ..RetryPolicy::default()
+            },
+            ..AsyncBusConfig::default()
+        },
+        storage,
+    );
+    let mut errors = bus.errors().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&runs);
+    bus.subscribe(
+        "*",
+        from_fn("once", move |_| {
+            count.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        }),
+    )
+    .unwrap();
+    bus.start().await.unwrap();
+    let report = bus.publish_sync(event("T")).await.unwrap();
+    assert!(report.failures().next().is_none(), "handled: {report:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(
+        ledger.requests.load(Ordering::SeqCst),
+        4,
+        "three failed commits, then one that held"
+    );
+    assert_eq!(bus.metrics().store_retries, 3);
+    assert!(
+        errors.try_recv().is_err(),
+        "the store's failures are not the handler's"
+    );
     bus.stop().await.unwrap();
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use evhost::bus::{DeadLetterFilter, Effects, RetryPolicy, from_fn};
-use evhost::store::EventLog;
 use evhost::store::sqlite::{DeliveryState, SqliteStore};
 use evhost::{
     AsyncBusConfig, AsyncEventBus, BusError, Event, EventBus, EventHandler, HandlerError, SubscribeOptions,
@@ -17,7 +16,7 @@ use serde_json::json;
 use crate::helpers::{Recorder, TempDir, event, keyed};
 
 fn durable_bus(store: &Arc<SqliteStore>, config: AsyncBusConfig) -> AsyncEventBus {
-    AsyncEventBus::with_log(config, Arc::clone(store) as Arc<dyn EventLog>)
+    AsyncEventBus::with_storage(config, store.storage())
 }
 
 fn named(name: &str) -> SubscribeOptions {
@@ -152,7 +151,11 @@ async fn effects_commit_with_the_acknowledgement() {
         "the key-value write is stored"
     );
     assert_eq!(
-        bus.key_value_store().get("counter", "last:o1").await.unwrap(),
+        bus.key_value_store()
+            .get("counter", "last:o1")
+            .await
+            .unwrap()
+            .map(|v| v.value),
         Some(placed.id.as_bytes().to_vec()),
         "and is what plugins on this bus read"
     );
@@ -239,7 +242,7 @@ async fn dead_letters_keep_their_history_across_a_restart_and_replay_to_a_fixed_
     )
     .unwrap();
     bus.start().await.unwrap();
-    let letters = bus.dead_letters(&DeadLetterFilter::default()).unwrap();
+    let letters = bus.dead_letters(&DeadLetterFilter::default()).await.unwrap();
     assert_eq!(letters.len(), 2, "the queue survived the restart");
     for letter in &letters {
         let attempts: Vec<u32> = letter.failures.iter().map(|f| f.attempt).collect();
@@ -368,4 +371,83 @@ async fn a_publisher_that_goes_away_mid_append_leaves_nothing_unqueued() {
         "every stored event was handled"
     );
     assert_eq!(bus.stop().await.unwrap().abandoned, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_go_on_while_a_subscription_with_a_large_backlog_subscribes() {
+    const BACKLOG: usize = 100_000;
+    let dir = TempDir::new("backlog");
+    let store = dir.open();
+    // A plugin that was away while 100,000 events were accepted for it.
+    let storage = store.storage();
+    for chunk in 0..BACKLOG / 5_000 {
+        let events: Vec<Arc<Event>> = (0..5_000)
+            .map(|i| {
+                Arc::new(keyed(
+                    "Backlog",
+                    &format!("k{}", i % 100),
+                    (chunk * 5_000 + i) as u64,
+                ))
+            })
+            .collect();
+        let routes = vec![vec!["away".to_owned()]; events.len()];
+        storage
+            .log
+            .append(evhost::store::AppendBatch {
+                events,
+                routes,
+                checkpoint: None,
+            })
+            .await
+            .unwrap();
+    }
+    let bus = durable_bus(&store, AsyncBusConfig::default());
+    let others = Recorder::named("others");
+    bus.subscribe_with("Live", others.clone(), named("others"))
+        .unwrap();
+    bus.start().await.unwrap();
+
+    let publisher = tokio::spawn({
+        let bus = bus.clone();
+        async move {
+            let mut slowest = Duration::ZERO;
+            for i in 0..200 {
+                let started = std::time::Instant::now();
+                bus.publish(keyed("Live", "live", i)).await.unwrap();
+                slowest = slowest.max(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            slowest
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let away = Recorder::named("away");
+    let subscribing = std::time::Instant::now();
+    bus.subscribe_with("Backlog", away.clone(), named("away"))
+        .unwrap();
+    let subscribe_took = subscribing.elapsed();
+    let slowest = publisher.await.unwrap();
+    eprintln!("subscribe took {subscribe_took:?}; the slowest publish meanwhile {slowest:?}");
+    assert!(
+        subscribe_took < Duration::from_millis(100),
+        "subscribe took {subscribe_took:?}"
+    );
+    assert!(slowest < Duration::from_millis(500), "a publish took {slowest:?}");
+
+    tokio::time::timeout(Duration::from_secs(120), bus.wait())
+        .await
+        .expect("the backlog is handled");
+    assert_eq!(away.count(), BACKLOG, "every event of the backlog, once");
+    assert_eq!(others.count(), 200);
+    // Each key's events in the order they were accepted.
+    let seen = away.seen.lock().unwrap();
+    let mut last = std::collections::HashMap::new();
+    for event in seen.iter() {
+        let seq = event.json_data().unwrap()["seq"].as_u64().unwrap();
+        let previous = last.insert(event.subject.clone(), seq);
+        assert!(
+            previous.is_none_or(|p| p < seq),
+            "out of order: {previous:?} then {seq}"
+        );
+    }
 }

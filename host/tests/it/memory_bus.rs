@@ -150,7 +150,7 @@ async fn a_handlers_effects_apply_and_its_events_are_handled_before_publish_retu
     bus.publish(order.clone()).await.unwrap();
     let kv = bus.key_value_store();
     assert_eq!(
-        kv.get("counting", "last").await.unwrap(),
+        kv.get("counting", "last").await.unwrap().map(|v| v.value),
         Some(order.id.as_bytes().to_vec()),
         "written under the subscription's name"
     );

@@ -750,7 +750,7 @@ async fn durable_bus(
 ) -> (evhost::AsyncEventBus, Arc<evhost::store::sqlite::SqliteStore>) {
     use evhost::EventBus as _;
     let store = dir.open();
-    let bus = evhost::AsyncEventBus::with_log(Default::default(), store.clone());
+    let bus = evhost::AsyncEventBus::with_storage(Default::default(), store.storage());
     let options = evhost::SubscribeOptions {
         name: Some("recorder".into()),
         concurrency: Some(1),

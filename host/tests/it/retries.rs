@@ -70,7 +70,7 @@ async fn the_last_failure_goes_to_the_dead_letter_queue_with_its_history() {
     let sent = event("T");
     let err = bus.publish_sync(sent.clone()).await.unwrap_err();
     assert!(err.to_string().contains("database down"), "{err}");
-    let letters = bus.dead_letters(&DeadLetterFilter::default()).unwrap();
+    let letters = bus.dead_letters(&DeadLetterFilter::default()).await.unwrap();
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!(letter.subscription, "down");
@@ -102,7 +102,7 @@ async fn reject_skips_the_retries() {
     bus.publish(event("T")).await.unwrap();
     bus.wait().await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    let letters = bus.dead_letters(&DeadLetterFilter::default()).unwrap();
+    let letters = bus.dead_letters(&DeadLetterFilter::default()).await.unwrap();
     assert_eq!(letters[0].failures[0].kind, FailureKind::Reject);
 }
 
@@ -181,7 +181,7 @@ async fn replay_delivers_dead_letters_to_the_current_handler_and_purge_drops_the
         SubscribeOptions::default(),
     )
     .unwrap();
-    let first = bus.dead_letters(&DeadLetterFilter::default()).unwrap()[0].id;
+    let first = bus.dead_letters(&DeadLetterFilter::default()).await.unwrap()[0].id;
     let one = DeadLetterFilter {
         id: Some(first),
         ..Default::default()

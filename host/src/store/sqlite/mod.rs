@@ -51,9 +51,20 @@
 //! last committed transaction and never waits for the writer (nor its fsync). The point
 //! reads ([`SqliteStore::kv_get`], [`SqliteStore::checkpoint`],
 //! [`SqliteStore::delivery_state`], [`SqliteStore::dlq_get`], [`SqliteStore::stats`]) are
-//! single indexed lookups and fine to call from async code. [`SqliteStore::pending`],
-//! [`SqliteStore::dlq_list`] and [`KeyValueStore::list_keys`] return as many rows as
-//! there are: call them from `spawn_blocking` when the answer may be large.
+//! single indexed lookups; [`SqliteStore::pending`] and [`SqliteStore::dlq_list`] return
+//! as many rows as there are. These inherent methods block the calling thread; the
+//! storage-seam traits the bus uses ([`EventLog`], [`DeadLetters`], [`KeyValueReader`],
+//! [`Checkpoints`]) run every read on a blocking thread, and [`EventLog::pending`] reads a
+//! page at a time.
+//!
+//! # The storage seam
+//!
+//! [`SqliteStore::storage`] hands the bus every part of the seam. Its contract: an append
+//! is one transaction and recognises duplicates; a ledger request — every commit in it,
+//! each delivery's outcome with its key-value writes and emitted events — is one
+//! transaction, applied in order, all or none; a finished delivery is remembered, so a
+//! second commit of it is `AlreadyDone`; a failure is transient when SQLite was busy or
+//! locked, the disk failed or was full, or a transaction could not commit.
 
 mod read;
 mod schema;
@@ -70,7 +81,9 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt as _;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -78,7 +91,10 @@ pub use super::{
     AppendBatch, Appended, CommitOutcome, DeadLetter, DeadLetterFilter, DeliveryCommit, DeliveryOutcome,
     PendingDelivery, Replayed,
 };
-use super::{EventLog, KeyPage, KeyValueReader, KeyValueStore, LogError};
+use super::{
+    Checkpoints, DeadLetters, DeliveryLedger, EventLog, KeyPage, KeyValueReader, KeyValueStore, Storage,
+    StorageError, Versioned,
+};
 use crate::monitor::FailureRecord;
 use read::Readers;
 use writer::{Answer, Encoded, EncodedCommit, EncodedOutcome, Message, Op, Reply, Request, Writer};
@@ -341,6 +357,11 @@ impl SqliteStore {
         }))
     }
 
+    /// Every part of the storage seam, from this store.
+    pub fn storage(self: &Arc<Self>) -> Storage {
+        Storage::of(Arc::clone(self))
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -418,9 +439,20 @@ impl SqliteStore {
 
     /// Every pending delivery of `subscription` in offset order, with its event, failed
     /// attempts and `not_before`: what the bus redelivers after a restart. Returns the
-    /// whole backlog: call it from `spawn_blocking` when that may be large.
+    /// whole backlog and blocks: the bus reads it a page at a time through
+    /// [`EventLog::pending`].
     pub fn pending(&self, subscription: &str) -> Result<Vec<PendingDelivery>, StoreError> {
-        self.read(|conn, path| read::pending(conn, path, subscription))
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map(|p: &PendingDelivery| p.offset);
+            let page =
+                self.read(|conn, path| read::pending(conn, path, subscription, after, PENDING_PAGE))?;
+            let last = page.len() < PENDING_PAGE;
+            all.extend(page);
+            if last {
+                return Ok(all);
+            }
+        }
     }
 
     /// Where the delivery of the event at `offset` to `subscription` stands; `None` if
@@ -436,6 +468,7 @@ impl SqliteStore {
     /// The value of `key` in `namespace` (a plugin's name).
     pub fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|conn, _| read::kv_get(conn, namespace, key))
+            .map(|found| found.map(|versioned| versioned.value))
     }
 
     /// At most `limit` keys of `namespace` in order, after `after`.
@@ -575,24 +608,8 @@ impl SqliteStore {
     /// Hands `op` to the writer and waits, without blocking the thread, for its answer.
     async fn submit(&self, op: Op) -> Result<Answer, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.send(op, Reply::Async(reply))?;
+        self.send(op, Reply(reply))?;
         answer.await.map_err(|_| self.stopped())?
-    }
-
-    /// Hands `op` to the writer and blocks this thread until it is committed: for the
-    /// synchronous [`KeyValueStore`] and [`EventLog`] methods. On a multi-threaded tokio
-    /// runtime the wait runs in `block_in_place`, so the worker's other tasks move on.
-    fn submit_blocking(&self, op: Op) -> Result<Answer, StoreError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.send(op, Reply::Blocking(reply))?;
-        let wait = move || answer.recv();
-        let answer = match tokio::runtime::Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
-            }
-            _ => wait(),
-        };
-        answer.map_err(|_| self.stopped())?
     }
 
     /// Why the writer dropped a request unanswered or refused it: it closed, or it died.
@@ -677,7 +694,7 @@ fn unexpected(answer: &Answer) -> StoreError {
     StoreError::Internal(format!("the writer answered {answer:?}"))
 }
 
-/// `error` with its sources, for [`LogError`]'s single message.
+/// `error` with its sources, in one message.
 fn error_chain(error: &dyn StdError) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
@@ -689,77 +706,124 @@ fn error_chain(error: &dyn StdError) -> String {
     message
 }
 
-fn log_error(error: StoreError) -> LogError {
-    LogError(error_chain(&error))
+/// Which store failures may pass: a busy or locked database, an I/O error, a transaction
+/// that could not commit. A closed store, corrupt data, a refused request or a dead
+/// writer will not.
+impl From<StoreError> for StorageError {
+    fn from(error: StoreError) -> Self {
+        let transient = match &error {
+            StoreError::Transaction(_) => true,
+            StoreError::Sqlite(error) => matches!(
+                error.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                        | rusqlite::ErrorCode::SystemIoFailure
+                        | rusqlite::ErrorCode::DiskFull
+                        | rusqlite::ErrorCode::OutOfMemory
+                )
+            ),
+            _ => false,
+        };
+        let message = error_chain(&error);
+        if transient {
+            StorageError::transient(message)
+        } else {
+            StorageError::permanent(message)
+        }
+    }
 }
 
-/// The bus's storage: what `evhost run` uses unless `--no-durable`.
+/// Deliveries read from the log per page of [`EventLog::pending`].
+const PENDING_PAGE: usize = 1_000;
+
+/// The durable event log. An append is one transaction: events, their deliveries and the
+/// checkpoint land together; duplicates (by `source` + `id`) are recognised.
 impl EventLog for SqliteStore {
-    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<Vec<Appended>, LogError>> {
-        Box::pin(async move { SqliteStore::append(self, batch).await.map_err(log_error) })
+    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<Vec<Appended>, StorageError>> {
+        Box::pin(async move { Ok(SqliteStore::append(self, batch).await?) })
     }
 
-    fn commit(&self, commits: Vec<DeliveryCommit>) -> BoxFuture<'_, Result<Vec<CommitOutcome>, LogError>> {
-        Box::pin(async move { self.commit_all(commits).await.map_err(log_error) })
+    /// A page of 1,000 deliveries at a time, each read on a blocking thread.
+    fn pending<'a>(&'a self, subscription: &'a str) -> BoxStream<'a, Result<PendingDelivery, StorageError>> {
+        let pages = futures::stream::try_unfold(Some(None), move |after: Option<Option<u64>>| async move {
+            let Some(after) = after else {
+                return Ok(None);
+            };
+            let name = subscription.to_owned();
+            let page = self
+                .read_off_thread(move |conn, path| read::pending(conn, path, &name, after, PENDING_PAGE))
+                .await?;
+            let next = (page.len() == PENDING_PAGE).then(|| page.last().map(|p| p.offset));
+            Ok::<_, StorageError>(Some((futures::stream::iter(page.into_iter().map(Ok)), next)))
+        });
+        Box::pin(pages.try_flatten())
     }
+}
 
-    fn pending(&self, subscription: &str) -> Result<Vec<PendingDelivery>, LogError> {
-        SqliteStore::pending(self, subscription).map_err(log_error)
+/// A delivery's outcome, its key-value writes and the events it emitted commit in one
+/// transaction — all of a request's commits together — so a crash leaves all of it or
+/// none.
+impl DeliveryLedger for SqliteStore {
+    fn commit<'a>(
+        &'a self,
+        commits: &'a [DeliveryCommit],
+    ) -> BoxFuture<'a, Result<Vec<CommitOutcome>, StorageError>> {
+        Box::pin(async move { Ok(self.commit_all(commits.to_vec()).await?) })
     }
+}
 
-    fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, LogError> {
-        self.dlq_list(filter).map_err(log_error)
+impl DeadLetters for SqliteStore {
+    fn list(&self, filter: DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>, StorageError>> {
+        Box::pin(async move {
+            Ok(self
+                .read_off_thread(move |conn, path| read::dead_letters(conn, path, &filter))
+                .await?)
+        })
     }
 
     fn replay(
         &self,
         filter: DeadLetterFilter,
         subscriptions: Vec<String>,
-    ) -> BoxFuture<'_, Result<Vec<Replayed>, LogError>> {
-        Box::pin(async move {
-            self.dlq_replay(&filter, Some(subscriptions))
-                .await
-                .map_err(log_error)
-        })
+    ) -> BoxFuture<'_, Result<Vec<Replayed>, StorageError>> {
+        Box::pin(async move { Ok(self.dlq_replay(&filter, Some(subscriptions)).await?) })
     }
 
-    fn dead_letter_count(&self) -> u64 {
+    fn purge(&self, filter: DeadLetterFilter) -> BoxFuture<'_, Result<u64, StorageError>> {
+        Box::pin(async move { Ok(self.dlq_purge(&filter).await?) })
+    }
+
+    fn count(&self) -> u64 {
         self.shared.dead_letters.load(Ordering::Relaxed)
-    }
-
-    fn checkpoint(&self, relay: &str) -> Result<Option<i64>, LogError> {
-        SqliteStore::checkpoint(self, relay).map_err(log_error)
-    }
-
-    fn purge(&self, filter: DeadLetterFilter) -> BoxFuture<'_, Result<u64, LogError>> {
-        Box::pin(async move { self.dlq_purge(&filter).await.map_err(log_error) })
-    }
-
-    fn key_values(self: Arc<Self>) -> Arc<dyn KeyValueStore> {
-        self
-    }
-
-    fn is_durable(&self) -> bool {
-        true
     }
 }
 
-/// Plugins' key-value data in the store. The bus commits an invocation's writes through
-/// [`SqliteStore::commit`], atomically with the delivery's ack; `commit` here is a
-/// transaction of its own (for writes outside a delivery), which blocks the calling thread
-/// until durable.
+impl Checkpoints for SqliteStore {
+    fn checkpoint<'a>(&'a self, relay: &'a str) -> BoxFuture<'a, Result<Option<i64>, StorageError>> {
+        let relay = relay.to_owned();
+        Box::pin(async move {
+            Ok(self
+                .read_off_thread(move |conn, _| read::checkpoint(conn, &relay))
+                .await?)
+        })
+    }
+}
+
+/// Plugins' key-value data in the store, read on blocking threads. The bus commits an
+/// invocation's writes with its delivery ([`DeliveryLedger::commit`]);
+/// [`KeyValueStore::commit`] is a transaction of its own, for writes outside a delivery.
 impl KeyValueReader for SqliteStore {
-    /// Read on a blocking thread: a plugin reading in a loop never holds an executor thread.
     fn get<'a>(
         &'a self,
         namespace: &'a str,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, LogError>> {
+    ) -> BoxFuture<'a, Result<Option<Versioned>, StorageError>> {
         let (namespace, key) = (namespace.to_owned(), key.to_owned());
         Box::pin(async move {
-            self.read_off_thread(move |conn, _| read::kv_get(conn, &namespace, &key))
-                .await
-                .map_err(log_error)
+            Ok(self
+                .read_off_thread(move |conn, _| read::kv_get(conn, &namespace, &key))
+                .await?)
         })
     }
 
@@ -770,28 +834,34 @@ impl KeyValueReader for SqliteStore {
         namespace: &'a str,
         after: Option<&'a str>,
         limit: usize,
-    ) -> BoxFuture<'a, Result<KeyPage, LogError>> {
+    ) -> BoxFuture<'a, Result<KeyPage, StorageError>> {
         let (namespace, after) = (namespace.to_owned(), after.map(str::to_owned));
         Box::pin(async move {
-            self.read_off_thread(move |conn, _| read::kv_keys(conn, &namespace, after.as_deref(), limit))
-                .await
-                .map_err(log_error)
+            Ok(self
+                .read_off_thread(move |conn, _| read::kv_keys(conn, &namespace, after.as_deref(), limit))
+                .await?)
         })
     }
 }
 
 impl KeyValueStore for SqliteStore {
-    fn commit(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<(), LogError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let op = Op::Kv {
-            namespace: namespace.to_owned(),
-            writes,
-        };
-        match self.submit_blocking(op).map_err(log_error)? {
-            Answer::Done => Ok(()),
-            other => Err(log_error(unexpected(&other))),
-        }
+    fn commit<'a>(
+        &'a self,
+        namespace: &'a str,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            if writes.is_empty() {
+                return Ok(());
+            }
+            let op = Op::Kv {
+                namespace: namespace.to_owned(),
+                writes,
+            };
+            match self.submit(op).await? {
+                Answer::Done => Ok(()),
+                other => Err(unexpected(&other).into()),
+            }
+        })
     }
 }

@@ -13,7 +13,7 @@ use super::schema::{self, ACKED, DEAD, PENDING, PURGED};
 use super::{DeadLetter, DeadLetterFilter, DeliveryState, PendingDelivery, StoreError};
 use crate::event::Event;
 use crate::monitor::FailureRecord;
-use crate::store::KeyPage;
+use crate::store::{KeyPage, Versioned};
 
 /// Read-only connections, opened on demand and kept for reuse.
 pub(super) struct Readers {
@@ -126,10 +126,15 @@ pub(super) fn checkpoint(conn: &Connection, relay: &str) -> Result<Option<i64>, 
         .optional()?)
 }
 
-pub(super) fn kv_get(conn: &Connection, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+pub(super) fn kv_get(conn: &Connection, namespace: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2")?
-        .query_row([namespace, key], |row| row.get(0))
+        .prepare_cached("SELECT value, revision FROM kv WHERE namespace = ?1 AND key = ?2")?
+        .query_row([namespace, key], |row| {
+            Ok(Versioned {
+                value: row.get(0)?,
+                revision: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+            })
+        })
         .optional()?)
 }
 
@@ -158,20 +163,26 @@ pub(super) fn kv_keys(
     Ok(KeyPage { keys, more })
 }
 
+/// At most `limit` of `subscription`'s pending deliveries in offset order, after offset
+/// `after` (from the first when `None`).
 pub(super) fn pending(
     conn: &Connection,
     path: &Path,
     subscription: &str,
+    after: Option<u64>,
+    limit: usize,
 ) -> Result<Vec<PendingDelivery>, StoreError> {
     // INDEXED BY: without statistics the planner would walk the subscription's whole
     // history by primary key; the partial index holds only what is pending.
     let mut stmt = conn.prepare_cached(
         "SELECT d.pos, e.event, d.attempt, d.not_before
          FROM deliveries d INDEXED BY deliveries_pending JOIN events e ON e.pos = d.pos
-         WHERE d.sub = (SELECT id FROM subscriptions WHERE name = ?1) AND d.state = 0
-         ORDER BY d.pos",
+         WHERE d.sub = (SELECT id FROM subscriptions WHERE name = ?1) AND d.state = 0 AND d.pos > ?2
+         ORDER BY d.pos LIMIT ?3",
     )?;
-    let mut rows = stmt.query([subscription])?;
+    let after = after.map_or(-1, to_pos);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt.query(params![subscription, after, limit])?;
     let mut pending = Vec::new();
     while let Some(row) = rows.next()? {
         let pos: i64 = row.get(0)?;

@@ -14,7 +14,8 @@
 //!   proportional to what they return, not to the history.
 //! - `failures(id, sub, pos, record)`: every failure of a delivery, in order, as the
 //!   `FailureRecord` JSON.
-//! - `kv(namespace, key, value)`: the plugins' key-value data.
+//! - `kv(namespace, key, value, revision)`: the plugins' key-value data; `revision`
+//!   counts the writes of the key.
 //! - `checkpoints(relay, position)`: how far each outbox relay got.
 //!
 //! `PRAGMA application_id` marks the file as evhost's and `PRAGMA user_version` is the
@@ -105,6 +106,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     DROP TABLE events;
     ALTER TABLE events_v2 RENAME TO events;
     CREATE UNIQUE INDEX events_by_source_id ON events (source, id);
+",
+    // Version 3: a revision per key-value entry, counting its writes.
+    r"
+    ALTER TABLE kv ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;
 ",
 ];
 

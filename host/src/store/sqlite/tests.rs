@@ -131,7 +131,7 @@ fn hold(store: &SqliteStore) -> (mpsc::Sender<()>, oneshot::Receiver<Result<Answ
                 entered: entered_tx,
                 release: release_rx,
             },
-            Reply::Async(reply),
+            Reply(reply),
         )
         .unwrap();
     entered.recv().unwrap();
@@ -150,7 +150,7 @@ fn queue_append(
         routes: vec![routes.iter().map(|s| (*s).to_owned()).collect()],
         checkpoint: None,
     };
-    store.send(op, Reply::Async(reply)).unwrap();
+    store.send(op, Reply(reply)).unwrap();
     answer
 }
 
@@ -310,7 +310,7 @@ async fn a_failing_request_does_not_fail_its_group() {
     store
         .send(
             Op::Commits(vec![encode_commit(ack("s", 999_999)).unwrap()]),
-            Reply::Async(reply),
+            Reply(reply),
         )
         .unwrap();
     let after = queue_append(&store, event(2), &["s"]);
@@ -383,7 +383,9 @@ async fn publishing_the_same_source_and_id_again_is_a_duplicate() {
 async fn an_ack_applies_kv_writes_and_emitted_events_exactly_once() {
     let dir = TempDir::new();
     let store = open(&dir);
-    KeyValueStore::commit(&*store, "projection", vec![("stale".into(), Some(b"x".to_vec()))]).unwrap();
+    KeyValueStore::commit(&*store, "projection", vec![("stale".into(), Some(b"x".to_vec()))])
+        .await
+        .unwrap();
     let cause = event(1);
     let delivered = append_one(&store, &cause, &["projection"]).await;
 
@@ -758,7 +760,7 @@ async fn a_writer_panic_fails_requests_instead_of_hanging() {
     append_one(&store, &e, &["s"]).await;
     let (release, held) = hold(&store);
     let (reply, panicked) = oneshot::channel();
-    store.send(Op::Panic, Reply::Async(reply)).unwrap();
+    store.send(Op::Panic, Reply(reply)).unwrap();
     let grouped = queue_append(&store, event(2), &["s"]);
     drop(release);
     // The hold's group commits; the panic takes down the next group, the append with it.
@@ -771,8 +773,11 @@ async fn a_writer_panic_fails_requests_instead_of_hanging() {
     assert!(matches!(error, StoreError::WriterPanicked), "{error:?}");
     let error = within(store.commit(ack("s", 1))).await.unwrap_err();
     assert!(matches!(error, StoreError::WriterPanicked), "{error:?}");
-    let blocking = KeyValueStore::commit(&*store, "p", vec![("k".into(), Some(vec![1]))]).unwrap_err();
-    assert!(blocking.0.contains("panicked"), "{blocking}");
+    let kv_write = KeyValueStore::commit(&*store, "p", vec![("k".into(), Some(vec![1]))])
+        .await
+        .unwrap_err();
+    assert!(kv_write.message().contains("panicked"), "{kv_write}");
+    assert!(!kv_write.is_transient(), "a dead writer stays dead");
     // What was committed before is intact.
     drop(store);
     let store = open(&dir);
@@ -800,8 +805,13 @@ async fn a_closed_store_answers_closed() {
     ));
     assert!(matches!(store.kv_get("p", "k"), Err(StoreError::Closed)));
     assert!(matches!(store.pending("s"), Err(StoreError::Closed)));
-    let error = KeyValueStore::commit(&*store, "p", vec![("k".into(), None)]).unwrap_err();
-    assert!(error.0.contains("closed"), "{error}");
+    let error = KeyValueStore::commit(&*store, "p", vec![("k".into(), None)])
+        .await
+        .unwrap_err();
+    assert!(
+        error.message().contains("closed") && !error.is_transient(),
+        "{error}"
+    );
     within(store.close()).await;
     drop(store);
     assert_eq!(open(&dir).pending("s").unwrap().len(), 1);
@@ -845,7 +855,9 @@ async fn reads_do_not_wait_for_the_writer() {
     let dir = TempDir::new();
     let store = open(&dir);
     append_one(&store, &event(1), &["s"]).await;
-    KeyValueStore::commit(&*store, "p", vec![("k".into(), Some(vec![7]))]).unwrap();
+    KeyValueStore::commit(&*store, "p", vec![("k".into(), Some(vec![7]))])
+        .await
+        .unwrap();
     let (release, held) = hold(&store);
     // The writer sits inside an open write transaction; reads still answer from the last
     // commit.
@@ -862,64 +874,65 @@ async fn reads_do_not_wait_for_the_writer() {
     within(held).await.unwrap().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_keeps_the_whole_contract_of_the_storage_seam() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    let fresh = || {
+        let dir = TempDir::new();
+        let store = open(&dir);
+        dirs.lock().unwrap().push(dir);
+        store.storage()
+    };
+    crate::store::contract::check_all(fresh, crate::store::contract::Claims::DURABLE).await;
+}
+
 #[tokio::test]
-async fn the_event_log_trait_is_the_store() {
+async fn a_ledger_request_applies_all_of_its_commits_or_none() {
     let dir = TempDir::new();
     let store = open(&dir);
-    let log: Arc<dyn EventLog> = store.clone();
-    assert!(log.is_durable());
+    let storage = store.storage();
     let events: Vec<_> = (0..2).map(event).collect();
-    let appended = log.append(routed(&events, &[&["bus"], &["bus"]])).await.unwrap();
-    let offsets: Vec<u64> = log.pending("bus").unwrap().iter().map(|p| p.offset).collect();
-    assert_eq!(offsets, [appended[0].offset, appended[1].offset]);
-    let ack_first = || {
-        let mut commit = ack("bus", appended[0].offset);
-        commit.kv_writes = vec![("k".into(), Some(vec![9]))];
-        commit
-    };
-    let dead_second = || dead("bus", appended[1].offset, failure("bus", &events[1], 1, "x"));
+    let appended = storage
+        .log
+        .append(routed(&events, &[&["bus"], &["bus"]]))
+        .await
+        .unwrap();
+    let mut ack_first = ack("bus", appended[0].offset);
+    ack_first.kv_writes = vec![("k".into(), Some(vec![9]))];
+    let dead_second = dead("bus", appended[1].offset, failure("bus", &events[1], 1, "x"));
 
-    // A batch is all or none: one bad commit and nothing of it is applied.
-    let error = log
-        .commit(vec![ack_first(), dead_second(), ack("bus", 9_999)])
+    // One bad commit and nothing of the request is applied.
+    let error = storage
+        .ledger
+        .commit(&[ack_first.clone(), dead_second.clone(), ack("bus", 9_999)])
         .await
         .unwrap_err();
-    assert!(error.0.contains("9999"), "{error}");
-    assert_eq!(log.pending("bus").unwrap().len(), 2);
+    assert!(
+        error.message().contains("9999") && !error.is_transient(),
+        "{error}"
+    );
+    assert_eq!(store.pending("bus").unwrap().len(), 2);
     assert_eq!(store.kv_get("bus", "k").unwrap(), None);
 
-    let outcomes = log.commit(vec![ack_first(), dead_second()]).await.unwrap();
+    let outcomes = storage.ledger.commit(&[ack_first, dead_second]).await.unwrap();
     assert!(matches!(
         outcomes.as_slice(),
         [CommitOutcome::Committed { .. }, CommitOutcome::Committed { .. }]
     ));
     assert_eq!(store.kv_get("bus", "k").unwrap(), Some(vec![9]));
-    assert_eq!(
-        log.commit(vec![ack_first()]).await.unwrap(),
-        [CommitOutcome::AlreadyDone],
-        "committed once"
-    );
-    assert!(log.pending("bus").unwrap().is_empty());
-    assert_eq!(log.dead_letter_count(), 1);
-    let replayed = log
-        .replay(DeadLetterFilter::default(), vec!["other".into()])
-        .await
-        .unwrap();
-    assert!(replayed.is_empty(), "only the subscriptions named");
-    assert_eq!(log.purge(by_subscription("bus")).await.unwrap(), 1);
-    let kv = Arc::clone(&log).key_values();
-    kv.commit("p", vec![("k".into(), Some(vec![1]))]).unwrap();
-    assert_eq!(store.kv_get("p", "k").unwrap(), Some(vec![1]));
 }
 
 #[tokio::test]
-async fn the_key_value_store_trait_pages_keys_and_keeps_namespaces_apart() {
+async fn key_values_and_their_revisions_outlive_the_process() {
     let dir = TempDir::new();
-    let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
-    crate::store::kv::check_contract(&*store).await;
+    let store = open(&dir);
+    crate::store::contract::key_values(&*store).await;
     drop(store);
-    let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
-    assert_eq!(store.kv_get("a", "j").unwrap(), Some(b"2".to_vec()));
+    let store = open(&dir);
+    let value = KeyValueReader::get(&*store, "a", "j").await.unwrap().unwrap();
+    assert_eq!((value.value, value.revision), (b"2".to_vec(), 1));
+    let value = KeyValueReader::get(&*store, "a", "k").await.unwrap().unwrap();
+    assert_eq!((value.value, value.revision), (b"6".to_vec(), 1));
 }
 
 #[tokio::test]

@@ -48,24 +48,14 @@ pub(super) struct Request {
     pub(super) reply: Reply,
 }
 
-/// Where an answer goes: an awaiting task or a blocked thread.
-pub(super) enum Reply {
-    Async(oneshot::Sender<Result<Answer, StoreError>>),
-    Blocking(mpsc::SyncSender<Result<Answer, StoreError>>),
-}
+/// Where an answer goes: the task awaiting it.
+pub(super) struct Reply(pub(super) oneshot::Sender<Result<Answer, StoreError>>);
 
 impl Reply {
     fn send(self, answer: Result<Answer, StoreError>) {
         // A caller that stopped waiting (a dropped future) needs no answer: its write
         // stands or not like any other.
-        match self {
-            Self::Async(reply) => {
-                let _ = reply.send(answer);
-            }
-            Self::Blocking(reply) => {
-                let _ = reply.send(answer);
-            }
-        }
+        let _ = self.0.send(answer);
     }
 }
 
@@ -596,7 +586,8 @@ impl Writer {
                     .conn
                     .prepare_cached(
                         "INSERT INTO kv (namespace, key, value) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+                         ON CONFLICT (namespace, key)
+                         DO UPDATE SET value = excluded.value, revision = kv.revision + 1",
                     )?
                     .execute(params![namespace, key, value])?,
                 None => self
