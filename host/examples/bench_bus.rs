@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use common::{Noop, median};
-use evhost::{AsyncEventBus, Event, EventBus, EventHandler};
+use evhost::{AsyncEventBus, Event, EventBus, EventHandler, SubscribeOptions};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -42,8 +42,12 @@ enum Publish {
 /// Events per second through publish → handler on the bus.
 async fn bus_run(subscribers: usize, keys: usize, publish: Publish) -> f64 {
     let bus = AsyncEventBus::new();
-    for _ in 0..subscribers {
-        bus.subscribe("*", Arc::new(Noop)).unwrap();
+    for i in 0..subscribers {
+        let options = SubscribeOptions {
+            name: Some(format!("noop-{i}")),
+            ..SubscribeOptions::default()
+        };
+        bus.subscribe_with("*", Arc::new(Noop), options).unwrap();
     }
     bus.start().await.unwrap();
     let mut input = events(EVENTS, keys);

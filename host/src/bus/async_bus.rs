@@ -1333,12 +1333,14 @@ impl Inner {
         }
         let emitted: Vec<Arc<Event>> = emitted.into_iter().map(Arc::new).collect();
         let mut commit = self.delivery_commit(lane, delivery, DeliveryOutcome::Acked);
-        commit.kv_namespace = if kv_namespace.is_empty() {
-            lane.subscription.name.to_string()
-        } else {
-            kv_namespace
-        };
-        commit.kv_writes = kv_writes;
+        if !kv_writes.is_empty() {
+            commit.kv_namespace = if kv_namespace.is_empty() {
+                lane.subscription.name.to_string()
+            } else {
+                kv_namespace
+            };
+            commit.kv_writes = kv_writes;
+        }
         if emitted.is_empty() {
             return Ok(PreparedAck {
                 commit,

@@ -195,7 +195,12 @@ pub(crate) async fn event_log(storage: &Storage, claims: Claims) {
 /// answers a second commit of a finished delivery with `AlreadyDone`.
 pub(crate) async fn ledger(storage: &Storage, claims: Claims) {
     let x = event(10, "x");
-    let offset = storage.log.append(batch(std::slice::from_ref(&x), &[&["s"]])).await.unwrap()[0].offset;
+    let offset = storage
+        .log
+        .append(batch(std::slice::from_ref(&x), &[&["s"]]))
+        .await
+        .unwrap()[0]
+        .offset;
     let not_before = Utc::now() + TimeDelta::seconds(60);
     let retry = DeliveryOutcome::Retry {
         attempt: 1,
@@ -277,7 +282,12 @@ pub(crate) async fn ledger(storage: &Storage, claims: Claims) {
 /// the attempts reset and the history kept, dead-letters again under a new id, purges.
 pub(crate) async fn dead_letters(storage: &Storage, claims: Claims) {
     let z = event(20, "z");
-    let offset = storage.log.append(batch(std::slice::from_ref(&z), &[&["d"]])).await.unwrap()[0].offset;
+    let offset = storage
+        .log
+        .append(batch(std::slice::from_ref(&z), &[&["d"]]))
+        .await
+        .unwrap()[0]
+        .offset;
     let by_subscription = |name: &str| DeadLetterFilter {
         id: None,
         subscription: Some(name.to_owned()),

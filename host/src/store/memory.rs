@@ -58,7 +58,7 @@ impl MemoryLog {
         })
     }
 
-    fn commit_one(&self, commit: DeliveryCommit) -> CommitOutcome {
+    fn commit_one(&self, commit: &DeliveryCommit) -> CommitOutcome {
         let DeliveryCommit {
             subscription,
             offset,
@@ -70,21 +70,26 @@ impl MemoryLog {
         } = commit;
         match outcome {
             DeliveryOutcome::Acked => {
-                self.take_history(&subscription, offset);
-                self.kv.write(&kv_namespace, kv_writes);
+                self.take_history(subscription, *offset);
+                if !kv_writes.is_empty() {
+                    self.kv.write(kv_namespace, kv_writes.clone());
+                }
                 CommitOutcome::Committed {
                     emitted: self.number(emitted.len()).collect(),
                 }
             }
             DeliveryOutcome::Retry { failure, .. } => {
                 let mut retrying = lock(&self.retrying);
-                retrying.entry((subscription, offset)).or_default().push(failure);
+                retrying
+                    .entry((Arc::clone(subscription), *offset))
+                    .or_default()
+                    .push(failure.clone());
                 self.retrying_len.store(retrying.len(), Ordering::Release);
                 CommitOutcome::Committed { emitted: Vec::new() }
             }
             DeliveryOutcome::DeadLettered { failure } => {
-                let mut failures = self.take_history(&subscription, offset);
-                failures.push(failure);
+                let mut failures = self.take_history(subscription, *offset);
+                failures.push(failure.clone());
                 let mut dead = lock(&self.dead);
                 dead.last_id += 1;
                 let id = dead.last_id;
@@ -93,8 +98,8 @@ impl MemoryLog {
                     DeadLetter {
                         id,
                         subscription: subscription.to_string(),
-                        offset,
-                        event,
+                        offset: *offset,
+                        event: Arc::clone(event),
                         failures,
                         dead_at: Utc::now(),
                     },
@@ -155,10 +160,7 @@ impl DeliveryLedger for MemoryLog {
                 refused.subscription, refused.offset
             )))));
         }
-        let outcomes = commits
-            .iter()
-            .map(|commit| self.commit_one(commit.clone()))
-            .collect();
+        let outcomes = commits.iter().map(|commit| self.commit_one(commit)).collect();
         Box::pin(std::future::ready(Ok(outcomes)))
     }
 }
