@@ -212,7 +212,8 @@ async fn main() {
         ..Config::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(evhost::server::run(config, async {
+    let app = evhost::App::new(config).await.expect("the host starts");
+    let server = tokio::spawn(app.run(async {
         let _ = stopped.await;
     }));
     let url = format!("http://{listen}");

@@ -154,6 +154,9 @@ pub struct Config {
     pub drain_timeout_ms: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// How long an HTTP request may take, in milliseconds; `POST /events?wait=true`
+    /// answers `504` with what it knows by then.
+    pub request_timeout_ms: u64,
     /// Cache compiled plugins under `data_dir/cache`.
     pub compile_cache: bool,
     /// Bus limits.
@@ -175,6 +178,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             drain_timeout_ms: 30_000,
             max_body_bytes: 1 << 20,
+            request_timeout_ms: 30_000,
             compile_cache: true,
             bus: BusSettings::default(),
             runtime: RuntimeSettings::default(),
@@ -290,8 +294,9 @@ impl Config {
         };
         // (key, value, least, most): the upper bounds keep durations and sizes far from
         // overflowing what the host computes with them.
-        let ranges: [(&'static str, u64, u64, u64); 11] = [
+        let ranges: [(&'static str, u64, u64, u64); 12] = [
             ("drain_timeout_ms", self.drain_timeout_ms, 1, 86_400_000),
+            ("request_timeout_ms", self.request_timeout_ms, 1, 3_600_000),
             ("max_body_bytes", self.max_body_bytes as u64, 1, 1 << 30),
             (
                 "bus.max_concurrency",
@@ -400,6 +405,11 @@ impl Config {
     /// [`Config::drain_timeout_ms`] as a duration.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// [`Config::request_timeout_ms`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 }
 

@@ -16,11 +16,14 @@
 //! - [`runtime`]: Wasm plugins: the engine, limits, linking and failure classification.
 //! - [`plugins`]: the watched plugins folder: manifests, hot reload.
 //! - [`http`]: the HTTP API.
-//! - [`config`], [`cli`], [`server`]: `evhost.toml`, the command line and `evhost run`.
+//! - [`config`], [`cli`]: `evhost.toml` and the command line.
+//! - [`app`]: [`App`], a host assembled from its config and run under one cancellation
+//!   token: what `evhost run` is.
 //! - [`outbox`]: the transactional outbox relay from PostgreSQL.
 //! - [`store`]: the [`EventLog`](store::EventLog) the bus keeps accepted events in, and
 //!   the plugins' [`KeyValueStore`](store::KeyValueStore); [`store::sqlite`] is the durable one.
 
+pub mod app;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -31,9 +34,9 @@ pub mod monitor;
 pub mod outbox;
 pub mod plugins;
 pub mod runtime;
-pub mod server;
 pub mod store;
 
+pub use app::App;
 pub use async_trait::async_trait;
 pub use bus::{
     AsyncBusConfig, AsyncEventBus, Backpressure, BusError, DeliveryReport, EventBus, EventHandler,

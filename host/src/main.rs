@@ -12,7 +12,10 @@ async fn main() -> ExitCode {
         Command::Run(args) => match args.config() {
             Ok(config) => {
                 cli::init_logging(config.log_format);
-                evhost::server::run(config, shutdown_signal()).await
+                match evhost::App::new(config).await {
+                    Ok(app) => app.run(shutdown_signal()).await,
+                    Err(error) => Err(error),
+                }
             }
             Err(e) => Err(e.into()),
         },

@@ -660,3 +660,84 @@ async fn dead_letters_are_listed_and_replayed_to_a_fixed_version() {
     let response = http.delete(format!("{}/dlq", host.url)).send().await.unwrap();
     assert_eq!(response.status(), 400, "purging everything must be explicit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_that_runs_out_of_time_answers_504_with_what_it_knows() {
+    let dir = TempDir::new("request-timeout");
+    crate::support::install(
+        &dir.0,
+        &[("healthy", wasm::HEALTHY), ("slow-calls", wasm::SLOW_CALLS)],
+        &[("slow-calls", "[config]\nmillis = \"2500\"\n")],
+    );
+    let config = dir.0.join("evhost.toml");
+    std::fs::write(&config, "request_timeout_ms = 600\n").unwrap();
+    let host = Running::start_in_with(&dir.0, &["--config", config.to_str().unwrap()]);
+    let http = client();
+
+    // `slow` holds its subject's chain past the timeout; `next` waits behind it on the same
+    // subject; `quick` (another subject) is handled at once.
+    let batch = json!([
+        structured("Attack", "slow", "s1", json!({})),
+        structured("Attack", "next", "s1", json!({})),
+        structured("Ping", "quick", "s2", json!({})),
+    ]);
+    let started = Instant::now();
+    let response = post_events(
+        &http,
+        &host.url,
+        "/events?wait=true",
+        "application/cloudevents-batch+json",
+        batch.to_string(),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(response.status(), 504);
+    assert!(took < Duration::from_millis(2_000), "answered after {took:?}");
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["accepted"], json!(["quick"]), "{report}");
+    let events = report["events"].as_array().unwrap();
+    assert_eq!(events[0]["id"], "slow");
+    assert_eq!(events[0]["ok"], false);
+    let unknown = events[0]["error"].as_str().unwrap();
+    assert!(
+        unknown.contains("still being published or handled") && unknown.contains("600 ms"),
+        "{unknown}"
+    );
+    assert_eq!(events[1]["id"], "next");
+    assert!(
+        events[1]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("not published: the request timed out"),
+        "{report}"
+    );
+    assert_eq!(events[2]["id"], "quick");
+    assert_eq!(events[2]["ok"], true, "{report}");
+    assert_eq!(events[2]["outcomes"][0]["plugin"], "healthy");
+
+    // The event in progress was accepted and finishes; sending it again is a duplicate.
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let metrics = get_text(&http, format!("{}/metrics", host.url)).await;
+            metrics.contains(r#"evhost_deliveries_total{plugin="slow-calls",outcome="ok"} 1"#)
+        })
+        .await,
+        "the slow plugin handled the event after the answer"
+    );
+    let again = post_events(
+        &http,
+        &host.url,
+        "/events",
+        "application/cloudevents+json",
+        structured("Attack", "slow", "s1", json!({})).to_string(),
+    )
+    .await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["duplicates"],
+        json!(["slow"])
+    );
+    // The one held back was never published.
+    assert!(kv(&host, "healthy", "seen:next").await.is_none());
+}

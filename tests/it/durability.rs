@@ -195,3 +195,64 @@ async fn evhost_run_relays_the_committed_outbox_rows_once_across_a_restart() {
         "rolled back"
     );
 }
+
+#[test]
+fn evhost_run_exits_non_zero_when_its_outbox_relay_dies() {
+    // A schema that was never installed: the relay stops for good (retrying could not
+    // help), and a host without its relay must not run on half-alive.
+    let schema = format!(
+        "evhost_missing_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let dir = TempDir::new("relay-dies");
+    install(&dir.0, &[], &[]);
+    let config = dir.0.join("evhost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[outbox]\nurl = \"{}\"\nschema = \"{schema}\"\nrelay_name = \"r\"\n",
+            database_url()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(crate::support::evhost_bin())
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--plugins",
+        ])
+        .arg(dir.0.join("plugins"))
+        .arg("--data-dir")
+        .arg(dir.0.join("data"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("evhost kept running without its outbox relay");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(!status.success(), "exit status {status}; log:\n{log}");
+    assert!(log.contains("evhost is ready"), "{log}");
+    assert!(log.contains("a critical task ended: shutting down"), "{log}");
+    assert!(log.contains("the outbox relay failed"), "{log}");
+    assert!(
+        log.contains("the evhost outbox is not installed in schema"),
+        "{log}"
+    );
+    assert!(log.contains(&schema), "{log}");
+}

@@ -79,11 +79,13 @@ struct Fixture {
 impl Fixture {
     /// Opens the folder after `prepare` has put files into it.
     async fn open(label: &str, prepare: impl FnOnce(&TempDir)) -> Self {
-        let host = Host::new().await;
-        let records = collect_records(&host.bus);
         let dir = TempDir::new(label);
         prepare(&dir);
-        let folder = open_folder(&dir, Arc::clone(&host.runtime), &host.bus).await;
+        // The host loads the folder's plugins as `evhost run` does; the records of what
+        // it found wait in the monitor's stream until taken.
+        let host = Host::with_plugins(&dir.0).await;
+        let records = collect_records(&host.bus);
+        let folder = Arc::clone(host.app.folder());
         Self {
             host,
             dir,

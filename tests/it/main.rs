@@ -14,8 +14,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use evhost::config::{BusSettings, Config, RuntimeSettings};
 use evhost::store::KeyValueStore;
-use evhost::{AsyncBusConfig, AsyncEventBus, Event, EventBus, Plugin, PluginOptions, Runtime, RuntimeConfig};
+use evhost::{AsyncEventBus, Event, EventBus, Plugin, PluginOptions, Runtime};
 use futures::FutureExt as _;
 
 /// Paths of the built `.wasm` files, one constant per plugin crate.
@@ -24,29 +25,56 @@ mod wasm {
     include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 }
 
-/// A bus with a runtime, as `evhost run` assembles them.
+/// A host as `evhost run` assembles it (an [`App`](evhost::App), not serving), without
+/// the durable log, over a plugins folder of its own; tests load plugins into it directly
+/// or through the folder.
 struct Host {
+    app: evhost::App,
     bus: AsyncEventBus,
     runtime: Arc<Runtime>,
     kv: Arc<dyn KeyValueStore>,
+    _dir: support::TempDir,
 }
 
 impl Host {
+    /// A host whose plugins folder is empty.
     async fn new() -> Self {
-        let bus = AsyncEventBus::with_config(AsyncBusConfig {
-            max_concurrency: 32,
-            ..Default::default()
-        });
-        bus.start().await.unwrap();
-        let runtime = Runtime::new(RuntimeConfig {
-            max_instances: 64,
-            ..Default::default()
-        })
-        .unwrap();
+        let dir = support::TempDir::new("host");
+        let plugins = dir.0.join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        Self::assemble(dir, plugins).await
+    }
+
+    /// A host over the plugins folder `plugins`, whose plugins it loads at once.
+    async fn with_plugins(plugins: &std::path::Path) -> Self {
+        Self::assemble(support::TempDir::new("host"), plugins.to_owned()).await
+    }
+
+    async fn assemble(dir: support::TempDir, plugins_dir: std::path::PathBuf) -> Self {
+        let config = Config {
+            plugins_dir,
+            data_dir: dir.0.join("data"),
+            durable: false,
+            compile_cache: false,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            bus: BusSettings {
+                max_concurrency: 32,
+                plugin_concurrency: 32,
+                ..BusSettings::default()
+            },
+            runtime: RuntimeSettings {
+                max_instances: 64,
+                ..RuntimeSettings::default()
+            },
+            ..Config::default()
+        };
+        let app = evhost::App::new(config).await.expect("the host starts");
         Self {
-            kv: bus.key_value_store(),
-            bus,
-            runtime,
+            bus: app.bus().clone(),
+            runtime: Arc::clone(app.runtime()),
+            kv: app.bus().key_value_store(),
+            app,
+            _dir: dir,
         }
     }
 

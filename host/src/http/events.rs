@@ -15,10 +15,13 @@
 //! again. With it, each event is published as `publish_sync` and the answer is `200` with
 //! every handler's outcome, also when a handler failed (`"ok": false`): the request did
 //! what it asked — the events were accepted and delivered — and a `5xx` would invite
-//! clients and proxies to re-send events that were already handled.
+//! clients and proxies to re-send events that were already handled. If handling takes
+//! longer than the request timeout, the answer is `504` with the same body: what finished,
+//! and for each event still in progress an entry with `"ok": false` saying so.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -57,7 +60,7 @@ struct Accepted {
     duplicates: Vec<String>,
 }
 
-/// `200` body of `?wait=true`.
+/// `200` body of `?wait=true` (also of its `504`, with what was known by then).
 #[derive(Debug, Serialize)]
 struct Delivered {
     /// True when every event was accepted and every handler succeeded.
@@ -110,7 +113,7 @@ pub(crate) async fn publish(
     let body = body.map_err(|rejection| body_error(rejection, state.max_body_bytes))?;
     let events = parse_events(&headers, body)?;
     if wait {
-        return publish_and_report(&state.bus, events).await;
+        return publish_and_report(&state.bus, events, state.request_timeout).await;
     }
     let ids: Vec<String> = events.iter().map(|event| event.id.clone()).collect();
     // One event is a batch of one: `publish` accepts exactly the same way.
@@ -316,29 +319,62 @@ enum Published {
     Delivered(DeliveryReport),
     /// The bus refused it (or gave it up while stopping).
     Refused(ApiError),
-    /// Not published because an earlier event with the same subject was refused:
-    /// publishing it anyway would break the subject's order.
+    /// Not published: an earlier event with the same subject was refused (publishing it
+    /// anyway would break the subject's order), or the request timed out before its turn.
     Held(String),
+    /// Still being published or handled when the request timed out.
+    Unknown(String),
 }
+
+/// Where one event of a `?wait=true` request stands while its chain runs.
+enum Slot {
+    Waiting,
+    Publishing,
+    Done(Published),
+}
+
+/// The events' slots, shared by the chains so that a request that times out still knows
+/// what finished.
+type Slots = std::sync::Mutex<Vec<Slot>>;
 
 /// `?wait=true`: publishes each event with `publish_sync` and reports every outcome.
 ///
 /// Events sharing a subject go one after another, each once the previous one was handled,
 /// so the subject's order holds; different subjects (and events without one) run
-/// concurrently, so the request takes about as long as its longest subject chain.
-async fn publish_and_report(bus: &AsyncEventBus, events: Vec<Event>) -> Result<Response, ApiError> {
+/// concurrently, so the request takes about as long as its longest subject chain. If that
+/// takes longer than `budget`, the answer is `504` with what is known by then: the events
+/// still in progress carry on in the bus (accepting an event finishes even when its
+/// publisher gives up), and re-sending them with the same `source` and `id` is safe.
+async fn publish_and_report(
+    bus: &AsyncEventBus,
+    events: Vec<Event>,
+    budget: Duration,
+) -> Result<Response, ApiError> {
     let ids: Vec<String> = events.iter().map(|event| event.id.clone()).collect();
+    let slots: Slots = std::sync::Mutex::new((0..ids.len()).map(|_| Slot::Waiting).collect());
     let chains = chains_by_subject(events);
-    let published =
-        futures::future::join_all(chains.into_iter().map(|chain| publish_chain(bus, chain))).await;
-    let mut by_index: Vec<Option<Published>> = (0..ids.len()).map(|_| None).collect();
-    for (index, result) in published.into_iter().flatten() {
-        by_index[index] = Some(result);
-    }
-    let results: Vec<Published> = by_index
+    let all = futures::future::join_all(chains.into_iter().map(|chain| publish_chain(bus, chain, &slots)));
+    let timed_out = tokio::time::timeout(budget, all).await.is_err();
+    let results: Vec<Published> = slots
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .into_iter()
-        .map(|result| result.expect("every event belongs to one chain"))
+        .map(|slot| match slot {
+            Slot::Done(published) => published,
+            Slot::Waiting => Published::Held(format!(
+                "not published: the request timed out after {} ms before its turn",
+                budget.as_millis()
+            )),
+            Slot::Publishing => Published::Unknown(format!(
+                "still being published or handled when the request timed out after {} ms; it may have been \
+                 accepted, and re-sending it with the same source and id is safe",
+                budget.as_millis()
+            )),
+        })
         .collect();
+    if timed_out {
+        return Ok((StatusCode::GATEWAY_TIMEOUT, Json(delivered(ids, results))).into_response());
+    }
 
     // Nothing accepted: answer as an ordinary publish would, so the client retries it all.
     if !results.iter().any(|r| matches!(r, Published::Delivered(_))) {
@@ -381,10 +417,12 @@ fn chains_by_subject(events: Vec<Event>) -> Vec<Vec<(usize, Event)>> {
     chains
 }
 
-/// Publishes one subject's events one after another. After a refusal the rest are held
-/// back rather than handled out of order.
-async fn publish_chain(bus: &AsyncEventBus, chain: Vec<(usize, Event)>) -> Vec<(usize, Published)> {
-    let mut results = Vec::with_capacity(chain.len());
+/// Publishes one subject's events one after another, recording each outcome in `slots`
+/// as it comes. After a refusal the rest are held back rather than handled out of order.
+async fn publish_chain(bus: &AsyncEventBus, chain: Vec<(usize, Event)>, slots: &Slots) {
+    let set = |index: usize, slot: Slot| {
+        slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[index] = slot;
+    };
     let mut refused: Option<String> = None;
     for (index, event) in chain {
         let result = if let Some(earlier) = &refused {
@@ -392,6 +430,7 @@ async fn publish_chain(bus: &AsyncEventBus, chain: Vec<(usize, Event)>) -> Vec<(
                 "not published: the earlier event {earlier:?} with the same subject was not accepted"
             ))
         } else {
+            set(index, Slot::Publishing);
             let id = event.id.clone();
             match bus.publish_sync(event).await {
                 Ok(report) | Err(BusError::HandlersFailed(report)) => Published::Delivered(report),
@@ -401,9 +440,8 @@ async fn publish_chain(bus: &AsyncEventBus, chain: Vec<(usize, Event)>) -> Vec<(
                 }
             }
         };
-        results.push((index, result));
+        set(index, Slot::Done(result));
     }
-    results
 }
 
 /// The `200` body: one entry per event, in request order.
@@ -441,7 +479,7 @@ fn delivered(ids: Vec<String>, results: Vec<Published>) -> Delivered {
                 // `into_parts` logs an internal error and keeps its detail from the client.
                 error: Some(error.into_parts().1),
             },
-            Published::Held(message) => EventDelivery {
+            Published::Held(message) | Published::Unknown(message) => EventDelivery {
                 id,
                 ok: false,
                 duplicate: false,

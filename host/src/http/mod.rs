@@ -56,10 +56,13 @@ mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::bus::AsyncEventBus;
@@ -69,6 +72,13 @@ pub use recent::RecentErrors;
 
 /// Largest request body `POST /events` accepts unless configured otherwise (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// How long a request may take unless configured otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much longer than [`AppState::request_timeout`] the server lets a request run, so
+/// that `?wait=true` answers its own `504` with what it knows.
+const WAIT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Failure records `/errors` keeps unless configured otherwise.
 pub const DEFAULT_RECENT_ERRORS: usize = 1000;
@@ -138,6 +148,10 @@ pub struct AppState {
     /// Largest request body accepted, in bytes; larger ones get `413`. Read once, by
     /// [`router`].
     pub max_body_bytes: usize,
+    /// How long a request may take: a request still running then is answered `408`, and
+    /// `POST /events?wait=true` answers `504` with what it knows a little before. Read
+    /// once, by [`router`].
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -152,6 +166,7 @@ impl AppState {
             ready: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
@@ -183,6 +198,7 @@ impl std::fmt::Debug for AppState {
             .field("ready", &self.ready)
             .field("accepting", &self.accepting)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -190,6 +206,8 @@ impl std::fmt::Debug for AppState {
 /// The HTTP API over `state`; serve it with `axum::serve`.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.max_body_bytes;
+    // `?wait=true` answers with what it knows before the layer gives up on it.
+    let timeout = state.request_timeout + WAIT_MARGIN;
     Router::new()
         .route("/events", post(events::publish))
         .route("/healthz", get(inspect::healthz))
@@ -205,6 +223,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(inspect::not_found)
         .method_not_allowed_fallback(inspect::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -300,7 +300,7 @@ impl PluginFolder {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let folder = Arc::clone(self);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             folder.rescan().await;
             loop {
                 let batch = tokio::select! {
@@ -318,6 +318,7 @@ impl PluginFolder {
         Ok(WatchGuard {
             _debouncer: debouncer,
             _stop: cancel.drop_guard(),
+            task,
         })
     }
 
@@ -651,6 +652,15 @@ impl PluginFolder {
 pub struct WatchGuard {
     _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
     _stop: DropGuard,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WatchGuard {
+    /// Returns if the watcher stops while its guard lives: the OS stopped reporting
+    /// changes (or applying them panicked). The folder is then no longer followed.
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.task).await;
+    }
 }
 
 impl std::fmt::Debug for WatchGuard {

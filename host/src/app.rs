@@ -1,0 +1,495 @@
+//! [`App`]: a host assembled from its [`Config`] — store, Wasm runtime, bus, plugins
+//! folder, outbox relay and HTTP API — and run under one cancellation token and one task
+//! tracker. `evhost run` is `App::new(config).await?.run(shutdown_signal()).await`.
+//!
+//! Shutdown has three parts: *deciding* (the `shutdown` future resolves, or a critical
+//! task ends on its own), *telling* (intake closes, the relay stops, the bus drains up to
+//! its deadline, then the token cancels everything else) and *waiting* (the tracker
+//! closes and every task finishes). A critical task — the HTTP server, the plugins folder
+//! watcher, the outbox relay — that ends while the host runs makes the host log why and
+//! shut down, and [`App::run`] returns an error naming it: a host never runs half-alive.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use futures::FutureExt as _;
+use std::panic::AssertUnwindSafe;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::{AsyncBusConfig, AsyncEventBus, EventBus};
+use crate::config::Config;
+use crate::http::{AppState, PluginCatalog};
+use crate::outbox::{OutboxRelay, OutboxTarget};
+use crate::plugins::{PluginFolder, PluginFolderOptions};
+use crate::runtime::Runtime;
+use crate::store::sqlite::{SqliteStore, StoreOptions};
+
+/// How long stopping waits for the host's own tasks (HTTP connections, the watcher) once
+/// the bus has drained.
+const TASKS_GRACE: Duration = Duration::from_secs(5);
+
+/// A critical task that ended: its name and how.
+type Exit = (&'static str, anyhow::Result<()>);
+
+/// A host, assembled and ready to serve; see the module documentation.
+pub struct App {
+    config: Config,
+    store: Option<Arc<SqliteStore>>,
+    runtime: Arc<Runtime>,
+    bus: AsyncEventBus,
+    folder: Arc<PluginFolder>,
+    state: Arc<AppState>,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    /// Plugins run on threads of their own (see [`App::new`]).
+    plugin_threads: Option<tokio::runtime::Runtime>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    exits: (mpsc::UnboundedSender<Exit>, mpsc::UnboundedReceiver<Exit>),
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("local_addr", &self.local_addr)
+            .field("plugins", &self.config.plugins_dir)
+            .field("data_dir", &self.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Opens the store (unless `durable` is off), starts the Wasm runtime and the bus,
+    /// loads every plugin of the folder and binds the listener: everything but serving.
+    ///
+    /// Plugins run on a tokio runtime of their own: however busy they keep its threads,
+    /// the HTTP API (health checks included) and the store keep theirs, and the OS shares
+    /// the cores.
+    ///
+    /// # Errors
+    /// When the data directory, the store, the plugins folder or the listen address
+    /// cannot be used; the message names which.
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+        let runtime = Runtime::new(config.runtime_config()).context("starting the Wasm runtime")?;
+        let store = if config.durable {
+            Some(open_store(&config).await?)
+        } else {
+            tracing::warn!("running without the durable log: a restart loses pending events");
+            None
+        };
+        let plugin_threads = plugin_threads()?;
+        let bus_config = AsyncBusConfig {
+            executor: Some(plugin_threads.handle().clone()),
+            ..config.bus_config()
+        };
+        let bus = match &store {
+            Some(store) => AsyncEventBus::with_storage(bus_config, store.storage()),
+            None => AsyncEventBus::with_config(bus_config),
+        };
+        let folder = PluginFolder::open(
+            PluginFolderOptions {
+                dir: config.plugins_dir.clone(),
+                defaults: config.plugins.clone(),
+                ..PluginFolderOptions::default()
+            },
+            Arc::clone(&runtime),
+            bus.clone(),
+        )
+        .await
+        .with_context(|| format!("opening the plugins folder {}", config.plugins_dir.display()))?;
+        for plugin in folder.statuses() {
+            tracing::info!(
+                plugin = %plugin.name,
+                version = %plugin.version,
+                hash = %plugin.hash,
+                subscriptions = ?plugin.subscriptions,
+                fuel = plugin.limits.fuel,
+                timeout_ms = plugin.limits.timeout.as_millis() as u64,
+                memory_bytes = plugin.limits.memory_bytes,
+                concurrency = plugin.concurrency,
+                "plugin loaded"
+            );
+        }
+        bus.start().await?;
+        let mut state = AppState::new(
+            bus.clone(),
+            bus.key_value_store(),
+            Arc::clone(&folder) as Arc<dyn PluginCatalog>,
+        );
+        state.max_body_bytes = config.max_body_bytes;
+        state.request_timeout = config.request_timeout();
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            config,
+            store,
+            runtime,
+            bus,
+            folder,
+            state: Arc::new(state),
+            listener: Some(listener),
+            local_addr,
+            plugin_threads: Some(plugin_threads),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            exits: mpsc::unbounded_channel(),
+        })
+    }
+
+    /// The address the HTTP API listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The bus (started).
+    pub fn bus(&self) -> &AsyncEventBus {
+        &self.bus
+    }
+
+    /// The Wasm runtime plugins are loaded with.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The plugins folder.
+    pub fn folder(&self) -> &Arc<PluginFolder> {
+        &self.folder
+    }
+
+    /// What the HTTP API serves.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Runs `task` as a critical part of the host: if it ends before shutdown began — with
+    /// an error, a panic or neither — the host logs why and shuts down, and [`App::run`]
+    /// returns an error naming `name`. The task should end when the app's token is
+    /// cancelled ([`App::cancellation`]); that ending is expected.
+    pub fn spawn_critical(
+        &self,
+        name: &'static str,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let exits = self.exits.0.clone();
+        self.tasks.spawn(async move {
+            let result = match AssertUnwindSafe(task).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => Err(anyhow!("it panicked: {}", panic_message(panic.as_ref()))),
+            };
+            let _ = exits.send((name, result));
+        });
+    }
+
+    /// The token every task of the app stops on, cancelled once the bus has drained.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Serves until `shutdown` resolves or a critical task ends; then closes intake
+    /// (`POST /events` answers 503), stops the outbox relay, drains the bus up to the
+    /// configured deadline, stops everything else and closes the store.
+    ///
+    /// # Errors
+    /// When a critical task ended on its own (the error names it and says why), or the
+    /// shutdown itself failed.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let relay_stop = self.cancel.child_token();
+        self.spawn_http()?;
+        self.spawn_watcher();
+        self.spawn_relay(relay_stop.clone());
+        // The recent-errors buffer is the error monitor's one consumer; it also logs each
+        // record.
+        let monitor = self
+            .state
+            .errors
+            .spawn_consumer(self.bus.errors().expect("a new bus has its error stream"));
+        tracing::info!(
+            listen = %self.local_addr,
+            plugins = self.folder.statuses().len(),
+            folder = %self.config.plugins_dir.display(),
+            "evhost is ready"
+        );
+        self.state.set_ready(true);
+
+        let failed = tokio::select! {
+            () = shutdown => None,
+            Some((name, result)) = self.exits.1.recv() => Some(match result {
+                Ok(()) => anyhow!("{name} stopped"),
+                Err(error) => error.context(format!("{name} failed")),
+            }),
+        };
+        if let Some(error) = &failed {
+            tracing::error!(error = %format!("{error:#}"), "a critical task ended: shutting down");
+        }
+        tracing::info!(
+            in_flight = self.bus.metrics().in_flight,
+            drain_timeout_ms = self.config.drain_timeout_ms,
+            "shutting down: refusing new events, draining"
+        );
+        self.state.set_accepting(false);
+        relay_stop.cancel();
+        let report = self.bus.stop().await?;
+        tracing::info!(drained = report.drained, abandoned = report.abandoned, "stopped");
+        self.cancel.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(TASKS_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the host's tasks did not all stop within {TASKS_GRACE:?}");
+        }
+        monitor.abort();
+        if let Some(store) = self.store.take() {
+            store.close().await;
+        }
+        if let Some(threads) = self.plugin_threads.take() {
+            // Everything the bus ran there has finished (`stop` waited for it).
+            threads.shutdown_background();
+        }
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// The HTTP API, until the app's token is cancelled (it then finishes the requests in
+    /// progress).
+    fn spawn_http(&mut self) -> anyhow::Result<()> {
+        let listener = self.listener.take().context("the app serves once")?;
+        let router = crate::http::router(Arc::clone(&self.state));
+        let stop = self.cancel.clone();
+        self.spawn_critical("the HTTP server", async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .await
+                .context("serving HTTP")?;
+            if stop.is_cancelled() {
+                Ok(())
+            } else {
+                Err(anyhow!("it stopped accepting connections"))
+            }
+        });
+        Ok(())
+    }
+
+    /// Applies changes to the plugins folder as they happen.
+    fn spawn_watcher(&self) {
+        let (folder, stop) = (Arc::clone(&self.folder), self.cancel.clone());
+        self.spawn_critical("the plugins folder watcher", async move {
+            let mut watcher = folder.watch().context("watching the plugins folder")?;
+            tokio::select! {
+                () = watcher.stopped() => Err(anyhow!("the OS stopped reporting changes to the folder")),
+                () = stop.cancelled() => Ok(()),
+            }
+        });
+    }
+
+    /// Relays the outbox, if one is configured, until `stop` (shutdown) is cancelled.
+    fn spawn_relay(&self, stop: CancellationToken) {
+        let Some(outbox) = &self.config.outbox else {
+            return;
+        };
+        let relay = OutboxRelay::new(
+            outbox.relay_config(),
+            Arc::new(self.bus.clone()) as Arc<dyn OutboxTarget>,
+        );
+        tracing::info!(schema = %outbox.schema, relay = %outbox.relay_name, "relaying the outbox");
+        self.spawn_critical("the outbox relay", async move {
+            relay.run(stop.clone()).await?;
+            if stop.is_cancelled() {
+                Ok(())
+            } else {
+                Err(anyhow!("it stopped"))
+            }
+        });
+    }
+}
+
+/// The durable log in the data directory, opened (with its integrity check) off the
+/// async threads.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, StoreOptions::default()))
+        .await
+        .context("opening the durable log")??;
+    let stats = store.stats()?;
+    tracing::info!(
+        path = %store.path().display(),
+        events = stats.events,
+        pending = stats.pending,
+        dead_letters = stats.dead_letters,
+        "durable log opened"
+    );
+    Ok(store)
+}
+
+/// The runtime plugins run on. A plugin's call can hold a thread for milliseconds without
+/// yielding (a bulk memory copy, a host call), so work handed in from outside (a newly
+/// queued plugin's worker, a finished read) is taken from the shared queue at every tick,
+/// not every 61st: measured, the default let a healthy plugin wait 0.4–0.8 s behind one
+/// copying 8 MiB buffers.
+fn plugin_threads() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .global_queue_interval(1)
+        .event_interval(8)
+        .thread_name("evhost-plugins")
+        .enable_all()
+        .build()
+        .context("starting the plugins' runtime")
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+impl Drop for App {
+    /// An app dropped without [`App::run`] (a test, a failed start) lets go of its
+    /// plugins' threads without waiting for them.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(threads) = self.plugin_threads.take() {
+            threads.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory removed on drop.
+    struct Scratch(std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    async fn new_app() -> (App, Scratch) {
+        let dir = Scratch(std::env::temp_dir().join(format!("evhost-app-test-{}", uuid::Uuid::new_v4())));
+        let plugins_dir = dir.0.join("plugins");
+        std::fs::create_dir_all(&plugins_dir).unwrap();
+        let config = Config {
+            plugins_dir,
+            data_dir: dir.0.join("data"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        (App::new(config).await.unwrap(), dir)
+    }
+
+    async fn healthz(addr: SocketAddr) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: evhost\r\nconnection: close\r\n\r\n")
+            .await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok(answer)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dying_http_listener_shuts_the_host_down_with_an_error_naming_it() {
+        let (app, _dir) = new_app().await;
+        let addr = app.local_addr();
+        let bus = app.bus().clone();
+        // Stands in for the listener's task dying: the host cannot tell the difference.
+        let (die, died) = tokio::sync::oneshot::channel::<()>();
+        app.spawn_critical("the HTTP listener", async move {
+            let _ = died.await;
+            Err(anyhow!("accepting connections failed: too many open files"))
+        });
+        let running = tokio::spawn(app.run(std::future::pending()));
+        // Serving until then.
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match healthz(addr).await {
+                    Ok(answer) => break answer,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        die.send(()).unwrap();
+        let error = tokio::time::timeout(Duration::from_secs(30), running)
+            .await
+            .expect("the host shuts down on its own")
+            .unwrap()
+            .expect_err("a host that lost a critical task ends with an error");
+        let message = format!("{error:#}");
+        assert!(message.contains("the HTTP listener failed"), "{message}");
+        assert!(message.contains("too many open files"), "{message}");
+        assert!(healthz(addr).await.is_err(), "nothing serves any more");
+        assert!(matches!(
+            bus.publish(crate::event::Event::new("Late", "tests", serde_json::json!({})))
+                .await,
+            Err(crate::bus::BusError::Stopped)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_critical_task_that_panics_or_just_returns_shuts_the_host_down() {
+        let (app, _dir) = new_app().await;
+        app.spawn_critical("the panicking task", async { panic!("it broke") });
+        let error = tokio::time::timeout(Duration::from_secs(30), app.run(std::future::pending()))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "the panicking task failed: it panicked: it broke"
+        );
+
+        let (app, _dir) = new_app().await;
+        app.spawn_critical("the quiet task", async { Ok(()) });
+        let error = tokio::time::timeout(Duration::from_secs(30), app.run(std::future::pending()))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(format!("{error:#}"), "the quiet task stopped");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutting_down_ends_the_critical_tasks_without_an_error() {
+        let (app, _dir) = new_app().await;
+        let stop = app.cancellation();
+        app.spawn_critical("a task that stops when told", async move {
+            stop.cancelled().await;
+            Ok(())
+        });
+        let addr = app.local_addr();
+        let (shutdown, requested) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(app.run(async {
+            let _ = requested.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shutdown.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), running)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a requested shutdown is no failure");
+        assert!(healthz(addr).await.is_err());
+    }
+}
