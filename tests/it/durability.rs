@@ -215,22 +215,8 @@ fn evhost_run_exits_non_zero_when_its_outbox_relay_dies() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(crate::support::evhost_bin())
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--plugins",
-        ])
-        .arg(dir.0.join("plugins"))
-        .arg("--data-dir")
-        .arg(dir.0.join("data"))
-        .arg("--config")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+    let config = config.to_str().unwrap();
+    let mut child = crate::support::run_command(&dir.0, &["--config", config])
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

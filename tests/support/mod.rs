@@ -77,24 +77,7 @@ impl Running {
     /// [`Running::start_in`] with more arguments for `evhost run`.
     pub fn start_in_with(dir: &Path, args: &[&str]) -> Self {
         let plugins_dir = dir.join("plugins");
-        let mut child = Command::new(evhost_bin())
-            .args([
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--plugins",
-            ])
-            .arg(&plugins_dir)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting evhost");
+        let mut child = run_command(dir, args).spawn().expect("starting evhost");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&logs);
@@ -177,6 +160,29 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `evhost run ARGS` on a free port, with the plugins folder `dir/plugins`, the data
+/// directory `dir/data`, JSON logs on a piped stderr and nothing on stdout.
+pub fn run_command(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(evhost_bin());
+    command
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--plugins",
+        ])
+        .arg(dir.join("plugins"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
 }
 
 /// Fills `dir/plugins` for [`Running::start_in`]: `plugins` (name, built `.wasm`) copied in,

@@ -64,6 +64,16 @@ fn event(n: u32, key: &str) -> Arc<Event> {
     )
 }
 
+/// Appends `event`, routed to `subscription`, and returns its offset.
+async fn append_one(storage: &Storage, event: &Arc<Event>, subscription: &str) -> Offset {
+    storage
+        .log
+        .append(batch(std::slice::from_ref(event), &[&[subscription]]))
+        .await
+        .unwrap()[0]
+        .offset
+}
+
 fn batch(events: &[Arc<Event>], routes: &[&[&str]]) -> AppendBatch {
     AppendBatch {
         events: events.to_vec(),
@@ -195,12 +205,7 @@ pub(crate) async fn event_log(storage: &Storage, claims: Claims) {
 /// answers a second commit of a finished delivery with `AlreadyDone`.
 pub(crate) async fn ledger(storage: &Storage, claims: Claims) {
     let x = event(10, "x");
-    let offset = storage
-        .log
-        .append(batch(std::slice::from_ref(&x), &[&["s"]]))
-        .await
-        .unwrap()[0]
-        .offset;
+    let offset = append_one(storage, &x, "s").await;
     let not_before = Utc::now() + TimeDelta::seconds(60);
     let retry = DeliveryOutcome::Retry {
         attempt: 1,
@@ -282,12 +287,7 @@ pub(crate) async fn ledger(storage: &Storage, claims: Claims) {
 /// the attempts reset and the history kept, dead-letters again under a new id, purges.
 pub(crate) async fn dead_letters(storage: &Storage, claims: Claims) {
     let z = event(20, "z");
-    let offset = storage
-        .log
-        .append(batch(std::slice::from_ref(&z), &[&["d"]]))
-        .await
-        .unwrap()[0]
-        .offset;
+    let offset = append_one(storage, &z, "d").await;
     let by_subscription = |name: &str| DeadLetterFilter {
         id: None,
         subscription: Some(name.to_owned()),

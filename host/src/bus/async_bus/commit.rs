@@ -421,23 +421,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::bus::{
-        AsyncEventBus, EventBus as _, Pattern, RetryPolicy, Subscription, SubscriptionId, from_fn,
-    };
+    use crate::bus::{AsyncEventBus, EventBus as _, RetryPolicy};
 
     /// A bus that is not started (no workers run) and a lane of it.
     fn bus_and_lane() -> (AsyncEventBus, Arc<Lane>) {
         let bus = AsyncEventBus::new();
-        let subscription = Subscription {
-            id: SubscriptionId(1),
-            name: Arc::from("s"),
-            patterns: vec![Pattern::parse("*").unwrap()],
-            handler: from_fn("s", |_| async { Ok(()) }),
-            timeout: Duration::from_secs(1),
-            metrics: Arc::default(),
-        };
         let room = Arc::new(crate::bus::in_flight::InFlight::new(10));
-        let lane = Arc::new(Lane::new(subscription, 1, RetryPolicy::default(), room, false));
+        let lane = Arc::new(Lane::new(
+            super::super::lane::tests::subscription(),
+            1,
+            RetryPolicy::default(),
+            room,
+            false,
+        ));
         (bus, lane)
     }
 

@@ -286,7 +286,7 @@ impl Queue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -296,17 +296,21 @@ mod tests {
     use super::*;
     use crate::bus::{Pattern, SubscriptionId, from_fn};
 
-    fn lane(loading: bool) -> Lane {
-        let subscription = Subscription {
+    /// A subscription `s` to every event, whose handler does nothing.
+    pub(in crate::bus::async_bus) fn subscription() -> Subscription {
+        Subscription {
             id: SubscriptionId(1),
             name: Arc::from("s"),
             patterns: vec![Pattern::parse("*").unwrap()],
             handler: from_fn("s", |_| async { Ok(()) }),
             timeout: Duration::from_secs(1),
             metrics: Arc::default(),
-        };
+        }
+    }
+
+    fn lane(loading: bool) -> Lane {
         Lane::new(
-            subscription,
+            subscription(),
             4,
             RetryPolicy::default(),
             Arc::new(InFlight::new(10)),

@@ -24,8 +24,8 @@
 //! one fsync — and only then answers each request. Requests arrive while the previous group
 //! is being synced, so under load many publishes share one fsync, and an idle store still
 //! answers a lone publish after a single commit. When it finds several requests queued
-//! (load), it waits 200 µs for more before it starts the transaction: groups about twice
-//! as large, for a fraction of the time a commit takes anyway. A request that fails (say a commit for an
+//! (load), it waits 1 ms for more before it starts the transaction: groups two to three
+//! times as large, for a fraction of the time a commit takes anyway. A request that fails (say a commit for an
 //! unknown offset) does not fail the others: the group is rolled back and each request
 //! is retried in a transaction of its own.
 //!

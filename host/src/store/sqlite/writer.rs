@@ -32,7 +32,10 @@ const ACK_PENDING: &str =
     "UPDATE deliveries SET state = 1, not_before = NULL WHERE sub = ?1 AND pos = ?2 AND state = 0";
 
 /// How long the writer waits for more requests before committing a group of several.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
+/// Measured with `bench_durable`: 1 ms instead of 200 µs put ~1.3× the writes in each
+/// commit and took the writer from ~15 to ~12.5 µs of CPU per event, without raising the
+/// publish p99.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// What the store handle sends the writer.
 pub(super) enum Message {
