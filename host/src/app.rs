@@ -48,7 +48,7 @@ pub struct App {
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
     /// Plugins run on threads of their own (see [`App::new`]).
-    plugin_threads: Option<tokio::runtime::Runtime>,
+    plugin_threads: PluginThreads,
     cancel: CancellationToken,
     tasks: TaskTracker,
     exits: (mpsc::UnboundedSender<Exit>, mpsc::UnboundedReceiver<Exit>),
@@ -85,9 +85,9 @@ impl App {
             tracing::warn!("running without the durable log: a restart loses pending events");
             None
         };
-        let plugin_threads = plugin_threads()?;
+        let plugin_threads = PluginThreads::start()?;
         let bus_config = AsyncBusConfig {
-            executor: Some(plugin_threads.handle().clone()),
+            executor: Some(plugin_threads.handle()),
             ..config.bus_config()
         };
         let bus = match &store {
@@ -139,7 +139,7 @@ impl App {
             state: Arc::new(state),
             listener: Some(listener),
             local_addr,
-            plugin_threads: Some(plugin_threads),
+            plugin_threads,
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             exits: mpsc::unbounded_channel(),
@@ -252,10 +252,8 @@ impl App {
         if let Some(store) = self.store.take() {
             store.close().await;
         }
-        if let Some(threads) = self.plugin_threads.take() {
-            // Everything the bus ran there has finished (`stop` waited for it).
-            threads.shutdown_background();
-        }
+        // Everything the bus ran there has finished (`stop` waited for it).
+        self.plugin_threads.shut_down();
         match failed {
             Some(error) => Err(error),
             None => Ok(()),
@@ -333,20 +331,48 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
     Ok(store)
 }
 
-/// The runtime plugins run on. A plugin's call can hold a thread for milliseconds without
-/// yielding (a bulk memory copy, a host call), so work handed in from outside (a newly
-/// queued plugin's worker, a finished read) is taken from the shared queue at every tick,
-/// not every 61st: measured, the default let a healthy plugin wait 0.4–0.8 s behind one
-/// copying 8 MiB buffers.
-fn plugin_threads() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .global_queue_interval(1)
-        .event_interval(8)
-        .thread_name("evhost-plugins")
-        .enable_all()
-        .build()
-        .context("starting the plugins' runtime")
+/// The runtime plugins run on, let go of without waiting for its threads when dropped:
+/// a runtime dropped on an async thread (a failed [`App::new`], an app dropped unrun)
+/// would panic otherwise.
+struct PluginThreads(Option<tokio::runtime::Runtime>);
+
+impl PluginThreads {
+    /// A plugin's call can hold a thread for milliseconds without yielding (a bulk memory
+    /// copy, a host call), so work handed in from outside (a newly queued plugin's worker,
+    /// a finished read) is taken from the shared queue at every tick, not every 61st:
+    /// measured, the default let a healthy plugin wait 0.4–0.8 s behind one copying 8 MiB
+    /// buffers.
+    fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .global_queue_interval(1)
+            .event_interval(8)
+            .thread_name("evhost-plugins")
+            .enable_all()
+            .build()
+            .context("starting the plugins' runtime")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the plugins' runtime runs until the app is done")
+            .handle()
+            .clone()
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for PluginThreads {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
 }
 
 /// What a panic said, when it said it with a string.
@@ -359,13 +385,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 impl Drop for App {
-    /// An app dropped without [`App::run`] (a test, a failed start) lets go of its
-    /// plugins' threads without waiting for them.
+    /// An app dropped without [`App::run`] (a test, a failed start) stops its tasks; its
+    /// plugins' threads are let go of without waiting for them.
     fn drop(&mut self) {
         self.cancel.cancel();
-        if let Some(threads) = self.plugin_threads.take() {
-            threads.shutdown_background();
-        }
     }
 }
 

@@ -741,3 +741,28 @@ async fn a_waiting_request_that_runs_out_of_time_answers_504_with_what_it_knows(
     // The one held back was never published.
     assert!(kv(&host, "healthy", "seen:next").await.is_none());
 }
+
+#[test]
+fn evhost_run_refuses_a_missing_plugins_folder_with_an_error_naming_it() {
+    let dir = TempDir::new("missing-folder");
+    let missing = dir.0.join("no-such-plugins");
+    let data = dir.0.join("data");
+    let (code, _, stderr) = evhost(
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--plugins",
+            missing.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 1, "a clean error, not a panic: {stderr}");
+    assert!(
+        stderr.contains("opening the plugins folder") && stderr.contains("no-such-plugins"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
