@@ -208,11 +208,16 @@ impl App {
         self.spawn_watcher();
         self.spawn_relay(relay_stop.clone());
         // The recent-errors buffer is the error monitor's one consumer; it also logs each
-        // record.
-        let monitor = self
-            .state
-            .errors
-            .spawn_consumer(self.bus.errors().expect("a new bus has its error stream"));
+        // record. A caller that took the stream itself consumes it instead.
+        let monitor = match self.bus.errors() {
+            Some(stream) => Some(self.state.errors.spawn_consumer(stream)),
+            None => {
+                tracing::warn!(
+                    "the error monitor's stream was taken before the app ran: `GET /errors` stays empty"
+                );
+                None
+            }
+        };
         tracing::info!(
             listen = %self.local_addr,
             plugins = self.folder.statuses().len(),
@@ -248,7 +253,9 @@ impl App {
         {
             tracing::warn!("the host's tasks did not all stop within {TASKS_GRACE:?}");
         }
-        monitor.abort();
+        if let Some(monitor) = monitor {
+            monitor.abort();
+        }
         if let Some(store) = self.store.take() {
             store.close().await;
         }
@@ -514,5 +521,15 @@ mod tests {
             .unwrap()
             .expect("a requested shutdown is no failure");
         assert!(healthz(addr).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_app_whose_error_stream_was_taken_still_runs_and_stops() {
+        let (app, _dir) = new_app().await;
+        let _records = app.bus().errors().expect("not taken yet");
+        tokio::time::timeout(Duration::from_secs(30), app.run(async {}))
+            .await
+            .unwrap()
+            .expect("runs and stops without the stream");
     }
 }
