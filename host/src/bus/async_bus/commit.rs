@@ -16,7 +16,7 @@ use futures::FutureExt as _;
 use super::delivery::{Delivery, Pending};
 use super::lane::{Cursor, Lane};
 use super::routing::{Emitted, Routes};
-use super::{CREATED, Inner, contained};
+use super::{Inner, contained};
 use crate::bus::{Effects, HandlerError, failure_record, panic_message, validate};
 use crate::event::Event;
 use crate::monitor::{FailureKind, FailureRecord};
@@ -113,12 +113,7 @@ impl Inner {
         }
         let lanes = self.routing.snapshot();
         let routes = Routes::of(&lanes, &emitted);
-        let mut names = if self.storage.log.wants_routes() {
-            routes.names(&lanes)
-        } else {
-            Vec::new()
-        }
-        .into_iter();
+        let mut names = self.stored_routes(&routes, &lanes).into_iter();
         commit.emitted = emitted
             .iter()
             .map(|event| (Arc::clone(event), names.next().unwrap_or_default()))
@@ -367,10 +362,7 @@ impl Inner {
                 () = tokio::time::sleep(delay) => {}
                 () = inner.cancel.cancelled() => return,
             }
-            let queue = lane.requeue(pending, key);
-            if inner.state.load(Ordering::SeqCst) != CREATED {
-                inner.spawn_workers(&lane, queue);
-            }
+            inner.dispatch(&lane, lane.requeue(pending, key));
         });
     }
 

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::delivery::{Delivery, Pending};
 use super::lane::{Hold, Lane};
 use super::routing::{Emitted, Routes};
-use super::{Backpressure, CREATED, Inner, contained};
+use super::{Backpressure, Inner, contained};
 use crate::bus::{BusError, DeliveryReport, validate};
 use crate::event::Event;
 use crate::store::{AppendBatch, Appended, PendingDelivery, StorageError};
@@ -96,11 +96,7 @@ impl Inner {
         let lanes = inner.routing.snapshot();
         let routes = Routes::of(&lanes, &events);
         let batch = AppendBatch {
-            routes: if inner.storage.log.wants_routes() {
-                routes.names(&lanes)
-            } else {
-                Vec::new()
-            },
+            routes: inner.stored_routes(&routes, &lanes),
             events: events.clone(),
             checkpoint,
         };
@@ -136,6 +132,16 @@ impl Inner {
         Ok(Accepted { receivers, appended })
     }
 
+    /// The subscription names `routes` give each event, as the log stores them: none for
+    /// a log that does not want them.
+    pub(super) fn stored_routes(&self, routes: &Routes, lanes: &[Arc<Lane>]) -> Vec<Vec<String>> {
+        if self.storage.log.wants_routes() {
+            routes.names(lanes)
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Queues each delivery on the lanes its route names and starts workers for them.
     /// Returns how many go nowhere: they are complete at once and the caller counts them
     /// out.
@@ -149,22 +155,19 @@ impl Inner {
         for delivery in &nowhere {
             delivery.complete();
         }
-        let dispatching = self.state.load(Ordering::SeqCst) != CREATED;
         for (lane, deliveries) in lanes.iter().zip(per_lane) {
             if !deliveries.is_empty() {
-                self.enqueue(lane, deliveries, dispatching);
+                self.enqueue(lane, deliveries);
             }
         }
         nowhere.len()
     }
 
-    /// Queues deliveries on the lane (behind its backlog while that is being read) and,
-    /// if `spawn`, starts workers for them.
-    pub(super) fn enqueue(self: &Arc<Self>, lane: &Arc<Lane>, deliveries: Vec<Pending>, spawn: bool) {
-        if let Some(queue) = lane.enqueue(deliveries)
-            && spawn
-        {
-            self.spawn_workers(lane, queue);
+    /// Queues deliveries on the lane (behind its backlog while that is being read) and
+    /// starts workers for them.
+    pub(super) fn enqueue(self: &Arc<Self>, lane: &Arc<Lane>, deliveries: Vec<Pending>) {
+        if let Some(queue) = lane.enqueue(deliveries) {
+            self.dispatch(lane, queue);
         }
     }
 
@@ -226,10 +229,7 @@ impl Inner {
             Some(None)
         );
         if nothing {
-            let queue = lane.finish_loading();
-            if self.state.load(Ordering::SeqCst) != CREATED {
-                self.spawn_workers(&lane, queue);
-            }
+            self.dispatch(&lane, lane.finish_loading());
             return;
         }
         self.in_flight.force_reserve(1);
@@ -242,12 +242,7 @@ impl Inner {
                 // What is left stays pending in the log: a restart delivers it.
                 Err(error) => tracing::error!(subscription = %name, %error, "reading the deliveries the log holds failed"),
             }
-            let queue = lane.finish_loading();
-            if inner.state.load(Ordering::SeqCst) != CREATED {
-                inner.spawn_workers(&lane, queue);
-            } else {
-                drop(queue);
-            }
+            inner.dispatch(&lane, lane.finish_loading());
             inner.in_flight.release(1);
         });
     }
@@ -293,10 +288,7 @@ impl Inner {
         if deliveries.is_empty() {
             return;
         }
-        let queue = lane.enqueue_backlog(deliveries);
-        if self.state.load(Ordering::SeqCst) != CREATED {
-            self.spawn_workers(lane, queue);
-        }
+        self.dispatch(lane, lane.enqueue_backlog(deliveries));
     }
 
     /// Queues `pending` after `delay`, holding its key meanwhile (unless older events of

@@ -130,6 +130,12 @@ impl Inner {
         }
     }
 
+    /// Whether workers run: `start` was called. Before it, queued work waits for
+    /// [`Inner::start_all_workers`].
+    fn dispatching(&self) -> bool {
+        self.state.load(Ordering::SeqCst) != CREATED
+    }
+
     fn check_open(&self) -> Result<(), BusError> {
         match self.state.load(Ordering::SeqCst) {
             CREATED | RUNNING => Ok(()),
@@ -338,8 +344,8 @@ impl AsyncEventBus {
         if let Some(lane) = edited.added {
             if lane.is_loading() {
                 inner.load_backlog(lane);
-            } else if inner.state.load(Ordering::SeqCst) != CREATED {
-                inner.spawn_workers(&lane, lane.lock());
+            } else {
+                inner.dispatch(&lane, lane.lock());
             }
         }
         Ok(id)
@@ -361,7 +367,6 @@ impl AsyncEventBus {
         let names = lanes.iter().map(|l| l.subscription.name.to_string()).collect();
         let replayed = inner.storage.dead_letters.replay(filter.clone(), names).await?;
         let count = replayed.len();
-        let dispatching = inner.state.load(Ordering::SeqCst) != CREATED;
         for replayed in replayed {
             // Listed by the log because its lane exists; if that lane went away meanwhile,
             // the delivery stays pending in the log for the next subscriber of the name.
@@ -370,7 +375,7 @@ impl AsyncEventBus {
                 .find(|l| *l.subscription.name == replayed.subscription)
             {
                 let pending = inner.pending_delivery(replayed.delivery);
-                inner.enqueue(lane, vec![pending], dispatching);
+                inner.enqueue(lane, vec![pending]);
             }
         }
         Ok(count)

@@ -12,16 +12,15 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::MutexGuard;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use futures::FutureExt as _;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::Inner;
 use super::commit::{Ack, PreparedAck};
 use super::delivery::Pending;
 use super::lane::{Cursor, Lane, Queue};
-use super::{CREATED, Inner};
 use crate::bus::{failure_record, invoke};
 use crate::monitor::FailureRecord;
 
@@ -49,6 +48,14 @@ struct WorkerState {
 }
 
 impl Inner {
+    /// Starts workers for the lane's ready work if the bus runs; before `start` the work
+    /// waits for [`Inner::start_all_workers`].
+    pub(super) fn dispatch(self: &Arc<Self>, lane: &Arc<Lane>, queue: MutexGuard<'_, Queue>) {
+        if self.dispatching() {
+            self.spawn_workers(lane, queue);
+        }
+    }
+
     /// Starts workers for the lane's ready work: enough to keep about one per thread
     /// running, never more than the lane's limit.
     pub(super) fn spawn_workers(self: &Arc<Self>, lane: &Arc<Lane>, mut queue: MutexGuard<'_, Queue>) {
@@ -74,10 +81,10 @@ impl Inner {
     /// handled. Before `start` there are no workers yet, so it waits for `start` with the
     /// others.
     pub(super) fn retire(self: &Arc<Self>, lane: Arc<Lane>) {
-        if self.state.load(Ordering::SeqCst) == CREATED {
+        if !self.dispatching() {
             let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
             // Checked again under the lock: `start` may have run in between.
-            if self.state.load(Ordering::SeqCst) == CREATED {
+            if !self.dispatching() {
                 retired.push(lane);
                 return;
             }
