@@ -74,7 +74,8 @@ async fn append_one(storage: &Storage, event: &Arc<Event>, subscription: &str) -
         .offset
 }
 
-fn batch(events: &[Arc<Event>], routes: &[&[&str]]) -> AppendBatch {
+/// `events` to append, each routed to the subscriptions of its entry in `routes`.
+pub(crate) fn batch(events: &[Arc<Event>], routes: &[&[&str]]) -> AppendBatch {
     AppendBatch {
         events: events.to_vec(),
         routes: routes
@@ -292,6 +293,7 @@ pub(crate) async fn dead_letters(storage: &Storage, claims: Claims) {
         id: None,
         subscription: Some(name.to_owned()),
     };
+    let letters_of = async |name: &str| storage.dead_letters.list(by_subscription(name)).await.unwrap();
     let before = storage.dead_letters.count();
     let retry = DeliveryOutcome::Retry {
         attempt: 1,
@@ -307,21 +309,14 @@ pub(crate) async fn dead_letters(storage: &Storage, claims: Claims) {
         .await
         .unwrap();
     assert_eq!(storage.dead_letters.count(), before + 1);
-    let letters = storage.dead_letters.list(by_subscription("d")).await.unwrap();
+    let letters = letters_of("d").await;
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!((letter.subscription.as_str(), letter.offset), ("d", offset));
     assert_eq!(letter.event.id, z.id);
     let messages: Vec<&str> = letter.failures.iter().map(|f| f.message.as_str()).collect();
     assert_eq!(messages, ["first", "second"]);
-    assert!(
-        storage
-            .dead_letters
-            .list(by_subscription("other"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(letters_of("other").await.is_empty());
     let by_id = DeadLetterFilter {
         id: Some(letter.id),
         subscription: None,
@@ -345,14 +340,7 @@ pub(crate) async fn dead_letters(storage: &Storage, claims: Claims) {
         (replayed[0].delivery.offset, replayed[0].delivery.attempt),
         (offset, 0)
     );
-    assert!(
-        storage
-            .dead_letters
-            .list(by_subscription("d"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(letters_of("d").await.is_empty());
     if claims.keeps_pending {
         let waiting = pending(storage, "d").await;
         assert_eq!(
@@ -370,7 +358,7 @@ pub(crate) async fn dead_letters(storage: &Storage, claims: Claims) {
         .commit(&[commit("d", offset, &z, again)])
         .await
         .unwrap();
-    let letters = storage.dead_letters.list(by_subscription("d")).await.unwrap();
+    let letters = letters_of("d").await;
     let messages: Vec<&str> = letters[0].failures.iter().map(|f| f.message.as_str()).collect();
     assert_eq!(
         messages,
@@ -380,14 +368,7 @@ pub(crate) async fn dead_letters(storage: &Storage, claims: Claims) {
     assert_ne!(letters[0].id, letter.id, "a dead letter again gets a new id");
 
     assert_eq!(storage.dead_letters.purge(by_subscription("d")).await.unwrap(), 1);
-    assert!(
-        storage
-            .dead_letters
-            .list(by_subscription("d"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(letters_of("d").await.is_empty());
     assert_eq!(storage.dead_letters.count(), before);
     if claims.remembers_finished {
         let late = commit("d", offset, &z, DeliveryOutcome::Acked);

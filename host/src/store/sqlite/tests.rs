@@ -13,6 +13,7 @@ use super::writer::{Answer, Encoded, Op, Reply};
 use super::*;
 use crate::event::Event;
 use crate::monitor::FailureKind;
+use crate::store::contract::batch;
 
 /// A directory removed when the test ends.
 struct TempDir(PathBuf);
@@ -43,20 +44,9 @@ fn event(n: u32) -> Arc<Event> {
     Arc::new(Event::new("UserCreated", "users", json!({ "n": n })).with_subject(format!("user-{n}")))
 }
 
-fn routed(events: &[Arc<Event>], routes: &[&[&str]]) -> AppendBatch {
-    AppendBatch {
-        events: events.to_vec(),
-        routes: routes
-            .iter()
-            .map(|r| r.iter().map(|s| (*s).to_owned()).collect())
-            .collect(),
-        checkpoint: None,
-    }
-}
-
 async fn append_one(store: &SqliteStore, event: &Arc<Event>, routes: &[&str]) -> Appended {
     let appended = store
-        .append(routed(std::slice::from_ref(event), &[routes]))
+        .append(batch(std::slice::from_ref(event), &[routes]))
         .await
         .unwrap();
     appended[0]
@@ -178,7 +168,7 @@ async fn appended_events_stay_pending_across_a_reopen() {
     let appended = {
         let store = open(&dir);
         store
-            .append(routed(&events, &[&["a", "b"], &["a"], &[]]))
+            .append(batch(&events, &[&["a", "b"], &["a"], &[]]))
             .await
             .unwrap()
     };
@@ -365,7 +355,7 @@ async fn publishing_the_same_source_and_id_again_is_a_duplicate() {
     // A duplicate inside one batch points at its twin.
     let twin = event(7);
     let batch = store
-        .append(routed(&[twin.clone(), twin], &[&["s"], &["s"]]))
+        .append(batch(&[twin.clone(), twin], &[&["s"], &["s"]]))
         .await
         .unwrap();
     assert_eq!(
@@ -640,7 +630,7 @@ async fn a_checkpoint_is_stored_with_its_append_or_not_at_all() {
     store
         .append(AppendBatch {
             checkpoint: Some(("pg".into(), 42)),
-            ..routed(std::slice::from_ref(&e), &[&["s"]])
+            ..batch(std::slice::from_ref(&e), &[&["s"]])
         })
         .await
         .unwrap();
@@ -767,7 +757,7 @@ async fn a_writer_panic_fails_requests_instead_of_hanging() {
     within(held).await.unwrap().unwrap();
     assert!(within(panicked).await.is_err());
     assert!(within(grouped).await.is_err(), "dropped, not answered");
-    let error = within(store.append(routed(&[event(3)], &[&["s"]])))
+    let error = within(store.append(batch(&[event(3)], &[&["s"]])))
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::WriterPanicked), "{error:?}");
@@ -796,7 +786,7 @@ async fn a_closed_store_answers_closed() {
         "queued before close: committed"
     );
     assert!(matches!(
-        store.append(routed(&[event(2)], &[&["s"]])).await,
+        store.append(batch(&[event(2)], &[&["s"]])).await,
         Err(StoreError::Closed)
     ));
     assert!(matches!(
@@ -825,7 +815,7 @@ async fn malformed_requests_are_refused() {
     let offset = append_one(&store, &e, &["s"]).await.offset;
 
     let error = store
-        .append(routed(&[event(2), event(3)], &[&["s"]]))
+        .append(batch(&[event(2), event(3)], &[&["s"]]))
         .await
         .unwrap_err();
     assert!(
@@ -894,7 +884,7 @@ async fn a_ledger_request_applies_all_of_its_commits_or_none() {
     let events: Vec<_> = (0..2).map(event).collect();
     let appended = storage
         .log
-        .append(routed(&events, &[&["bus"], &["bus"]]))
+        .append(batch(&events, &[&["bus"], &["bus"]]))
         .await
         .unwrap();
     let mut ack_first = ack("bus", appended[0].offset);
@@ -941,7 +931,7 @@ async fn the_counters_match_the_file() {
     let store = open(&dir);
     let events: Vec<_> = (0..6).map(event).collect();
     let appended = store
-        .append(routed(
+        .append(batch(
             &events,
             &[&["a", "b"], &["a"], &["a", "a"], &[], &["b"], &["b"]],
         ))
