@@ -24,6 +24,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::{AsyncBusConfig, AsyncEventBus, EventBus};
 use crate::config::Config;
+use crate::http::auth::Auth;
+use crate::http::tls::TlsListener;
 use crate::http::{AppState, PluginCatalog};
 use crate::outbox::{OutboxRelay, OutboxTarget};
 use crate::plugins::{PluginFolder, PluginFolderOptions};
@@ -37,6 +39,12 @@ const TASKS_GRACE: Duration = Duration::from_secs(5);
 /// A critical task that ended: its name and how.
 type Exit = (&'static str, anyhow::Result<()>);
 
+/// The bound listen address, served as HTTP or HTTPS.
+enum Bound {
+    Http(TcpListener),
+    Https(TlsListener),
+}
+
 /// A host, assembled and ready to serve; see the module documentation.
 pub struct App {
     config: Config,
@@ -45,7 +53,7 @@ pub struct App {
     bus: AsyncEventBus,
     folder: Arc<PluginFolder>,
     state: Arc<AppState>,
-    listener: Option<TcpListener>,
+    listener: Option<Bound>,
     local_addr: SocketAddr,
     /// Plugins run on threads of their own (see [`App::new`]).
     plugin_threads: PluginThreads,
@@ -76,6 +84,12 @@ impl App {
     /// When the data directory, the store, the plugins folder or the listen address
     /// cannot be used; the message names which.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
+        let auth = Auth::from_settings(&config.auth).context("reading [auth]")?;
+        check_exposure(&config, &auth)?;
+        let tls = match &config.tls {
+            Some(tls) => Some(crate::http::tls::server_config(&tls.cert, &tls.key)?),
+            None => None,
+        };
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
         let runtime = Runtime::new(config.runtime_config()).context("starting the Wasm runtime")?;
@@ -126,10 +140,15 @@ impl App {
         );
         state.max_body_bytes = config.max_body_bytes;
         state.request_timeout = config.request_timeout();
+        state.auth = auth;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let listener = match tls {
+            Some(tls) => Bound::Https(TlsListener::new(listener, tls)?),
+            None => Bound::Http(listener),
+        };
         Ok(Self {
             config,
             store,
@@ -144,6 +163,16 @@ impl App {
             tasks: TaskTracker::new(),
             exits: mpsc::unbounded_channel(),
         })
+    }
+
+    /// The API's base URL, `http://ADDR` or `https://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// The address the HTTP API listens on.
@@ -220,6 +249,8 @@ impl App {
         };
         tracing::info!(
             listen = %self.local_addr,
+            url = %self.url(),
+            auth = self.state.auth.mode(),
             plugins = self.folder.statuses().len(),
             folder = %self.config.plugins_dir.display(),
             "evhost is ready"
@@ -274,10 +305,13 @@ impl App {
         let router = crate::http::router(Arc::clone(&self.state));
         let stop = self.cancel.clone();
         self.spawn_critical("the HTTP server", async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .await
-                .context("serving HTTP")?;
+            let service = router.into_make_service_with_connect_info::<crate::http::auth::Peer>();
+            let until = stop.clone().cancelled_owned();
+            match listener {
+                Bound::Http(listener) => axum::serve(listener, service).with_graceful_shutdown(until).await,
+                Bound::Https(listener) => axum::serve(listener, service).with_graceful_shutdown(until).await,
+            }
+            .context("serving HTTP")?;
             if stop.is_cancelled() {
                 Ok(())
             } else {
@@ -318,6 +352,33 @@ impl App {
             }
         });
     }
+}
+
+/// Refuses to serve a non-loopback address to anyone without authentication, unless the
+/// operator said so; warns when tokens would cross the network in clear text.
+fn check_exposure(config: &Config, auth: &Auth) -> anyhow::Result<()> {
+    let loopback = config.listen.ip().is_loopback();
+    if !loopback && auth.loopback_required() {
+        anyhow::bail!(
+            "refusing to serve {} without authentication: anyone who reaches it could publish events, \
+             read plugin data and purge the dead-letter queue. Configure [auth] tokens (README: \
+             \"Securing the API\"), or pass --insecure-no-auth to serve it open",
+            config.listen
+        );
+    }
+    if config.auth.insecure_no_auth {
+        tracing::warn!(
+            listen = %config.listen,
+            "--insecure-no-auth: every endpoint is open to whoever reaches the port"
+        );
+    }
+    if !loopback && auth.uses_tokens() && config.tls.is_none() {
+        tracing::warn!(
+            listen = %config.listen,
+            "tokens cross the network in clear text: configure [tls] or put a TLS proxy in front"
+        );
+    }
+    Ok(())
 }
 
 /// The durable log in the data directory, opened (with its integrity check) off the

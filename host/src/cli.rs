@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::config::{Config, ConfigError, LogFormat};
+use crate::config::{Config, ConfigError, LogFormat, TlsSettings, TokenSettings};
 use crate::event::Event;
 use crate::runtime::{PluginOptions, Runtime, RuntimeConfig};
 use crate::store::MemoryKv;
@@ -54,17 +54,17 @@ pub enum DlqCommand {
         /// Only this plugin's.
         #[arg(long)]
         plugin: Option<String>,
-        /// The host's base URL.
-        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// How to reach the host.
+        #[command(flatten)]
+        host: HostArgs,
     },
     /// Show one dead letter with its event and every failure.
     Show {
         /// The dead letter's id.
         id: u64,
-        /// The host's base URL.
-        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// How to reach the host.
+        #[command(flatten)]
+        host: HostArgs,
     },
     /// Deliver dead letters again, to the plugin's current version.
     Replay {
@@ -77,19 +77,125 @@ pub enum DlqCommand {
         /// Only this plugin's.
         #[arg(long)]
         plugin: Option<String>,
-        /// The host's base URL.
-        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// How to reach the host.
+        #[command(flatten)]
+        host: HostArgs,
     },
     /// Drop dead letters (all of them, or `--plugin`'s).
     Purge {
         /// Only this plugin's.
         #[arg(long)]
         plugin: Option<String>,
-        /// The host's base URL.
-        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// How to reach the host.
+        #[command(flatten)]
+        host: HostArgs,
     },
+}
+
+/// How the client commands reach a running host.
+#[derive(Debug, Clone, Args)]
+pub struct HostArgs {
+    /// The host's base URL (`https://…` when it serves TLS).
+    #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The API token to send (prefer EVHOST_TOKEN or --token-file: other local users can
+    /// read command lines).
+    #[arg(
+        long,
+        env = "EVHOST_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the API token (a trailing newline is ignored).
+    #[arg(long, env = "EVHOST_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for `https://` URLs, besides the system's.
+    #[arg(long, env = "EVHOST_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl HostArgs {
+    /// A client for the host: its base URL without a trailing `/`, the token and the CA.
+    pub fn client(&self) -> anyhow::Result<HostClient> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the token file {}", path.display()))?;
+                let token = text.trim_end_matches(['\n', '\r']);
+                if token.is_empty() {
+                    bail!("the token file {} is empty", path.display());
+                }
+                Some(token.to_owned())
+            }
+            (None, None) => None,
+        };
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &self.ca_cert {
+            let pem =
+                std::fs::read(path).with_context(|| format!("reading the CA file {}", path.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} is not a PEM certificate bundle", path.display()))?;
+            if certificates.is_empty() {
+                bail!("{} holds no PEM certificate", path.display());
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        Ok(HostClient {
+            http: builder.build().context("setting up the HTTP client")?,
+            base: self.url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+}
+
+/// Talks to a running host with the token and trust [`HostArgs`] gave.
+#[derive(Debug)]
+pub struct HostClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl HostClient {
+    /// A request to `path` (starting with `/`), carrying the token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends `request`, turning a failure to connect, a `401` and a `403` into messages
+    /// that say what to do.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the host at {}", self.base))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let reason = body["error"].as_str().unwrap_or("no reason given");
+            let hint = if status == reqwest::StatusCode::FORBIDDEN {
+                if reason.contains("scope") {
+                    "use a token with that scope"
+                } else {
+                    "reach the host by a loopback address, or configure tokens on it"
+                }
+            } else if self.token.is_none() {
+                "pass a token with --token-file, EVHOST_TOKEN or --token"
+            } else {
+                "check the token"
+            };
+            bail!("the host refused the request ({status}): {reason}; {hint}");
+        }
+        Ok(response)
+    }
 }
 
 /// `evhost run`.
@@ -121,14 +227,31 @@ pub struct RunArgs {
     /// postgres://app@db/orders (schema and batching in evhost.toml's `[outbox]`).
     #[arg(long, env = "EVHOST_OUTBOX")]
     pub outbox: Option<String>,
+    /// An API token, added to those of `[auth]`: NAME:SCOPE+SCOPE:SOURCE with SOURCE
+    /// env:VARIABLE, file:PATH or sha256:HEX, e.g. ci:publish+read:env:CI_TOKEN. Repeat
+    /// it (or separate with commas in EVHOST_AUTH_TOKENS) for several.
+    #[arg(long = "auth-token", env = "EVHOST_AUTH_TOKENS", value_delimiter = ',', value_parser = TokenSettings::parse_flag)]
+    pub auth_tokens: Vec<TokenSettings>,
+    /// Serve GET /metrics without a token, for a scraper.
+    #[arg(long, env = "EVHOST_METRICS_OPEN")]
+    pub metrics_open: bool,
+    /// Serve every endpoint to whoever reaches the port, without tokens, on any address.
+    #[arg(long, env = "EVHOST_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "EVHOST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "EVHOST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `evhost publish`.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
-    /// The host's base URL.
-    #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// How to reach the host.
+    #[command(flatten)]
+    pub host: HostArgs,
     /// Events to publish: a JSON array of CloudEvents or one per line (NDJSON); `-` is stdin.
     #[arg(long, short, conflicts_with_all = ["ty", "data", "subject", "id"])]
     pub file: Option<PathBuf>,
@@ -157,9 +280,9 @@ pub struct PublishArgs {
 pub enum PluginsCommand {
     /// List the plugins a running host serves.
     List {
-        /// The host's base URL.
-        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// How to reach the host.
+        #[command(flatten)]
+        host: HostArgs,
     },
     /// Print one value of a plugin's key-value store (its read model) from a running host.
     Kv {
@@ -167,9 +290,9 @@ pub enum PluginsCommand {
         plugin: String,
         /// The key, e.g. `user:u1`.
         key: String,
-        /// The host's base URL.
-        #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// How to reach the host.
+        #[command(flatten)]
+        host: HostArgs,
     },
     /// Check a component offline: its world, metadata, subscriptions and imports.
     Check {
@@ -213,6 +336,15 @@ impl RunArgs {
                 None => config.outbox = Some(crate::config::OutboxSettings::new(url.clone())),
             }
         }
+        config.auth.tokens.extend(self.auth_tokens.iter().cloned());
+        config.auth.metrics_open |= self.metrics_open;
+        config.auth.insecure_no_auth |= self.insecure_no_auth;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
         if let Some(format) = self.log_format {
             config.log_format = format;
         }
@@ -247,11 +379,8 @@ pub fn init_logging(format: LogFormat) {
 
 /// `evhost publish`.
 pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let mut url = format!("{}/events", args.url.trim_end_matches('/'));
-    if args.wait {
-        url.push_str("?wait=true");
-    }
+    let client = args.host.client()?;
+    let path = if args.wait { "/events?wait=true" } else { "/events" };
     let (content_type, body) = match &args.file {
         Some(path) => ("application/cloudevents-batch+json", read_events(path)?),
         None => {
@@ -271,13 +400,11 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             ("application/cloudevents+json", serde_json::to_vec(&event)?)
         }
     };
-    let response = client
-        .post(&url)
+    let request = client
+        .request(reqwest::Method::POST, path)
         .header(reqwest::header::CONTENT_TYPE, content_type)
-        .body(body)
-        .send()
-        .await
-        .with_context(|| format!("sending to {url}"))?;
+        .body(body);
+    let response = client.send(request).await?;
     let status = response.status();
     let text = response.text().await?;
     let pretty = serde_json::from_str::<Value>(&text)
@@ -325,11 +452,11 @@ fn read_events(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// `evhost plugins list`.
-pub async fn list_plugins(url: &str) -> anyhow::Result<()> {
-    let url = format!("{}/plugins", url.trim_end_matches('/'));
-    let response = reqwest::get(&url)
-        .await
-        .with_context(|| format!("asking {url}"))?;
+pub async fn list_plugins(host: &HostArgs) -> anyhow::Result<()> {
+    let client = host.client()?;
+    let response = client
+        .send(client.request(reqwest::Method::GET, "/plugins"))
+        .await?;
     if !response.status().is_success() {
         bail!("the host answered {}", response.status());
     }
@@ -355,19 +482,24 @@ pub async fn list_plugins(url: &str) -> anyhow::Result<()> {
 
 /// `evhost dlq …`.
 pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let base = |url: &str| format!("{}/dlq", url.trim_end_matches('/'));
+    let host = match &command {
+        DlqCommand::List { host, .. }
+        | DlqCommand::Show { host, .. }
+        | DlqCommand::Replay { host, .. }
+        | DlqCommand::Purge { host, .. } => host,
+    };
+    let client = host.client()?;
     let request = match &command {
-        DlqCommand::List { plugin, url } => {
-            let mut request = client.get(base(url));
+        DlqCommand::List { plugin, .. } => {
+            let mut request = client.request(reqwest::Method::GET, "/dlq");
             if let Some(plugin) = plugin {
                 request = request.query(&[("plugin", plugin)]);
             }
             request
         }
-        DlqCommand::Show { id, url } => client.get(format!("{}/{id}", base(url))),
-        DlqCommand::Replay { id, all, plugin, url } => {
-            let mut request = client.post(format!("{}/replay", base(url)));
+        DlqCommand::Show { id, .. } => client.request(reqwest::Method::GET, &format!("/dlq/{id}")),
+        DlqCommand::Replay { id, all, plugin, .. } => {
+            let mut request = client.request(reqwest::Method::POST, "/dlq/replay");
             if let Some(id) = id {
                 request = request.query(&[("id", id)]);
             }
@@ -379,15 +511,15 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
             }
             request
         }
-        DlqCommand::Purge { plugin, url } => {
-            let request = client.delete(base(url));
+        DlqCommand::Purge { plugin, .. } => {
+            let request = client.request(reqwest::Method::DELETE, "/dlq");
             match plugin {
                 Some(plugin) => request.query(&[("plugin", plugin)]),
                 None => request.query(&[("all", "true")]),
             }
         }
     };
-    let response = request.send().await.context("asking the host")?;
+    let response = client.send(request).await?;
     let status = response.status();
     let body: Value = response.json().await.context("reading the host's answer")?;
     if !status.is_success() {
@@ -425,11 +557,10 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
 }
 
 /// `evhost plugins kv`.
-pub async fn read_kv(url: &str, plugin: &str, key: &str) -> anyhow::Result<()> {
-    let url = format!("{}/plugins/{plugin}/kv/{key}", url.trim_end_matches('/'));
-    let response = reqwest::get(&url)
-        .await
-        .with_context(|| format!("asking {url}"))?;
+pub async fn read_kv(host: &HostArgs, plugin: &str, key: &str) -> anyhow::Result<()> {
+    let client = host.client()?;
+    let path = format!("/plugins/{plugin}/kv/{key}");
+    let response = client.send(client.request(reqwest::Method::GET, &path)).await?;
     let status = response.status();
     let body = response.bytes().await?;
     let text = match serde_json::from_slice::<Value>(&body) {

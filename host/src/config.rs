@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::bus::{AsyncBusConfig, Backpressure};
+use crate::http::auth::Scope;
 use crate::plugins::Manifest;
 use crate::runtime::RuntimeConfig;
 
@@ -120,6 +121,150 @@ fn default_outbox_poll_ms() -> u64 {
     5_000
 }
 
+/// `[auth]`: who may call the HTTP API.
+///
+/// With no tokens the API serves only loopback addresses and answers only requests
+/// addressed to a loopback name; see the README's "Securing the API".
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The tokens requests may carry (`Authorization: Bearer SECRET`).
+    pub tokens: Vec<TokenSettings>,
+    /// Serve `GET /metrics` without a token (for a scraper); otherwise it needs `read`.
+    pub metrics_open: bool,
+    /// Serve every endpoint to anyone who reaches the port, whatever the listen address:
+    /// no tokens, no `Host` check.
+    pub insecure_no_auth: bool,
+}
+
+/// One `[[auth.tokens]]` entry: a name, where its secret is, and what it may do. Exactly
+/// one of `secret`, `secret_file`, `secret_env` and `sha256` is given.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Names the token in the log (the secret never appears there).
+    pub name: String,
+    /// The secret itself (at least 16 characters).
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
+    /// A file holding the secret (a trailing newline is ignored).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// An environment variable holding the secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// The secret's SHA-256 as 64 hex digits, so the configuration holds no secret.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// What the token may do: `publish`, `read`, `admin`.
+    pub scopes: Vec<Scope>,
+}
+
+/// Leaves the secret out.
+impl std::fmt::Debug for TokenSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSettings")
+            .field("name", &self.name)
+            .field("secret_file", &self.secret_file)
+            .field("secret_env", &self.secret_env)
+            .field("sha256", &self.sha256)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shortest secret accepted in the configuration.
+pub const MIN_SECRET_LEN: usize = 16;
+
+impl TokenSettings {
+    /// Parses the `--auth-token` form `NAME:SCOPE+SCOPE:SOURCE`, where `SOURCE` is
+    /// `env:VARIABLE`, `file:PATH` or `sha256:HEX` (a secret itself is not taken on the
+    /// command line, where other processes can read it).
+    pub fn parse_flag(spec: &str) -> Result<Self, String> {
+        let form = "expected NAME:SCOPE+SCOPE:SOURCE with SOURCE env:VARIABLE, file:PATH or sha256:HEX";
+        let mut parts = spec.splitn(4, ':');
+        let (Some(name), Some(scopes), Some(kind), Some(value)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(form.to_owned());
+        };
+        let scopes = scopes
+            .split('+')
+            .map(|scope| scope.parse::<Scope>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut token = Self {
+            name: name.to_owned(),
+            secret: None,
+            secret_file: None,
+            secret_env: None,
+            sha256: None,
+            scopes,
+        };
+        match kind {
+            "env" => token.secret_env = Some(value.to_owned()),
+            "file" => token.secret_file = Some(PathBuf::from(value)),
+            "sha256" => token.sha256 = Some(value.to_owned()),
+            other => return Err(format!("unknown secret source `{other}`: {form}")),
+        }
+        Ok(token)
+    }
+
+    /// Checks what can be checked without reading files or the environment.
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!(
+                "token name {:?} must be non-empty, without spaces or control characters",
+                self.name
+            ));
+        }
+        let sources = [
+            self.secret.is_some(),
+            self.secret_file.is_some(),
+            self.secret_env.is_some(),
+            self.sha256.is_some(),
+        ];
+        if sources.iter().filter(|given| **given).count() != 1 {
+            return Err(format!(
+                "token `{}` needs exactly one of `secret`, `secret_file`, `secret_env` and `sha256`",
+                self.name
+            ));
+        }
+        if self.scopes.is_empty() {
+            return Err(format!(
+                "token `{}` has no scopes: give it some of `publish`, `read`, `admin`",
+                self.name
+            ));
+        }
+        if let Some(secret) = &self.secret
+            && secret.len() < MIN_SECRET_LEN
+        {
+            return Err(format!(
+                "token `{}`: a secret must be at least {MIN_SECRET_LEN} characters",
+                self.name
+            ));
+        }
+        if let Some(digest) = &self.sha256
+            && (digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(format!(
+                "token `{}`: `sha256` must be 64 hex digits (e.g. the output of `sha256sum`)",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[tls]`: serve HTTPS with this certificate chain and private key (PEM files).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -148,6 +293,10 @@ pub struct Config {
     pub outbox: Option<OutboxSettings>,
     /// The HTTP listen address.
     pub listen: SocketAddr,
+    /// Who may call the HTTP API.
+    pub auth: AuthSettings,
+    /// Serve HTTPS instead of HTTP.
+    pub tls: Option<TlsSettings>,
     /// Log output format.
     pub log_format: LogFormat,
     /// How long shutdown waits for in-flight events, in milliseconds.
@@ -175,6 +324,8 @@ impl Default for Config {
             durable: true,
             outbox: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth: AuthSettings::default(),
+            tls: None,
             log_format: LogFormat::Text,
             drain_timeout_ms: 30_000,
             max_body_bytes: 1 << 20,
@@ -358,6 +509,27 @@ impl Config {
                 ));
             }
         }
+        let mut names = std::collections::HashSet::new();
+        for token in &self.auth.tokens {
+            token
+                .validate()
+                .map_err(|message| invalid("auth.tokens", &message))?;
+            if !names.insert(token.name.as_str()) {
+                return Err(invalid(
+                    "auth.tokens",
+                    &format!(
+                        "token `{}` is listed twice: names identify tokens in the log",
+                        token.name
+                    ),
+                ));
+            }
+        }
+        if !self.auth.tokens.is_empty() && self.auth.insecure_no_auth {
+            return Err(invalid(
+                "auth.insecure_no_auth",
+                "contradicts the configured tokens: remove one or the other",
+            ));
+        }
         if u64::from(self.runtime.max_instances) < self.bus.max_concurrency as u64 {
             return Err(invalid(
                 "runtime.max_instances",
@@ -520,6 +692,97 @@ mod tests {
         assert!(
             err.contains("retry.max_backoff_ms") && err.contains("a week"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn auth_and_tls_are_read_and_checked() {
+        let config = parse(
+            r#"
+            [auth]
+            metrics_open = true
+            [[auth.tokens]]
+            name = "ci"
+            secret_env = "CI_TOKEN"
+            scopes = ["publish", "read"]
+            [[auth.tokens]]
+            name = "ops"
+            sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+            scopes = ["admin"]
+            [tls]
+            cert = "cert.pem"
+            key = "key.pem"
+            "#,
+        )
+        .unwrap();
+        assert!(config.auth.metrics_open);
+        assert_eq!(config.auth.tokens[0].scopes, [Scope::Publish, Scope::Read]);
+        assert_eq!(config.tls.unwrap().key, PathBuf::from("key.pem"));
+
+        let token = |body: &str| parse(&format!("[[auth.tokens]]\nname = \"ci\"\n{body}"));
+        let err = token("scopes = [\"read\"]").unwrap_err().to_string();
+        assert!(
+            err.contains("`auth.tokens`") && err.contains("exactly one of"),
+            "{err}"
+        );
+        let err = token("secret = \"x\"\nsecret_env = \"Y\"\nscopes = [\"read\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one of"), "{err}");
+        let err = token("secret = \"short\"\nscopes = [\"read\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 16 characters"), "{err}");
+        let err = token("sha256 = \"abc\"\nscopes = [\"read\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("64 hex digits"), "{err}");
+        let err = token("secret_env = \"X\"\nscopes = []").unwrap_err().to_string();
+        assert!(err.contains("no scopes"), "{err}");
+        let err = token("secret_env = \"X\"\nscopes = [\"write\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("write") && err.contains("publish"), "{err}");
+        let err = parse(
+            "[[auth.tokens]]\nname = \"a\"\nsecret_env = \"X\"\nscopes = [\"read\"]\n\
+             [[auth.tokens]]\nname = \"a\"\nsecret_env = \"Y\"\nscopes = [\"read\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listed twice"), "{err}");
+        let err = parse("[auth]\ninsecure_no_auth = true\n[[auth.tokens]]\nname = \"a\"\nsecret_env = \"X\"\nscopes = [\"read\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.insecure_no_auth"), "{err}");
+    }
+
+    #[test]
+    fn the_token_flag_names_a_source_never_a_secret() {
+        let token = TokenSettings::parse_flag("ci:publish+read:env:CI_TOKEN").unwrap();
+        assert_eq!(
+            (
+                token.name.as_str(),
+                token.scopes.as_slice(),
+                token.secret_env.as_deref()
+            ),
+            ("ci", [Scope::Publish, Scope::Read].as_slice(), Some("CI_TOKEN"))
+        );
+        let token = TokenSettings::parse_flag("ops:admin:file:/run/secrets/ops:1").unwrap();
+        assert_eq!(token.secret_file, Some(PathBuf::from("/run/secrets/ops:1")));
+        assert!(
+            TokenSettings::parse_flag("ops:admin:sha256:00")
+                .unwrap()
+                .sha256
+                .is_some()
+        );
+        let err = TokenSettings::parse_flag("ops:admin:plain:hunter2hunter2hunter2").unwrap_err();
+        assert!(err.contains("unknown secret source `plain`"), "{err}");
+        let err = TokenSettings::parse_flag("ops:root:env:X").unwrap_err();
+        assert!(err.contains("unknown scope `root`"), "{err}");
+        assert!(
+            TokenSettings::parse_flag("ops")
+                .unwrap_err()
+                .contains("NAME:SCOPE")
         );
     }
 }

@@ -20,9 +20,11 @@ async fn main() -> ExitCode {
             Err(e) => Err(e.into()),
         },
         Command::Publish(args) => cli::publish(args).await,
-        Command::Plugins(PluginsCommand::List { url }) => cli::list_plugins(&url).await,
+        Command::Plugins(PluginsCommand::List { host }) => cli::list_plugins(&host).await,
         Command::Plugins(PluginsCommand::Check { file }) => cli::check_plugin(&file).await,
-        Command::Plugins(PluginsCommand::Kv { plugin, key, url }) => cli::read_kv(&url, &plugin, &key).await,
+        Command::Plugins(PluginsCommand::Kv { plugin, key, host }) => {
+            cli::read_kv(&host, &plugin, &key).await
+        }
         Command::Dlq(command) => cli::dlq(command).await,
         Command::New(args) => cli::new_plugin(&args).map(|dir| {
             println!("created {}", dir.display());

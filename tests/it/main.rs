@@ -1,6 +1,7 @@
 //! Integration tests that load real components, built from source by `build.rs`.
 
 mod adversarial;
+mod auth;
 mod binary;
 mod crash;
 mod durability;

@@ -76,8 +76,13 @@ impl Running {
 
     /// [`Running::start_in`] with more arguments for `evhost run`.
     pub fn start_in_with(dir: &Path, args: &[&str]) -> Self {
+        Self::spawn(run_command(dir, args), dir)
+    }
+
+    /// Starts `command` (a [`run_command`] for `dir`, adjusted) and waits until it is ready.
+    pub fn spawn(mut command: Command, dir: &Path) -> Self {
         let plugins_dir = dir.join("plugins");
-        let mut child = run_command(dir, args).spawn().expect("starting evhost");
+        let mut child = command.spawn().expect("starting evhost");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&logs);
@@ -98,7 +103,7 @@ impl Running {
             |line| line["message"] == "evhost is ready",
             Duration::from_secs(60),
         );
-        running.url = format!("http://{}", ready["listen"].as_str().unwrap());
+        running.url = ready["url"].as_str().unwrap().to_owned();
         running
     }
 

@@ -18,6 +18,13 @@ pub(crate) enum ApiError {
     /// The request is malformed: bad JSON, a missing or invalid attribute, a bad parameter.
     #[error("{0}")]
     BadRequest(String),
+    /// No token, a malformed or an unknown one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A known token without the scope the endpoint needs, or a request addressed to a
+    /// name the host does not serve.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such route, plugin or key.
     #[error("{0}")]
     NotFound(String),
@@ -49,6 +56,8 @@ impl ApiError {
     pub(crate) fn into_parts(self) -> (StatusCode, String, Option<u32>) {
         match self {
             Self::BadRequest(message) => (StatusCode::BAD_REQUEST, message, None),
+            Self::Unauthorized(message) => (StatusCode::UNAUTHORIZED, message, None),
+            Self::Forbidden(message) => (StatusCode::FORBIDDEN, message, None),
             Self::NotFound(message) => (StatusCode::NOT_FOUND, message, None),
             Self::MethodNotAllowed(message) => (StatusCode::METHOD_NOT_ALLOWED, message, None),
             Self::PayloadTooLarge(message) => (StatusCode::PAYLOAD_TOO_LARGE, message, None),
@@ -72,6 +81,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message, retry_after) = self.into_parts();
         let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()

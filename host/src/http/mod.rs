@@ -34,6 +34,10 @@
 //! | `GET /errors?limit=N` | the latest failure records, newest first |
 //! | `GET /plugins/{name}/kv/{key}` | one value of a plugin's key-value store |
 //!
+//! Who may call what is [`auth::Auth`]'s to say ([`AppState::auth`]): with no tokens only
+//! requests addressed to a loopback name are served; with tokens each request carries one
+//! (`Authorization: Bearer …`) with the scope its endpoint needs.
+//!
 //! Every error is JSON, `{"error": "..."}`. A client's mistake (`4xx`) gets a message naming
 //! the problem; a failure of ours (`500`) gets a generic message and is logged in full.
 //!
@@ -45,6 +49,7 @@
 //! - `recent`: [`RecentErrors`], the ring buffer behind `/errors`.
 //! - `error`: the one error type every endpoint answers with.
 
+pub mod auth;
 mod dlq;
 mod error;
 mod events;
@@ -53,6 +58,7 @@ mod prometheus;
 mod recent;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +67,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -137,6 +144,8 @@ pub struct AppState {
     pub kv: Arc<dyn KeyValueStore>,
     /// The loaded plugins.
     pub plugins: Arc<dyn PluginCatalog>,
+    /// Who may call what. Defaults to [`auth::Auth::loopback_only`].
+    pub auth: auth::Auth,
     /// Recent failures for `GET /errors`; feed it with [`RecentErrors::spawn_consumer`].
     pub errors: Arc<RecentErrors>,
     /// `GET /readyz` answers `200` once this is true (set it when the plugins are loaded).
@@ -162,6 +171,7 @@ impl AppState {
             bus,
             kv,
             plugins,
+            auth: auth::Auth::default(),
             errors: Arc::new(RecentErrors::new(DEFAULT_RECENT_ERRORS)),
             ready: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
@@ -194,6 +204,7 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("bus", &self.bus)
             .field("kv", &self.kv)
+            .field("auth", &self.auth)
             .field("errors", &self.errors)
             .field("ready", &self.ready)
             .field("accepting", &self.accepting)
@@ -227,6 +238,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
+        // After routing, so the route decides what a request needs.
+        .layer(from_fn_with_state(Arc::clone(&state), auth::authorize))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -1,0 +1,564 @@
+//! Who may call the API: bearer tokens with scopes, or — with no tokens — loopback only.
+//!
+//! Every request passes [`authorize`] after routing, so the route it matched decides what it
+//! needs ([`Need`]). A token's secret is kept only as its SHA-256; a presented token is
+//! hashed and compared with every known digest in constant time. Refusals and admin
+//! actions are logged under the `evhost::audit` target with the token's name, never its
+//! secret.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::config::{AuthSettings, MIN_SECRET_LEN, TokenSettings};
+
+/// The client's address, for the audit log: serve the router with
+/// `into_make_service_with_connect_info::<Peer>()`.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, super::tls::TlsListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, super::tls::TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// The `tracing` target of refused requests and admin actions.
+pub const AUDIT_TARGET: &str = "evhost::audit";
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// `POST /events`.
+    Publish,
+    /// `GET /plugins`, `/plugins/{name}/kv/{key}`, `/errors`, `/metrics`, `/dlq`, `/dlq/{id}`.
+    Read,
+    /// `POST /dlq/replay`, `DELETE /dlq`: what changes the host's state.
+    Admin,
+}
+
+impl Scope {
+    /// The scope's name in the configuration and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Read => "read",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "publish" => Ok(Self::Publish),
+            "read" => Ok(Self::Read),
+            "admin" => Ok(Self::Admin),
+            other => Err(format!(
+                "unknown scope `{other}`: the scopes are publish, read and admin"
+            )),
+        }
+    }
+}
+
+/// What a request needs to be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: health and readiness (and `/metrics` when configured open).
+    Nothing,
+    /// A token with this scope.
+    Scope(Scope),
+    /// Any known token: what no route serves (`404`, `405`) is told only to a caller
+    /// that has one.
+    Token,
+}
+
+/// A known token: its name, its secret's SHA-256 and its scopes.
+struct Token {
+    name: String,
+    digest: [u8; 32],
+    scopes: Vec<Scope>,
+}
+
+enum Mode {
+    /// No tokens: only requests addressed to a loopback name are served (DNS rebinding).
+    LoopbackOnly,
+    /// Everything is open to anyone (`--insecure-no-auth`).
+    Open,
+    /// Requests carry a bearer token.
+    Tokens(Vec<Token>),
+}
+
+/// The API's access policy; see the module documentation.
+pub struct Auth {
+    mode: Mode,
+    metrics_open: bool,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tokens = match &self.mode {
+            Mode::Tokens(tokens) => tokens.len(),
+            _ => 0,
+        };
+        f.debug_struct("Auth")
+            .field("mode", &self.mode())
+            .field("tokens", &tokens)
+            .field("metrics_open", &self.metrics_open)
+            .finish()
+    }
+}
+
+impl Default for Auth {
+    /// [`Auth::loopback_only`].
+    fn default() -> Self {
+        Self::loopback_only()
+    }
+}
+
+impl Auth {
+    /// No tokens: every endpoint is served, but only to requests addressed to `localhost`
+    /// or a loopback address, so a web page cannot reach the API through DNS rebinding.
+    pub fn loopback_only() -> Self {
+        Self {
+            mode: Mode::LoopbackOnly,
+            metrics_open: false,
+        }
+    }
+
+    /// Every endpoint to anyone, whatever the `Host`.
+    pub fn open() -> Self {
+        Self {
+            mode: Mode::Open,
+            metrics_open: true,
+        }
+    }
+
+    /// The policy `[auth]` describes, reading secrets from their files and variables.
+    ///
+    /// # Errors
+    /// When a secret file or variable cannot be read or holds a secret too short; the
+    /// message names the token.
+    pub fn from_settings(settings: &AuthSettings) -> anyhow::Result<Self> {
+        if settings.insecure_no_auth {
+            return Ok(Self::open());
+        }
+        if settings.tokens.is_empty() {
+            return Ok(Self::loopback_only());
+        }
+        let tokens = settings
+            .tokens
+            .iter()
+            .map(|token| {
+                Ok(Token {
+                    name: token.name.clone(),
+                    digest: digest_of(token).with_context(|| format!("auth token `{}`", token.name))?,
+                    scopes: token.scopes.clone(),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            mode: Mode::Tokens(tokens),
+            metrics_open: settings.metrics_open,
+        })
+    }
+
+    /// `tokens`, `loopback-only` or `open`, for the log.
+    pub fn mode(&self) -> &'static str {
+        match self.mode {
+            Mode::Tokens(_) => "tokens",
+            Mode::LoopbackOnly => "loopback-only",
+            Mode::Open => "open",
+        }
+    }
+
+    /// Whether requests must carry tokens.
+    pub fn uses_tokens(&self) -> bool {
+        matches!(self.mode, Mode::Tokens(_))
+    }
+
+    /// Whether only loopback addresses may be served (no tokens and not opened).
+    pub fn loopback_required(&self) -> bool {
+        matches!(self.mode, Mode::LoopbackOnly)
+    }
+
+    /// What a request for the route `path` (as registered, e.g. `/dlq/{id}`; `None` when
+    /// no route matched) with `method` needs.
+    pub fn need(&self, method: &Method, path: Option<&str>) -> Need {
+        let read = matches!(*method, Method::GET | Method::HEAD);
+        match path {
+            Some("/healthz" | "/readyz") => Need::Nothing,
+            Some("/metrics") if self.metrics_open => Need::Nothing,
+            Some(
+                "/metrics" | "/plugins" | "/errors" | "/dlq" | "/dlq/{id}" | "/plugins/{name}/kv/{*key}",
+            ) if read => Need::Scope(Scope::Read),
+            Some("/events") if method == Method::POST => Need::Scope(Scope::Publish),
+            Some("/dlq/replay") if method == Method::POST => Need::Scope(Scope::Admin),
+            Some("/dlq") if method == Method::DELETE => Need::Scope(Scope::Admin),
+            _ => Need::Token,
+        }
+    }
+
+    /// Admits a request needing `need`, returning the name of the token it carried.
+    fn admit(&self, headers: &HeaderMap, uri: &Uri, need: Need) -> Result<Option<&str>, Refusal> {
+        match &self.mode {
+            Mode::Open => Ok(None),
+            _ if need == Need::Nothing => Ok(None),
+            Mode::LoopbackOnly => match addressed_host(headers, uri) {
+                Some(host) if !is_loopback_name(&host) => Err(Refusal::ForeignHost(host)),
+                _ => Ok(None),
+            },
+            Mode::Tokens(tokens) => {
+                let presented = bearer(headers)?;
+                let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+                // Every digest is compared, whichever matches.
+                let mut found = None;
+                for token in tokens {
+                    if bool::from(token.digest.ct_eq(&digest)) {
+                        found = Some(token);
+                    }
+                }
+                let token = found.ok_or(Refusal::UnknownToken)?;
+                match need {
+                    Need::Scope(scope) if !token.scopes.contains(&scope) => Err(Refusal::LacksScope {
+                        token: token.name.clone(),
+                        scope,
+                    }),
+                    _ => Ok(Some(&token.name)),
+                }
+            }
+        }
+    }
+}
+
+/// The digest a token's secret is compared by.
+fn digest_of(token: &TokenSettings) -> anyhow::Result<[u8; 32]> {
+    if let Some(hex_digest) = &token.sha256 {
+        let mut digest = [0; 32];
+        hex::decode_to_slice(hex_digest, &mut digest).context("`sha256` is not 64 hex digits")?;
+        return Ok(digest);
+    }
+    let secret = if let Some(secret) = &token.secret {
+        secret.clone()
+    } else if let Some(path) = &token.secret_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the secret file {}", path.display()))?;
+        text.trim_end_matches(['\n', '\r']).to_owned()
+    } else if let Some(variable) = &token.secret_env {
+        std::env::var(variable)
+            .with_context(|| format!("reading the secret from the environment variable {variable}"))?
+    } else {
+        bail!("no secret given");
+    };
+    if secret.len() < MIN_SECRET_LEN {
+        bail!("the secret must be at least {MIN_SECRET_LEN} characters");
+    }
+    Ok(Sha256::digest(secret.as_bytes()).into())
+}
+
+/// The bearer token of `Authorization`.
+fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(Refusal::MissingToken)?;
+    if values.next().is_some() {
+        return Err(Refusal::Malformed);
+    }
+    let value = value.to_str().map_err(|_| Refusal::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(Refusal::Malformed)?;
+    let token = token.trim_start_matches(' ');
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains([' ', '\t']) {
+        return Err(Refusal::Malformed);
+    }
+    Ok(token)
+}
+
+/// The host name a request is addressed to, without the port: `Host`, or the URI's
+/// authority (HTTP/2). `None` when the request names none (no browser sends such a
+/// request).
+fn addressed_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let authority = match headers.get(header::HOST) {
+        Some(value) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        None => uri.authority()?.as_str().to_owned(),
+    };
+    let host = match authority.strip_prefix('[') {
+        // `[::1]:8080`
+        Some(rest) => rest.split(']').next().unwrap_or_default().to_owned(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(host, _)| host)
+            .to_owned(),
+    };
+    Some(host)
+}
+
+/// `localhost` or a loopback address.
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Why a request is refused.
+#[derive(Debug)]
+enum Refusal {
+    MissingToken,
+    Malformed,
+    UnknownToken,
+    LacksScope { token: String, scope: Scope },
+    ForeignHost(String),
+}
+
+impl Refusal {
+    fn token(&self) -> Option<&str> {
+        match self {
+            Self::LacksScope { token, .. } => Some(token),
+            _ => None,
+        }
+    }
+
+    fn into_error(self, method: &Method, path: &str, need: Need) -> ApiError {
+        let wanted = match need {
+            Need::Scope(scope) => format!("a token with the `{scope}` scope"),
+            _ => "a token".to_owned(),
+        };
+        match self {
+            Self::MissingToken => ApiError::Unauthorized(format!(
+                "`{method} {path}` needs {wanted}: send `Authorization: Bearer TOKEN`"
+            )),
+            Self::Malformed => ApiError::Unauthorized(
+                "the Authorization header is malformed: expected `Bearer TOKEN`".to_owned(),
+            ),
+            Self::UnknownToken => {
+                ApiError::Unauthorized("the bearer token is not one this host accepts".to_owned())
+            }
+            Self::LacksScope { token, scope } => ApiError::Forbidden(format!(
+                "token `{token}` lacks the `{scope}` scope that `{method} {path}` needs"
+            )),
+            Self::ForeignHost(host) => {
+                let host: String = host.chars().take(100).collect();
+                ApiError::Forbidden(format!(
+                    "requests addressed to {host:?} are refused: with no tokens configured, evhost answers only \
+                     requests addressed to localhost or a loopback address (configure [auth] tokens to serve others)"
+                ))
+            }
+        }
+    }
+}
+
+/// The middleware: admits or refuses each request and audits refusals and admin actions.
+pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let need = state.auth.need(&method, route.as_deref());
+    let path = request.uri().path().to_owned();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|ConnectInfo(Peer(addr))| addr.to_string());
+    let token = match state.auth.admit(request.headers(), request.uri(), need) {
+        Ok(token) => token.map(str::to_owned),
+        Err(refusal) => {
+            let token = refusal.token().map(str::to_owned);
+            let error = refusal.into_error(&method, &path, need);
+            tracing::warn!(
+                target: AUDIT_TARGET,
+                token = token.as_deref().unwrap_or("-"),
+                method = %method,
+                path = %path,
+                peer = peer.as_deref().unwrap_or("-"),
+                reason = %error,
+                "request refused"
+            );
+            return error.into_response();
+        }
+    };
+    if need != Need::Scope(Scope::Admin) {
+        return next.run(request).await;
+    }
+    let action = match request.uri().query() {
+        Some(query) => format!("{method} {path}?{query}"),
+        None => format!("{method} {path}"),
+    };
+    let response = next.run(request).await;
+    tracing::info!(
+        target: AUDIT_TARGET,
+        token = token.as_deref().unwrap_or("-"),
+        action = %action,
+        peer = peer.as_deref().unwrap_or("-"),
+        status = response.status().as_u16(),
+        "admin action"
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    fn token(name: &str, secret: &str, scopes: &[Scope]) -> TokenSettings {
+        TokenSettings {
+            name: name.to_owned(),
+            secret: Some(secret.to_owned()),
+            secret_file: None,
+            secret_env: None,
+            sha256: None,
+            scopes: scopes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_parsed_strictly() {
+        assert_eq!(
+            bearer(&headers(&[("authorization", "Bearer abc")])).unwrap(),
+            "abc"
+        );
+        assert_eq!(
+            bearer(&headers(&[("authorization", "bearer  abc")])).unwrap(),
+            "abc"
+        );
+        for bad in ["Basic abc", "Bearer", "Bearer ", "Bearer a b", "abc"] {
+            assert!(
+                matches!(
+                    bearer(&headers(&[("authorization", bad)])),
+                    Err(Refusal::Malformed)
+                ),
+                "{bad}"
+            );
+        }
+        let two = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert!(matches!(bearer(&two), Err(Refusal::Malformed)));
+        assert!(matches!(bearer(&HeaderMap::new()), Err(Refusal::MissingToken)));
+    }
+
+    #[test]
+    fn only_loopback_names_count_as_loopback() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "localhost.",
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+        ] {
+            assert!(is_loopback_name(host), "{host}");
+        }
+        for host in [
+            "example.com",
+            "localhost.example.com",
+            "10.0.0.1",
+            "0.0.0.0",
+            "",
+            "evil.localhost",
+        ] {
+            assert!(!is_loopback_name(host), "{host}");
+        }
+        let uri = Uri::from_static("/events");
+        let host = |value| addressed_host(&headers(&[("host", value)]), &uri);
+        assert_eq!(host("localhost:8080").as_deref(), Some("localhost"));
+        assert_eq!(host("[::1]:8080").as_deref(), Some("::1"));
+        assert_eq!(host("example.com").as_deref(), Some("example.com"));
+        assert_eq!(addressed_host(&HeaderMap::new(), &uri), None);
+    }
+
+    #[test]
+    fn a_token_is_known_by_its_secret_or_its_digest() {
+        let secret = "s3cret-s3cret-s3cret";
+        let mut hashed = token("hashed", "", &[Scope::Read]);
+        hashed.secret = None;
+        hashed.sha256 = Some(hex::encode(Sha256::digest(b"another-secret-of-length")));
+        let auth = Auth::from_settings(&AuthSettings {
+            tokens: vec![token("ci", secret, &[Scope::Publish]), hashed],
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let uri = Uri::from_static("/events");
+        let publish = Need::Scope(Scope::Publish);
+        let with = |value: &str| headers(&[("authorization", value)]);
+        assert_eq!(
+            auth.admit(&with(&format!("Bearer {secret}")), &uri, publish)
+                .unwrap(),
+            Some("ci")
+        );
+        assert!(matches!(
+            auth.admit(&with("Bearer s3cret-s3cret-s3creT"), &uri, publish),
+            Err(Refusal::UnknownToken)
+        ));
+        let read = Need::Scope(Scope::Read);
+        assert_eq!(
+            auth.admit(&with("Bearer another-secret-of-length"), &uri, read)
+                .unwrap(),
+            Some("hashed")
+        );
+        assert!(matches!(
+            auth.admit(&with("Bearer another-secret-of-length"), &uri, publish),
+            Err(Refusal::LacksScope {
+                scope: Scope::Publish,
+                ..
+            })
+        ));
+        assert_eq!(auth.admit(&HeaderMap::new(), &uri, Need::Nothing).unwrap(), None);
+    }
+
+    #[test]
+    fn a_short_or_unreadable_secret_is_refused_naming_the_token() {
+        let settings = |token| AuthSettings {
+            tokens: vec![token],
+            ..AuthSettings::default()
+        };
+        let mut from_env = token("ops", "", &[Scope::Admin]);
+        from_env.secret = None;
+        from_env.secret_env = Some("EVHOST_TEST_SURELY_UNSET_VARIABLE".to_owned());
+        let error = format!("{:#}", Auth::from_settings(&settings(from_env)).unwrap_err());
+        assert!(
+            error.contains("`ops`") && error.contains("EVHOST_TEST_SURELY_UNSET_VARIABLE"),
+            "{error}"
+        );
+        let mut from_file = token("ops", "", &[Scope::Admin]);
+        from_file.secret = None;
+        from_file.secret_file = Some("/nonexistent/evhost-secret".into());
+        let error = format!("{:#}", Auth::from_settings(&settings(from_file)).unwrap_err());
+        assert!(error.contains("/nonexistent/evhost-secret"), "{error}");
+    }
+}
