@@ -90,6 +90,9 @@ impl App {
             Some(tls) => Some(crate::http::tls::server_config(&tls.cert, &tls.key)?),
             None => None,
         };
+        if let Some(outbox) = &config.outbox {
+            crate::outbox::Outbox::check_at_start(&outbox.url, &outbox.schema, outbox.install).await?;
+        }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
         let runtime = Runtime::new(config.runtime_config()).context("starting the Wasm runtime")?;

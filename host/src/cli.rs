@@ -44,6 +44,42 @@ pub enum Command {
     /// Inspect and act on the dead-letter queue of a running host.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Set up the PostgreSQL transactional outbox the host relays.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+/// `evhost outbox …`.
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Create the outbox tables, triggers and functions unless they exist (safe to repeat,
+    /// and while applications write).
+    Install {
+        /// The PostgreSQL URL, e.g. postgres://app@db/orders.
+        url: String,
+        /// The schema to hold the outbox.
+        #[arg(long, default_value = crate::outbox::DEFAULT_SCHEMA)]
+        schema: String,
+    },
+    /// Print the SQL that `install` runs, to review or apply as a migration.
+    Sql {
+        /// The schema to hold the outbox.
+        #[arg(long, default_value = crate::outbox::DEFAULT_SCHEMA)]
+        schema: String,
+    },
+}
+
+/// `evhost outbox …`.
+pub async fn outbox(command: OutboxCommand) -> anyhow::Result<()> {
+    match command {
+        OutboxCommand::Install { url, schema } => {
+            let client = crate::outbox::connect(&url).await?;
+            crate::outbox::Outbox::install_schema(&client, &schema).await?;
+            println!("the evhost outbox is installed in schema {schema}");
+        }
+        OutboxCommand::Sql { schema } => print!("{}", crate::outbox::Outbox::schema_sql(&schema)?),
+    }
+    Ok(())
 }
 
 /// `evhost dlq …`.
@@ -556,10 +592,22 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every byte but the URL path's unreserved characters percent-encoded: a key is an
+/// arbitrary string (`count:x?y`, `#`, `%25`, `a/b` all reach the host as they are).
+fn path_segment(text: &str) -> String {
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b':');
+    percent_encoding::utf8_percent_encode(text, RESERVED).to_string()
+}
+
 /// `evhost plugins kv`.
 pub async fn read_kv(host: &HostArgs, plugin: &str, key: &str) -> anyhow::Result<()> {
     let client = host.client()?;
-    let path = format!("/plugins/{plugin}/kv/{key}");
+    let path = format!("/plugins/{}/kv/{}", path_segment(plugin), path_segment(key));
     let response = client.send(client.request(reqwest::Method::GET, &path)).await?;
     let status = response.status();
     let body = response.bytes().await?;

@@ -62,6 +62,10 @@ pub struct OutboxSettings {
     /// Names the relay's checkpoint; one relay per name.
     #[serde(default = "default_relay_name")]
     pub relay_name: String,
+    /// Install the outbox schema at start when it is missing (otherwise a missing schema
+    /// refuses the start, naming `evhost outbox install`).
+    #[serde(default)]
+    pub install: bool,
     /// Most rows relayed per transaction.
     #[serde(default = "default_outbox_batch")]
     pub batch_size: usize,
@@ -77,6 +81,7 @@ impl OutboxSettings {
             url,
             schema: default_outbox_schema(),
             relay_name: default_relay_name(),
+            install: false,
             batch_size: default_outbox_batch(),
             poll_interval_ms: default_outbox_poll_ms(),
         }
@@ -99,6 +104,7 @@ impl std::fmt::Debug for OutboxSettings {
         f.debug_struct("OutboxSettings")
             .field("schema", &self.schema)
             .field("relay_name", &self.relay_name)
+            .field("install", &self.install)
             .field("batch_size", &self.batch_size)
             .field("poll_interval_ms", &self.poll_interval_ms)
             .finish_non_exhaustive()

@@ -351,10 +351,23 @@ impl Event {
                 });
             }
         };
+        // A string `data` of a non-JSON content type is the payload itself (JSON format
+        // §3.1): `<a/>` of `application/xml` reaches handlers as those bytes, as it would
+        // in binary mode.
+        let data = match (data, &datacontenttype) {
+            (Some(Data::Json(Value::String(text))), Some(content_type))
+                if !is_json_media_type(content_type) =>
+            {
+                Some(Data::Binary(text.into_bytes()))
+            }
+            (data, _) => data,
+        };
         let mut extensions = BTreeMap::new();
         for (name, value) in map {
             check_extension_name(&name)?;
             let value = match value {
+                // A null attribute is unset (JSON format §2.2).
+                Value::Null => continue,
                 Value::String(s) => ExtensionValue::String(s),
                 Value::Bool(b) => ExtensionValue::Bool(b),
                 Value::Number(n) => match n.as_i64().and_then(|i| i32::try_from(i).ok()) {
@@ -384,6 +397,18 @@ impl Event {
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).expect("an event always serializes to JSON")
     }
+}
+
+/// Whether `content_type` (a `datacontenttype` or `Content-Type` value, parameters and
+/// case allowed) names JSON: `application/json`, `text/json`, or any `+json` structured
+/// syntax suffix. The one rule evhost uses wherever it decides whether data is JSON.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let Ok(media) = content_type.trim().parse::<mime::Mime>() else {
+        return false;
+    };
+    let json_type =
+        media.subtype() == mime::JSON && (media.type_() == mime::APPLICATION || media.type_() == mime::TEXT);
+    json_type || media.suffix() == Some(mime::JSON)
 }
 
 fn check_extension_name(name: &str) -> Result<(), EventError> {
@@ -556,7 +581,11 @@ mod tests {
             event.extensions["comexampleothervalue"],
             ExtensionValue::Integer(5)
         );
-        assert_eq!(event.json_data(), Some(&json!("<much wow=\"xml\"/>")));
+        assert_eq!(
+            event.data,
+            Some(Data::Binary(b"<much wow=\"xml\"/>".to_vec())),
+            "a string of a non-JSON type is the payload itself"
+        );
     }
 
     #[test]
@@ -668,5 +697,58 @@ mod tests {
         assert_eq!(from_text.causation_depth(), 7);
         let negative = root.with_extension(CAUSATION_DEPTH, -3);
         assert_eq!(negative.causation_depth(), 0);
+    }
+
+    #[test]
+    fn one_rule_says_which_media_types_are_json() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "text/json",
+            "application/vnd.example.user+json",
+            "application/cloudevents+json",
+        ] {
+            assert!(is_json_media_type(json), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "application/xml",
+            "application/jsonx",
+            "json",
+            "",
+            "application/octet-stream",
+        ] {
+            assert!(!is_json_media_type(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_string_of_a_non_json_type_is_the_payload_itself() {
+        let mut value = minimal();
+        value["datacontenttype"] = json!("text/plain");
+        value["data"] = json!("héllo \"quoted\"");
+        let event = parse(value.clone()).unwrap();
+        assert_eq!(
+            event.data,
+            Some(Data::Binary("héllo \"quoted\"".as_bytes().to_vec()))
+        );
+        value["datacontenttype"] = json!("application/json");
+        let event = parse(value.clone()).unwrap();
+        assert_eq!(event.data, Some(Data::Json(json!("héllo \"quoted\""))));
+        value.as_object_mut().unwrap().remove("datacontenttype");
+        let event = parse(value).unwrap();
+        assert_eq!(
+            event.data,
+            Some(Data::Json(json!("héllo \"quoted\""))),
+            "JSON is the default"
+        );
+    }
+
+    #[test]
+    fn a_null_extension_is_unset() {
+        let mut value = minimal();
+        value["unsetextension"] = Value::Null;
+        let event = parse(value).unwrap();
+        assert!(event.extensions.is_empty(), "{:?}", event.extensions);
     }
 }

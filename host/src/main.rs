@@ -26,6 +26,7 @@ async fn main() -> ExitCode {
             cli::read_kv(&host, &plugin, &key).await
         }
         Command::Dlq(command) => cli::dlq(command).await,
+        Command::Outbox(command) => cli::outbox(command).await,
         Command::New(args) => cli::new_plugin(&args).map(|dir| {
             println!("created {}", dir.display());
             println!(

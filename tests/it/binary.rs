@@ -515,6 +515,35 @@ async fn the_cli_publishes_lists_and_checks() {
     assert_eq!(code, 0);
     assert!(out.starts_with("healthy  0.1.0  "), "{out}");
 
+    // Keys are arbitrary strings: the CLI encodes what a URL path would misread.
+    let odd_ids = ["x?y", "a#b", "p%25q", "s/t", "sp ace", "ü"];
+    let batch: Vec<Value> = odd_ids
+        .iter()
+        .map(|id| structured("Ping", id, "odd", json!({})))
+        .collect();
+    let (code, _, err) = evhost(
+        &["publish", "--url", url, "--file", "-"],
+        &Value::from(batch).to_string(),
+    );
+    assert_eq!(code, 0, "{err}");
+    for id in odd_ids {
+        let key = format!("seen:{id}");
+        assert!(
+            eventually(Duration::from_secs(10), async || evhost(
+                &["plugins", "kv", "healthy", &key, "--url", url],
+                ""
+            )
+            .0 == 0)
+            .await,
+            "`evhost plugins kv healthy {key}` finds the key"
+        );
+    }
+    for missing in ["seen:x", "seen:a", "seen:p%q", "seen:s"] {
+        let (code, _, err) = evhost(&["plugins", "kv", "healthy", missing, "--url", url], "");
+        assert_eq!(code, 1, "{missing} is another key");
+        assert!(err.contains("404"), "{err}");
+    }
+
     let (code, out, err) = evhost(&["plugins", "check", wasm::HEALTHY], "");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("name:          healthy"), "{out}");

@@ -197,48 +197,75 @@ async fn evhost_run_relays_the_committed_outbox_rows_once_across_a_restart() {
 }
 
 #[test]
-fn evhost_run_exits_non_zero_when_its_outbox_relay_dies() {
-    // A schema that was never installed: the relay stops for good (retrying could not
-    // help), and a host without its relay must not run on half-alive.
-    let schema = format!(
+fn a_missing_outbox_schema_refuses_the_start_until_installed() {
+    // A schema that was never installed: the relay could only fail, so the host refuses to
+    // start and says how to install it, instead of serving half-alive.
+    let schema = Schema(format!(
         "evhost_missing_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let dir = TempDir::new("relay-dies");
+    ));
+    let dir = TempDir::new("relay-missing");
     install(&dir.0, &[], &[]);
     let config = dir.0.join("evhost.toml");
     std::fs::write(
         &config,
         format!(
-            "[outbox]\nurl = \"{}\"\nschema = \"{schema}\"\nrelay_name = \"r\"\n",
-            database_url()
+            "[outbox]\nurl = \"{}\"\nschema = \"{}\"\nrelay_name = \"r\"\n",
+            database_url(),
+            schema.0
         ),
     )
     .unwrap();
-    let config = config.to_str().unwrap();
-    let mut child = crate::support::run_command(&dir.0, &["--config", config])
-        .spawn()
+    let config_arg = config.to_str().unwrap();
+    let output = crate::support::run_command(&dir.0, &["--config", config_arg])
+        .output()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("evhost kept running without its outbox relay");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
-    assert!(!status.success(), "exit status {status}; log:\n{log}");
-    assert!(log.contains("evhost is ready"), "{log}");
-    assert!(log.contains("a critical task ended: shutting down"), "{log}");
-    assert!(log.contains("the outbox relay failed"), "{log}");
+    let log = String::from_utf8_lossy(&output.stderr);
     assert!(
-        log.contains("the evhost outbox is not installed in schema"),
+        !output.status.success(),
+        "exit status {}; log:\n{log}",
+        output.status
+    );
+    assert!(!log.contains("evhost is ready"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "the evhost outbox is not installed in schema {}",
+            schema.0
+        )) && log.contains(&format!("evhost outbox install URL --schema {}", schema.0))
+            && log.contains("install = true"),
         "{log}"
     );
-    assert!(log.contains(&schema), "{log}");
+
+    // `evhost outbox sql` prints what `install` runs; `install` installs it, twice is fine.
+    let (code, sql, stderr) = evhost(&["outbox", "sql", "--schema", &schema.0], "");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(sql.contains(&format!("\"{}\".outbox (", schema.0)), "{sql}");
+    for _ in 0..2 {
+        let (code, stdout, stderr) =
+            evhost(&["outbox", "install", &database_url(), "--schema", &schema.0], "");
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("installed"), "{stdout}");
+    }
+    let host = Running::start_in_with(&dir.0, &["--config", config_arg]);
+    drop(host);
+
+    // `install = true` installs a missing schema at start.
+    let fresh = Schema(format!(
+        "evhost_fresh_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    ));
+    std::fs::write(
+        &config,
+        format!(
+            "[outbox]\nurl = \"{}\"\nschema = \"{}\"\nrelay_name = \"r2\"\ninstall = true\n",
+            database_url(),
+            fresh.0
+        ),
+    )
+    .unwrap();
+    let mut host = Running::start_in_with(&dir.0, &["--config", config_arg]);
+    host.wait_for_log(
+        |line| line["message"] == "installed the evhost outbox" && line["schema"] == fresh.0.as_str(),
+        Duration::from_secs(5),
+    );
 }

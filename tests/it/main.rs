@@ -3,6 +3,7 @@
 mod adversarial;
 mod auth;
 mod binary;
+mod conformance;
 mod crash;
 mod durability;
 mod examples;

@@ -162,7 +162,7 @@ fn parse_events(headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, ApiError
                 ApiError::BadRequest("the `Content-Type` header is not valid ASCII".to_owned())
             })?),
         };
-    let media_type = content_type.map(media_type);
+    let media_type = content_type.and_then(media_type);
     match media_type.as_deref() {
         Some(STRUCTURED) => Event::from_json(&body)
             .map(|event| vec![event])
@@ -171,18 +171,15 @@ fn parse_events(headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, ApiError
         Some(other) if other.starts_with(CLOUDEVENTS_PREFIX) => Err(ApiError::UnsupportedMediaType(format!(
             "CloudEvents format `{other}` is not supported; send `{STRUCTURED}`, `{BATCH}` or an event in binary mode"
         ))),
-        _ => parse_binary(headers, content_type, media_type.as_deref(), body).map(|event| vec![event]),
+        _ => parse_binary(headers, content_type, body).map(|event| vec![event]),
     }
 }
 
-/// The media type of a `Content-Type` value, without parameters, lower-cased.
-fn media_type(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
+/// The media type of a `Content-Type` value, without parameters, lower-cased; `None` when
+/// it is not a media type.
+fn media_type(content_type: &str) -> Option<String> {
+    let media: mime::Mime = content_type.trim().parse().ok()?;
+    Some(media.essence_str().to_ascii_lowercase())
 }
 
 /// Batch mode: every event is validated before any is published, so one bad event refuses
@@ -210,12 +207,7 @@ fn parse_batch(body: &[u8]) -> Result<Vec<Event>, ApiError> {
 }
 
 /// Binary mode: attributes from `ce-*` headers, data from the body.
-fn parse_binary(
-    headers: &HeaderMap,
-    content_type: Option<&str>,
-    media_type: Option<&str>,
-    body: Bytes,
-) -> Result<Event, ApiError> {
+fn parse_binary(headers: &HeaderMap, content_type: Option<&str>, body: Bytes) -> Result<Event, ApiError> {
     let mut attributes = Map::new();
     for (name, value) in headers {
         // `HeaderName` is lower-case already, so extension names arrive lower-cased.
@@ -241,7 +233,7 @@ fn parse_binary(
     event.datacontenttype = content_type.map(str::to_owned);
     event.data = if body.is_empty() {
         None
-    } else if media_type.is_some_and(is_json) {
+    } else if content_type.is_some_and(crate::event::is_json_media_type) {
         match serde_json::from_slice(&body) {
             // Structured mode reads `"data": null` as no data; do the same here.
             Ok(Value::Null) => None,
@@ -271,11 +263,6 @@ fn binary_mode_error(error: EventError) -> ApiError {
     })
 }
 
-/// JSON data: `application/json` and any `+json` structured syntax suffix.
-fn is_json(media_type: &str) -> bool {
-    media_type == "application/json" || media_type.ends_with("+json")
-}
-
 /// A `ce-*` header value, percent-decoded as the HTTP binding requires for characters
 /// outside printable ASCII.
 fn header_value(name: &str, value: &HeaderValue) -> Result<String, ApiError> {
@@ -284,33 +271,10 @@ fn header_value(name: &str, value: &HeaderValue) -> Result<String, ApiError> {
             "header `{name}` contains non-ASCII bytes; percent-encode them as UTF-8"
         ))
     })?;
-    String::from_utf8(percent_decode(text.as_bytes()))
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
         .map_err(|_| ApiError::BadRequest(format!("header `{name}` does not percent-decode to UTF-8")))
-}
-
-/// Decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is.
-fn percent_decode(input: &[u8]) -> Vec<u8> {
-    let mut output = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%'
-            && let (Some(high), Some(low)) = (
-                input.get(i + 1).and_then(|b| hex(*b)),
-                input.get(i + 2).and_then(|b| hex(*b)),
-            )
-        {
-            output.push((high << 4) | low);
-            i += 3;
-        } else {
-            output.push(input[i]);
-            i += 1;
-        }
-    }
-    output
-}
-
-fn hex(byte: u8) -> Option<u8> {
-    (byte as char).to_digit(16).map(|digit| digit as u8)
 }
 
 /// What became of one event of a `?wait=true` request.
@@ -500,21 +464,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percent_decoding_handles_utf8_and_stray_percent_signs() {
-        assert_eq!(percent_decode(b"caf%C3%A9"), "café".as_bytes());
-        assert_eq!(percent_decode(b"100%"), b"100%");
-        assert_eq!(percent_decode(b"%zz%4"), b"%zz%4");
-        assert_eq!(percent_decode(b"a%20b"), b"a b");
-    }
-
-    #[test]
     fn media_types_ignore_parameters_and_case() {
         assert_eq!(
-            media_type("Application/CloudEvents+JSON; charset=utf-8"),
-            STRUCTURED
+            media_type("Application/CloudEvents+JSON; charset=utf-8").as_deref(),
+            Some(STRUCTURED)
         );
-        assert!(is_json("application/json"));
-        assert!(is_json("application/vnd.example.user+json"));
-        assert!(!is_json("text/plain"));
+        assert_eq!(media_type("not a media type"), None);
     }
 }

@@ -316,6 +316,81 @@ async fn binary_mode_keeps_other_content_as_bytes() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_data_reaches_handlers_as_the_same_bytes_in_every_mode() {
+    let h = start().await;
+    let xml = r#"<much wow="xml"/>"#;
+    let attributes = |id: &str, content_type: &str| {
+        json!({"specversion": "1.0", "id": id, "source": "tests", "type": "Doc",
+               "datacontenttype": content_type, "data": xml})
+    };
+    let (status, body) = send(h.post(
+        "/events",
+        "application/cloudevents+json",
+        attributes("structured-xml", "application/xml").to_string(),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let batch = json!([attributes("batch-text", "text/plain; charset=utf-8")]);
+    let (status, body) =
+        send(h.post("/events", "application/cloudevents-batch+json", batch.to_string())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    for (id, content_type) in [
+        ("binary-xml", "application/xml"),
+        ("binary-text", "text/plain; charset=utf-8"),
+    ] {
+        let request = h
+            .post("/events", content_type, xml.as_bytes().to_vec())
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "tests")
+            .header("ce-type", "Doc");
+        let (status, body) = send(request).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    // A string of a JSON content type stays a JSON string.
+    let json_string = json!({"specversion": "1.0", "id": "structured-json", "source": "tests",
+                             "type": "Doc", "datacontenttype": "application/json", "data": xml});
+    let (status, _) = send(h.post("/events", "application/cloudevents+json", json_string.to_string())).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    h.settle().await;
+    let seen = h.seen();
+    let data = |id: &str| seen.iter().find(|event| event.id == id).unwrap().data.clone();
+    for id in ["structured-xml", "batch-text", "binary-xml", "binary-text"] {
+        assert_eq!(data(id), Some(Data::Binary(xml.as_bytes().to_vec())), "{id}");
+    }
+    assert_eq!(data("structured-json"), Some(Data::Json(json!(xml))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_extension_is_unset_in_structured_and_batch_mode() {
+    let h = start().await;
+    let with_null = |id: &str| {
+        json!({"specversion": "1.0", "id": id, "source": "s", "type": "T",
+               "unsetextension": null, "kept": "yes"})
+    };
+    let (status, body) = send(h.post(
+        "/events",
+        "application/cloudevents+json",
+        with_null("r-1").to_string(),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let batch = json!([with_null("r-2")]);
+    let (status, body) =
+        send(h.post("/events", "application/cloudevents-batch+json", batch.to_string())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    h.settle().await;
+    for event in h.seen() {
+        assert_eq!(
+            event.extensions,
+            BTreeMap::from([("kept".to_owned(), ExtensionValue::String("yes".into()))]),
+            "{}",
+            event.id
+        );
+    }
+}
+
 // ---------------------------------------------------------------- POST /events, errors
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,6 +113,7 @@ use futures::future::BoxFuture;
 use crate::event::Event;
 
 pub use relay::{OutboxConfig, OutboxRelay};
+pub(crate) use schema::connect;
 pub use schema::{DEFAULT_SCHEMA, Outbox};
 
 /// Where an [`OutboxRelay`] puts events: the durable log, in evhost.

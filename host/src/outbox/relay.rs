@@ -273,8 +273,9 @@ impl Prepared {
             Ok(statements) => Ok(statements),
             Err(Bounded::Pg(error)) if is_missing_object(&error) => {
                 Err(Interrupted::Fatal(anyhow::Error::new(error).context(format!(
-                    "the evhost outbox is not installed in schema {}, or is from another version; \
-                     create it with Outbox::install_schema or the SQL of Outbox::schema_sql",
+                    "the evhost outbox is not installed in schema {0}, or is from another version; \
+                     install it with `evhost outbox install URL --schema {0}` (or `[outbox] install = true`, \
+                     Outbox::install_schema, or the SQL of `evhost outbox sql --schema {0}`)",
                     self.schema
                 ))))
             }

@@ -93,6 +93,46 @@ impl Outbox {
             .with_context(|| format!("installing the evhost outbox in schema {schema}"))
     }
 
+    /// Whether the outbox is installed in `schema`.
+    pub async fn is_installed(client: &tokio_postgres::Client, schema: &str) -> anyhow::Result<bool> {
+        is_installed(client, &SchemaName::parse(schema)?).await
+    }
+
+    /// What a host checks before it serves with a relay: connects to `url` and makes sure
+    /// the outbox is in `schema`, installing it when `install` is set. A relay that could
+    /// only fail is refused here, with the command that fixes it, rather than leaving the
+    /// host to die after it said it was ready. A database that cannot be reached is only
+    /// logged: the relay keeps trying, and may connect once the database is up.
+    ///
+    /// # Errors
+    /// When the outbox is not installed (and `install` is off), or installing it failed.
+    pub async fn check_at_start(url: &str, schema: &str, install: bool) -> anyhow::Result<()> {
+        let schema_name = SchemaName::parse(schema)?;
+        let client = match connect(url).await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(
+                    error = %format!("{error:#}"),
+                    "the outbox database cannot be reached at start; the relay keeps trying"
+                );
+                return Ok(());
+            }
+        };
+        if is_installed(&client, &schema_name).await? {
+            return Ok(());
+        }
+        if install {
+            Self::install_schema(&client, schema).await?;
+            tracing::info!(schema, "installed the evhost outbox");
+            return Ok(());
+        }
+        anyhow::bail!(
+            "the evhost outbox is not installed in schema {schema}: install it with \
+             `evhost outbox install URL --schema {schema}`, set `install = true` in [outbox], or \
+             apply the SQL of `evhost outbox sql --schema {schema}`"
+        )
+    }
+
     /// Inserts `event` into the outbox in `schema`, through `client`: pass the transaction that
     /// writes your own data, and the event is relayed if and only if it commits.
     ///
@@ -186,6 +226,25 @@ fn render(schema: &SchemaName) -> String {
 }
 
 /// Whether every object the relay and the triggers rely on exists.
+/// A connection to `url` (10 s to connect unless the URL says otherwise), driven by a task
+/// of its own.
+pub(crate) async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let mut config: tokio_postgres::Config = url.parse().context("the outbox database URL is invalid")?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("connecting to the outbox database")?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "outbox database connection ended");
+        }
+    });
+    Ok(client)
+}
+
 async fn is_installed(client: &tokio_postgres::Client, schema: &SchemaName) -> anyhow::Result<bool> {
     let row = client
         .query_one(

@@ -1,8 +1,10 @@
 -- The evhost transactional outbox (schema version 1).
 --
 -- Applications insert CloudEvents into `outbox` inside the transaction that changes their own
--- data; evhost relays them in commit order. evhost applies this file itself
--- (`Outbox::install_schema`); to apply it by hand, pick the schema with a psql variable:
+-- data; evhost relays them in commit order. Install it with `evhost outbox install URL
+-- --schema NAME`, or `install = true` in evhost.toml's [outbox] (the host then installs it at
+-- start), or `Outbox::install_schema` from Rust; to apply it by hand, pick the schema with a
+-- psql variable (`evhost outbox sql --schema NAME` prints it with the name filled in):
 --
 --     psql -v schema=evhost -f schema.sql
 --

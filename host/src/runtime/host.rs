@@ -550,14 +550,9 @@ fn outgoing_size(event: &publisher::OutgoingEvent) -> usize {
         + extensions
 }
 
+/// Data without a content type is JSON (the CloudEvents JSON format's default).
 fn is_json(content_type: Option<&str>) -> bool {
-    match content_type {
-        None => true,
-        Some(ct) => {
-            let ct = ct.split(';').next().unwrap_or_default().trim();
-            ct == "application/json" || ct.ends_with("+json") || ct == "text/json"
-        }
-    }
+    content_type.is_none_or(crate::event::is_json_media_type)
 }
 
 impl logging::Host for InvocationState {

@@ -143,7 +143,9 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     )
     .map_err(open_error)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
-    // The first statement that reads the file: a file that is not a database fails here.
+    // Only reads until the file is known to be ours (or new): another program's database
+    // is refused untouched. The first read fails for a file that is not a database.
+    check_ownership(&conn, path)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .map_err(open_error)?;
@@ -188,15 +190,11 @@ fn quick_check(conn: &Connection, path: &Path) -> rusqlite::Result<Result<(), St
     }))
 }
 
-/// Brings the schema to [`SCHEMA_VERSION`], refusing files that are not evhost stores or
-/// that a newer evhost wrote.
-fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let pragma = |name: &str| -> Result<i64, StoreError> {
-        conn.pragma_query_value(None, name, |row| row.get(0))
-            .map_err(|e| classify(path, e))
-    };
-    let application_id = pragma("application_id")?;
-    let version = pragma("user_version")?;
+/// Refuses a file that is not an evhost store (nor a brand-new, empty one) or that a newer
+/// evhost wrote, without writing to it.
+fn check_ownership(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let application_id = pragma(conn, path, "application_id")?;
+    let version = pragma(conn, path, "user_version")?;
     if application_id != APPLICATION_ID {
         let tables: i64 = conn
             .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
@@ -217,6 +215,17 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             supported: SCHEMA_VERSION,
         });
     }
+    Ok(())
+}
+
+fn pragma(conn: &Connection, path: &Path, name: &str) -> Result<i64, StoreError> {
+    conn.pragma_query_value(None, name, |row| row.get(0))
+        .map_err(|e| classify(path, e))
+}
+
+/// Brings the schema of a file [`check_ownership`] accepted to [`SCHEMA_VERSION`].
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version = pragma(conn, path, "user_version")?;
     for (from, sql) in MIGRATIONS
         .iter()
         .enumerate()

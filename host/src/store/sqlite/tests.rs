@@ -721,11 +721,20 @@ fn another_programs_database_is_not_taken_over() {
     let conn = rusqlite::Connection::open(&file).unwrap();
     conn.execute_batch("CREATE TABLE invoices (id INTEGER)").unwrap();
     drop(conn);
+    let before = std::fs::read(&file).unwrap();
     let error = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap_err();
     assert!(
         matches!(error, StoreError::Foreign { tables: 1, .. }),
         "{error:?}"
     );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the refused file is not modified"
+    );
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "delete", "its journal mode is left as it was");
 }
 
 #[test]
