@@ -54,6 +54,8 @@ pub struct App {
     folder: Arc<PluginFolder>,
     state: Arc<AppState>,
     listener: Option<Bound>,
+    /// The outbox relay, when one is configured; taken when the app runs.
+    relay: Option<OutboxRelay>,
     local_addr: SocketAddr,
     /// Plugins run on threads of their own (see [`App::new`]).
     plugin_threads: PluginThreads,
@@ -141,6 +143,19 @@ impl App {
             bus.key_value_store(),
             Arc::clone(&folder) as Arc<dyn PluginCatalog>,
         );
+        state.metrics.register_collector(runtime.metrics_collector());
+        if let Some(store) = &store {
+            state.metrics.register_collector(store.metrics_collector());
+        }
+        let relay = config.outbox.as_ref().map(|outbox| {
+            OutboxRelay::new(
+                outbox.relay_config(),
+                Arc::new(bus.clone()) as Arc<dyn OutboxTarget>,
+            )
+        });
+        if let Some(relay) = &relay {
+            state.metrics.register_collector(relay.metrics_collector());
+        }
         state.max_body_bytes = config.max_body_bytes;
         state.request_timeout = config.request_timeout();
         state.auth = auth;
@@ -160,6 +175,7 @@ impl App {
             folder,
             state: Arc::new(state),
             listener: Some(listener),
+            relay,
             local_addr,
             plugin_threads,
             cancel: CancellationToken::new(),
@@ -337,14 +353,10 @@ impl App {
     }
 
     /// Relays the outbox, if one is configured, until `stop` (shutdown) is cancelled.
-    fn spawn_relay(&self, stop: CancellationToken) {
-        let Some(outbox) = &self.config.outbox else {
+    fn spawn_relay(&mut self, stop: CancellationToken) {
+        let (Some(outbox), Some(relay)) = (&self.config.outbox, self.relay.take()) else {
             return;
         };
-        let relay = OutboxRelay::new(
-            outbox.relay_config(),
-            Arc::new(self.bus.clone()) as Arc<dyn OutboxTarget>,
-        );
         tracing::info!(schema = %outbox.schema, relay = %outbox.relay_name, "relaying the outbox");
         self.spawn_critical("the outbox relay", async move {
             relay.run(stop.clone()).await?;

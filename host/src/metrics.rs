@@ -134,6 +134,124 @@ pub struct BusMetrics {
     pub subscriptions: Vec<SubscriptionSnapshot>,
 }
 
+/// Writing metrics into a Prometheus registry: each component's [`Collector`] reads its
+/// own atomics at scrape time with these, so recording stays as cheap as an atomic add.
+///
+/// [`Collector`]: prometheus_client::collector::Collector
+pub mod export {
+    use std::fmt::Write as _;
+
+    use prometheus_client::encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, NoLabelSet,
+    };
+    use prometheus_client::metrics::MetricType;
+
+    /// A label value from outside (a plugin's or a relay's name), escaped as the text
+    /// format requires: `prometheus-client` writes label values as they are.
+    #[derive(Debug, Clone, Copy)]
+    pub struct LabelText<'a>(pub &'a str);
+
+    impl EncodeLabelValue for LabelText<'_> {
+        fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+            for c in self.0.chars() {
+                match c {
+                    '\\' => encoder.write_str("\\\\")?,
+                    '"' => encoder.write_str("\\\"")?,
+                    '\n' => encoder.write_str("\\n")?,
+                    c => encoder.write_char(c)?,
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// A counter without labels; `name` is without the `_total` the encoder appends.
+    pub fn counter(
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        value: u64,
+    ) -> std::fmt::Result {
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Counter)?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)
+    }
+
+    /// A gauge without labels.
+    pub fn gauge(
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        value: i64,
+    ) -> std::fmt::Result {
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Gauge)?
+            .encode_gauge(&value)
+    }
+
+    /// A counter family: one sample per label set.
+    pub fn counter_family<L: EncodeLabelSet>(
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (L, u64)>,
+    ) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, value) in samples {
+            family
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        Ok(())
+    }
+
+    /// A histogram without labels: the buckets' upper `bounds` and per-bucket `counts`,
+    /// the last one the `+Inf` bucket's.
+    pub fn histogram(
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        bounds: &[f64],
+        sum: f64,
+        counts: &[u64],
+    ) -> std::fmt::Result {
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Histogram)?
+            .encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets(bounds, counts), None)
+    }
+
+    fn buckets(bounds: &[f64], counts: &[u64]) -> Vec<(f64, u64)> {
+        bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(counts.iter().copied())
+            .collect()
+    }
+
+    /// One histogram per label set: `(labels, sum, per-bucket counts)` with the buckets'
+    /// upper `bounds`; the last count is the `+Inf` bucket's. Counts are per bucket, not
+    /// cumulative.
+    pub fn histogram_family<L: EncodeLabelSet>(
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        bounds: &[f64],
+        samples: impl IntoIterator<Item = (L, f64, Vec<u64>)>,
+    ) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (labels, sum, counts) in samples {
+            family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                sum,
+                counts.iter().sum(),
+                &buckets(bounds, &counts),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -267,6 +267,28 @@ async fn metrics_parse_and_count_what_was_sent() {
         7.0
     );
     assert!(value(r#"evhost_fuel_consumed_total{plugin="healthy"}"#) > 0.0);
+    // The durable store's statistics: every write committed, in fewer or as many
+    // transactions (one fsync each), each counted once in the group-size histogram.
+    let writes = value("evhost_store_writes_total");
+    let transactions = value("evhost_store_transactions_total");
+    assert!(writes >= 8.0, "the append and the acknowledgements: {writes}");
+    assert!(
+        transactions >= 1.0 && transactions <= writes,
+        "{transactions} of {writes}"
+    );
+    assert_eq!(value("evhost_store_group_size_count"), transactions);
+    assert_eq!(value("evhost_store_group_size_sum"), writes);
+    assert_eq!(
+        value(r#"evhost_store_group_size_bucket{le="+Inf"}"#),
+        transactions
+    );
+    assert_eq!(value("evhost_store_events"), 7.0);
+    assert_eq!(value("evhost_store_pending_deliveries"), 0.0);
+    assert_eq!(
+        value(r#"evhost_http_requests_total{route="/events",method="POST",status="200"}"#),
+        1.0
+    );
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text");
 }
 
 /// Every sample line as (name with labels, value); panics on a malformed line.

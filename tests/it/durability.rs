@@ -8,7 +8,9 @@ use evhost::outbox::Outbox;
 use serde_json::json;
 use tokio_postgres::NoTls;
 
-use crate::support::{Running, TempDir, client, eventually, evhost, install, kv, post_events, structured};
+use crate::support::{
+    Running, TempDir, client, eventually, evhost, get_text, install, kv, post_events, structured,
+};
 use crate::wasm;
 
 #[test]
@@ -190,6 +192,31 @@ async fn evhost_run_relays_the_committed_outbox_rows_once_across_a_restart() {
     );
     let o1 = kv(&host, "user-projection", "user:o1").await.unwrap();
     assert_eq!(o1["version"], 1, "relayed and applied once: {o1}");
+    // The relay's metrics: what it relayed since this start, caught up, connected.
+    let relay = schema.0.as_str();
+    let metric = async |name: &str| -> f64 {
+        let text = get_text(&client(), format!("{}/metrics", host.url)).await;
+        let line = format!("{name}{{relay=\"{relay}\"}} ");
+        text.lines()
+            .find_map(|sample| sample.strip_prefix(line.as_str()))
+            .unwrap_or_else(|| panic!("{line} missing from\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || metric("evhost_outbox_lag")
+            .await
+            == 0.0)
+        .await,
+        "caught up"
+    );
+    assert_eq!(
+        metric("evhost_outbox_relayed_total").await,
+        1.0,
+        "o2 since the restart"
+    );
+    assert_eq!(metric("evhost_outbox_connected").await, 1.0);
+    assert_eq!(metric("evhost_outbox_checkpoint").await, 2.0, "rows o1 and o2");
     assert!(
         kv(&host, "user-projection", "user:gone").await.is_none(),
         "rolled back"

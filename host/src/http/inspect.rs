@@ -41,12 +41,7 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus text.
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = prometheus::render(
-        &state.bus.metrics(),
-        &state.plugins.plugins(),
-        state.plugins.reloads(),
-        state.plugins.load_failures(),
-    );
+    let text = prometheus::render(&state.metrics);
     (
         [(
             header::CONTENT_TYPE,

@@ -29,7 +29,7 @@
 //! | `POST /events` | CloudEvents in structured, batch or binary mode; `202 {"accepted": [ids]}`, or with `?wait=true` `200` and every handler's outcome |
 //! | `GET /healthz` | `200 {"status":"ok"}` while the process serves HTTP |
 //! | `GET /readyz` | `200` once [`AppState::ready`] is set and until shutdown begins, `503` otherwise |
-//! | `GET /metrics` | Prometheus text format 0.0.4 |
+//! | `GET /metrics` | the [`AppState::metrics`] registry in the OpenMetrics text format |
 //! | `GET /plugins` | the loaded plugins with their delivery counters |
 //! | `GET /errors?limit=N` | the latest failure records, newest first |
 //! | `GET /plugins/{name}/kv/{key}` | one value of a plugin's key-value store |
@@ -45,7 +45,7 @@
 //!
 //! - `events`: `POST /events`, the CloudEvents HTTP binding.
 //! - `inspect`: health, readiness, `/plugins`, `/errors` and the key-value reader.
-//! - `prometheus`: renders the bus's and the catalog's counters as Prometheus text.
+//! - `prometheus`: the bus's and the catalog's collectors, the request counter, rendering.
 //! - `recent`: [`RecentErrors`], the ring buffer behind `/errors`.
 //! - `error`: the one error type every endpoint answers with.
 
@@ -146,6 +146,11 @@ pub struct AppState {
     pub plugins: Arc<dyn PluginCatalog>,
     /// Who may call what. Defaults to [`auth::Auth::loopback_only`].
     pub auth: auth::Auth,
+    /// What `GET /metrics` exports: the bus's, the catalog's and the HTTP layer's
+    /// collectors are registered by [`AppState::new`]; register more before wrapping the
+    /// state in an `Arc`.
+    pub metrics: prometheus_client::registry::Registry,
+    http_metrics: prometheus::HttpMetrics,
     /// Recent failures for `GET /errors`; feed it with [`RecentErrors::spawn_consumer`].
     pub errors: Arc<RecentErrors>,
     /// `GET /readyz` answers `200` once this is true (set it when the plugins are loaded).
@@ -167,11 +172,18 @@ impl AppState {
     /// State with the defaults: not ready yet, accepting, a 1 MiB body limit and the last
     /// [`DEFAULT_RECENT_ERRORS`] failures kept for `/errors`.
     pub fn new(bus: AsyncEventBus, kv: Arc<dyn KeyValueStore>, plugins: Arc<dyn PluginCatalog>) -> Self {
+        let mut metrics = prometheus_client::registry::Registry::default();
+        metrics.register_collector(Box::new(prometheus::BusCollector(bus.clone())));
+        metrics.register_collector(Box::new(prometheus::CatalogCollector(Arc::clone(&plugins))));
+        let http_metrics = prometheus::HttpMetrics::default();
+        http_metrics.register(&mut metrics);
         Self {
             bus,
             kv,
             plugins,
             auth: auth::Auth::default(),
+            metrics,
+            http_metrics,
             errors: Arc::new(RecentErrors::new(DEFAULT_RECENT_ERRORS)),
             ready: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
@@ -238,8 +250,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
-        // After routing, so the route decides what a request needs.
+        // After routing, so the route decides what a request needs and labels its count.
         .layer(from_fn_with_state(Arc::clone(&state), auth::authorize))
+        .layer(from_fn_with_state(Arc::clone(&state), prometheus::count_requests))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

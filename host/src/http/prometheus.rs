@@ -1,178 +1,226 @@
-//! Renders the counters as Prometheus text exposition format 0.0.4.
+//! `/metrics`: the registry every component registers its collectors in, rendered by
+//! `prometheus-client` in the OpenMetrics text format (which Prometheus scrapes natively).
 //!
-//! Hand-rendered: a dozen families do not justify a metrics registry, and the bus already
-//! keeps its counters in atomics; this only formats a snapshot.
+//! The HTTP layer registers the bus's and the plugin catalog's collectors and counts its
+//! own requests; the host adds the store's, the outbox relay's and the runtime's (see
+//! [`App`](crate::App)). Collectors read the components' atomics at scrape time, so the hot
+//! paths only ever do an atomic add.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::sync::Arc;
 
-use super::PluginView;
-use crate::metrics::{BusMetrics, LATENCY_BUCKETS, SubscriptionSnapshot};
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::{AppState, PluginCatalog};
+use crate::bus::AsyncEventBus;
+use crate::metrics::export::{LabelText, counter, counter_family, gauge, histogram_family};
+use crate::metrics::{LATENCY_BUCKETS, SubscriptionSnapshot};
 use crate::monitor::FailureKind;
 
-/// The `Content-Type` of the exposition format.
-pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The `Content-Type` of the exposition.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Everything `/metrics` reports, from one bus snapshot and one catalog listing.
-pub(crate) fn render(bus: &BusMetrics, plugins: &[PluginView], reloads: u64, load_failures: u64) -> String {
-    let mut out = String::with_capacity(4096);
-    let w = &mut out;
+/// The labels of `evhost_http_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    /// The route as registered (`/dlq/{id}`), or `unmatched`, so a scanner cannot grow
+    /// the label set.
+    route: String,
+    method: String,
+    status: u16,
+}
 
-    family(
-        w,
-        "evhost_events_accepted_total",
-        "counter",
-        "Events the bus accepted.",
-    );
-    sample(w, "evhost_events_accepted_total", &[], bus.accepted);
-    family(
-        w,
-        "evhost_events_in_flight",
-        "gauge",
-        "Accepted events not yet fully handled.",
-    );
-    sample(w, "evhost_events_in_flight", &[], bus.in_flight);
-    family(
-        w,
-        "evhost_invocations_running",
-        "gauge",
-        "Handler invocations running now.",
-    );
-    sample(w, "evhost_invocations_running", &[], bus.running);
+/// The HTTP layer's own metrics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+}
 
-    let handlers = by_name(&bus.subscriptions);
-    family(
-        w,
-        "evhost_deliveries_total",
-        "counter",
-        "Handler invocations by plugin and outcome: ok, or the failure kind.",
-    );
-    for (name, handler) in &handlers {
-        sample(
-            w,
-            "evhost_deliveries_total",
-            &[("plugin", name), ("outcome", "ok")],
-            handler.succeeded,
+impl HttpMetrics {
+    /// Registers the request counter in `registry`.
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "evhost_http_requests",
+            "HTTP requests answered, by route, method and status.",
+            self.requests.clone(),
         );
-        for kind in FailureKind::ALL {
-            let count = handler.failed[kind.index()];
-            // Loading is not a delivery outcome; show it only should it ever be counted.
-            if kind == FailureKind::PluginLoad && count == 0 {
-                continue;
-            }
-            sample(
-                w,
-                "evhost_deliveries_total",
-                &[("plugin", name), ("outcome", kind.as_str())],
-                count,
+    }
+}
+
+/// The middleware counting every answered request.
+pub(crate) async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    state
+        .http_metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// The bus's counters.
+#[derive(Debug)]
+pub(crate) struct BusCollector(pub(crate) AsyncEventBus);
+
+impl Collector for BusCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let bus = self.0.metrics();
+        let e = &mut encoder;
+        counter(
+            e,
+            "evhost_events_accepted",
+            "Events the bus accepted.",
+            bus.accepted,
+        )?;
+        gauge(
+            e,
+            "evhost_events_in_flight",
+            "Accepted events not yet fully handled.",
+            saturating(bus.in_flight),
+        )?;
+        gauge(
+            e,
+            "evhost_invocations_running",
+            "Handler invocations running now.",
+            saturating(bus.running),
+        )?;
+        let handlers = by_name(&bus.subscriptions);
+        let outcomes = handlers.iter().flat_map(|(name, handler)| {
+            let name = LabelText(name);
+            let ok = (
+                [("plugin", name), ("outcome", LabelText("ok"))],
+                handler.succeeded,
             );
+            let failed = FailureKind::ALL
+                .iter()
+                // Loading is not a delivery outcome; show it only should it ever be counted.
+                .filter(|kind| **kind != FailureKind::PluginLoad || handler.failed[kind.index()] > 0)
+                .map(move |kind| {
+                    let labels = [("plugin", name), ("outcome", LabelText(kind.as_str()))];
+                    (labels, handler.failed[kind.index()])
+                });
+            std::iter::once(ok).chain(failed)
+        });
+        counter_family(
+            e,
+            "evhost_deliveries",
+            "Handler invocations by plugin and outcome: ok, or the failure kind.",
+            outcomes,
+        )?;
+        histogram_family(
+            e,
+            "evhost_handler_duration_seconds",
+            "Time one handler invocation took, by plugin.",
+            &LATENCY_BUCKETS,
+            handlers.iter().map(|(name, handler)| {
+                (
+                    [("plugin", LabelText(name))],
+                    handler.sum_seconds,
+                    handler.buckets.clone(),
+                )
+            }),
+        )?;
+        counter(
+            e,
+            "evhost_failures_reported",
+            "Failures reported to the error monitor.",
+            bus.failures_reported,
+        )?;
+        counter(
+            e,
+            "evhost_error_monitor_overflow",
+            "Failure records the error monitor dropped because its consumer fell behind.",
+            bus.monitor_overflow,
+        )?;
+        counter(
+            e,
+            "evhost_store_retries",
+            "Commits the store failed and the host tried again.",
+            bus.store_retries,
+        )?;
+        gauge(
+            e,
+            "evhost_dead_letters",
+            "Events in the dead-letter queue.",
+            saturating(bus.dead_letters),
+        )
+    }
+}
+
+/// The plugins folder's counters (or any other catalog's).
+pub(crate) struct CatalogCollector(pub(crate) Arc<dyn PluginCatalog>);
+
+impl std::fmt::Debug for CatalogCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for CatalogCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let plugins = self.0.plugins();
+        let e = &mut encoder;
+        let mut fuel: BTreeMap<&str, u64> = BTreeMap::new();
+        for plugin in &plugins {
+            *fuel.entry(&plugin.name).or_default() += plugin.fuel_consumed;
         }
+        counter_family(
+            e,
+            "evhost_fuel_consumed",
+            "Fuel burned by a plugin's invocations (roughly Wasm instructions).",
+            fuel.into_iter()
+                .map(|(name, consumed)| ([("plugin", LabelText(name))], consumed)),
+        )?;
+        counter(
+            e,
+            "evhost_plugin_reloads",
+            "Changed plugin files swapped in.",
+            self.0.reloads(),
+        )?;
+        counter(
+            e,
+            "evhost_plugin_load_failures",
+            "Plugin files that failed to load.",
+            self.0.load_failures(),
+        )?;
+        gauge(
+            e,
+            "evhost_plugins_loaded",
+            "Plugins serving now.",
+            i64::try_from(plugins.len()).unwrap_or(i64::MAX),
+        )
     }
+}
 
-    family(
-        w,
-        "evhost_handler_duration_seconds",
-        "histogram",
-        "Time one handler invocation took, by plugin.",
-    );
-    for (name, handler) in &handlers {
-        // The snapshot counts per bucket; Prometheus buckets count everything up to `le`.
-        let mut cumulative = 0;
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&handler.buckets) {
-            cumulative += count;
-            let le = bound.to_string();
-            sample(
-                w,
-                "evhost_handler_duration_seconds_bucket",
-                &[("plugin", name), ("le", &le)],
-                cumulative,
-            );
-        }
-        let count: u64 = handler.buckets.iter().sum();
-        sample(
-            w,
-            "evhost_handler_duration_seconds_bucket",
-            &[("plugin", name), ("le", "+Inf")],
-            count,
-        );
-        sample(
-            w,
-            "evhost_handler_duration_seconds_sum",
-            &[("plugin", name)],
-            handler.sum_seconds,
-        );
-        sample(
-            w,
-            "evhost_handler_duration_seconds_count",
-            &[("plugin", name)],
-            count,
-        );
-    }
-
-    family(
-        w,
-        "evhost_fuel_consumed_total",
-        "counter",
-        "Fuel burned by a plugin's invocations (roughly Wasm instructions).",
-    );
-    let mut fuel: BTreeMap<&str, u64> = BTreeMap::new();
-    for plugin in plugins {
-        *fuel.entry(&plugin.name).or_default() += plugin.fuel_consumed;
-    }
-    for (name, consumed) in fuel {
-        sample(w, "evhost_fuel_consumed_total", &[("plugin", name)], consumed);
-    }
-
-    family(
-        w,
-        "evhost_failures_reported_total",
-        "counter",
-        "Failures reported to the error monitor.",
-    );
-    sample(w, "evhost_failures_reported_total", &[], bus.failures_reported);
-    family(
-        w,
-        "evhost_error_monitor_overflow_total",
-        "counter",
-        "Failure records the error monitor dropped because its consumer fell behind.",
-    );
-    sample(
-        w,
-        "evhost_error_monitor_overflow_total",
-        &[],
-        bus.monitor_overflow,
-    );
-    family(
-        w,
-        "evhost_store_retries_total",
-        "counter",
-        "Commits the store failed and the host tried again.",
-    );
-    sample(w, "evhost_store_retries_total", &[], bus.store_retries);
-    family(
-        w,
-        "evhost_dead_letters",
-        "gauge",
-        "Events in the dead-letter queue.",
-    );
-    sample(w, "evhost_dead_letters", &[], bus.dead_letters);
-    family(
-        w,
-        "evhost_plugin_reloads_total",
-        "counter",
-        "Changed plugin files swapped in.",
-    );
-    sample(w, "evhost_plugin_reloads_total", &[], reloads);
-    family(
-        w,
-        "evhost_plugin_load_failures_total",
-        "counter",
-        "Plugin files that failed to load.",
-    );
-    sample(w, "evhost_plugin_load_failures_total", &[], load_failures);
-    family(w, "evhost_plugins_loaded", "gauge", "Plugins serving now.");
-    sample(w, "evhost_plugins_loaded", &[], plugins.len());
+/// The registry as OpenMetrics text.
+pub(crate) fn render(registry: &Registry) -> String {
+    let mut out = String::with_capacity(8192);
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String cannot fail");
     out
+}
+
+fn saturating(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// One handler's counters, summed over its subscriptions.
@@ -207,64 +255,4 @@ fn by_name(subscriptions: &[SubscriptionSnapshot]) -> BTreeMap<&str, HandlerTota
         totals.sum_seconds += subscription.latency.sum_seconds;
     }
     handlers
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    // HELP texts are our own constants: nothing to escape.
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (label, value)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(label);
-            out.push_str("=\"");
-            escape_label_value(out, value);
-            out.push('"');
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
-}
-
-/// The exposition format's label escaping: backslash, double quote and line feed.
-fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        let mut out = String::new();
-        escape_label_value(&mut out, "a\\b\"c\nd");
-        assert_eq!(out, r#"a\\b\"c\nd"#);
-    }
-
-    #[test]
-    fn float_values_render_in_a_form_prometheus_parses() {
-        let mut out = String::new();
-        sample(
-            &mut out,
-            "m",
-            &[("le", &LATENCY_BUCKETS[0].to_string())],
-            0.25_f64,
-        );
-        assert_eq!(out, "m{le=\"0.000005\"} 0.25\n");
-    }
 }

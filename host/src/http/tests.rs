@@ -739,7 +739,10 @@ fn parse_exposition(text: &str) -> (HashMap<String, String>, Vec<Sample>) {
     let mut types = HashMap::new();
     let mut helps = HashMap::new();
     let mut samples = Vec::new();
-    for line in text.lines() {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "OpenMetrics ends with # EOF");
+    for line in &lines[..lines.len() - 1] {
+        let line = *line;
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').expect(line);
             assert!(!help.is_empty(), "{line}");
@@ -758,13 +761,22 @@ fn parse_exposition(text: &str) -> (HashMap<String, String>, Vec<Sample>) {
                 "unexpected line {line:?}"
             );
             let sample = parse_sample(line);
-            let family = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| {
-                    let base = sample.name.strip_suffix(suffix)?;
-                    (types.get(base).map(String::as_str) == Some("histogram")).then_some(base)
-                })
-                .unwrap_or(&sample.name);
+            let family = [
+                ("_bucket", "histogram"),
+                ("_sum", "histogram"),
+                ("_count", "histogram"),
+                ("_total", "counter"),
+            ]
+            .iter()
+            .find_map(|(suffix, kind)| {
+                let base = sample.name.strip_suffix(suffix)?;
+                (types.get(base).map(String::as_str) == Some(*kind)).then_some(base)
+            })
+            .unwrap_or(&sample.name);
+            assert!(
+                types.get(family).map(String::as_str) != Some("counter") || sample.name.ends_with("_total"),
+                "a counter's samples end in _total: {line}"
+            );
             assert!(types.contains_key(family), "sample before its TYPE: {line}");
             samples.push(sample);
         }
@@ -864,24 +876,25 @@ async fn metrics_parse_and_count_what_was_sent() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()[header::CONTENT_TYPE],
-        "text/plain; version=0.0.4; charset=utf-8"
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let text = response.text().await.unwrap();
     let (types, samples) = parse_exposition(&text);
 
     for (family, kind) in [
-        ("evhost_events_accepted_total", "counter"),
+        ("evhost_events_accepted", "counter"),
         ("evhost_events_in_flight", "gauge"),
         ("evhost_invocations_running", "gauge"),
-        ("evhost_deliveries_total", "counter"),
+        ("evhost_deliveries", "counter"),
         ("evhost_handler_duration_seconds", "histogram"),
-        ("evhost_fuel_consumed_total", "counter"),
-        ("evhost_error_monitor_overflow_total", "counter"),
-        ("evhost_store_retries_total", "counter"),
-        ("evhost_failures_reported_total", "counter"),
-        ("evhost_plugin_reloads_total", "counter"),
-        ("evhost_plugin_load_failures_total", "counter"),
+        ("evhost_fuel_consumed", "counter"),
+        ("evhost_error_monitor_overflow", "counter"),
+        ("evhost_store_retries", "counter"),
+        ("evhost_failures_reported", "counter"),
+        ("evhost_plugin_reloads", "counter"),
+        ("evhost_plugin_load_failures", "counter"),
         ("evhost_plugins_loaded", "gauge"),
+        ("evhost_http_requests", "counter"),
     ] {
         assert_eq!(types.get(family).map(String::as_str), Some(kind), "{family}");
     }
@@ -945,6 +958,15 @@ async fn metrics_parse_and_count_what_was_sent() {
         LOAD_FAILURES as f64
     );
     assert_eq!(value(&samples, "evhost_plugins_loaded", &[]), 3.0);
+    assert_eq!(
+        value(
+            &samples,
+            "evhost_http_requests_total",
+            &[("route", "/events"), ("method", "POST"), ("status", "202")]
+        ),
+        4.0,
+        "each request counted once, by its route"
+    );
 }
 
 const LATENCY_BUCKETS_WITH_INF: usize = crate::metrics::LATENCY_BUCKETS.len() + 1;

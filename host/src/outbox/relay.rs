@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -78,6 +79,65 @@ impl fmt::Debug for OutboxConfig {
 pub struct OutboxRelay {
     config: OutboxConfig,
     target: Arc<dyn OutboxTarget>,
+    metrics: Arc<RelayMetrics>,
+}
+
+/// What a relay has done, read at scrape time by its [`OutboxRelay::metrics_collector`].
+#[derive(Debug, Default)]
+struct RelayMetrics {
+    name: String,
+    connected: AtomicBool,
+    relayed: AtomicU64,
+    rejected: AtomicU64,
+    /// The last position relayed (the checkpoint).
+    checkpoint: AtomicI64,
+    /// The newest position the outbox had handed out when the relay last looked.
+    newest: AtomicI64,
+}
+
+impl prometheus_client::collector::Collector for RelayMetrics {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> fmt::Result {
+        use crate::metrics::export::{LabelText, counter_family};
+        use prometheus_client::metrics::MetricType;
+        let relay = [("relay", LabelText(&self.name))];
+        let e = &mut encoder;
+        counter_family(
+            e,
+            "evhost_outbox_relayed",
+            "Outbox rows relayed into the log as events.",
+            [(relay, self.relayed.load(Ordering::Relaxed))],
+        )?;
+        counter_family(
+            e,
+            "evhost_outbox_rejected",
+            "Outbox rows that were not valid events, recorded in outbox_rejected and passed over.",
+            [(relay, self.rejected.load(Ordering::Relaxed))],
+        )?;
+        let checkpoint = self.checkpoint.load(Ordering::Relaxed);
+        let lag = (self.newest.load(Ordering::Relaxed) - checkpoint).max(0);
+        for (name, help, value) in [
+            (
+                "evhost_outbox_lag",
+                "Outbox positions handed out but not yet relayed, when the relay last looked.",
+                lag,
+            ),
+            (
+                "evhost_outbox_checkpoint",
+                "The last outbox position relayed.",
+                checkpoint,
+            ),
+            (
+                "evhost_outbox_connected",
+                "1 while the relay is connected to the outbox database.",
+                i64::from(self.connected.load(Ordering::Relaxed)),
+            ),
+        ] {
+            e.encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_family(&relay)?
+                .encode_gauge(&value)?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for OutboxRelay {
@@ -92,7 +152,21 @@ impl OutboxRelay {
     /// A relay from the outbox `config` describes into `target`. Nothing happens until
     /// [`run`](Self::run).
     pub fn new(config: OutboxConfig, target: Arc<dyn OutboxTarget>) -> Self {
-        Self { config, target }
+        let metrics = Arc::new(RelayMetrics {
+            name: config.relay_name.clone(),
+            ..RelayMetrics::default()
+        });
+        Self {
+            config,
+            target,
+            metrics,
+        }
+    }
+
+    /// A collector of this relay's metrics for a Prometheus registry: rows relayed and
+    /// rejected, the checkpoint, the lag behind the outbox and whether it is connected.
+    pub fn metrics_collector(&self) -> Box<dyn prometheus_client::collector::Collector> {
+        Box::new(Arc::clone(&self.metrics))
     }
 
     /// Relays until `shutdown` is cancelled, then returns `Ok(())`. A batch already handed to
@@ -104,10 +178,12 @@ impl OutboxRelay {
     /// missing or incompatible, or a checkpoint ahead of the outbox's last position (the outbox
     /// was recreated, and relaying would silently skip its rows).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let relay = Prepared::new(&self.config, self.target)?;
+        let relay = Prepared::new(&self.config, self.target, self.metrics)?;
         let mut backoff = Backoff::default();
         loop {
-            match relay.session(&shutdown, &mut backoff).await {
+            let ended = relay.session(&shutdown, &mut backoff).await;
+            relay.metrics.connected.store(false, Ordering::Relaxed);
+            match ended {
                 Ok(()) => return Ok(()),
                 Err(Interrupted::Fatal(error)) => {
                     return Err(error.context(format!("outbox relay {:?} stopped", relay.name)));
@@ -151,6 +227,7 @@ impl<E: Into<anyhow::Error>> From<E> for Interrupted {
 struct Prepared {
     pg: tokio_postgres::Config,
     target: Arc<dyn OutboxTarget>,
+    metrics: Arc<RelayMetrics>,
     name: String,
     schema: SchemaName,
     batch_size: usize,
@@ -161,7 +238,11 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(config: &OutboxConfig, target: Arc<dyn OutboxTarget>) -> anyhow::Result<Self> {
+    fn new(
+        config: &OutboxConfig,
+        target: Arc<dyn OutboxTarget>,
+        metrics: Arc<RelayMetrics>,
+    ) -> anyhow::Result<Self> {
         let schema = SchemaName::parse(&config.schema)?;
         anyhow::ensure!(config.batch_size > 0, "outbox batch_size must be at least 1");
         anyhow::ensure!(
@@ -183,6 +264,7 @@ impl Prepared {
         Ok(Self {
             pg,
             target,
+            metrics,
             name: config.relay_name.clone(),
             batch_size: config.batch_size,
             poll_interval: config.poll_interval,
@@ -212,6 +294,8 @@ impl Prepared {
         bounded(client.batch_execute(&listen)).await?;
         let statements = self.prepare(&client).await?;
         let mut checkpoint = self.checkpoint(&client, &statements).await?;
+        self.metrics.checkpoint.store(checkpoint, Ordering::Relaxed);
+        self.metrics.connected.store(true, Ordering::Relaxed);
         tracing::info!(relay = %self.name, schema = self.schema.as_str(), checkpoint, "outbox relay connected");
 
         let limit = i64::try_from(self.batch_size).unwrap_or(i64::MAX);
@@ -236,11 +320,19 @@ impl Prepared {
             if let Some(last) = rows.last().map(|row| row.position) {
                 self.relay_batch(&client, &statements, rows, last).await?;
                 checkpoint = last;
+                self.metrics.checkpoint.store(last, Ordering::Relaxed);
             }
             backoff.reset();
             if full {
+                self.metrics.newest.fetch_max(checkpoint, Ordering::Relaxed);
                 continue;
             }
+            // Caught up with what was committed; the counter also counts positions of
+            // transactions still open, which the lag then includes.
+            let newest: i64 = bounded(client.query_one(&statements.last_position, &[]))
+                .await?
+                .try_get(0)?;
+            self.metrics.newest.store(newest, Ordering::Relaxed);
             // Caught up. A notification that arrived meanwhile left a permit, so this returns
             // at once rather than missing it.
             tokio::select! {
@@ -333,9 +425,12 @@ impl Prepared {
                         error,
                         "outbox row is not a valid event; recorded in outbox_rejected and passed over"
                     );
-                    bounded(client.execute(&statements.reject, &[&self.name, &position, &error]))
-                        .await
-                        .context("recording a malformed outbox row in outbox_rejected")?;
+                    let recorded =
+                        bounded(client.execute(&statements.reject, &[&self.name, &position, &error]))
+                            .await
+                            .context("recording a malformed outbox row in outbox_rejected")?;
+                    // A retried batch finds the row recorded already: counted once.
+                    self.metrics.rejected.fetch_add(recorded, Ordering::Relaxed);
                 }
             }
         }
@@ -344,6 +439,7 @@ impl Prepared {
             .append_with_checkpoint(events, &self.name, last)
             .await
             .with_context(|| format!("appending outbox events up to position {last}"))?;
+        self.metrics.relayed.fetch_add(count as u64, Ordering::Relaxed);
         tracing::debug!(relay = %self.name, count, checkpoint = last, "outbox batch relayed");
         Ok(())
     }
@@ -472,7 +568,7 @@ mod tests {
             }
         }
         let valid = OutboxConfig::new("postgres://evhost@localhost/app");
-        assert!(Prepared::new(&valid, Arc::new(Nowhere)).is_ok());
+        assert!(Prepared::new(&valid, Arc::new(Nowhere), Arc::default()).is_ok());
         let invalid = [
             OutboxConfig {
                 schema: "Bad-Schema".to_owned(),
@@ -492,7 +588,10 @@ mod tests {
             },
         ];
         for config in invalid {
-            assert!(Prepared::new(&config, Arc::new(Nowhere)).is_err(), "{config:?}");
+            assert!(
+                Prepared::new(&config, Arc::new(Nowhere), Arc::default()).is_err(),
+                "{config:?}"
+            );
         }
     }
 

@@ -147,6 +147,30 @@ pub struct CacheStats {
     pub misses: usize,
 }
 
+#[derive(Debug)]
+struct RuntimeCollector(Arc<Runtime>);
+
+impl prometheus_client::collector::Collector for RuntimeCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> std::fmt::Result {
+        let Some(stats) = self.0.cache_stats() else {
+            return Ok(());
+        };
+        let e = &mut encoder;
+        crate::metrics::export::counter(
+            e,
+            "evhost_compile_cache_hits",
+            "Plugins whose compiled code came from the on-disk cache.",
+            stats.hits as u64,
+        )?;
+        crate::metrics::export::counter(
+            e,
+            "evhost_compile_cache_misses",
+            "Plugins compiled and then stored in the on-disk cache.",
+            stats.misses as u64,
+        )
+    }
+}
+
 /// Compiles, checks and links plugins.
 pub struct Runtime {
     engine: Engine,
@@ -225,6 +249,12 @@ impl Runtime {
             hits: cache.cache_hits(),
             misses: cache.cache_misses(),
         })
+    }
+
+    /// A collector of the runtime's metrics for a Prometheus registry: the compiled-code
+    /// cache's hits and misses (when the cache is on).
+    pub fn metrics_collector(self: &Arc<Self>) -> Box<dyn prometheus_client::collector::Collector> {
+        Box::new(RuntimeCollector(Arc::clone(self)))
     }
 
     /// Compiles `bytes` (on a blocking thread), checks the world, pre-links it and reads

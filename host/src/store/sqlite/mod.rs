@@ -268,6 +268,74 @@ struct Shared {
     dead_letters: AtomicU64,
     transactions: AtomicU64,
     writes: AtomicU64,
+    /// Transactions by how many write requests they committed, per [`GROUP_SIZE_BUCKETS`]
+    /// bucket plus one for larger groups.
+    group_sizes: [AtomicU64; GROUP_SIZE_BUCKETS.len() + 1],
+}
+
+/// Upper bounds of the buckets of `evhost_store_group_size` (write requests per commit).
+pub const GROUP_SIZE_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+impl Shared {
+    /// Counts a committed transaction of `size` write requests.
+    fn record_group(&self, size: usize) {
+        let bucket = GROUP_SIZE_BUCKETS
+            .iter()
+            .position(|bound| size as f64 <= *bound)
+            .unwrap_or(GROUP_SIZE_BUCKETS.len());
+        self.group_sizes[bucket].fetch_add(1, Ordering::Relaxed);
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(size as u64, Ordering::Relaxed);
+    }
+}
+
+/// The store's statistics at scrape time: register it with
+/// [`SqliteStore::metrics_collector`].
+#[derive(Debug)]
+struct StoreCollector(Arc<Shared>);
+
+impl prometheus_client::collector::Collector for StoreCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> fmt::Result {
+        use crate::metrics::export::{counter, gauge, histogram};
+        let s = &self.0;
+        let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        let as_gauge = |value: &AtomicU64| i64::try_from(load(value)).unwrap_or(i64::MAX);
+        let e = &mut encoder;
+        counter(
+            e,
+            "evhost_store_writes",
+            "Write requests the store committed (appends, delivery outcomes, checkpoints).",
+            load(&s.writes),
+        )?;
+        counter(
+            e,
+            "evhost_store_transactions",
+            "Transactions the store committed, one fsync each; under load far fewer than writes.",
+            load(&s.transactions),
+        )?;
+        let counts: Vec<u64> = s.group_sizes.iter().map(load).collect();
+        let sum = load(&s.writes) as f64;
+        histogram(
+            e,
+            "evhost_store_group_size",
+            "Write requests per committed transaction (group commit).",
+            &GROUP_SIZE_BUCKETS,
+            sum,
+            &counts,
+        )?;
+        gauge(
+            e,
+            "evhost_store_events",
+            "Events in the durable log.",
+            as_gauge(&s.events),
+        )?;
+        gauge(
+            e,
+            "evhost_store_pending_deliveries",
+            "Deliveries in the durable log waiting for their handler, retries included.",
+            as_gauge(&s.pending),
+        )
+    }
 }
 
 /// The embedded durable log: events, delivery state, dead letters, plugin key-value data
@@ -536,6 +604,12 @@ impl SqliteStore {
             Answer::Count(n) => Ok(n),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// A collector of the store's statistics for a Prometheus registry (what `/metrics`
+    /// exports as `evhost_store_*`).
+    pub fn metrics_collector(&self) -> Box<dyn prometheus_client::collector::Collector> {
+        Box::new(StoreCollector(Arc::clone(&self.shared)))
     }
 
     /// Counts for metrics. Kept in memory by the writer (counted once at open), so this

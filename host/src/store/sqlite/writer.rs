@@ -308,8 +308,7 @@ impl Writer {
         s.pending.fetch_add(delta.pending as u64, Ordering::Relaxed);
         s.dead_letters
             .fetch_add(delta.dead_letters as u64, Ordering::Relaxed);
-        s.transactions.fetch_add(1, Ordering::Relaxed);
-        s.writes.fetch_add(group.len() as u64, Ordering::Relaxed);
+        s.record_group(group.len());
         Ok(answers)
     }
 
