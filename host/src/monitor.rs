@@ -5,8 +5,8 @@
 //! slow consumer can never stall publishers. Consume the stream with
 //! [`ErrorMonitor::errors`], or let [`ErrorMonitor::start_logging`] log it through `tracing`.
 
+use parking_lot::Mutex;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
@@ -204,10 +204,7 @@ impl ErrorMonitor {
     /// Takes the stream of failure records. There is one consumer: the first call gets the
     /// stream, later calls get `None` (as does any call after [`ErrorMonitor::start_logging`]).
     pub fn errors(&self) -> Option<ErrorStream> {
-        self.receiver
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
+        self.receiver.lock().take()
     }
 
     /// Logs every record through `tracing` (at `warn` for `retry`, `error` otherwise) on a

@@ -1,8 +1,10 @@
 //! The synchronous bus: handlers run in the publisher's task, in subscription order.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+
+use parking_lot::RwLock;
 
 use super::in_flight::InFlight;
 use super::{
@@ -67,7 +69,7 @@ impl InMemoryEventBus {
 
     /// Counters and latency per subscription.
     pub fn metrics(&self) -> BusMetrics {
-        let subscriptions = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+        let subscriptions = self.subscriptions.read();
         BusMetrics {
             accepted: self.accepted.load(Ordering::Relaxed),
             in_flight: self.in_flight.get() as u64,
@@ -118,7 +120,6 @@ impl InMemoryEventBus {
         let matching: Vec<_> = self
             .subscriptions
             .read()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|s| s.matches(&event.ty))
             .cloned()
@@ -213,15 +214,12 @@ impl EventBus for InMemoryEventBus {
             timeout: DEFAULT_HANDLER_TIMEOUT,
             metrics: Default::default(),
         };
-        self.subscriptions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::new(subscription));
+        self.subscriptions.write().push(Arc::new(subscription));
         Ok(id)
     }
 
     fn unsubscribe(&self, id: SubscriptionId) -> Result<(), BusError> {
-        let mut subscriptions = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
+        let mut subscriptions = self.subscriptions.write();
         let before = subscriptions.len();
         subscriptions.retain(|s| s.id != id);
         if subscriptions.len() == before {

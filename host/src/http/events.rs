@@ -299,7 +299,7 @@ enum Slot {
 
 /// The events' slots, shared by the chains so that a request that times out still knows
 /// what finished.
-type Slots = std::sync::Mutex<Vec<Slot>>;
+type Slots = parking_lot::Mutex<Vec<Slot>>;
 
 /// `?wait=true`: publishes each event with `publish_sync` and reports every outcome.
 ///
@@ -315,13 +315,12 @@ async fn publish_and_report(
     budget: Duration,
 ) -> Result<Response, ApiError> {
     let ids: Vec<String> = events.iter().map(|event| event.id.clone()).collect();
-    let slots: Slots = std::sync::Mutex::new((0..ids.len()).map(|_| Slot::Waiting).collect());
+    let slots: Slots = parking_lot::Mutex::new((0..ids.len()).map(|_| Slot::Waiting).collect());
     let chains = chains_by_subject(events);
     let all = futures::future::join_all(chains.into_iter().map(|chain| publish_chain(bus, chain, &slots)));
     let timed_out = tokio::time::timeout(budget, all).await.is_err();
     let results: Vec<Published> = slots
         .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .into_iter()
         .map(|slot| match slot {
             Slot::Done(published) => published,
@@ -385,7 +384,7 @@ fn chains_by_subject(events: Vec<Event>) -> Vec<Vec<(usize, Event)>> {
 /// as it comes. After a refusal the rest are held back rather than handled out of order.
 async fn publish_chain(bus: &AsyncEventBus, chain: Vec<(usize, Event)>, slots: &Slots) {
     let set = |index: usize, slot: Slot| {
-        slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[index] = slot;
+        slots.lock()[index] = slot;
     };
     let mut refused: Option<String> = None;
     for (index, event) in chain {

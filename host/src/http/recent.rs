@@ -1,7 +1,9 @@
 //! [`RecentErrors`]: the last failures, for `GET /errors`.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::monitor::{ErrorStream, FailureRecord};
 
@@ -34,7 +36,7 @@ impl RecentErrors {
         if self.capacity == 0 {
             return;
         }
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records = self.records.lock();
         if records.len() == self.capacity {
             records.pop_front();
         }
@@ -43,7 +45,7 @@ impl RecentErrors {
 
     /// Up to `limit` records, newest first.
     pub fn recent(&self, limit: usize) -> Vec<FailureRecord> {
-        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let records = self.records.lock();
         records.iter().rev().take(limit).cloned().collect()
     }
 

@@ -519,8 +519,7 @@ impl Backoff {
     fn next_delay(&mut self) -> Duration {
         let step = self.next;
         self.next = (step * 2).min(BACKOFF_MAX);
-        let random = uuid::Uuid::new_v4().as_u128() as u64;
-        step.mul_f64(0.5 + 0.5 * (random as f64 / u64::MAX as f64))
+        step.mul_f64(0.5 + 0.5 * fastrand::f64())
     }
 
     /// After progress: the next failure is a fresh one.

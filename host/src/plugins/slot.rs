@@ -17,7 +17,9 @@
 //! moment; for Wasm plugins those are last resorts, as a plugin enforces its own deadline
 //! first.
 
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
 
 use crate::bus::{Effects, EventHandler, HandlerError};
 use crate::event::Event;
@@ -25,11 +27,10 @@ use crate::event::Event;
 /// A hot-swappable handler; see the module documentation.
 pub(crate) struct Slot {
     name: String,
-    current: RwLock<Current>,
+    current: ArcSwap<Current>,
     versions: Versions,
 }
 
-#[derive(Clone)]
 struct Current {
     handler: Arc<dyn EventHandler>,
     /// Index of the handler's version string in [`Slot::versions`].
@@ -52,7 +53,7 @@ impl Slot {
         let version = versions.intern(handler.version().unwrap_or_default());
         Arc::new(Self {
             name: name.to_owned(),
-            current: RwLock::new(Current { handler, version }),
+            current: ArcSwap::from_pointee(Current { handler, version }),
             versions,
         })
     }
@@ -61,12 +62,12 @@ impl Slot {
     /// replaces (still serving the invocations already running).
     pub(crate) fn swap(&self, handler: Arc<dyn EventHandler>) -> Arc<dyn EventHandler> {
         let version = self.versions.intern(handler.version().unwrap_or_default());
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(&mut *current, Current { handler, version }).handler
+        let replaced = self.current.swap(Arc::new(Current { handler, version }));
+        Arc::clone(&replaced.handler)
     }
 
-    fn current(&self) -> Current {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn current(&self) -> Arc<Current> {
+        self.current.load_full()
     }
 }
 
@@ -84,7 +85,7 @@ impl EventHandler for Slot {
     }
 
     async fn handle(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
-        let Current { handler, .. } = self.current();
+        let handler = Arc::clone(&self.current().handler);
         handler
             .handle(event)
             .await

@@ -13,7 +13,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
@@ -290,7 +292,7 @@ impl PluginOutput {
     }
 
     fn lock(&self) -> MutexGuard<'_, OutputState> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.lock()
     }
 
     fn stream(&self, stream: Stream) -> OutputHandle {

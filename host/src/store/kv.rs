@@ -1,9 +1,9 @@
 //! Plugin key-value stores: one namespace per plugin, so no plugin reads another's data.
 
+use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::ops::Bound;
-use std::sync::RwLock;
 
 use futures::future::BoxFuture;
 
@@ -68,7 +68,7 @@ impl MemoryKv {
         if writes.is_empty() {
             return;
         }
-        let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
+        let mut namespaces = self.namespaces.write();
         let ns = namespaces.entry(namespace.to_owned()).or_default();
         for (key, value) in writes {
             match value {
@@ -90,7 +90,7 @@ impl KeyValueReader for MemoryKv {
         namespace: &'a str,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Versioned>, StorageError>> {
-        let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        let namespaces = self.namespaces.read();
         let value = namespaces
             .get(namespace)
             .and_then(|ns| ns.get(key))
@@ -107,7 +107,7 @@ impl KeyValueReader for MemoryKv {
         after: Option<&'a str>,
         limit: usize,
     ) -> BoxFuture<'a, Result<KeyPage, StorageError>> {
-        let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        let namespaces = self.namespaces.read();
         let page = match namespaces.get(namespace) {
             None => KeyPage::default(),
             Some(ns) => {

@@ -262,7 +262,7 @@ impl Inner {
         let delivery = &pending.delivery;
         let error = HandlerError::new(failure.kind, failure.message.clone());
         let retry = failure.kind != FailureKind::Reject && pending.attempt < lane.retry.max_attempts;
-        let delay = lane.retry.backoff(pending.attempt, rand_unit());
+        let delay = lane.retry.backoff(pending.attempt, fastrand::f64());
         let outcome = if retry {
             DeliveryOutcome::Retry {
                 attempt: pending.attempt,
@@ -393,17 +393,6 @@ fn saturating_after(delay: Duration) -> chrono::DateTime<Utc> {
         .ok()
         .and_then(|delay| Utc::now().checked_add_signed(delay))
         .map_or(latest, |time| time.min(latest))
-}
-
-/// A uniform sample from `0.0..1.0` for backoff jitter (not for anything that needs
-/// unpredictability).
-fn rand_unit() -> f64 {
-    use std::hash::BuildHasher as _;
-    use std::sync::atomic::AtomicU64;
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let seed = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let bits = std::hash::RandomState::new().hash_one((seed, std::time::SystemTime::now()));
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! work a lane holds for each of them. The lowest layer of the bus: it knows events and
 //! reports, nothing of lanes or workers.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use tokio::sync::oneshot;
 
@@ -93,14 +95,10 @@ impl Delivery {
     /// last: the event is then complete, its report sent and its emitter's room freed.
     pub(super) fn finish(&self, subscription: &str, result: Result<(), HandlerError>) -> bool {
         if let Some(report) = &self.report {
-            report
-                .outcomes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(HandlerOutcome {
-                    subscription: subscription.to_owned(),
-                    error: result.err(),
-                });
+            report.outcomes.lock().push(HandlerOutcome {
+                subscription: subscription.to_owned(),
+                error: result.err(),
+            });
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
             return false;
@@ -116,8 +114,8 @@ impl Delivery {
             room.release(1);
         }
         if let Some(report) = &self.report {
-            let outcomes = std::mem::take(&mut *report.outcomes.lock().unwrap_or_else(|e| e.into_inner()));
-            if let Some(done) = report.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let outcomes = std::mem::take(&mut *report.outcomes.lock());
+            if let Some(done) = report.done.lock().take() {
                 // The publisher may have given up waiting; the outcome is then unobserved.
                 let _ = done.send(DeliveryReport {
                     event_id: self.event.id.clone(),
@@ -131,7 +129,7 @@ impl Delivery {
     /// Tells a waiting `publish_sync` that the event was a duplicate.
     pub(super) fn complete_duplicate(&self) {
         if let Some(report) = &self.report
-            && let Some(done) = report.done.lock().unwrap_or_else(|e| e.into_inner()).take()
+            && let Some(done) = report.done.lock().take()
         {
             let _ = done.send(DeliveryReport {
                 event_id: self.event.id.clone(),

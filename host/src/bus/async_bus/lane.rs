@@ -11,7 +11,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher as _;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use super::delivery::Pending;
 use crate::bus::RetryPolicy;
@@ -114,7 +116,7 @@ impl Lane {
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        self.queue.lock()
     }
 
     /// The hash a delivery's ordering key is queued under, if it has one.

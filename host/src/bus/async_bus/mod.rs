@@ -44,8 +44,10 @@ mod routing;
 mod worker;
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;

@@ -2,8 +2,11 @@
 //! event goes to. Matched once per batch, the routes serve both the log (which stores
 //! them) and the intake (which queues the deliveries).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use super::delivery::{Delivery, Pending};
 use super::lane::Lane;
@@ -11,18 +14,20 @@ use crate::bus::in_flight::InFlight;
 use crate::bus::{BusError, SubscriptionId};
 use crate::event::Event;
 
-/// The lanes of a bus. Copy-on-write, so publishing reads it without holding a lock while
-/// routing.
+/// The lanes of a bus. Copy-on-write: publishing reads the current table without taking
+/// any lock; edits are serialized by `edits` and swap in a new table.
 #[derive(Debug)]
 pub(super) struct Routing {
-    lanes: RwLock<Arc<[Arc<Lane>]>>,
+    lanes: ArcSwap<Vec<Arc<Lane>>>,
+    edits: Mutex<()>,
     next_id: AtomicU64,
 }
 
 impl Default for Routing {
     fn default() -> Self {
         Self {
-            lanes: RwLock::new(Arc::from(Vec::new())),
+            lanes: ArcSwap::from_pointee(Vec::new()),
+            edits: Mutex::new(()),
             next_id: AtomicU64::new(1),
         }
     }
@@ -30,8 +35,8 @@ impl Default for Routing {
 
 impl Routing {
     /// The lanes now.
-    pub(super) fn snapshot(&self) -> Arc<[Arc<Lane>]> {
-        Arc::clone(&self.lanes.read().unwrap_or_else(|e| e.into_inner()))
+    pub(super) fn snapshot(&self) -> Arc<Vec<Arc<Lane>>> {
+        self.lanes.load_full()
     }
 
     /// A new subscription id.
@@ -39,7 +44,7 @@ impl Routing {
         SubscriptionId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Edits the table in one step under its lock: removes the lane of `remove` (which
+    /// Edits the table in one step, one edit at a time: removes the lane of `remove` (which
     /// must exist) and adds the lane `make` builds, given the removed one and the others.
     /// No I/O happens under the lock: `make` only builds the lane.
     pub(super) fn edit(
@@ -47,7 +52,8 @@ impl Routing {
         remove: Option<SubscriptionId>,
         make: impl FnOnce(Option<&Lane>, &[Arc<Lane>]) -> Result<Option<Arc<Lane>>, BusError>,
     ) -> Result<Edited, BusError> {
-        let mut lanes = self.lanes.write().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.edits.lock();
+        let lanes = self.lanes.load();
         let removed = match remove {
             None => None,
             Some(id) => Some(
@@ -65,7 +71,7 @@ impl Routing {
             .collect();
         let added = make(removed.as_deref(), &updated)?;
         updated.extend(added.clone());
-        *lanes = Arc::from(updated);
+        self.lanes.store(Arc::new(updated));
         Ok(Edited { added, removed })
     }
 }
@@ -82,7 +88,7 @@ pub(super) struct Edited {
 /// hands back to the intake once their commit stored them.
 #[derive(Debug)]
 pub(super) struct Emitted {
-    pub(super) lanes: Arc<[Arc<Lane>]>,
+    pub(super) lanes: Arc<Vec<Arc<Lane>>>,
     pub(super) routes: Routes,
     pub(super) events: Vec<Arc<Event>>,
     pub(super) room: Arc<InFlight>,

@@ -9,9 +9,9 @@
 //! worker queues for its permit again: the semaphore is fair, so slow calls cannot keep
 //! slots from other subscriptions.
 
+use parking_lot::MutexGuard;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::MutexGuard;
 use std::task::Poll;
 
 use futures::FutureExt as _;
@@ -71,7 +71,7 @@ impl Inner {
         for lane in self.routing.snapshot().iter() {
             self.spawn_workers(lane, lane.lock());
         }
-        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|e| e.into_inner()));
+        let retired = std::mem::take(&mut *self.retired.lock());
         for lane in &retired {
             self.spawn_workers(lane, lane.lock());
         }
@@ -82,7 +82,7 @@ impl Inner {
     /// others.
     pub(super) fn retire(self: &Arc<Self>, lane: Arc<Lane>) {
         if !self.dispatching() {
-            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            let mut retired = self.retired.lock();
             // Checked again under the lock: `start` may have run in between.
             if !self.dispatching() {
                 retired.push(lane);

@@ -4,7 +4,9 @@
 //! waits for, so reads never queue behind a group commit or its fsync.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -32,7 +34,7 @@ impl Readers {
             max_idle: max_idle.max(1),
         };
         let first = readers.connect()?;
-        readers.idle.lock().unwrap_or_else(|e| e.into_inner()).push(first);
+        readers.idle.lock().push(first);
         Ok(readers)
     }
 
@@ -57,13 +59,13 @@ impl Readers {
         &self,
         query: impl FnOnce(&Connection, &Path) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let idle = self.idle.lock().pop();
         let conn = match idle {
             Some(conn) => conn,
             None => self.connect()?,
         };
         let result = query(&conn, &self.path);
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle.lock();
         if idle.len() < self.max_idle && conn.is_autocommit() {
             idle.push(conn);
         }
