@@ -244,6 +244,13 @@ async fn metrics_parse_and_count_what_was_sent() {
     )
     .await;
     assert_eq!(response.status(), 200);
+    // The acknowledgements commit in the background: read once they have.
+    let settled = eventually(Duration::from_secs(10), async || {
+        let text = get_text(&http, format!("{}/metrics", host.url)).await;
+        parse_prometheus(&text).contains(&("evhost_store_pending_deliveries".to_owned(), 0.0))
+    })
+    .await;
+    assert!(settled, "every delivery acknowledged");
     let text = get_text(&http, format!("{}/metrics", host.url)).await;
     let samples = parse_prometheus(&text);
     let value = |name: &str| -> f64 {

@@ -9,9 +9,9 @@
 //! worker queues for its permit again: the semaphore is fair, so slow calls cannot keep
 //! slots from other subscriptions.
 
-use parking_lot::MutexGuard;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::MutexGuard;
 use std::task::Poll;
 
 use futures::FutureExt as _;

@@ -300,21 +300,23 @@ impl prometheus_client::collector::Collector for StoreCollector {
         let s = &self.0;
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
         let as_gauge = |value: &AtomicU64| i64::try_from(load(value)).unwrap_or(i64::MAX);
+        // Each read once, so one scrape agrees with itself as far as the writer allows.
+        let (writes, transactions) = (load(&s.writes), load(&s.transactions));
+        let counts: Vec<u64> = s.group_sizes.iter().map(load).collect();
         let e = &mut encoder;
         counter(
             e,
             "evhost_store_writes",
             "Write requests the store committed (appends, delivery outcomes, checkpoints).",
-            load(&s.writes),
+            writes,
         )?;
         counter(
             e,
             "evhost_store_transactions",
             "Transactions the store committed, one fsync each; under load far fewer than writes.",
-            load(&s.transactions),
+            transactions,
         )?;
-        let counts: Vec<u64> = s.group_sizes.iter().map(load).collect();
-        let sum = load(&s.writes) as f64;
+        let sum = writes as f64;
         histogram(
             e,
             "evhost_store_group_size",
