@@ -136,14 +136,9 @@ pub struct HostArgs {
     pub url: String,
     /// The API token to send (prefer EVHOST_TOKEN or --token-file: other local users can
     /// read command lines).
-    #[arg(
-        long,
-        env = "EVHOST_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "token_file"
-    )]
+    #[arg(long, env = "EVHOST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// A file holding the API token (a trailing newline is ignored).
+    /// A file holding the API token (a trailing newline is ignored); wins over --token.
     #[arg(long, env = "EVHOST_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// A PEM file of CA certificates to trust for `https://` URLs, besides the system's.
@@ -155,8 +150,7 @@ impl HostArgs {
     /// A client for the host: its base URL without a trailing `/`, the token and the CA.
     pub fn client(&self) -> anyhow::Result<HostClient> {
         let token = match (&self.token, &self.token_file) {
-            (Some(token), _) => Some(token.clone()),
-            (None, Some(path)) => {
+            (_, Some(path)) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading the token file {}", path.display()))?;
                 let token = text.trim_end_matches(['\n', '\r']);
@@ -165,7 +159,7 @@ impl HostArgs {
                 }
                 Some(token.to_owned())
             }
-            (None, None) => None,
+            (token, None) => token.clone(),
         };
         let mut builder = reqwest::Client::builder();
         if let Some(path) = &self.ca_cert {

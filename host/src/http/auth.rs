@@ -224,7 +224,20 @@ impl Auth {
             Some("/events") if method == Method::POST => Need::Scope(Scope::Publish),
             Some("/dlq/replay") if method == Method::POST => Need::Scope(Scope::Admin),
             Some("/dlq") if method == Method::DELETE => Need::Scope(Scope::Admin),
-            _ => Need::Token,
+            // A known route asked with another method: the `405` is told to any token.
+            None
+            | Some(
+                "/metrics"
+                | "/plugins"
+                | "/errors"
+                | "/dlq"
+                | "/dlq/{id}"
+                | "/plugins/{name}/kv/{*key}"
+                | "/events"
+                | "/dlq/replay",
+            ) => Need::Token,
+            // A route added to the router without an entry here: admin-only until it gets one.
+            Some(_) => Need::Scope(Scope::Admin),
         }
     }
 
@@ -446,6 +459,25 @@ mod tests {
             sha256: None,
             scopes: scopes.to_vec(),
         }
+    }
+
+    #[test]
+    fn a_route_without_an_entry_is_admin_only() {
+        let auth = Auth::loopback_only();
+        assert_eq!(
+            auth.need(&Method::POST, Some("/some/new/{route}")),
+            Need::Scope(Scope::Admin)
+        );
+        assert_eq!(
+            auth.need(&Method::GET, None),
+            Need::Token,
+            "no route: 404 to any token"
+        );
+        assert_eq!(
+            auth.need(&Method::GET, Some("/events")),
+            Need::Token,
+            "405 to any token"
+        );
     }
 
     #[test]
