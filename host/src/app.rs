@@ -86,6 +86,7 @@ impl App {
     /// When the data directory, the store, the plugins folder or the listen address
     /// cannot be used; the message names which.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
+        log_settings(&config);
         let auth = Auth::from_settings(&config.auth).context("reading [auth]")?;
         check_exposure(&config, &auth)?;
         let tls = match &config.tls {
@@ -367,6 +368,27 @@ impl App {
             }
         });
     }
+}
+
+/// The effective settings, after the file, the environment and the flags, as one line.
+fn log_settings(config: &Config) {
+    let plugin_defaults = config.plugins.plugin_options().limits;
+    tracing::info!(
+        listen = %config.listen,
+        plugins_dir = %config.plugins_dir.display(),
+        data_dir = %config.data_dir.display(),
+        durable = config.durable,
+        max_concurrency = config.bus.max_concurrency,
+        plugin_concurrency = config.bus.plugin_concurrency,
+        capacity = config.bus.capacity,
+        backpressure = ?config.bus.backpressure,
+        request_timeout_ms = config.request_timeout_ms,
+        drain_timeout_ms = config.drain_timeout_ms,
+        plugin_timeout_ms = plugin_defaults.timeout.as_millis() as u64,
+        plugin_fuel = plugin_defaults.fuel,
+        plugin_memory_bytes = plugin_defaults.memory_bytes,
+        "settings"
+    );
 }
 
 /// Refuses to serve a non-loopback address to anyone without authentication, unless the

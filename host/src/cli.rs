@@ -253,6 +253,11 @@ pub struct RunArgs {
     /// restart loses what was pending, the dead-letter queue and plugin key-value data.
     #[arg(long, env = "EVHOST_NO_DURABLE")]
     pub no_durable: bool,
+    /// Set any key of evhost.toml, e.g. --set bus.capacity=5000 or
+    /// --set plugins.limits.timeout_ms=2000 (a TOML value; repeat it for several). Wins over
+    /// the file and EVHOST_SECTION__KEY variables; the dedicated flags win over it.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Relay the transactional outbox of this PostgreSQL database into the log, e.g.
     /// postgres://app@db/orders (schema and batching in evhost.toml's `[outbox]`).
     #[arg(long, env = "EVHOST_OUTBOX")]
@@ -347,7 +352,7 @@ pub struct NewArgs {
 impl RunArgs {
     /// The configuration file with flags and environment applied over it.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let mut config = Config::load(self.config.as_deref())?;
+        let mut config = Config::layered(self.config.as_deref(), &self.set)?;
         if let Some(plugins) = &self.plugins {
             config.plugins_dir.clone_from(plugins);
         }

@@ -17,6 +17,43 @@ use crate::runtime::RuntimeConfig;
 /// The file `evhost run` reads from the working directory when no `--config` is given.
 pub const DEFAULT_FILE: &str = "evhost.toml";
 
+/// The prefix of the environment variables that set keys: `EVHOST_BUS__CAPACITY`.
+pub const ENV_PREFIX: &str = "EVHOST_";
+
+/// `EVHOST_*` variables that stand for command-line flags (`EVHOST_PLUGINS` is `--plugins`,
+/// `EVHOST_URL` the client's `--url`, …), lower-cased without the prefix: [`Config::layered`]
+/// does not read them as keys.
+pub const FLAG_VARIABLES: [&str; 18] = [
+    "config",
+    "plugins",
+    "data_dir",
+    "listen",
+    "log_format",
+    "drain_timeout",
+    "no_durable",
+    "outbox",
+    "auth_tokens",
+    "metrics_open",
+    "insecure_no_auth",
+    "tls_cert",
+    "tls_key",
+    "set",
+    "url",
+    "token",
+    "token_file",
+    "ca_cert",
+];
+
+/// A figment error as one line: what is wrong, for which key.
+fn layered_message(error: &figment::Error, key: &str) -> String {
+    let what = error.kind.to_string();
+    if key.is_empty() {
+        what
+    } else {
+        format!("`{key}`: {what}")
+    }
+}
+
 /// Why a configuration could not be used. Messages name the file, the key and what was
 /// expected.
 #[derive(Debug, thiserror::Error)]
@@ -432,6 +469,79 @@ impl Config {
         Self::parse(&text, &path)
     }
 
+    /// The settings `evhost run` uses: the file (`path`, or `evhost.toml` in the working
+    /// directory if it exists), then every `EVHOST_KEY` / `EVHOST_SECTION__KEY` environment
+    /// variable (`EVHOST_BUS__CAPACITY=5` sets `bus.capacity`), then each `KEY=VALUE` of
+    /// `overrides` (the `--set` flags, e.g. `plugins.limits.timeout_ms=2000`), later ones
+    /// winning. Values are TOML values (a bare word is a string). Variables that name
+    /// command-line flags ([`FLAG_VARIABLES`]) are left to the flags.
+    ///
+    /// # Errors
+    /// An unreadable file, a value of the wrong type or out of range, or an unknown key;
+    /// the message names the key and where the value came from.
+    pub fn layered(path: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        use figment::Figment;
+        use figment::providers::{Env, Format as _, Toml};
+
+        let file = match path {
+            Some(path) => Some(path.to_owned()),
+            None if Path::new(DEFAULT_FILE).exists() => Some(PathBuf::from(DEFAULT_FILE)),
+            None => None,
+        };
+        let mut figment = Figment::new();
+        if let Some(file) = &file {
+            // Read first: a missing or unreadable file is an error, not an empty layer.
+            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        let env = Env::prefixed(ENV_PREFIX).ignore(&FLAG_VARIABLES).split("__");
+        figment = figment.merge(env);
+        let mut set_keys = Vec::new();
+        for item in overrides {
+            let Some((key, value)) = item.split_once('=') else {
+                return Err(ConfigError::Parse {
+                    path: PathBuf::from("--set"),
+                    message: format!("`{item}` is not KEY=VALUE (e.g. bus.capacity=5000)"),
+                });
+            };
+            let key = key.trim();
+            let value: figment::value::Value = value.parse().unwrap_or_else(|never| match never {});
+            figment = figment.merge((key, value));
+            set_keys.push(key.to_owned());
+        }
+        // Which layer set `key` last: a message names it.
+        let source_of = |key: &str| -> PathBuf {
+            if set_keys.iter().any(|set| set == key) {
+                return PathBuf::from(format!("--set {key}"));
+            }
+            let variable = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase().replace('.', "__"));
+            if std::env::var_os(&variable).is_some() {
+                return PathBuf::from(variable);
+            }
+            file.clone().unwrap_or_else(|| PathBuf::from("<defaults>"))
+        };
+        let config: Self = figment.extract().map_err(|error| {
+            let key = error.path.join(".");
+            let key = key.strip_prefix("default.").unwrap_or(&key).to_owned();
+            ConfigError::Parse {
+                path: source_of(&key),
+                message: layered_message(&error, &key),
+            }
+        })?;
+        config.validate(Path::new("")).map_err(|error| match error {
+            ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
+                path: source_of(key),
+                key,
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
     /// Parses the TOML `text`; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -790,5 +900,58 @@ mod tests {
                 .unwrap_err()
                 .contains("NAME:SCOPE")
         );
+    }
+
+    #[test]
+    fn a_key_comes_from_the_file_then_the_environment_then_a_flag() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                DEFAULT_FILE,
+                "[bus]\ncapacity = 11\n[plugins.limits]\ntimeout_ms = 1500\n",
+            )?;
+            let config = Config::layered(None, &[]).unwrap();
+            assert_eq!(
+                (config.bus.capacity, config.plugins.limits.timeout_ms),
+                (11, Some(1500))
+            );
+
+            jail.set_env("EVHOST_BUS__CAPACITY", 22);
+            jail.set_env("EVHOST_PLUGINS__LIMITS__TIMEOUT_MS", 2500);
+            jail.set_env("EVHOST_MAX_BODY_BYTES", 4096);
+            // Variables of flags are not keys: `EVHOST_PLUGINS` is `--plugins`.
+            jail.set_env("EVHOST_PLUGINS", "elsewhere");
+            jail.set_env("EVHOST_URL", "http://127.0.0.1:9");
+            let config = Config::layered(None, &[]).unwrap();
+            assert_eq!(
+                (config.bus.capacity, config.plugins.limits.timeout_ms),
+                (22, Some(2500))
+            );
+            assert_eq!(config.max_body_bytes, 4096);
+
+            let config = Config::layered(
+                None,
+                &["bus.capacity=33".to_owned(), "log_format=json".to_owned()],
+            )
+            .unwrap();
+            assert_eq!(config.bus.capacity, 33);
+            assert_eq!(config.log_format, LogFormat::Json);
+
+            jail.set_env("EVHOST_BUS__CAPACITY", 0);
+            let err = Config::layered(None, &[]).unwrap_err().to_string();
+            assert_eq!(err, "EVHOST_BUS__CAPACITY: `bus.capacity` must be at least 1");
+            let err = Config::layered(None, &["bus.capacity=lots".to_owned()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("--set bus.capacity: `bus.capacity`"), "{err}");
+            let err = Config::layered(None, &["bus".to_owned()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("KEY=VALUE"), "{err}");
+            let err = Config::layered(Some(Path::new("missing.toml")), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("missing.toml"), "{err}");
+            Ok(())
+        });
     }
 }

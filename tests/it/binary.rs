@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Running, TempDir, client, eventually, evhost, evhost_bin, get_json, get_text, kv, post_events, structured,
+    Running, TempDir, client, eventually, evhost, evhost_bin, get_json, get_text, install, kv, post_events,
+    run_command, structured,
 };
 use crate::wasm;
 
@@ -607,6 +608,63 @@ fn a_bad_config_file_names_the_file_and_key_and_exits_non_zero() {
     assert!(err.contains("evhost.toml") && err.contains("capacity"), "{err}");
 }
 
+#[test]
+fn a_nested_key_can_be_set_in_the_file_the_environment_or_a_flag() {
+    let dir = TempDir::new("layers");
+    install(&dir.0, &[], &[]);
+    let file = dir.0.join("evhost.toml");
+    std::fs::write(&file, "[plugins.limits]\ntimeout_ms = 2500\n").unwrap();
+    let config = file.to_str().unwrap();
+    // The start logs the effective settings in one line.
+    let timeout_of = |host: &mut Running| -> u64 {
+        let line = host.wait_for_log(|line| line["message"] == "settings", Duration::from_secs(5));
+        line["plugin_timeout_ms"].as_u64().unwrap()
+    };
+    // The file.
+    let mut host = Running::start_in_with(&dir.0, &["--config", config]);
+    assert_eq!(timeout_of(&mut host), 2500);
+    drop(host);
+    // The environment wins over the file.
+    let mut command = run_command(&dir.0, &["--config", config]);
+    command.env("EVHOST_PLUGINS__LIMITS__TIMEOUT_MS", "3500");
+    let mut host = Running::spawn(command, &dir.0);
+    assert_eq!(timeout_of(&mut host), 3500);
+    drop(host);
+    // A flag wins over both.
+    let mut command = run_command(
+        &dir.0,
+        &["--config", config, "--set", "plugins.limits.timeout_ms=4500"],
+    );
+    command.env("EVHOST_PLUGINS__LIMITS__TIMEOUT_MS", "3500");
+    let mut host = Running::spawn(command, &dir.0);
+    assert_eq!(timeout_of(&mut host), 4500);
+    drop(host);
+
+    // A bad value is refused naming the key and where it came from.
+    let mut command = run_command(&dir.0, &["--config", config]);
+    command.env("EVHOST_BUS__CAPACITY", "0");
+    let output = command.output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("EVHOST_BUS__CAPACITY: `bus.capacity` must be at least 1"),
+        "{err}"
+    );
+    let output = run_command(&dir.0, &["--config", config, "--set", "bus.capacity=lots"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--set bus.capacity") && err.contains("`bus.capacity`"),
+        "{err}"
+    );
+    let output = run_command(&dir.0, &["--set", "bus.capacty=5"]).output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("capacty"), "an unknown key is named: {err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let manifest = "[limits]\ntimeout_ms = 20000\nfuel = 9223372036854775807\nconcurrency = 1\n";
@@ -722,7 +780,7 @@ async fn dead_letters_are_listed_and_replayed_to_a_fixed_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_request_that_runs_out_of_time_answers_504_with_what_it_knows() {
     let dir = TempDir::new("request-timeout");
-    crate::support::install(
+    install(
         &dir.0,
         &[("healthy", wasm::HEALTHY), ("slow-calls", wasm::SLOW_CALLS)],
         &[("slow-calls", "[config]\nmillis = \"2500\"\n")],
