@@ -903,6 +903,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail takes a closure returning its own error"
+    )]
     fn a_key_comes_from_the_file_then_the_environment_then_a_flag() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
