@@ -10,7 +10,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say "Building the example plugins (wasm32-wasip2) and the host"
 rustup target add wasm32-wasip2 >/dev/null
 (cd plugins && cargo build --release --target wasm32-wasip2 --quiet)
-cargo build --release -p evhost --quiet
+cargo build --release -p evhost-cli --quiet
 evhost=./target/release/evhost
 
 work=$(mktemp -d)

@@ -25,7 +25,6 @@
 
 pub mod app;
 pub mod bus;
-pub mod cli;
 pub mod config;
 pub mod event;
 pub mod http;

@@ -17,7 +17,7 @@ pub fn evhost_bin() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(root)
-            .args(["build", "-p", "evhost", "--bin", "evhost"])
+            .args(["build", "-p", "evhost-cli", "--bin", "evhost"])
             .status()
             .expect("running cargo build");
         assert!(status.success(), "building the evhost binary failed");

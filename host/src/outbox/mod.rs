@@ -113,7 +113,6 @@ use futures::future::BoxFuture;
 use crate::event::Event;
 
 pub use relay::{OutboxConfig, OutboxRelay};
-pub(crate) use schema::connect;
 pub use schema::{DEFAULT_SCHEMA, Outbox};
 
 /// Where an [`OutboxRelay`] puts events: the durable log, in evhost.

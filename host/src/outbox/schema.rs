@@ -93,6 +93,12 @@ impl Outbox {
             .with_context(|| format!("installing the evhost outbox in schema {schema}"))
     }
 
+    /// Connects to the database at `url` and [installs](Self::install_schema) the outbox in
+    /// `schema` (what `evhost outbox install` does).
+    pub async fn install_at(url: &str, schema: &str) -> anyhow::Result<()> {
+        Self::install_schema(&connect(url).await?, schema).await
+    }
+
     /// Whether the outbox is installed in `schema`.
     pub async fn is_installed(client: &tokio_postgres::Client, schema: &str) -> anyhow::Result<bool> {
         is_installed(client, &SchemaName::parse(schema)?).await
@@ -228,7 +234,7 @@ fn render(schema: &SchemaName) -> String {
 /// Whether every object the relay and the triggers rely on exists.
 /// A connection to `url` (10 s to connect unless the URL says otherwise), driven by a task
 /// of its own.
-pub(crate) async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let mut config: tokio_postgres::Config = url.parse().context("the outbox database URL is invalid")?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(10));

@@ -8,10 +8,10 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::config::{Config, ConfigError, LogFormat, TlsSettings, TokenSettings};
-use crate::event::Event;
-use crate::runtime::{PluginOptions, Runtime, RuntimeConfig};
-use crate::store::MemoryKv;
+use evhost::config::{Config, ConfigError, LogFormat, TlsSettings, TokenSettings};
+use evhost::event::Event;
+use evhost::runtime::{PluginOptions, Runtime, RuntimeConfig};
+use evhost::store::MemoryKv;
 
 /// evhost runs WebAssembly event handlers: it delivers each published CloudEvent to every
 /// plugin subscribed to its type, in a sandbox, under limits.
@@ -21,6 +21,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// How the client commands reach a running host.
+    #[command(flatten)]
+    pub host: HostArgs,
 }
 
 /// The subcommands.
@@ -58,13 +61,13 @@ pub enum OutboxCommand {
         /// The PostgreSQL URL, e.g. postgres://app@db/orders.
         url: String,
         /// The schema to hold the outbox.
-        #[arg(long, default_value = crate::outbox::DEFAULT_SCHEMA)]
+        #[arg(long, default_value = evhost::outbox::DEFAULT_SCHEMA)]
         schema: String,
     },
     /// Print the SQL that `install` runs, to review or apply as a migration.
     Sql {
         /// The schema to hold the outbox.
-        #[arg(long, default_value = crate::outbox::DEFAULT_SCHEMA)]
+        #[arg(long, default_value = evhost::outbox::DEFAULT_SCHEMA)]
         schema: String,
     },
 }
@@ -73,11 +76,10 @@ pub enum OutboxCommand {
 pub async fn outbox(command: OutboxCommand) -> anyhow::Result<()> {
     match command {
         OutboxCommand::Install { url, schema } => {
-            let client = crate::outbox::connect(&url).await?;
-            crate::outbox::Outbox::install_schema(&client, &schema).await?;
+            evhost::outbox::Outbox::install_at(&url, &schema).await?;
             println!("the evhost outbox is installed in schema {schema}");
         }
-        OutboxCommand::Sql { schema } => print!("{}", crate::outbox::Outbox::schema_sql(&schema)?),
+        OutboxCommand::Sql { schema } => print!("{}", evhost::outbox::Outbox::schema_sql(&schema)?),
     }
     Ok(())
 }
@@ -90,17 +92,11 @@ pub enum DlqCommand {
         /// Only this plugin's.
         #[arg(long)]
         plugin: Option<String>,
-        /// How to reach the host.
-        #[command(flatten)]
-        host: HostArgs,
     },
     /// Show one dead letter with its event and every failure.
     Show {
         /// The dead letter's id.
         id: u64,
-        /// How to reach the host.
-        #[command(flatten)]
-        host: HostArgs,
     },
     /// Deliver dead letters again, to the plugin's current version.
     Replay {
@@ -113,18 +109,12 @@ pub enum DlqCommand {
         /// Only this plugin's.
         #[arg(long)]
         plugin: Option<String>,
-        /// How to reach the host.
-        #[command(flatten)]
-        host: HostArgs,
     },
     /// Drop dead letters (all of them, or `--plugin`'s).
     Purge {
         /// Only this plugin's.
         #[arg(long)]
         plugin: Option<String>,
-        /// How to reach the host.
-        #[command(flatten)]
-        host: HostArgs,
     },
 }
 
@@ -132,17 +122,22 @@ pub enum DlqCommand {
 #[derive(Debug, Clone, Args)]
 pub struct HostArgs {
     /// The host's base URL (`https://…` when it serves TLS).
-    #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "EVHOST_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub url: String,
     /// The API token to send (prefer EVHOST_TOKEN or --token-file: other local users can
     /// read command lines).
-    #[arg(long, env = "EVHOST_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "EVHOST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// A file holding the API token (a trailing newline is ignored); wins over --token.
-    #[arg(long, env = "EVHOST_TOKEN_FILE")]
+    #[arg(long, global = true, env = "EVHOST_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// A PEM file of CA certificates to trust for `https://` URLs, besides the system's.
-    #[arg(long, env = "EVHOST_CA_CERT")]
+    #[arg(long, global = true, env = "EVHOST_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
 }
 
@@ -244,7 +239,7 @@ pub struct RunArgs {
     #[arg(long, env = "EVHOST_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
     /// Log format.
-    #[arg(long, env = "EVHOST_LOG_FORMAT", value_enum)]
+    #[arg(long, env = "EVHOST_LOG_FORMAT", value_parser = parse_log_format)]
     pub log_format: Option<LogFormat>,
     /// Seconds to wait for in-flight events on shutdown.
     #[arg(long, env = "EVHOST_DRAIN_TIMEOUT")]
@@ -284,9 +279,6 @@ pub struct RunArgs {
 /// `evhost publish`.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
-    /// How to reach the host.
-    #[command(flatten)]
-    pub host: HostArgs,
     /// Events to publish: a JSON array of CloudEvents or one per line (NDJSON); `-` is stdin.
     #[arg(long, short, conflicts_with_all = ["ty", "data", "subject", "id"])]
     pub file: Option<PathBuf>,
@@ -314,20 +306,13 @@ pub struct PublishArgs {
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
     /// List the plugins a running host serves.
-    List {
-        /// How to reach the host.
-        #[command(flatten)]
-        host: HostArgs,
-    },
+    List,
     /// Print one value of a plugin's key-value store (its read model) from a running host.
     Kv {
         /// The plugin's name.
         plugin: String,
         /// The key, e.g. `user:u1`.
         key: String,
-        /// How to reach the host.
-        #[command(flatten)]
-        host: HostArgs,
     },
     /// Check a component offline: its world, metadata, subscriptions and imports.
     Check {
@@ -368,7 +353,7 @@ impl RunArgs {
         if let Some(url) = &self.outbox {
             match &mut config.outbox {
                 Some(outbox) => outbox.url.clone_from(url),
-                None => config.outbox = Some(crate::config::OutboxSettings::new(url.clone())),
+                None => config.outbox = Some(evhost::config::OutboxSettings::new(url.clone())),
             }
         }
         config.auth.tokens.extend(self.auth_tokens.iter().cloned());
@@ -398,6 +383,15 @@ impl RunArgs {
     }
 }
 
+/// `text` or `json`.
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!("`{other}` is not a log format: use text or json")),
+    }
+}
+
 /// Sets up `tracing`: level from `RUST_LOG` (default `info`), text or JSON lines on stderr.
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -413,8 +407,8 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// `evhost publish`.
-pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    let client = args.host.client()?;
+pub async fn publish(host: &HostArgs, args: PublishArgs) -> anyhow::Result<()> {
+    let client = host.client()?;
     let path = if args.wait { "/events?wait=true" } else { "/events" };
     let (content_type, body) = match &args.file {
         Some(path) => ("application/cloudevents-batch+json", read_events(path)?),
@@ -516,13 +510,7 @@ pub async fn list_plugins(host: &HostArgs) -> anyhow::Result<()> {
 }
 
 /// `evhost dlq …`.
-pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
-    let host = match &command {
-        DlqCommand::List { host, .. }
-        | DlqCommand::Show { host, .. }
-        | DlqCommand::Replay { host, .. }
-        | DlqCommand::Purge { host, .. } => host,
-    };
+pub async fn dlq(host: &HostArgs, command: DlqCommand) -> anyhow::Result<()> {
     let client = host.client()?;
     let request = match &command {
         DlqCommand::List { plugin, .. } => {
@@ -689,57 +677,14 @@ pub fn new_plugin(args: &NewArgs) -> anyhow::Result<PathBuf> {
     }
     std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
     let sdk_path = sdk.display().to_string().replace('\\', "/");
-    let cargo_toml = format!(
-        r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-# The evhost guest SDK; switch to a version number once it is published.
-evhost-guest = {{ path = "{sdk_path}" }}
-
-[profile.release]
-opt-level = "s"
-lto = true
-strip = true
-panic = "abort"
-
-# A plugin builds on its own, even inside another cargo workspace.
-[workspace]
-"#
-    );
-    let lib_rs = format!(
-        r#"//! {name}: an evhost plugin.
-//!
-//! Build: `cargo build --release --target wasm32-wasip2`, then copy
-//! `target/wasm32-wasip2/release/{crate_name}.wasm` into the host's plugins folder.
-
-use evhost_guest::{{Event, Handler, HandlerError, Metadata, export_handler, kv, log}};
-
-struct Plugin;
-
-impl Handler for Plugin {{
-    fn metadata() -> Metadata {{
-        // The event types to handle: exact (`UserCreated`), a prefix (`User*`) or `*`.
-        Metadata::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")).subscribe("*")
-    }}
-
-    fn handle(event: Event) -> Result<(), HandlerError> {{
-        log::info!("handling {{}} {{}}", event.event_type(), event.id());
-        // Writes land only if this call returns Ok.
-        kv::set(&format!("seen:{{}}", event.id()), event.event_type().as_bytes())?;
-        Ok(())
-    }}
-}}
-
-export_handler!(Plugin);
-"#,
-        crate_name = name.replace('-', "_")
-    );
+    let fill = |template: &str| {
+        template
+            .replace("@NAME@", name)
+            .replace("@SDK_PATH@", &sdk_path)
+            .replace("@CRATE_NAME@", &name.replace('-', "_"))
+    };
+    let cargo_toml = fill(include_str!("../templates/rust/Cargo.toml.in"));
+    let lib_rs = fill(include_str!("../templates/rust/lib.rs.in"));
     std::fs::write(dir.join("Cargo.toml"), cargo_toml)?;
     std::fs::write(dir.join("src/lib.rs"), lib_rs)?;
     std::fs::write(dir.join(".gitignore"), "/target\n")?;

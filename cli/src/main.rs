@@ -1,9 +1,11 @@
 //! The `evhost` binary: parses the command line and calls the library.
 
+mod cli;
+
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use evhost::cli::{self, Cli, Command, PluginsCommand};
+use cli::{Cli, Command, PluginsCommand};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,13 +21,11 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e.into()),
         },
-        Command::Publish(args) => cli::publish(args).await,
-        Command::Plugins(PluginsCommand::List { host }) => cli::list_plugins(&host).await,
+        Command::Publish(args) => cli::publish(&cli.host, args).await,
+        Command::Plugins(PluginsCommand::List) => cli::list_plugins(&cli.host).await,
         Command::Plugins(PluginsCommand::Check { file }) => cli::check_plugin(&file).await,
-        Command::Plugins(PluginsCommand::Kv { plugin, key, host }) => {
-            cli::read_kv(&host, &plugin, &key).await
-        }
-        Command::Dlq(command) => cli::dlq(command).await,
+        Command::Plugins(PluginsCommand::Kv { plugin, key }) => cli::read_kv(&cli.host, &plugin, &key).await,
+        Command::Dlq(command) => cli::dlq(&cli.host, command).await,
         Command::Outbox(command) => cli::outbox(command).await,
         Command::New(args) => cli::new_plugin(&args).map(|dir| {
             println!("created {}", dir.display());
