@@ -10,7 +10,10 @@ use serde_json::Value;
 
 use evhost::config::{Config, ConfigError, LogFormat, TlsSettings, TokenSettings};
 use evhost::event::Event;
+use evhost::http::{Purged, Replayed};
+use evhost::plugins::PluginStatus;
 use evhost::runtime::{PluginOptions, Runtime, RuntimeConfig};
+use evhost::store::DeadLetter;
 use evhost::store::MemoryKv;
 
 /// evhost runs WebAssembly event handlers: it delivers each published CloudEvent to every
@@ -486,24 +489,17 @@ pub async fn list_plugins(host: &HostArgs) -> anyhow::Result<()> {
     let response = client
         .send(client.request(reqwest::Method::GET, "/plugins"))
         .await?;
-    if !response.status().is_success() {
-        bail!("the host answered {}", response.status());
-    }
-    let plugins: Vec<Value> = response.json().await?;
+    let plugins: Vec<PluginStatus> = answer(response).await?;
     if plugins.is_empty() {
         println!("no plugins loaded");
     }
     for plugin in plugins {
-        let subscriptions: Vec<&str> = plugin["subscriptions"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
         println!(
             "{}  {}  {}  {}",
-            plugin["name"].as_str().unwrap_or("?"),
-            plugin["version"].as_str().unwrap_or("?"),
-            plugin["hash"].as_str().unwrap_or("?"),
-            subscriptions.join(",")
+            plugin.name,
+            plugin.version,
+            plugin.hash,
+            plugin.subscriptions.join(",")
         );
     }
     Ok(())
@@ -543,40 +539,53 @@ pub async fn dlq(host: &HostArgs, command: DlqCommand) -> anyhow::Result<()> {
         }
     };
     let response = client.send(request).await?;
-    let status = response.status();
-    let body: Value = response.json().await.context("reading the host's answer")?;
-    if !status.is_success() {
-        bail!(
-            "the host answered {status}: {}",
-            body["error"].as_str().unwrap_or_default()
-        );
-    }
     match command {
         DlqCommand::List { .. } => {
-            let letters = body.as_array().cloned().unwrap_or_default();
+            let letters: Vec<DeadLetter> = answer(response).await?;
             if letters.is_empty() {
                 println!("the dead-letter queue is empty");
             }
             for letter in letters {
-                let failures = letter["failures"].as_array().cloned().unwrap_or_default();
-                let last = failures.last().cloned().unwrap_or(Value::Null);
+                let last = letter.failures.last();
                 println!(
                     "{}  {}  {} {}  {} attempts  {}: {}",
-                    letter["id"],
-                    letter["subscription"].as_str().unwrap_or("?"),
-                    letter["event"]["type"].as_str().unwrap_or("?"),
-                    letter["event"]["id"].as_str().unwrap_or("?"),
-                    failures.len(),
-                    last["kind"].as_str().unwrap_or("?"),
-                    last["message"].as_str().unwrap_or("")
+                    letter.id,
+                    letter.subscription,
+                    letter.event.ty,
+                    letter.event.id,
+                    letter.failures.len(),
+                    last.map_or("?", |failure| failure.kind.as_str()),
+                    last.map_or("", |failure| failure.message.as_str())
                 );
             }
         }
-        DlqCommand::Show { .. } => println!("{}", serde_json::to_string_pretty(&body)?),
-        DlqCommand::Replay { .. } => println!("replayed {}", body["replayed"]),
-        DlqCommand::Purge { .. } => println!("purged {}", body["purged"]),
+        DlqCommand::Show { .. } => {
+            let letter: DeadLetter = answer(response).await?;
+            println!("{}", serde_json::to_string_pretty(&letter)?);
+        }
+        DlqCommand::Replay { .. } => {
+            let Replayed { replayed } = answer(response).await?;
+            println!("replayed {replayed}");
+        }
+        DlqCommand::Purge { .. } => {
+            let Purged { purged } = answer(response).await?;
+            println!("purged {purged}");
+        }
     }
     Ok(())
+}
+
+/// The host's answer as the server's own type, or its error message.
+async fn answer<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
+    let status = response.status();
+    if !status.is_success() {
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        bail!(
+            "the host answered {status}: {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    response.json().await.context("reading the host's answer")
 }
 
 /// Every byte but the URL path's unreserved characters percent-encoded: a key is an

@@ -5,12 +5,25 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
 use crate::bus::{DeadLetter, DeadLetterFilter};
+
+/// The answer of `POST /dlq/replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replayed {
+    /// Dead letters delivered again.
+    pub replayed: usize,
+}
+
+/// The answer of `DELETE /dlq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    /// Dead letters dropped.
+    pub purged: u64,
+}
 
 /// `?plugin=NAME&id=N&all=true`.
 #[derive(Debug, Default, Deserialize)]
@@ -70,7 +83,7 @@ pub(crate) async fn show(
 pub(crate) async fn replay(
     State(state): State<Arc<AppState>>,
     params: Result<Query<DlqQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Replayed>, ApiError> {
     let params = query(params)?;
     if params.id.is_none() && !params.all {
         return Err(ApiError::BadRequest(
@@ -79,14 +92,14 @@ pub(crate) async fn replay(
         ));
     }
     let replayed = state.bus.replay_dead_letters(&params.filter()).await?;
-    Ok(Json(json!({ "replayed": replayed })))
+    Ok(Json(Replayed { replayed }))
 }
 
 /// `DELETE /dlq?id=N` or `?all=true` (optionally `&plugin=NAME`): drops dead letters.
 pub(crate) async fn purge(
     State(state): State<Arc<AppState>>,
     params: Result<Query<DlqQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Purged>, ApiError> {
     let params = query(params)?;
     if params.id.is_none() && params.plugin.is_none() && !params.all {
         return Err(ApiError::BadRequest(
@@ -94,7 +107,7 @@ pub(crate) async fn purge(
         ));
     }
     let purged = state.bus.purge_dead_letters(&params.filter()).await?;
-    Ok(Json(json!({ "purged": purged })))
+    Ok(Json(Purged { purged }))
 }
 
 /// Reads the queue (a durable store reads it off the async threads).

@@ -75,6 +75,7 @@ use tower_http::trace::TraceLayer;
 use crate::bus::AsyncEventBus;
 use crate::store::KeyValueStore;
 
+pub use dlq::{Purged, Replayed};
 pub use recent::RecentErrors;
 
 /// Largest request body `POST /events` accepts unless configured otherwise (1 MiB).

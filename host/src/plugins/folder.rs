@@ -35,7 +35,7 @@ use futures::StreamExt as _;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, DebouncedEvent, Debouncer, RecommendedCache};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -56,8 +56,8 @@ const WATCH_QUEUE: usize = 64;
 /// The largest manifest (`NAME.toml`) read.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
-/// What the folder reports about one loaded plugin.
-#[derive(Debug, Clone, Serialize)]
+/// What the folder reports about one loaded plugin (`GET /plugins`; the CLI reads it back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PluginStatus {
     /// The name the plugin gives itself.
     pub name: String,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 use wasmtime::Store;
 
@@ -28,13 +28,17 @@ const BACKSTOP: Duration = Duration::from_millis(100);
 /// fails the invocation as `out-of-fuel`, `timeout` or `memory-limit`; going over a host
 /// budget (key-value writes, emitted events) as `resource-limit`. Output over
 /// `log_bytes` is dropped, never a failure. Serializes with `timeout_ms` for the timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Fuel per invocation: roughly the number of Wasm instructions it may execute
     /// (10 billion by default, a few seconds of computation).
     pub fuel: u64,
     /// Wall-clock time per invocation, host calls included (5 s by default).
-    #[serde(rename = "timeout_ms", serialize_with = "serialize_millis")]
+    #[serde(
+        rename = "timeout_ms",
+        serialize_with = "serialize_millis",
+        deserialize_with = "deserialize_millis"
+    )]
     pub timeout: Duration,
     /// Linear memory per instance, in bytes (64 MiB by default).
     pub memory_bytes: usize,
@@ -77,6 +81,10 @@ impl Default for Limits {
 /// Operators read milliseconds, not serde's `{secs, nanos}` for a `Duration`.
 fn serialize_millis<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn deserialize_millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_millis)
 }
 
 /// How a plugin is run: its limits, config values and optional overrides.

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::event::Event;
 use crate::monitor::FailureRecord;
@@ -169,8 +169,8 @@ pub struct PendingDelivery {
     pub not_before: Option<DateTime<Utc>>,
 }
 
-/// One entry of the dead-letter queue.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One entry of the dead-letter queue (`GET /dlq`; the CLI reads it back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// Identifies the dead letter (`evhost dlq show ID`). A delivery replayed and
     /// dead-lettered again gets a new id.
