@@ -44,6 +44,22 @@ pub const FLAG_VARIABLES: [&str; 18] = [
     "ca_cert",
 ];
 
+/// `path`, or `evhost.toml` in the working directory if it exists.
+fn file_to_read(path: Option<&Path>) -> Option<PathBuf> {
+    match path {
+        Some(path) => Some(path.to_owned()),
+        None if Path::new(DEFAULT_FILE).exists() => Some(PathBuf::from(DEFAULT_FILE)),
+        None => None,
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// A figment error as one line: what is wrong, for which key.
 fn layered_message(error: &figment::Error, key: &str) -> String {
     let what = error.kind.to_string();
@@ -457,16 +473,10 @@ impl Config {
     /// Reads `path`, or `evhost.toml` in the working directory if it exists, or returns
     /// the defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let path = match path {
-            Some(path) => path.to_owned(),
-            None if Path::new(DEFAULT_FILE).exists() => PathBuf::from(DEFAULT_FILE),
-            None => return Ok(Self::default()),
-        };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Self::parse(&text, &path)
+        match file_to_read(path) {
+            Some(path) => Self::parse(&read_file(&path)?, &path),
+            None => Ok(Self::default()),
+        }
     }
 
     /// The settings `evhost run` uses: the file (`path`, or `evhost.toml` in the working
@@ -483,19 +493,11 @@ impl Config {
         use figment::Figment;
         use figment::providers::{Env, Format as _, Toml};
 
-        let file = match path {
-            Some(path) => Some(path.to_owned()),
-            None if Path::new(DEFAULT_FILE).exists() => Some(PathBuf::from(DEFAULT_FILE)),
-            None => None,
-        };
+        let file = file_to_read(path);
         let mut figment = Figment::new();
         if let Some(file) = &file {
             // Read first: a missing or unreadable file is an error, not an empty layer.
-            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Io {
-                path: file.clone(),
-                source,
-            })?;
-            figment = figment.merge(Toml::string(&text));
+            figment = figment.merge(Toml::string(&read_file(file)?));
         }
         let env = Env::prefixed(ENV_PREFIX).ignore(&FLAG_VARIABLES).split("__");
         figment = figment.merge(env);

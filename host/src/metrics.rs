@@ -177,16 +177,16 @@ pub mod export {
             .encode_counter::<NoLabelSet, _, u64>(&value, None)
     }
 
-    /// A gauge without labels.
+    /// A gauge without labels, of a count (saturating at `i64::MAX`, the largest gauge).
     pub fn gauge(
         encoder: &mut DescriptorEncoder<'_>,
         name: &str,
         help: &str,
-        value: i64,
+        value: u64,
     ) -> std::fmt::Result {
         encoder
             .encode_descriptor(name, help, None, MetricType::Gauge)?
-            .encode_gauge(&value)
+            .encode_gauge(&i64::try_from(value).unwrap_or(i64::MAX))
     }
 
     /// A counter family: one sample per label set.

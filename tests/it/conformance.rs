@@ -13,7 +13,7 @@ use cloudevents::event::ExtensionValue;
 use cloudevents::{AttributesReader as _, Data, EventBuilder as _, EventBuilderV10};
 use serde_json::{Value, json};
 
-use crate::support::{Running, client, eventually, kv};
+use crate::support::{Running, client, eventually, kv, kv_bytes};
 use crate::wasm;
 
 /// The events every mode sends, the id prefixed by the mode.
@@ -111,20 +111,6 @@ fn extensions(event: &cloudevents::Event, as_text: bool) -> BTreeMap<String, Val
         .collect()
 }
 
-/// The raw bytes under `key` of the mirror plugin.
-async fn stored_bytes(host: &Running, key: &str) -> Option<Vec<u8>> {
-    let response = client()
-        .get(format!("{}/plugins/mirror/kv/{key}", host.url))
-        .send()
-        .await
-        .unwrap();
-    match response.status().as_u16() {
-        200 => Some(response.bytes().await.unwrap().to_vec()),
-        404 => None,
-        other => panic!("GET {key} answered {other}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_events_reach_handlers_identically_in_all_three_modes() {
     let host = Running::start(&[("mirror", wasm::MIRROR)], &[]);
@@ -192,7 +178,7 @@ async fn sdk_events_reach_handlers_identically_in_all_three_modes() {
                 serde_json::from_value(attributes["extensions"].clone()).unwrap();
             assert_eq!(received, extensions(&sent, mode == "binary"), "{id}");
             assert_eq!(
-                stored_bytes(&host, &format!("data:{id}")).await,
+                kv_bytes(&host, "mirror", &format!("data:{id}")).await,
                 data_bytes(sent.data()),
                 "{id}: the handler sees the data's exact bytes"
             );

@@ -210,22 +210,26 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A plugin's value as JSON (or as a JSON string when it is not JSON); `None` when absent.
 pub async fn kv(host: &Running, plugin: &str, key: &str) -> Option<Value> {
+    let bytes = kv_bytes(host, plugin, key).await?;
+    Some(
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
+    )
+}
+
+/// A plugin's value exactly as stored; `None` when absent.
+pub async fn kv_bytes(host: &Running, plugin: &str, key: &str) -> Option<Vec<u8>> {
     let response = client()
         .get(format!("{}/plugins/{plugin}/kv/{key}", host.url))
         .send()
         .await
         .unwrap();
     match response.status().as_u16() {
-        200 => {
-            let bytes = response.bytes().await.unwrap();
-            Some(
-                serde_json::from_slice(&bytes)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
-            )
-        }
+        200 => Some(response.bytes().await.unwrap().to_vec()),
         404 => None,
-        other => panic!("GET kv answered {other}"),
+        other => panic!("GET {plugin} kv {key} answered {other}"),
     }
 }
 

@@ -96,13 +96,13 @@ impl Collector for BusCollector {
             e,
             "evhost_events_in_flight",
             "Accepted events not yet fully handled.",
-            saturating(bus.in_flight),
+            bus.in_flight,
         )?;
         gauge(
             e,
             "evhost_invocations_running",
             "Handler invocations running now.",
-            saturating(bus.running),
+            bus.running,
         )?;
         let handlers = by_name(&bus.subscriptions);
         let outcomes = handlers.iter().flat_map(|(name, handler)| {
@@ -162,7 +162,7 @@ impl Collector for BusCollector {
             e,
             "evhost_dead_letters",
             "Events in the dead-letter queue.",
-            saturating(bus.dead_letters),
+            bus.dead_letters,
         )
     }
 }
@@ -207,7 +207,7 @@ impl Collector for CatalogCollector {
             e,
             "evhost_plugins_loaded",
             "Plugins serving now.",
-            i64::try_from(plugins.len()).unwrap_or(i64::MAX),
+            plugins.len() as u64,
         )
     }
 }
@@ -217,10 +217,6 @@ pub(crate) fn render(registry: &Registry) -> String {
     let mut out = String::with_capacity(8192);
     prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String cannot fail");
     out
-}
-
-fn saturating(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// One handler's counters, summed over its subscriptions.

@@ -266,10 +266,9 @@ struct Shared {
     events: AtomicU64,
     pending: AtomicU64,
     dead_letters: AtomicU64,
-    transactions: AtomicU64,
     writes: AtomicU64,
     /// Transactions by how many write requests they committed, per [`GROUP_SIZE_BUCKETS`]
-    /// bucket plus one for larger groups.
+    /// bucket plus one for larger groups; together, every transaction committed.
     group_sizes: [AtomicU64; GROUP_SIZE_BUCKETS.len() + 1],
 }
 
@@ -284,8 +283,15 @@ impl Shared {
             .position(|bound| size as f64 <= *bound)
             .unwrap_or(GROUP_SIZE_BUCKETS.len());
         self.group_sizes[bucket].fetch_add(1, Ordering::Relaxed);
-        self.transactions.fetch_add(1, Ordering::Relaxed);
         self.writes.fetch_add(size as u64, Ordering::Relaxed);
+    }
+
+    /// Transactions committed per group-size bucket.
+    fn group_counts(&self) -> Vec<u64> {
+        self.group_sizes
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .collect()
     }
 }
 
@@ -299,10 +305,10 @@ impl prometheus_client::collector::Collector for StoreCollector {
         use crate::metrics::export::{counter, gauge, histogram};
         let s = &self.0;
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let as_gauge = |value: &AtomicU64| i64::try_from(load(value)).unwrap_or(i64::MAX);
         // Each read once, so one scrape agrees with itself as far as the writer allows.
-        let (writes, transactions) = (load(&s.writes), load(&s.transactions));
-        let counts: Vec<u64> = s.group_sizes.iter().map(load).collect();
+        let writes = load(&s.writes);
+        let counts = s.group_counts();
+        let transactions = counts.iter().sum();
         let e = &mut encoder;
         counter(
             e,
@@ -329,13 +335,13 @@ impl prometheus_client::collector::Collector for StoreCollector {
             e,
             "evhost_store_events",
             "Events in the durable log.",
-            as_gauge(&s.events),
+            load(&s.events),
         )?;
         gauge(
             e,
             "evhost_store_pending_deliveries",
             "Deliveries in the durable log waiting for their handler, retries included.",
-            as_gauge(&s.pending),
+            load(&s.pending),
         )
     }
 }
@@ -625,7 +631,7 @@ impl SqliteStore {
             events: s.events.load(Ordering::Relaxed),
             pending: s.pending.load(Ordering::Relaxed),
             dead_letters: s.dead_letters.load(Ordering::Relaxed),
-            transactions: s.transactions.load(Ordering::Relaxed),
+            transactions: s.group_counts().iter().sum(),
             writes: s.writes.load(Ordering::Relaxed),
         })
     }
