@@ -244,15 +244,16 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "EVHOST_LOG_FORMAT", value_parser = parse_log_format)]
     pub log_format: Option<LogFormat>,
-    /// Seconds to wait for in-flight events on shutdown.
-    #[arg(long, env = "EVHOST_DRAIN_TIMEOUT")]
-    pub drain_timeout: Option<f64>,
+    /// How long shutdown waits for in-flight events, e.g. 30s or 2m (the key
+    /// `drain_timeout`).
+    #[arg(long, env = "EVHOST_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<std::time::Duration>,
     /// Keep everything in memory instead of the durable log in the data directory: a
     /// restart loses what was pending, the dead-letter queue and plugin key-value data.
     #[arg(long, env = "EVHOST_NO_DURABLE")]
     pub no_durable: bool,
     /// Set any key of evhost.toml, e.g. --set bus.capacity=5000 or
-    /// --set plugins.limits.timeout_ms=2000 (a TOML value; repeat it for several). Wins over
+    /// --set plugins.limits.timeout=2s (a TOML value; repeat it for several). Wins over
     /// the file and EVHOST_SECTION__KEY variables; the dedicated flags win over it.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -371,15 +372,8 @@ impl RunArgs {
         if let Some(format) = self.log_format {
             config.log_format = format;
         }
-        if let Some(seconds) = self.drain_timeout {
-            if !(seconds.is_finite() && seconds >= 0.0) {
-                return Err(ConfigError::Invalid {
-                    path: PathBuf::from("<flags>"),
-                    key: "--drain-timeout",
-                    message: format!("must be a number of seconds, got {seconds}"),
-                });
-            }
-            config.drain_timeout_ms = (seconds * 1000.0).round() as u64;
+        if let Some(timeout) = self.drain_timeout {
+            config.drain_timeout = timeout;
         }
         config.validate(Path::new("<flags>"))?;
         Ok(config)

@@ -208,7 +208,7 @@ async fn main() {
         plugins_dir: plugins_dir.clone(),
         data_dir: work.join("data"),
         listen,
-        max_body_bytes: 4 << 20,
+        max_body_bytes: std::num::NonZeroUsize::new(4 << 20).expect("non-zero"),
         ..Config::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

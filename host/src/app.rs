@@ -157,8 +157,8 @@ impl App {
         if let Some(relay) = &relay {
             state.metrics.register_collector(relay.metrics_collector());
         }
-        state.max_body_bytes = config.max_body_bytes;
-        state.request_timeout = config.request_timeout();
+        state.max_body_bytes = config.max_body_bytes.get();
+        state.request_timeout = config.request_timeout;
         state.auth = auth;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -289,7 +289,7 @@ impl App {
         }
         tracing::info!(
             in_flight = self.bus.metrics().in_flight,
-            drain_timeout_ms = self.config.drain_timeout_ms,
+            drain_timeout = %humantime::format_duration(self.config.drain_timeout),
             "shutting down: refusing new events, draining"
         );
         self.state.set_accepting(false);
@@ -379,12 +379,12 @@ fn log_settings(config: &Config) {
         data_dir = %config.data_dir.display(),
         durable = config.durable,
         max_concurrency = config.bus.max_concurrency,
-        plugin_concurrency = config.bus.plugin_concurrency,
+        plugin_concurrency = config.bus_config().subscription_concurrency,
         capacity = config.bus.capacity,
         backpressure = ?config.bus.backpressure,
-        request_timeout_ms = config.request_timeout_ms,
-        drain_timeout_ms = config.drain_timeout_ms,
-        plugin_timeout_ms = plugin_defaults.timeout.as_millis() as u64,
+        request_timeout = %humantime::format_duration(config.request_timeout),
+        drain_timeout = %humantime::format_duration(config.drain_timeout),
+        plugin_timeout = %humantime::format_duration(plugin_defaults.timeout),
         plugin_fuel = plugin_defaults.fuel,
         plugin_memory_bytes = plugin_defaults.memory_bytes,
         "settings"

@@ -4,6 +4,7 @@
 //! environment variables override what the file says (see the CLI).
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bus::{AsyncBusConfig, Backpressure};
 use crate::http::auth::Scope;
-use crate::plugins::Manifest;
+use crate::plugins::{Manifest, ManifestError};
 use crate::runtime::RuntimeConfig;
 
 /// The file `evhost run` reads from the working directory when no `--config` is given.
@@ -44,6 +45,56 @@ pub const FLAG_VARIABLES: [&str; 18] = [
     "ca_cert",
 ];
 
+/// Keys that were renamed, each with what to write instead. A file (or variable, or
+/// `--set`) that still uses one is refused with that hint rather than a bare "unknown
+/// field". Manifest keys match inside `[plugins]` too.
+const RENAMED: [(&str, &str, &str); 7] = [
+    (
+        "drain_timeout_ms",
+        "drain_timeout",
+        ", a duration such as \"30s\"",
+    ),
+    (
+        "request_timeout_ms",
+        "request_timeout",
+        ", a duration such as \"30s\"",
+    ),
+    (
+        "outbox.poll_interval_ms",
+        "outbox.poll_interval",
+        ", a duration such as \"5s\"",
+    ),
+    (
+        "bus.plugin_concurrency",
+        "plugins.limits.concurrency",
+        " (the default of every plugin's `limits.concurrency`)",
+    ),
+    (
+        "limits.timeout_ms",
+        "limits.timeout",
+        ", a duration such as \"5s\" or \"250ms\"",
+    ),
+    (
+        "retry.initial_backoff_ms",
+        "retry.initial_backoff",
+        ", a duration such as \"100ms\"",
+    ),
+    (
+        "retry.max_backoff_ms",
+        "retry.max_backoff",
+        ", a duration such as \"30s\"",
+    ),
+];
+
+/// If the unknown `key` (dotted) is one that was renamed, says what to use instead.
+pub(crate) fn renamed_key(key: &str) -> Option<String> {
+    RENAMED.iter().find_map(|(old, new, what)| {
+        let parent = key.strip_suffix(old)?;
+        (parent.is_empty() || parent.ends_with('.'))
+            .then(|| format!("`{key}` was renamed: use `{parent}{new}`{what}"))
+    })
+}
+
 /// `path`, or `evhost.toml` in the working directory if it exists.
 fn file_to_read(path: Option<&Path>) -> Option<PathBuf> {
     match path {
@@ -62,6 +113,9 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
 
 /// A figment error as one line: what is wrong, for which key.
 fn layered_message(error: &figment::Error, key: &str) -> String {
+    if let Some(hint) = renamed_key(key) {
+        return hint;
+    }
     let what = error.kind.to_string();
     if key.is_empty() {
         what
@@ -96,7 +150,7 @@ pub enum ConfigError {
         /// The file (or `<flags>` for command-line values).
         path: PathBuf,
         /// The offending key.
-        key: &'static str,
+        key: String,
         /// What was expected.
         message: String,
     },
@@ -121,10 +175,10 @@ pub struct OutboxSettings {
     pub install: bool,
     /// Most rows relayed per transaction.
     #[serde(default = "default_outbox_batch")]
-    pub batch_size: usize,
-    /// How long to wait for a notification before reading anyway, in milliseconds.
-    #[serde(default = "default_outbox_poll_ms")]
-    pub poll_interval_ms: u64,
+    pub batch_size: NonZeroUsize,
+    /// How long to wait for a notification before reading anyway, e.g. `"5s"`.
+    #[serde(default = "default_outbox_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
 }
 
 impl OutboxSettings {
@@ -136,7 +190,7 @@ impl OutboxSettings {
             relay_name: default_relay_name(),
             install: false,
             batch_size: default_outbox_batch(),
-            poll_interval_ms: default_outbox_poll_ms(),
+            poll_interval: default_outbox_poll(),
         }
     }
 
@@ -145,8 +199,8 @@ impl OutboxSettings {
         let mut config = crate::outbox::OutboxConfig::new(self.url.clone());
         config.schema.clone_from(&self.schema);
         config.relay_name.clone_from(&self.relay_name);
-        config.batch_size = self.batch_size;
-        config.poll_interval = Duration::from_millis(self.poll_interval_ms);
+        config.batch_size = self.batch_size.get();
+        config.poll_interval = self.poll_interval;
         config
     }
 }
@@ -159,7 +213,7 @@ impl std::fmt::Debug for OutboxSettings {
             .field("relay_name", &self.relay_name)
             .field("install", &self.install)
             .field("batch_size", &self.batch_size)
-            .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("poll_interval", &self.poll_interval)
             .finish_non_exhaustive()
     }
 }
@@ -172,12 +226,12 @@ fn default_relay_name() -> String {
     "outbox".to_owned()
 }
 
-fn default_outbox_batch() -> usize {
-    500
+fn default_outbox_batch() -> NonZeroUsize {
+    NonZeroUsize::new(500).expect("non-zero")
 }
 
-fn default_outbox_poll_ms() -> u64 {
-    5_000
+fn default_outbox_poll() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[auth]`: who may call the HTTP API.
@@ -358,13 +412,15 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// Log output format.
     pub log_format: LogFormat,
-    /// How long shutdown waits for in-flight events, in milliseconds.
-    pub drain_timeout_ms: u64,
+    /// How long shutdown waits for in-flight events, e.g. `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// Largest accepted request body, in bytes.
-    pub max_body_bytes: usize,
-    /// How long an HTTP request may take, in milliseconds; `POST /events?wait=true`
-    /// answers `504` with what it knows by then.
-    pub request_timeout_ms: u64,
+    pub max_body_bytes: NonZeroUsize,
+    /// How long an HTTP request may take, e.g. `"30s"`; `POST /events?wait=true` answers
+    /// `504` with what it knows by then.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Cache compiled plugins under `data_dir/cache`.
     pub compile_cache: bool,
     /// Bus limits.
@@ -386,9 +442,9 @@ impl Default for Config {
             auth: AuthSettings::default(),
             tls: None,
             log_format: LogFormat::Text,
-            drain_timeout_ms: 30_000,
-            max_body_bytes: 1 << 20,
-            request_timeout_ms: 30_000,
+            drain_timeout: Duration::from_secs(30),
+            max_body_bytes: NonZeroUsize::new(1 << 20).expect("non-zero"),
+            request_timeout: Duration::from_secs(30),
             compile_cache: true,
             bus: BusSettings::default(),
             runtime: RuntimeSettings::default(),
@@ -397,40 +453,38 @@ impl Default for Config {
     }
 }
 
-/// Invocations of one plugin at once unless configured: a few per core is all CPU-bound
-/// calls can use, and it bounds what one plugin holds (4 × 64 MiB of memory by default).
+/// Invocations of one plugin at once unless `limits.concurrency` says otherwise: a few per
+/// core is all CPU-bound calls can use, and it bounds what one plugin holds (4 × 64 MiB
+/// of memory by default).
 pub const DEFAULT_PLUGIN_CONCURRENCY: usize = 4;
 
 /// `[bus]`: concurrency, capacity and timeouts of the event bus.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusSettings {
-    /// Invocations running at once across all plugins.
-    pub max_concurrency: usize,
-    /// Default per-plugin limit (a plugin's `limits.concurrency` overrides it). A plugin
-    /// cannot do I/O, so its calls use the CPU: more instances at once than cores add
-    /// memory (up to `memory_mb` each), not throughput.
-    pub plugin_concurrency: usize,
+    /// Invocations running at once across all plugins (each plugin's own limit is
+    /// `plugins.limits.concurrency`).
+    pub max_concurrency: NonZeroUsize,
     /// Unfinished events the bus holds at most.
-    pub capacity: usize,
+    pub capacity: NonZeroUsize,
     /// Unfinished events emitted by plugins the bus holds at most, on top of `capacity`.
-    pub emitted_capacity: usize,
+    pub emitted_capacity: NonZeroUsize,
     /// `"wait"` (publishers wait for room) or `"reject"` (HTTP answers 503).
     pub backpressure: BackpressureSetting,
     /// Failure records buffered for the error monitor.
-    pub monitor_capacity: usize,
+    pub monitor_capacity: NonZeroUsize,
 }
 
 impl Default for BusSettings {
     fn default() -> Self {
         let bus = AsyncBusConfig::default();
+        let non_zero = |value: usize| NonZeroUsize::new(value).expect("the bus's defaults are non-zero");
         Self {
-            max_concurrency: bus.max_concurrency,
-            plugin_concurrency: DEFAULT_PLUGIN_CONCURRENCY,
-            capacity: bus.capacity,
-            emitted_capacity: bus.emitted_capacity,
+            max_concurrency: non_zero(bus.max_concurrency),
+            capacity: non_zero(bus.capacity),
+            emitted_capacity: non_zero(bus.emitted_capacity),
             backpressure: BackpressureSetting::Wait,
-            monitor_capacity: bus.monitor_capacity,
+            monitor_capacity: non_zero(bus.monitor_capacity),
         }
     }
 }
@@ -450,21 +504,23 @@ pub enum BackpressureSetting {
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeSettings {
     /// Instances alive at once across all plugins (pool slots).
-    pub max_instances: u32,
+    pub max_instances: NonZeroU32,
     /// The largest memory limit a plugin may be given, in MiB.
-    pub max_memory_mb: u64,
+    pub max_memory_mb: NonZeroU64,
     /// The largest plugin file accepted, in MiB: a bigger `.wasm` is refused without
     /// being read.
-    pub max_component_mb: u64,
+    pub max_component_mb: NonZeroU64,
 }
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
         let runtime = RuntimeConfig::default();
+        let mib =
+            |bytes: u64| NonZeroU64::new(bytes >> 20).expect("the engine's defaults are at least 1 MiB");
         Self {
-            max_instances: runtime.max_instances,
-            max_memory_mb: (runtime.max_memory_bytes >> 20) as u64,
-            max_component_mb: runtime.max_component_bytes >> 20,
+            max_instances: NonZeroU32::new(runtime.max_instances).expect("non-zero"),
+            max_memory_mb: mib(runtime.max_memory_bytes as u64),
+            max_component_mb: mib(runtime.max_component_bytes),
         }
     }
 }
@@ -526,7 +582,16 @@ impl Config {
             file.clone().unwrap_or_else(|| PathBuf::from("<defaults>"))
         };
         let config: Self = figment.extract().map_err(|error| {
-            let key = error.path.join(".");
+            let mut key = error.path.join(".");
+            if let figment::error::Kind::UnknownField(field, _) = &error.kind
+                && !key.ends_with(field.as_str())
+            {
+                key = if key.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{key}.{field}")
+                };
+            }
             let key = key.strip_prefix("default.").unwrap_or(&key).to_owned();
             ConfigError::Parse {
                 path: source_of(&key),
@@ -535,7 +600,7 @@ impl Config {
         })?;
         config.validate(Path::new("")).map_err(|error| match error {
             ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
-                path: source_of(key),
+                path: source_of(&key),
                 key,
                 message,
             },
@@ -546,86 +611,85 @@ impl Config {
 
     /// Parses the TOML `text`; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let config: Self =
+            crate::plugins::manifest::deserialize_toml(text).map_err(|message| ConfigError::Parse {
+                path: origin.to_owned(),
+                message,
+            })?;
         config.validate(origin)?;
         Ok(config)
     }
 
     /// Checks ranges the types cannot express.
     pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| ConfigError::Invalid {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
             path: origin.to_owned(),
-            key,
+            key: key.to_owned(),
             message: message.to_owned(),
         };
-        // (key, value, least, most): the upper bounds keep durations and sizes far from
-        // overflowing what the host computes with them.
-        let ranges: [(&'static str, u64, u64, u64); 12] = [
-            ("drain_timeout_ms", self.drain_timeout_ms, 1, 86_400_000),
-            ("request_timeout_ms", self.request_timeout_ms, 1, 3_600_000),
-            ("max_body_bytes", self.max_body_bytes as u64, 1, 1 << 30),
+        // (key, value, most): zero is ruled out by the types; the upper bounds keep sizes
+        // far from overflowing what the host computes with them.
+        let sizes: [(&'static str, u64, u64); 8] = [
+            ("max_body_bytes", self.max_body_bytes.get() as u64, 1 << 30),
             (
                 "bus.max_concurrency",
-                self.bus.max_concurrency as u64,
-                1,
+                self.bus.max_concurrency.get() as u64,
                 1_000_000,
             ),
-            (
-                "bus.plugin_concurrency",
-                self.bus.plugin_concurrency as u64,
-                1,
-                1_000_000,
-            ),
-            ("bus.capacity", self.bus.capacity as u64, 1, 100_000_000),
+            ("bus.capacity", self.bus.capacity.get() as u64, 100_000_000),
             (
                 "bus.emitted_capacity",
-                self.bus.emitted_capacity as u64,
-                1,
+                self.bus.emitted_capacity.get() as u64,
                 100_000_000,
             ),
             (
                 "bus.monitor_capacity",
-                self.bus.monitor_capacity as u64,
-                1,
+                self.bus.monitor_capacity.get() as u64,
                 1_000_000,
             ),
             (
                 "runtime.max_instances",
-                u64::from(self.runtime.max_instances),
-                1,
+                u64::from(self.runtime.max_instances.get()),
                 1_000_000,
             ),
             // A 32-bit linear memory addresses 4 GiB.
-            ("runtime.max_memory_mb", self.runtime.max_memory_mb, 1, 4096),
-            ("runtime.max_component_mb", self.runtime.max_component_mb, 1, 4096),
+            ("runtime.max_memory_mb", self.runtime.max_memory_mb.get(), 4096),
             (
-                "outbox.poll_interval_ms",
-                self.outbox.as_ref().map_or(1, |o| o.poll_interval_ms),
-                1,
-                86_400_000,
+                "runtime.max_component_mb",
+                self.runtime.max_component_mb.get(),
+                4096,
             ),
         ];
-        for (key, value, least, most) in ranges {
-            if value < least {
-                return Err(invalid(key, &format!("must be at least {least}")));
-            }
+        for (key, value, most) in sizes {
             if value > most {
                 return Err(invalid(key, &format!("({value}) must be at most {most}")));
             }
         }
-        if let Some(outbox) = &self.outbox {
-            if outbox.batch_size == 0 {
-                return Err(invalid("outbox.batch_size", "must be at least 1"));
+        const DAY: Duration = Duration::from_secs(86_400);
+        let durations = [
+            ("drain_timeout", Some(self.drain_timeout), DAY, "a day"),
+            ("request_timeout", Some(self.request_timeout), DAY / 24, "an hour"),
+            (
+                "outbox.poll_interval",
+                self.outbox.as_ref().map(|o| o.poll_interval),
+                DAY,
+                "a day",
+            ),
+        ];
+        for (key, value, most, said) in durations {
+            if let Some(value) = value {
+                crate::plugins::manifest::check_duration(value, false, most, said)
+                    .map_err(|message| invalid(key, &message))?;
             }
-            if !outbox.url.starts_with("postgres://") && !outbox.url.starts_with("postgresql://") {
-                return Err(invalid(
-                    "outbox.url",
-                    "must be a PostgreSQL URL (postgres://user@host/database)",
-                ));
-            }
+        }
+        if let Some(outbox) = &self.outbox
+            && !outbox.url.starts_with("postgres://")
+            && !outbox.url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "outbox.url",
+                "must be a PostgreSQL URL (postgres://user@host/database)",
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for token in &self.auth.tokens {
@@ -648,7 +712,7 @@ impl Config {
                 "contradicts the configured tokens: remove one or the other",
             ));
         }
-        if u64::from(self.runtime.max_instances) < self.bus.max_concurrency as u64 {
+        if u64::from(self.runtime.max_instances.get()) < self.bus.max_concurrency.get() as u64 {
             return Err(invalid(
                 "runtime.max_instances",
                 &format!(
@@ -657,26 +721,31 @@ impl Config {
                 ),
             ));
         }
-        self.plugins.validate().map_err(|e| ConfigError::Invalid {
-            path: origin.to_owned(),
-            key: "plugins",
-            message: e.to_string(),
+        self.plugins.validate().map_err(|error| match error {
+            ManifestError::Invalid { key, message, .. } => invalid(&format!("plugins.{key}"), &message),
+            other => invalid("plugins", &other.to_string()),
         })
     }
 
     /// The bus settings as the bus takes them.
     pub fn bus_config(&self) -> AsyncBusConfig {
+        let max_concurrency = self.bus.max_concurrency.get();
+        let plugin_concurrency = self
+            .plugins
+            .limits
+            .concurrency
+            .map_or(DEFAULT_PLUGIN_CONCURRENCY, NonZeroUsize::get);
         AsyncBusConfig {
-            max_concurrency: self.bus.max_concurrency,
-            subscription_concurrency: self.bus.plugin_concurrency.min(self.bus.max_concurrency),
-            capacity: self.bus.capacity,
-            emitted_capacity: self.bus.emitted_capacity,
+            max_concurrency,
+            subscription_concurrency: plugin_concurrency.min(max_concurrency),
+            capacity: self.bus.capacity.get(),
+            emitted_capacity: self.bus.emitted_capacity.get(),
             backpressure: match self.bus.backpressure {
                 BackpressureSetting::Wait => Backpressure::Wait,
                 BackpressureSetting::Reject => Backpressure::Reject,
             },
-            monitor_capacity: self.bus.monitor_capacity,
-            drain_timeout: self.drain_timeout(),
+            monitor_capacity: self.bus.monitor_capacity.get(),
+            drain_timeout: self.drain_timeout,
             ..AsyncBusConfig::default()
         }
     }
@@ -684,22 +753,12 @@ impl Config {
     /// The engine settings as the runtime takes them.
     pub fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
-            max_instances: self.runtime.max_instances,
-            max_memory_bytes: (self.runtime.max_memory_mb << 20) as usize,
+            max_instances: self.runtime.max_instances.get(),
+            max_memory_bytes: (self.runtime.max_memory_mb.get() << 20) as usize,
             cache_dir: self.compile_cache.then(|| self.data_dir.join("cache")),
-            max_component_bytes: self.runtime.max_component_mb << 20,
+            max_component_bytes: self.runtime.max_component_mb.get() << 20,
             ..RuntimeConfig::default()
         }
-    }
-
-    /// [`Config::drain_timeout_ms`] as a duration.
-    pub fn drain_timeout(&self) -> Duration {
-        Duration::from_millis(self.drain_timeout_ms)
-    }
-
-    /// [`Config::request_timeout_ms`] as a duration.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -725,14 +784,16 @@ mod tests {
             plugins_dir = "handlers"
             listen = "0.0.0.0:9000"
             log_format = "json"
-            drain_timeout_ms = 5000
+            drain_timeout = "5s"
+            request_timeout = "1m 30s"
             [bus]
             max_concurrency = 64
             backpressure = "reject"
             [runtime]
             max_instances = 128
             [plugins.limits]
-            timeout_ms = 2000
+            timeout = "2s"
+            concurrency = 6
             "#,
         )
         .unwrap();
@@ -740,8 +801,18 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.bus_config().backpressure, Backpressure::Reject);
         assert_eq!(config.bus_config().max_concurrency, 64);
-        assert_eq!(config.drain_timeout(), Duration::from_secs(5));
-        assert_eq!(config.plugins.limits.timeout_ms, Some(2000));
+        assert_eq!(config.bus_config().drain_timeout, Duration::from_secs(5));
+        assert_eq!(config.request_timeout, Duration::from_secs(90));
+        assert_eq!(config.plugins.limits.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(
+            config.bus_config().subscription_concurrency,
+            6,
+            "the plugins' default concurrency is the bus's per-subscription default"
+        );
+        assert_eq!(
+            parse("").unwrap().bus_config().subscription_concurrency,
+            DEFAULT_PLUGIN_CONCURRENCY
+        );
     }
 
     #[test]
@@ -755,6 +826,7 @@ mod tests {
             [outbox]
             url = "postgres://app@db/orders"
             batch_size = 50
+            poll_interval = "250ms"
             "#,
         )
         .unwrap();
@@ -764,7 +836,12 @@ mod tests {
             (relay.url.as_str(), relay.schema.as_str(), relay.batch_size),
             ("postgres://app@db/orders", "evhost", 50)
         );
-        assert_eq!(relay.poll_interval, Duration::from_secs(5));
+        assert_eq!(relay.poll_interval, Duration::from_millis(250));
+        let relay = parse("[outbox]\nurl = \"postgres://db\"")
+            .unwrap()
+            .outbox
+            .unwrap();
+        assert_eq!(relay.poll_interval, Duration::from_secs(5), "the default");
 
         let err = parse("[outbox]\nurl = \"mysql://db\"").unwrap_err().to_string();
         assert!(err.contains("outbox.url") && err.contains("PostgreSQL"), "{err}");
@@ -782,7 +859,10 @@ mod tests {
         assert!(err.contains("max_concurency"), "an unknown key is named: {err}");
 
         let err = parse("[bus]\ncapacity = 0").unwrap_err().to_string();
-        assert_eq!(err, "evhost.toml: `bus.capacity` must be at least 1");
+        assert!(
+            err.starts_with("evhost.toml: `bus.capacity` at line 2") && err.contains("nonzero"),
+            "zero is refused by the type: {err}"
+        );
 
         let err = parse("[bus]\nbackpressure = \"drop\"").unwrap_err().to_string();
         assert!(err.contains("backpressure") && err.contains("wait"), "{err}");
@@ -790,11 +870,18 @@ mod tests {
         let err = parse("[runtime]\nmax_instances = 10").unwrap_err().to_string();
         assert!(err.contains("runtime.max_instances"), "{err}");
 
-        let err = parse("drain_timeout_ms = 18446744073709551615")
-            .unwrap_err()
-            .to_string();
+        let err = parse("drain_timeout = \"3days\"").unwrap_err().to_string();
+        assert_eq!(err, "evhost.toml: `drain_timeout` (3days) must be at most a day");
+        let err = parse("request_timeout = \"0s\"").unwrap_err().to_string();
+        assert!(err.contains("`request_timeout` must be longer than 0"), "{err}");
+        let err = parse("drain_timeout = 30").unwrap_err().to_string();
         assert!(
-            err.contains("`drain_timeout_ms` (18446744073709551615) must be at most"),
+            err.contains("`drain_timeout`") && err.contains("expected a duration"),
+            "a number without a unit is refused: {err}"
+        );
+        let err = parse("drain_timeout = \"30 parsecs\"").unwrap_err().to_string();
+        assert!(
+            err.contains("`drain_timeout`") && err.contains("\"30 parsecs\", expected a duration"),
             "{err}"
         );
         let err = parse("[runtime]\nmax_memory_mb = 17592186044416")
@@ -804,13 +891,48 @@ mod tests {
             err.contains("`runtime.max_memory_mb`") && err.contains("at most 4096"),
             "{err}"
         );
-        let err = parse("[plugins.retry]\nmax_backoff_ms = 9000000000000000")
+        let err = parse("[plugins.retry]\nmax_backoff = \"1000weeks\"")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("retry.max_backoff_ms") && err.contains("a week"),
+            err.contains("retry.max_backoff") && err.contains("a week"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_renamed_key_is_refused_with_its_new_name() {
+        let cases = [
+            (
+                "drain_timeout_ms = 5000",
+                "`drain_timeout_ms` was renamed: use `drain_timeout`",
+            ),
+            ("request_timeout_ms = 5000", "use `request_timeout`"),
+            (
+                "[bus]\nplugin_concurrency = 3",
+                "use `plugins.limits.concurrency`",
+            ),
+            (
+                "[outbox]\nurl = \"postgres://db\"\npoll_interval_ms = 10",
+                "`outbox.poll_interval_ms` was renamed: use `outbox.poll_interval`",
+            ),
+            (
+                "[plugins.limits]\ntimeout_ms = 10",
+                "`plugins.limits.timeout_ms` was renamed: use `plugins.limits.timeout`, a duration",
+            ),
+            (
+                "[plugins.retry]\nmax_backoff_ms = 10",
+                "use `plugins.retry.max_backoff`",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with("evhost.toml: "), "{err}");
+            assert!(err.contains(needle), "{text:?} → {err}");
+            assert!(err.contains("line "), "the position is kept: {err}");
+        }
+        assert_eq!(renamed_key("limits.timeout"), None);
+        assert_eq!(renamed_key("xlimits.timeout_ms"), None, "whole key names only");
     }
 
     #[test]
@@ -913,38 +1035,53 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 DEFAULT_FILE,
-                "[bus]\ncapacity = 11\n[plugins.limits]\ntimeout_ms = 1500\n",
+                "[bus]\ncapacity = 11\n[plugins.limits]\ntimeout = \"1500ms\"\n",
             )?;
+            let capacity_and_timeout =
+                |config: &Config| (config.bus.capacity.get(), config.plugins.limits.timeout);
             let config = Config::layered(None, &[]).unwrap();
             assert_eq!(
-                (config.bus.capacity, config.plugins.limits.timeout_ms),
-                (11, Some(1500))
+                capacity_and_timeout(&config),
+                (11, Some(Duration::from_millis(1500)))
             );
 
             jail.set_env("EVHOST_BUS__CAPACITY", 22);
-            jail.set_env("EVHOST_PLUGINS__LIMITS__TIMEOUT_MS", 2500);
+            jail.set_env("EVHOST_PLUGINS__LIMITS__TIMEOUT", "2500ms");
+            jail.set_env("EVHOST_REQUEST_TIMEOUT", "2m");
             jail.set_env("EVHOST_MAX_BODY_BYTES", 4096);
             // Variables of flags are not keys: `EVHOST_PLUGINS` is `--plugins`.
             jail.set_env("EVHOST_PLUGINS", "elsewhere");
             jail.set_env("EVHOST_URL", "http://127.0.0.1:9");
             let config = Config::layered(None, &[]).unwrap();
             assert_eq!(
-                (config.bus.capacity, config.plugins.limits.timeout_ms),
-                (22, Some(2500))
+                capacity_and_timeout(&config),
+                (22, Some(Duration::from_millis(2500)))
             );
-            assert_eq!(config.max_body_bytes, 4096);
+            assert_eq!(config.request_timeout, Duration::from_secs(120));
+            assert_eq!(config.max_body_bytes.get(), 4096);
 
             let config = Config::layered(
                 None,
                 &["bus.capacity=33".to_owned(), "log_format=json".to_owned()],
             )
             .unwrap();
-            assert_eq!(config.bus.capacity, 33);
+            assert_eq!(config.bus.capacity.get(), 33);
             assert_eq!(config.log_format, LogFormat::Json);
 
             jail.set_env("EVHOST_BUS__CAPACITY", 0);
             let err = Config::layered(None, &[]).unwrap_err().to_string();
-            assert_eq!(err, "EVHOST_BUS__CAPACITY: `bus.capacity` must be at least 1");
+            assert!(
+                err.starts_with("EVHOST_BUS__CAPACITY: `bus.capacity`") && err.contains("nonzero"),
+                "{err}"
+            );
+            jail.set_env("EVHOST_BUS__CAPACITY", 5);
+            let err = Config::layered(None, &["plugins.limits.timeout=\"2h\"".to_owned()])
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                "--set plugins.limits.timeout: `plugins.limits.timeout` (2h) must be at most an hour"
+            );
             let err = Config::layered(None, &["bus.capacity=lots".to_owned()])
                 .unwrap_err()
                 .to_string();
@@ -957,6 +1094,13 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("missing.toml"), "{err}");
+            jail.set_env("EVHOST_PLUGINS__LIMITS__TIMEOUT_MS", 2500);
+            let err = Config::layered(None, &[]).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "EVHOST_PLUGINS__LIMITS__TIMEOUT_MS: `plugins.limits.timeout_ms` was renamed: use \
+                 `plugins.limits.timeout`, a duration such as \"5s\" or \"250ms\""
+            );
             Ok(())
         });
     }

@@ -326,7 +326,7 @@ fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_events_and_refuses_new_ones() {
     // A plugin that takes 300 ms per event, one at a time.
-    let manifest = "[limits]\ntimeout_ms = 300\nfuel = 9223372036854775807\nconcurrency = 1\n[retry]\nmax_attempts = 1\n";
+    let manifest = "[limits]\ntimeout = \"300ms\"\nfuel = 9223372036854775807\nconcurrency = 1\n[retry]\nmax_attempts = 1\n";
     let mut host = Running::start(
         &[("loop-forever", wasm::LOOP_FOREVER)],
         &[("loop-forever", manifest)],
@@ -613,32 +613,65 @@ fn a_nested_key_can_be_set_in_the_file_the_environment_or_a_flag() {
     let dir = TempDir::new("layers");
     install(&dir.0, &[], &[]);
     let file = dir.0.join("evhost.toml");
-    std::fs::write(&file, "[plugins.limits]\ntimeout_ms = 2500\n").unwrap();
+    std::fs::write(&file, "[plugins.limits]\ntimeout = \"2500ms\"\n").unwrap();
     let config = file.to_str().unwrap();
     // The start logs the effective settings in one line.
-    let timeout_of = |host: &mut Running| -> u64 {
+    let setting = |host: &mut Running, name: &str| -> String {
         let line = host.wait_for_log(|line| line["message"] == "settings", Duration::from_secs(5));
-        line["plugin_timeout_ms"].as_u64().unwrap()
+        line[name].as_str().unwrap().to_owned()
     };
+    let timeout_of = |host: &mut Running| setting(host, "plugin_timeout");
     // The file.
     let mut host = Running::start_in_with(&dir.0, &["--config", config]);
-    assert_eq!(timeout_of(&mut host), 2500);
+    assert_eq!(timeout_of(&mut host), "2s 500ms");
     drop(host);
     // The environment wins over the file.
     let mut command = run_command(&dir.0, &["--config", config]);
-    command.env("EVHOST_PLUGINS__LIMITS__TIMEOUT_MS", "3500");
+    command.env("EVHOST_PLUGINS__LIMITS__TIMEOUT", "3500ms");
     let mut host = Running::spawn(command, &dir.0);
-    assert_eq!(timeout_of(&mut host), 3500);
+    assert_eq!(timeout_of(&mut host), "3s 500ms");
     drop(host);
     // A flag wins over both.
     let mut command = run_command(
         &dir.0,
-        &["--config", config, "--set", "plugins.limits.timeout_ms=4500"],
+        &["--config", config, "--set", "plugins.limits.timeout=4500ms"],
     );
-    command.env("EVHOST_PLUGINS__LIMITS__TIMEOUT_MS", "3500");
+    command.env("EVHOST_PLUGINS__LIMITS__TIMEOUT", "3500ms");
     let mut host = Running::spawn(command, &dir.0);
-    assert_eq!(timeout_of(&mut host), 4500);
+    assert_eq!(timeout_of(&mut host), "4s 500ms");
     drop(host);
+    // A setting has one name, one unit: the key `drain_timeout`, its variable and its flag
+    // all take a duration.
+    std::fs::write(&file, "drain_timeout = \"9s\"\n").unwrap();
+    let drain_timeout_of = |host: &mut Running| setting(host, "drain_timeout");
+    let mut host = Running::start_in_with(&dir.0, &["--config", config]);
+    assert_eq!(drain_timeout_of(&mut host), "9s");
+    drop(host);
+    let mut command = run_command(&dir.0, &["--config", config]);
+    command.env("EVHOST_DRAIN_TIMEOUT", "1m 30s");
+    let mut host = Running::spawn(command, &dir.0);
+    assert_eq!(drain_timeout_of(&mut host), "1m 30s");
+    drop(host);
+    let mut host = Running::start_in_with(&dir.0, &["--config", config, "--drain-timeout", "250ms"]);
+    assert_eq!(drain_timeout_of(&mut host), "250ms");
+    drop(host);
+    let output = run_command(&dir.0, &["--drain-timeout", "30"]).output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("'--drain-timeout <DRAIN_TIMEOUT>'") && err.contains("time unit needed"),
+        "a number without a unit is refused: {err}"
+    );
+    // A key from before the rename names its new name.
+    std::fs::write(&file, "drain_timeout_ms = 5000\n").unwrap();
+    let output = run_command(&dir.0, &["--config", config]).output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`drain_timeout_ms` was renamed: use `drain_timeout`, a duration such as \"30s\""),
+        "{err}"
+    );
+    std::fs::write(&file, "[plugins.limits]\ntimeout = \"2500ms\"\n").unwrap();
 
     // A bad value is refused naming the key and where it came from.
     let mut command = run_command(&dir.0, &["--config", config]);
@@ -647,7 +680,7 @@ fn a_nested_key_can_be_set_in_the_file_the_environment_or_a_flag() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("EVHOST_BUS__CAPACITY: `bus.capacity` must be at least 1"),
+        err.contains("EVHOST_BUS__CAPACITY: `bus.capacity`") && err.contains("nonzero"),
         "{err}"
     );
     let output = run_command(&dir.0, &["--config", config, "--set", "bus.capacity=lots"])
@@ -667,7 +700,7 @@ fn a_nested_key_can_be_set_in_the_file_the_environment_or_a_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
-    let manifest = "[limits]\ntimeout_ms = 20000\nfuel = 9223372036854775807\nconcurrency = 1\n";
+    let manifest = "[limits]\ntimeout = \"20s\"\nfuel = 9223372036854775807\nconcurrency = 1\n";
     let mut host = Running::start(
         &[("loop-forever", wasm::LOOP_FOREVER)],
         &[("loop-forever", manifest)],
@@ -700,7 +733,7 @@ async fn a_second_signal_exits_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_replayed_to_a_fixed_version() {
-    let manifest = "[retry]\nmax_attempts = 3\ninitial_backoff_ms = 10\nmax_backoff_ms = 50\n";
+    let manifest = "[retry]\nmax_attempts = 3\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\n";
     let host = Running::start(
         &[("returns-retry", wasm::RETURNS_RETRY)],
         &[("returns-retry", manifest)],
@@ -786,7 +819,7 @@ async fn a_waiting_request_that_runs_out_of_time_answers_504_with_what_it_knows(
         &[("slow-calls", "[config]\nmillis = \"2500\"\n")],
     );
     let config = dir.0.join("evhost.toml");
-    std::fs::write(&config, "request_timeout_ms = 600\n").unwrap();
+    std::fs::write(&config, "request_timeout = \"600ms\"\n").unwrap();
     let host = Running::start_in_with(&dir.0, &["--config", config.to_str().unwrap()]);
     let http = client();
 

@@ -480,7 +480,7 @@ async fn a_manifest_change_takes_effect_and_a_bad_manifest_is_refused() {
 
     fixture.dir.replace(
         "returns-reject.toml",
-        "[config]\nreason = \"second reason\"\n[limits]\ntimeout_ms = 1500\n",
+        "[config]\nreason = \"second reason\"\n[limits]\ntimeout = \"1500ms\"\n",
     );
     eventually("the manifest change to apply", || {
         fixture.folder.status("returns-reject").unwrap().limits.timeout == Duration::from_millis(1500)
@@ -495,9 +495,9 @@ async fn a_manifest_change_takes_effect_and_a_bad_manifest_is_refused() {
 
     fixture
         .dir
-        .replace("returns-reject.toml", "[limits]\ntimeout_ms = 0\n");
+        .replace("returns-reject.toml", "[limits]\ntimeout = \"0s\"\n");
     let refused = fixture
-        .load_failure("returns-reject.wasm", |m| m.contains("at least 1"))
+        .load_failure("returns-reject.wasm", |m| m.contains("longer than 0"))
         .await;
     assert!(
         refused.message.contains("returns-reject.toml"),
@@ -505,12 +505,12 @@ async fn a_manifest_change_takes_effect_and_a_bad_manifest_is_refused() {
         refused.message
     );
     assert!(
-        refused.message.contains("`limits.timeout_ms`"),
+        refused.message.contains("`limits.timeout`"),
         "names the key: {}",
         refused.message
     );
     assert!(
-        refused.message.contains("at least 1"),
+        refused.message.contains("must be longer than 0"),
         "says what is expected: {}",
         refused.message
     );
@@ -524,12 +524,12 @@ async fn a_manifest_change_takes_effect_and_a_bad_manifest_is_refused() {
 
     fixture
         .dir
-        .replace("returns-reject.toml", "[limits]\ntimeout_ms = \"soon\"\n");
+        .replace("returns-reject.toml", "[limits]\ntimeout = 5\n");
     let refused = fixture
         .load_failure("returns-reject.wasm", |m| m.contains("invalid type"))
         .await;
     assert!(
-        refused.message.contains("`limits.timeout_ms`"),
+        refused.message.contains("`limits.timeout`"),
         "names the key: {}",
         refused.message
     );

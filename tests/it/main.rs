@@ -13,10 +13,12 @@ mod loading;
 #[allow(dead_code, reason = "each test binary uses some of the helpers")]
 mod support;
 
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
 use evhost::config::{BusSettings, Config, RuntimeSettings};
+use evhost::plugins::{LimitSettings, Manifest};
 use evhost::store::KeyValueStore;
 use evhost::{AsyncEventBus, Event, EventBus, Plugin, PluginOptions, Runtime};
 use futures::FutureExt as _;
@@ -60,13 +62,19 @@ impl Host {
             compile_cache: false,
             listen: "127.0.0.1:0".parse().unwrap(),
             bus: BusSettings {
-                max_concurrency: 32,
-                plugin_concurrency: 32,
+                max_concurrency: NonZeroUsize::new(32).unwrap(),
                 ..BusSettings::default()
             },
             runtime: RuntimeSettings {
-                max_instances: 64,
+                max_instances: NonZeroU32::new(64).unwrap(),
                 ..RuntimeSettings::default()
+            },
+            plugins: Manifest {
+                limits: LimitSettings {
+                    concurrency: NonZeroUsize::new(32),
+                    ..LimitSettings::default()
+                },
+                ..Manifest::default()
             },
             ..Config::default()
         };

@@ -2,6 +2,7 @@
 //! `[plugins]` table of `evhost.toml`), which share one schema.
 
 use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use crate::runtime::{Limits, PluginOptions};
 ///     subscriptions = ["UserCreated", "UserDeleted"]
 ///
 ///     [limits]
-///     timeout_ms = 2000
+///     timeout = "2s"
 ///     memory_mb = 32
 ///     concurrency = 4
 ///
@@ -57,28 +58,28 @@ pub struct Manifest {
     pub retry: RetrySettings,
 }
 
-/// The `[limits]` table.
+/// The `[limits]` table. Zero is ruled out by the types where it makes no sense.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     /// Fuel per invocation (roughly, Wasm instructions).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fuel: Option<u64>,
-    /// Wall-clock time per invocation, in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
+    pub fuel: Option<NonZeroU64>,
+    /// Wall-clock time per invocation, e.g. `"5s"` or `"250ms"`.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
     /// Linear memory per instance, in MiB.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_mb: Option<u64>,
+    pub memory_mb: Option<NonZeroU64>,
     /// Most invocations of the plugin running at once.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<usize>,
+    pub concurrency: Option<NonZeroUsize>,
     /// Bytes of key-value writes (keys and values) per invocation.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kv_write_bytes: Option<u64>,
+    pub kv_write_bytes: Option<NonZeroU64>,
     /// Key-value `set` and `delete` calls per invocation.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kv_writes: Option<u64>,
+    pub kv_writes: Option<NonZeroU64>,
     /// Events one invocation may emit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emit_events: Option<u64>,
@@ -87,34 +88,47 @@ pub struct LimitSettings {
     pub emit_bytes: Option<u64>,
     /// Hops an emitted event may be from the event that started its chain.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub emit_depth: Option<u32>,
+    pub emit_depth: Option<NonZeroU32>,
     /// Bytes of output (logging, stdout, stderr) kept per invocation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_bytes: Option<u64>,
 }
 
-/// The range each `[limits]` and `[retry]` value must fall in: `(key, min, max, unit)`.
-/// The upper bounds keep every duration and size far from overflowing anything the host
-/// computes with them.
-const RANGES: &[(&str, u64, u64, &str)] = &[
-    ("limits.fuel", 1, u64::MAX, ""),
-    ("limits.timeout_ms", 1, MAX_TIMEOUT_MS, " (an hour)"),
-    ("limits.memory_mb", 1, 4096, " (a 32-bit memory's 4 GiB)"),
-    ("limits.concurrency", 1, 100_000, ""),
-    ("limits.kv_write_bytes", 1, 1 << 30, " (1 GiB)"),
-    ("limits.kv_writes", 1, 10_000_000, ""),
-    ("limits.emit_events", 0, 100_000, ""),
-    ("limits.emit_bytes", 0, 1 << 30, " (1 GiB)"),
-    ("limits.emit_depth", 1, 1_000, ""),
-    ("limits.log_bytes", 0, 1 << 30, " (1 GiB)"),
-    ("retry.max_attempts", 1, 1_000, ""),
-    ("retry.initial_backoff_ms", 0, MAX_BACKOFF_MS, " (a week)"),
-    ("retry.max_backoff_ms", 0, MAX_BACKOFF_MS, " (a week)"),
+/// The largest value each `[limits]` and `[retry]` number may have: `(key, max, unit)`.
+/// The bounds keep every size far from overflowing anything the host computes with it.
+const RANGES: &[(&str, u64, &str)] = &[
+    ("limits.memory_mb", 4096, " (a 32-bit memory's 4 GiB)"),
+    ("limits.concurrency", 100_000, ""),
+    ("limits.kv_write_bytes", 1 << 30, " (1 GiB)"),
+    ("limits.kv_writes", 10_000_000, ""),
+    ("limits.emit_events", 100_000, ""),
+    ("limits.emit_bytes", 1 << 30, " (1 GiB)"),
+    ("limits.emit_depth", 1_000, ""),
+    ("limits.log_bytes", 1 << 30, " (1 GiB)"),
+    ("retry.max_attempts", 1_000, ""),
 ];
-/// The longest invocation timeout, in milliseconds: an hour.
-pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
-/// The longest retry backoff, in milliseconds: a week.
-pub const MAX_BACKOFF_MS: u64 = 7 * 24 * 3_600_000;
+/// The longest invocation timeout: an hour.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// The longest retry backoff: a week.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(7 * 24 * 3_600);
+
+/// Checks a duration setting: at most `most` (`said` in words) and, unless `may_be_zero`,
+/// more than zero. The message follows the key.
+pub(crate) fn check_duration(
+    value: Duration,
+    may_be_zero: bool,
+    most: Duration,
+    said: &str,
+) -> Result<(), String> {
+    if value.is_zero() && !may_be_zero {
+        return Err("must be longer than 0 (e.g. \"1s\" or \"250ms\")".to_owned());
+    }
+    if value > most {
+        let value = humantime::format_duration(value);
+        return Err(format!("({value}) must be at most {said}"));
+    }
+    Ok(())
+}
 
 /// The `[retry]` table; [`RetrySettings::policy`] fills in the defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
@@ -122,13 +136,13 @@ pub const MAX_BACKOFF_MS: u64 = 7 * 24 * 3_600_000;
 pub struct RetrySettings {
     /// Deliveries before an event goes to the dead-letter queue (the first one included).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_attempts: Option<u32>,
-    /// Delay before the first retry, in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub initial_backoff_ms: Option<u64>,
-    /// Longest delay between two attempts, in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_backoff_ms: Option<u64>,
+    pub max_attempts: Option<NonZeroU32>,
+    /// Delay before the first retry, e.g. `"100ms"`.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub initial_backoff: Option<Duration>,
+    /// Longest delay between two attempts, e.g. `"30s"`.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<Duration>,
     /// Factor the delay grows by after each failed attempt (at least 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multiplier: Option<f64>,
@@ -143,13 +157,9 @@ impl RetrySettings {
     pub fn policy(&self) -> RetryPolicy {
         let defaults = RetryPolicy::default();
         RetryPolicy {
-            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
-            initial_backoff: self
-                .initial_backoff_ms
-                .map_or(defaults.initial_backoff, Duration::from_millis),
-            max_backoff: self
-                .max_backoff_ms
-                .map_or(defaults.max_backoff, Duration::from_millis),
+            max_attempts: self.max_attempts.map_or(defaults.max_attempts, NonZeroU32::get),
+            initial_backoff: self.initial_backoff.unwrap_or(defaults.initial_backoff),
+            max_backoff: self.max_backoff.unwrap_or(defaults.max_backoff),
             multiplier: self.multiplier.unwrap_or(defaults.multiplier),
             jitter: self.jitter.unwrap_or(defaults.jitter),
         }
@@ -182,7 +192,7 @@ pub enum ManifestError {
     Invalid {
         /// The manifest's path (empty for a manifest that was not read from a file).
         path: PathBuf,
-        /// The key at fault, dotted (`limits.timeout_ms`).
+        /// The key at fault, dotted (`limits.timeout`).
         key: String,
         /// What was expected.
         message: String,
@@ -210,16 +220,9 @@ impl Manifest {
 
     /// Parses and validates a manifest; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Manifest, ManifestError> {
-        let parse_error = |message| ManifestError::Parse {
+        let manifest: Manifest = deserialize_toml(text).map_err(|message| ManifestError::Parse {
             path: origin.to_owned(),
             message,
-        };
-        let document =
-            toml::Deserializer::parse(text).map_err(|e| parse_error(describe_toml_error(text, None, &e)))?;
-        // serde_path_to_error tracks the key being read, which toml's error does not expose.
-        let manifest: Manifest = serde_path_to_error::deserialize(document).map_err(|e| {
-            let key = e.path().to_string();
-            parse_error(describe_toml_error(text, Some(&key), e.inner()))
         })?;
         manifest.validate().map_err(|e| match e {
             ManifestError::Invalid { key, message, .. } => ManifestError::Invalid {
@@ -242,7 +245,7 @@ impl Manifest {
         Manifest {
             limits: LimitSettings {
                 fuel: own.fuel.or(base.fuel),
-                timeout_ms: own.timeout_ms.or(base.timeout_ms),
+                timeout: own.timeout.or(base.timeout),
                 memory_mb: own.memory_mb.or(base.memory_mb),
                 concurrency: own.concurrency.or(base.concurrency),
                 kv_write_bytes: own.kv_write_bytes.or(base.kv_write_bytes),
@@ -259,8 +262,8 @@ impl Manifest {
             config,
             retry: RetrySettings {
                 max_attempts: own_retry.max_attempts.or(base_retry.max_attempts),
-                initial_backoff_ms: own_retry.initial_backoff_ms.or(base_retry.initial_backoff_ms),
-                max_backoff_ms: own_retry.max_backoff_ms.or(base_retry.max_backoff_ms),
+                initial_backoff: own_retry.initial_backoff.or(base_retry.initial_backoff),
+                max_backoff: own_retry.max_backoff.or(base_retry.max_backoff),
                 multiplier: own_retry.multiplier.or(base_retry.multiplier),
                 jitter: own_retry.jitter.or(base_retry.jitter),
             },
@@ -277,29 +280,43 @@ impl Manifest {
         };
         let (limits, retry) = (&self.limits, &self.retry);
         let values = [
-            limits.fuel,
-            limits.timeout_ms,
-            limits.memory_mb,
-            limits.concurrency.map(|c| c as u64),
-            limits.kv_write_bytes,
-            limits.kv_writes,
+            limits.memory_mb.map(NonZeroU64::get),
+            limits.concurrency.map(|c| c.get() as u64),
+            limits.kv_write_bytes.map(NonZeroU64::get),
+            limits.kv_writes.map(NonZeroU64::get),
             limits.emit_events,
             limits.emit_bytes,
-            limits.emit_depth.map(u64::from),
+            limits.emit_depth.map(|d| u64::from(d.get())),
             limits.log_bytes,
-            retry.max_attempts.map(u64::from),
-            retry.initial_backoff_ms,
-            retry.max_backoff_ms,
+            retry.max_attempts.map(|a| u64::from(a.get())),
         ];
-        for (&(key, min, max, unit), value) in RANGES.iter().zip(values) {
-            match value {
-                Some(value) if value < min && min == 1 => {
-                    return Err(invalid(key, "must be at least 1".to_owned()));
-                }
-                Some(value) if value > max => {
-                    return Err(invalid(key, format!("({value}) must be at most {max}{unit}")));
-                }
-                _ => {}
+        for (&(key, max, unit), value) in RANGES.iter().zip(values) {
+            if let Some(value) = value
+                && value > max
+            {
+                return Err(invalid(key, format!("({value}) must be at most {max}{unit}")));
+            }
+        }
+        let durations = [
+            ("limits.timeout", limits.timeout, false, MAX_TIMEOUT, "an hour"),
+            (
+                "retry.initial_backoff",
+                retry.initial_backoff,
+                true,
+                MAX_BACKOFF,
+                "a week",
+            ),
+            (
+                "retry.max_backoff",
+                retry.max_backoff,
+                true,
+                MAX_BACKOFF,
+                "a week",
+            ),
+        ];
+        for (key, value, may_be_zero, most, said) in durations {
+            if let Some(value) = value {
+                check_duration(value, may_be_zero, most, said).map_err(|message| invalid(key, message))?;
             }
         }
         if let Some(patterns) = &self.subscriptions {
@@ -342,12 +359,16 @@ impl Manifest {
         }
         // Only when both are set here: the other may come from the defaults, and
         // `RetryPolicy::backoff` caps at the maximum anyway.
-        if let (Some(initial), Some(max)) = (self.retry.initial_backoff_ms, self.retry.max_backoff_ms)
+        if let (Some(initial), Some(max)) = (self.retry.initial_backoff, self.retry.max_backoff)
             && initial > max
         {
             return Err(invalid(
-                "retry.initial_backoff_ms",
-                format!("({initial}) must not exceed retry.max_backoff_ms ({max})"),
+                "retry.initial_backoff",
+                format!(
+                    "({}) must not exceed retry.max_backoff ({})",
+                    humantime::format_duration(initial),
+                    humantime::format_duration(max)
+                ),
             ));
         }
         Ok(())
@@ -364,25 +385,54 @@ impl Manifest {
         PluginOptions {
             name: None,
             limits: Limits {
-                fuel: limits.fuel.unwrap_or(defaults.fuel),
-                timeout: limits.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
+                fuel: limits.fuel.map_or(defaults.fuel, NonZeroU64::get),
+                timeout: limits.timeout.unwrap_or(defaults.timeout),
                 memory_bytes: bytes(
-                    limits.memory_mb.map(|mb| mb.saturating_mul(1 << 20)),
+                    limits.memory_mb.map(|mb| mb.get().saturating_mul(1 << 20)),
                     defaults.memory_bytes,
                 ),
-                kv_write_bytes: bytes(limits.kv_write_bytes, defaults.kv_write_bytes),
-                kv_writes: bytes(limits.kv_writes, defaults.kv_writes),
+                kv_write_bytes: bytes(
+                    limits.kv_write_bytes.map(NonZeroU64::get),
+                    defaults.kv_write_bytes,
+                ),
+                kv_writes: bytes(limits.kv_writes.map(NonZeroU64::get), defaults.kv_writes),
                 emit_events: bytes(limits.emit_events, defaults.emit_events),
                 emit_bytes: bytes(limits.emit_bytes, defaults.emit_bytes),
-                emit_depth: limits.emit_depth.unwrap_or(defaults.emit_depth),
+                emit_depth: limits.emit_depth.map_or(defaults.emit_depth, NonZeroU32::get),
                 log_bytes: bytes(limits.log_bytes, defaults.log_bytes),
             },
             config: self.config.clone(),
             subscriptions: self.subscriptions.clone(),
-            concurrency: self.limits.concurrency,
+            concurrency: self.limits.concurrency.map(NonZeroUsize::get),
             retry: Some(self.retry.policy()),
         }
     }
+}
+
+/// Reads `text` as `T`; an error is one line naming the key, the position and what was
+/// expected (or, for a renamed key, what to write instead).
+pub(crate) fn deserialize_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let document = toml::Deserializer::parse(text).map_err(|e| describe_toml_error(text, None, &e))?;
+    // serde_path_to_error tracks the key being read, which toml's error does not expose.
+    serde_path_to_error::deserialize(document).map_err(|e| {
+        let key = e.path().to_string();
+        match crate::config::renamed_key(&key) {
+            Some(hint) => match line_and_column(text, e.inner()) {
+                Some((line, column)) => format!("{hint} (line {line}, column {column})"),
+                None => hint,
+            },
+            None => describe_toml_error(text, Some(&key), e.inner()),
+        }
+    })
+}
+
+/// Where in `text` the error is, counted from 1.
+fn line_and_column(text: &str, error: &toml::de::Error) -> Option<(usize, usize)> {
+    let span = error.span()?;
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Some((line, column))
 }
 
 /// One line: the key (when known), the position and toml's own message.
@@ -391,10 +441,7 @@ fn describe_toml_error(text: &str, key: Option<&str>, error: &toml::de::Error) -
     if let Some(key) = key.filter(|k| !k.is_empty() && *k != ".") {
         description.push_str(&format!("`{key}` "));
     }
-    if let Some(span) = error.span() {
-        let before = &text[..span.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    if let Some((line, column)) = line_and_column(text, error) {
         description.push_str(&format!("at line {line}, column {column}"));
     }
     if !description.is_empty() {
@@ -422,7 +469,7 @@ mod tests {
 
             [limits]
             fuel = 1_000_000
-            timeout_ms = 250
+            timeout = "250ms"
             memory_mb = 16
             concurrency = 3
 
@@ -431,8 +478,8 @@ mod tests {
 
             [retry]
             max_attempts = 7
-            initial_backoff_ms = 50
-            max_backoff_ms = 1000
+            initial_backoff = "50ms"
+            max_backoff = "1s"
             multiplier = 3.0
             jitter = 0.5
             "#,
@@ -509,8 +556,12 @@ mod tests {
         assert!(matches!(error, ManifestError::Parse { .. }), "{error:?}");
         refused("colour = \"red\"\n", &["`colour`", "line 1", "unknown field"]);
         refused(
-            "[limits]\ntimeout_ms = \"fast\"\n",
-            &["`limits.timeout_ms`", "line 2, column 14", "expected u64"],
+            "[limits]\ntimeout = \"fast\"\n",
+            &[
+                "`limits.timeout`",
+                "line 2, column 11",
+                "invalid value: string \"fast\", expected a duration",
+            ],
         );
         refused(
             "subscriptions = \"User*\"\n",
@@ -526,44 +577,43 @@ mod tests {
 
     #[test]
     fn syntax_errors_name_the_file_and_the_position() {
-        let error = refused("[limits\ntimeout_ms = 5\n", &["line 1"]);
+        let error = refused("[limits\ntimeout = \"5s\"\n", &["line 1"]);
         assert!(matches!(error, ManifestError::Parse { .. }), "{error:?}");
     }
 
     #[test]
     fn out_of_range_values_name_the_file_and_the_key() {
         let cases: &[(&str, &str, &str)] = &[
-            ("[limits]\ntimeout_ms = 0", "limits.timeout_ms", "at least 1"),
-            ("[limits]\nmemory_mb = 0", "limits.memory_mb", "at least 1"),
-            ("[limits]\nfuel = 0", "limits.fuel", "at least 1"),
-            ("[limits]\nconcurrency = 0", "limits.concurrency", "at least 1"),
+            (
+                "[limits]\ntimeout = \"0s\"",
+                "limits.timeout",
+                "must be longer than 0",
+            ),
             (
                 "[limits]\nmemory_mb = 17592186044416",
                 "limits.memory_mb",
                 "must be at most 4096",
             ),
             (
-                "[limits]\ntimeout_ms = 3600001",
-                "limits.timeout_ms",
-                "at most 3600000 (an hour)",
+                "[limits]\ntimeout = \"3600001ms\"",
+                "limits.timeout",
+                "(1h 1ms) must be at most an hour",
             ),
-            ("[limits]\nkv_writes = 0", "limits.kv_writes", "at least 1"),
             (
                 "[limits]\nkv_write_bytes = 2000000000",
                 "limits.kv_write_bytes",
                 "at most",
             ),
-            ("[limits]\nemit_depth = 0", "limits.emit_depth", "at least 1"),
             ("[limits]\nemit_depth = 5000", "limits.emit_depth", "at most 1000"),
             (
-                "[retry]\ninitial_backoff_ms = 9000000000000000\nmax_backoff_ms = 9000000000000000",
-                "retry.initial_backoff_ms",
-                "at most 604800000 (a week)",
+                "[retry]\ninitial_backoff = \"300000years\"\nmax_backoff = \"300000years\"",
+                "retry.initial_backoff",
+                "must be at most a week",
             ),
             (
-                "[retry]\nmax_backoff_ms = 604800001",
-                "retry.max_backoff_ms",
-                "a week",
+                "[retry]\nmax_backoff = \"7days 1ms\"",
+                "retry.max_backoff",
+                "(7days 1ms) must be at most a week",
             ),
             ("subscriptions = []", "subscriptions", "at least one pattern"),
             (
@@ -572,15 +622,14 @@ mod tests {
                 "`*` may only appear at the end",
             ),
             ("[config]\n\"\" = \"x\"", "config", "empty key"),
-            ("[retry]\nmax_attempts = 0", "retry.max_attempts", "at least 1"),
             ("[retry]\nmultiplier = 0.5", "retry.multiplier", "at least 1.0"),
             ("[retry]\nmultiplier = nan", "retry.multiplier", "at least 1.0"),
             ("[retry]\njitter = 1.5", "retry.jitter", "between 0.0 and 1.0"),
             ("[retry]\njitter = -0.1", "retry.jitter", "between 0.0 and 1.0"),
             (
-                "[retry]\ninitial_backoff_ms = 5000\nmax_backoff_ms = 10",
-                "retry.initial_backoff_ms",
-                "must not exceed",
+                "[retry]\ninitial_backoff = \"5s\"\nmax_backoff = \"10ms\"",
+                "retry.initial_backoff",
+                "(5s) must not exceed retry.max_backoff (10ms)",
             ),
         ];
         for (text, key, expected) in cases {
@@ -596,16 +645,57 @@ mod tests {
     }
 
     #[test]
+    fn zero_is_refused_where_it_makes_no_sense() {
+        for key in [
+            "limits.fuel",
+            "limits.memory_mb",
+            "limits.concurrency",
+            "limits.kv_writes",
+            "limits.kv_write_bytes",
+            "limits.emit_depth",
+            "retry.max_attempts",
+        ] {
+            let (table, name) = key.split_once('.').unwrap();
+            let error = refused(
+                &format!("[{table}]\n{name} = 0\n"),
+                &[&format!("`{key}`"), "nonzero"],
+            );
+            assert!(matches!(error, ManifestError::Parse { .. }), "{error:?}");
+        }
+        for zero_is_fine in ["[limits]\nemit_events = 0", "[retry]\ninitial_backoff = \"0s\""] {
+            parse(zero_is_fine).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_renamed_key_is_refused_with_its_new_name() {
+        refused(
+            "[limits]\ntimeout_ms = 2000\n",
+            &[
+                "`limits.timeout_ms` was renamed: use `limits.timeout`, a duration",
+                "line 2",
+            ],
+        );
+        refused(
+            "[retry]\ninitial_backoff_ms = 10\n",
+            &["use `retry.initial_backoff`"],
+        );
+    }
+
+    #[test]
     fn validate_without_a_file_names_only_the_key() {
         let manifest = Manifest {
             limits: LimitSettings {
-                timeout_ms: Some(0),
+                timeout: Some(Duration::ZERO),
                 ..Default::default()
             },
             ..Default::default()
         };
         let error = manifest.validate().unwrap_err();
-        assert_eq!(error.to_string(), "`limits.timeout_ms` must be at least 1");
+        assert_eq!(
+            error.to_string(),
+            "`limits.timeout` must be longer than 0 (e.g. \"1s\" or \"250ms\")"
+        );
     }
 
     #[test]
@@ -624,7 +714,7 @@ mod tests {
         let defaults = parse(
             r#"
             [limits]
-            timeout_ms = 1000
+            timeout = "1s"
             memory_mb = 64
             [config]
             region = "eu"
@@ -639,7 +729,7 @@ mod tests {
             r#"
             subscriptions = ["Only*"]
             [limits]
-            timeout_ms = 50
+            timeout = "50ms"
             [config]
             greeting = "hi"
             [retry]
@@ -648,13 +738,13 @@ mod tests {
         )
         .unwrap();
         let merged = own.over(&defaults);
-        assert_eq!(merged.limits.timeout_ms, Some(50));
-        assert_eq!(merged.limits.memory_mb, Some(64));
+        assert_eq!(merged.limits.timeout, Some(Duration::from_millis(50)));
+        assert_eq!(merged.limits.memory_mb, NonZeroU64::new(64));
         assert_eq!(merged.limits.fuel, None);
         assert_eq!(merged.subscriptions, Some(vec!["Only*".to_owned()]));
         assert_eq!(merged.config["greeting"], "hi");
         assert_eq!(merged.config["region"], "eu");
-        assert_eq!(merged.retry.max_attempts, Some(9));
+        assert_eq!(merged.retry.max_attempts, NonZeroU32::new(9));
         assert_eq!(merged.retry.jitter, Some(0.1));
         assert_eq!(Manifest::default().over(&defaults), defaults);
         assert_eq!(own.over(&Manifest::default()), own);
@@ -700,15 +790,20 @@ mod tests {
         let defaults = Manifest::default().plugin_options().limits;
         assert_eq!(defaults, Limits::default());
         let merged = parse("[limits]\nkv_writes = 7\n").unwrap().over(&manifest);
-        assert_eq!(merged.limits.kv_writes, Some(7));
-        assert_eq!(merged.limits.emit_depth, Some(3));
+        assert_eq!(merged.limits.kv_writes, NonZeroU64::new(7));
+        assert_eq!(merged.limits.emit_depth, NonZeroU32::new(3));
     }
 
     #[test]
     fn a_manifest_round_trips_through_toml() {
-        let manifest = parse("[limits]\ntimeout_ms = 5\n[retry]\njitter = 0.5\n").unwrap();
+        let manifest =
+            parse("[limits]\ntimeout = \"1m 5ms\"\n[retry]\njitter = 0.5\nmax_backoff = \"2h\"\n").unwrap();
         let text = toml::to_string(&manifest).unwrap();
         assert!(!text.contains("fuel"), "unset values are left out: {text}");
+        assert!(
+            text.contains("timeout = \"1m 5ms\""),
+            "durations are written as read: {text}"
+        );
         assert_eq!(parse(&text).unwrap(), manifest);
     }
 }

@@ -10,7 +10,7 @@
 //! cached on disk, so a restart does not compile again.
 
 mod folder;
-mod manifest;
+pub(crate) mod manifest;
 mod slot;
 
 pub use folder::{PluginFolder, PluginFolderOptions, PluginStatus, WatchGuard};
