@@ -2,7 +2,10 @@
 //! `wasm32-wasip2` and generates a constant with the path of each `.wasm`, so tests load
 //! components built from source, never committed binaries. The few test plugins that do
 //! what Rust cannot express (grow a table, run a start function) are core modules in
-//! `plugins/wat/`, made components of the `evhost:plugin/handler` world here.
+//! `plugins/wat/`, made components of the `evhost:plugin/handler` world here. The Python
+//! plugins (`../plugins/python/*`, `plugins/python/*`: an `app.py` each) are built with
+//! the pinned `componentize-py`, installed once into a virtual environment under
+//! `target/` (or the one `COMPONENTIZE_PY` names).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +49,17 @@ fn main() {
         std::fs::write(&wasm, component).unwrap();
         constants.push_str(&format!(
             "pub const {}: &str = {:?};\n",
+            name.replace('-', "_").to_uppercase(),
+            wasm.display().to_string()
+        ));
+    }
+    constants.push_str(&format!(
+        "/// The `componentize-py` the Python plugins were built with.\npub const COMPONENTIZE_PY: &str = {:?};\n",
+        componentize_py(&root).display().to_string()
+    ));
+    for (name, wasm) in python_components(&root, &out_dir) {
+        constants.push_str(&format!(
+            "pub const PY_{}: &str = {:?};\n",
             name.replace('-', "_").to_uppercase(),
             wasm.display().to_string()
         ));
@@ -121,4 +135,114 @@ fn build(workspace: &Path, target_dir: &Path) {
         "building the plugins in {} failed; is the wasm32-wasip2 target installed? (rustup target add wasm32-wasip2)",
         workspace.display()
     );
+}
+
+/// The pinned Python component toolchain.
+const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// `componentize-py`: `$COMPONENTIZE_PY`, or the pinned version in a virtual environment
+/// under `target/`, created (with `python3 -m venv` and `pip`) the first time.
+fn componentize_py(root: &Path) -> PathBuf {
+    println!("cargo:rerun-if-env-changed=COMPONENTIZE_PY");
+    if let Some(path) = std::env::var_os("COMPONENTIZE_PY") {
+        return PathBuf::from(path);
+    }
+    let venv = root
+        .join("target")
+        .join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
+    let tool = venv.join("bin").join("componentize-py");
+    if tool.exists() {
+        return tool;
+    }
+    let run = |command: &mut Command, what: &str| {
+        let status = command
+            .status()
+            .unwrap_or_else(|e| panic!("{what}: {e} (is python3 with venv installed?)"));
+        assert!(status.success(), "{what} failed");
+    };
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "creating a Python virtual environment for componentize-py",
+    );
+    run(
+        Command::new(venv.join("bin").join("pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("componentize-py=={COMPONENTIZE_PY_VERSION}"),
+        ]),
+        "installing componentize-py",
+    );
+    tool
+}
+
+/// Builds every Python plugin (a directory with an `app.py`) into `out_dir/py-NAME.wasm`.
+fn python_components(root: &Path, out_dir: &Path) -> Vec<(String, PathBuf)> {
+    let sdk = root.join("guest-sdk").join("python");
+    println!("cargo:rerun-if-changed={}", sdk.display());
+    let mut plugins = Vec::new();
+    for dir in [
+        root.join("plugins").join("python"),
+        root.join("tests").join("plugins").join("python"),
+    ] {
+        println!("cargo:rerun-if-changed={}", dir.display());
+        let mut apps: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.join("app.py").exists())
+            .collect();
+        apps.sort();
+        plugins.extend(apps);
+    }
+    if plugins.is_empty() {
+        return Vec::new();
+    }
+    let tool = componentize_py(root);
+    // The build writes `__pycache__` beside what it reads: copies keep the sources clean
+    // (a change there would make cargo run this script again).
+    let sources = out_dir.join("python");
+    let _ = std::fs::remove_dir_all(&sources);
+    copy_python(&sdk, &sources.join("sdk"));
+    plugins
+        .into_iter()
+        .map(|app| {
+            let name = app.file_name().unwrap().to_str().unwrap().to_owned();
+            let wasm = out_dir.join(format!("py-{name}.wasm"));
+            let copy = sources.join("plugins").join(&name);
+            copy_python(&app, &copy);
+            let status = Command::new(&tool)
+                .current_dir(&copy)
+                .arg("-d")
+                .arg(root.join("wit"))
+                .args(["-w", "handler", "componentize", "app", "-p", "."])
+                .arg("-p")
+                .arg(sources.join("sdk"))
+                .arg("-o")
+                .arg(&wasm)
+                .status()
+                .unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
+            assert!(
+                status.success(),
+                "building the Python plugin {} failed",
+                app.display()
+            );
+            (name, wasm)
+        })
+        .collect()
+}
+
+/// Copies the `.py` files under `from` to `to`, keeping the layout.
+fn copy_python(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            if path.file_name().is_some_and(|name| name != "__pycache__") {
+                copy_python(&path, &target);
+            }
+        } else if path.extension().is_some_and(|ext| ext == "py" || ext == "typed") {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
 }

@@ -330,12 +330,25 @@ pub enum PluginsCommand {
 pub struct NewArgs {
     /// The plugin's name (also the crate and folder name), e.g. `order-projection`.
     pub name: String,
+    /// The language to write the plugin in.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    pub lang: Lang,
     /// Where to create the folder (default: the current directory).
     #[arg(long, default_value = ".")]
     pub path: PathBuf,
-    /// The guest SDK to depend on (default: this evhost's source tree).
+    /// The guest SDK (`guest-sdk` of evhost's source tree, the default): a Rust plugin
+    /// depends on it, a Python plugin gets a copy of its `python/evhost` and `wit`.
     #[arg(long)]
     pub sdk: Option<PathBuf>,
+}
+
+/// What `evhost new` scaffolds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A crate built with `cargo build --target wasm32-wasip2`.
+    Rust,
+    /// An `app.py` built with `componentize-py`.
+    Python,
 }
 
 impl RunArgs {
@@ -654,7 +667,9 @@ pub async fn check_plugin(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `evhost new`: writes `NAME/Cargo.toml`, `NAME/src/lib.rs` and `NAME/.gitignore`.
+/// `evhost new`: writes `NAME/Cargo.toml`, `NAME/src/lib.rs` and `NAME/.gitignore` for
+/// Rust; `NAME/app.py`, `NAME/evhost/` (the SDK), `NAME/wit/` and `NAME/.gitignore` for
+/// Python.
 pub fn new_plugin(args: &NewArgs) -> anyhow::Result<PathBuf> {
     let name = args.name.as_str();
     let valid = !name.is_empty()
@@ -678,6 +693,15 @@ pub fn new_plugin(args: &NewArgs) -> anyhow::Result<PathBuf> {
     if dir.exists() {
         bail!("{} already exists", dir.display());
     }
+    if args.lang == Lang::Python {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let app = include_str!("../templates/python/app.py.in").replace("@NAME@", name);
+        std::fs::write(dir.join("app.py"), app)?;
+        copy_tree(&sdk.join("python").join("evhost"), &dir.join("evhost"))?;
+        copy_tree(&sdk.join("wit"), &dir.join("wit"))?;
+        std::fs::write(dir.join(".gitignore"), "*.wasm\n__pycache__/\n")?;
+        return Ok(dir);
+    }
     std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
     let sdk_path = sdk.display().to_string().replace('\\', "/");
     let fill = |template: &str| {
@@ -692,4 +716,22 @@ pub fn new_plugin(args: &NewArgs) -> anyhow::Result<PathBuf> {
     std::fs::write(dir.join("src/lib.rs"), lib_rs)?;
     std::fs::write(dir.join(".gitignore"), "/target\n")?;
     Ok(dir)
+}
+
+/// Copies the files under `from` to `to` (following links), leaving out `__pycache__`.
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    let entries = std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let target = to.join(path.file_name().unwrap_or_default());
+        if path.is_dir() {
+            if path.file_name().is_some_and(|name| name != "__pycache__") {
+                copy_tree(&path, &target)?;
+            }
+        } else {
+            std::fs::copy(&path, &target).with_context(|| format!("copying {}", path.display()))?;
+        }
+    }
+    Ok(())
 }

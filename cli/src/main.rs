@@ -29,10 +29,14 @@ async fn main() -> ExitCode {
         Command::Outbox(command) => cli::outbox(command).await,
         Command::New(args) => cli::new_plugin(&args).map(|dir| {
             println!("created {}", dir.display());
-            println!(
-                "build it with: cd {} && cargo build --release --target wasm32-wasip2",
-                dir.display()
-            );
+            let build = match args.lang {
+                cli::Lang::Rust => "cargo build --release --target wasm32-wasip2".to_owned(),
+                cli::Lang::Python => format!(
+                    "componentize-py -d wit -w handler componentize app -p . -o {}.wasm",
+                    args.name
+                ),
+            };
+            println!("build it with: cd {} && {build}", dir.display());
         }),
     };
     match result {

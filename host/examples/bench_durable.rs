@@ -17,6 +17,9 @@
 //!   the median run.
 //! - `*_cpu_us_per_event`: CPU time of the whole process per event (Linux only), and of
 //!   the store's writer thread alone; it says where the durable mode's cost goes.
+//!
+//! `BENCH_DURABLE_ONLY=1` runs only the durable bus (a JSON line per run, no medians), for
+//! a profiler: `BENCH_DURABLE_ONLY=1 perf record -g target/release/examples/bench_durable`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -254,6 +257,13 @@ async fn main() {
          + the store's writer thread, store in {}",
         std::env::temp_dir().display()
     );
+    // `BENCH_DURABLE_ONLY=1` runs the durable bus alone, e.g. under a profiler.
+    if std::env::var_os("BENCH_DURABLE_ONLY").is_some() {
+        for _ in 0..RUNS {
+            println!("{}", durable_run(&runtime, &wasm).await.json("durable"));
+        }
+        return;
+    }
     let mut durable = Vec::with_capacity(RUNS);
     let mut memory = Vec::with_capacity(RUNS);
     // Interleaved so that a noisy moment hurts both alike.

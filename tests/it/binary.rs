@@ -368,6 +368,73 @@ async fn sigterm_drains_in_flight_events_and_refuses_new_ones() {
     assert!(stopped["drained"].as_u64().unwrap() >= 1, "{stopped}");
 }
 
+/// Waits until the host serves `plugin`, sends it one event and checks that the
+/// scaffold's handler stored `seen:ID`.
+async fn assert_scaffold_handles_an_event(host: &Running, plugin: &str) {
+    let http = client();
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            get_json(&http, format!("{}/plugins", host.url))
+                .await
+                .as_array()
+                .is_some_and(|plugins| plugins.iter().any(|p| p["name"] == plugin))
+        })
+        .await,
+        "the scaffolded plugin is loaded"
+    );
+    let response = post_events(
+        &http,
+        &host.url,
+        "/events?wait=true",
+        "application/cloudevents+json",
+        structured("Hello", "h1", "k", json!({})).to_string(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        kv(host, plugin, "seen:h1").await,
+        Some(json!("Hello")),
+        "the scaffolded plugin handled the event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaffolded_python_plugin_builds_with_one_command_and_is_served() {
+    let work = TempDir::new("new-python");
+    let output = Command::new(evhost_bin())
+        .args(["new", "py-demo", "--lang", "python", "--path"])
+        .arg(&work.0)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The printed command, as a user would run it.
+    let command = stdout
+        .lines()
+        .find_map(|line| line.split_once(" && ").map(|(_, command)| command.to_owned()))
+        .unwrap_or_else(|| panic!("no build command in {stdout:?}"));
+    assert!(command.starts_with("componentize-py "), "{command}");
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    let dir = work.0.join("py-demo");
+    let status = Command::new(wasm::COMPONENTIZE_PY)
+        .current_dir(&dir)
+        .args(&args)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the scaffolded plugin builds as-is with `{command}`"
+    );
+
+    let host = Running::start(&[], &[]);
+    std::fs::copy(dir.join("py-demo.wasm"), host.plugins.join("py-demo.wasm")).unwrap();
+    assert_scaffold_handles_an_event(&host, "py-demo").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scaffolded_plugin_builds_and_is_served() {
     let work = TempDir::new("new");
@@ -391,30 +458,7 @@ async fn a_scaffolded_plugin_builds_and_is_served() {
 
     let host = Running::start(&[], &[]);
     std::fs::copy(&built, host.plugins.join("demo-handler.wasm")).unwrap();
-    let http = client();
-    assert!(
-        eventually(Duration::from_secs(10), async || {
-            get_json(&http, format!("{}/plugins", host.url))
-                .await
-                .as_array()
-                .is_some_and(|plugins| plugins.iter().any(|p| p["name"] == "demo-handler"))
-        })
-        .await,
-        "the scaffolded plugin is loaded"
-    );
-    let response = post_events(
-        &http,
-        &host.url,
-        "/events?wait=true",
-        "application/cloudevents+json",
-        structured("Hello", "h1", "k", json!({})).to_string(),
-    )
-    .await;
-    assert_eq!(response.status(), 200);
-    assert!(
-        kv(&host, "demo-handler", "seen:h1").await.is_some(),
-        "the scaffolded plugin handled the event"
-    );
+    assert_scaffold_handles_an_event(&host, "demo-handler").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ mod durability;
 mod examples;
 mod folder;
 mod loading;
+mod python;
 #[path = "../support/mod.rs"]
 #[allow(dead_code, reason = "each test binary uses some of the helpers")]
 mod support;
