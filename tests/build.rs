@@ -5,7 +5,9 @@
 //! `plugins/wat/`, made components of the `evhost:plugin/handler` world here. The Python
 //! plugins (`../plugins/python/*`, `plugins/python/*`: an `app.py` each) are built with
 //! the pinned `componentize-py`, installed once into a virtual environment under
-//! `target/` (or the one `COMPONENTIZE_PY` names).
+//! `target/` (or the one `COMPONENTIZE_PY` names); the JavaScript ones (`app.js` each, in
+//! `../plugins/js/*` and `plugins/js/*`) with the pinned `componentize-js`, installed once
+//! under `target/` with `npm ci` from `js-toolchain/`'s lockfile.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,9 +59,20 @@ fn main() {
         "/// The `componentize-py` the Python plugins were built with.\npub const COMPONENTIZE_PY: &str = {:?};\n",
         componentize_py(&root).display().to_string()
     ));
+    constants.push_str(&format!(
+        "/// The `componentize-js` the JavaScript plugins were built with.\npub const COMPONENTIZE_JS: &str = {:?};\n",
+        componentize_js(&root, &manifest_dir).display().to_string()
+    ));
     for (name, wasm) in python_components(&root, &out_dir) {
         constants.push_str(&format!(
             "pub const PY_{}: &str = {:?};\n",
+            name.replace('-', "_").to_uppercase(),
+            wasm.display().to_string()
+        ));
+    }
+    for (name, wasm) in js_components(&root, &manifest_dir, &out_dir) {
+        constants.push_str(&format!(
+            "pub const JS_{}: &str = {:?};\n",
             name.replace('-', "_").to_uppercase(),
             wasm.display().to_string()
         ));
@@ -246,3 +259,95 @@ fn copy_python(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The directory holding `node_modules/.bin/componentize-js`: the lockfile of
+/// `tests/js-toolchain` installed under `target/` with `npm ci` the first time.
+fn componentize_js(root: &Path, manifest_dir: &Path) -> PathBuf {
+    let toolchain = manifest_dir.join("js-toolchain");
+    let lock =
+        std::fs::read(toolchain.join("package-lock.json")).expect("reading js-toolchain/package-lock.json");
+    println!("cargo:rerun-if-changed={}", toolchain.display());
+    let dir = root.join("target").join("componentize-js");
+    let tool = dir.join("node_modules").join(".bin").join("componentize-js");
+    if tool.exists() && std::fs::read(dir.join("package-lock.json")).ok().as_deref() == Some(&lock[..]) {
+        return tool;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["package.json", "package-lock.json"] {
+        std::fs::copy(toolchain.join(file), dir.join(file)).unwrap();
+    }
+    let status = Command::new("npm")
+        .current_dir(&dir)
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("running npm ci for componentize-js: {e} (is node 20 with npm installed?)")
+        });
+    assert!(status.success(), "npm ci in {} failed", dir.display());
+    tool
+}
+
+/// Builds every JavaScript plugin (a directory with an `app.js`, which imports the SDK as
+/// `./evhost.js`) into `out_dir/js-NAME.wasm`.
+fn js_components(root: &Path, manifest_dir: &Path, out_dir: &Path) -> Vec<(String, PathBuf)> {
+    let sdk = root.join("guest-sdk").join("js").join("evhost.js");
+    println!("cargo:rerun-if-changed={}", sdk.display());
+    let mut plugins = Vec::new();
+    for dir in [
+        root.join("plugins").join("js"),
+        manifest_dir.join("plugins").join("js"),
+    ] {
+        println!("cargo:rerun-if-changed={}", dir.display());
+        if !dir.exists() {
+            continue;
+        }
+        let mut apps: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.join("app.js").exists())
+            .collect();
+        apps.sort();
+        plugins.extend(apps);
+    }
+    if plugins.is_empty() {
+        return Vec::new();
+    }
+    let tool = componentize_js(root, manifest_dir);
+    plugins
+        .into_iter()
+        .map(|app| {
+            let name = app.file_name().unwrap().to_str().unwrap().to_owned();
+            let wasm = out_dir.join(format!("js-{name}.wasm"));
+            let copy = out_dir.join("js").join(&name);
+            let _ = std::fs::remove_dir_all(&copy);
+            std::fs::create_dir_all(&copy).unwrap();
+            for entry in std::fs::read_dir(&app).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|ext| ext == "js") {
+                    std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+                }
+            }
+            std::fs::copy(&sdk, copy.join("evhost.js")).unwrap();
+            let status = Command::new(&tool)
+                .current_dir(&copy)
+                .arg("app.js")
+                .arg("-w")
+                .arg(root.join("wit"))
+                .args(["-n", "handler", "-o"])
+                .arg(&wasm)
+                .args(JS_DISABLED_FEATURES)
+                .status()
+                .unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
+            assert!(
+                status.success(),
+                "building the JavaScript plugin {} failed",
+                app.display()
+            );
+            (name, wasm)
+        })
+        .collect()
+}
+
+/// What componentize-js would otherwise import (stdio, randomness, clocks, HTTP): the
+/// `handler` world offers none of it.
+const JS_DISABLED_FEATURES: [&str; 6] = ["-d", "stdio", "random", "clocks", "http", "fetch-event"];

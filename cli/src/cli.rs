@@ -337,7 +337,7 @@ pub struct NewArgs {
     #[arg(long, default_value = ".")]
     pub path: PathBuf,
     /// The guest SDK (`guest-sdk` of evhost's source tree, the default): a Rust plugin
-    /// depends on it, a Python plugin gets a copy of its `python/evhost` and `wit`.
+    /// depends on it, a Python or JavaScript plugin gets a copy of its SDK and `wit`.
     #[arg(long)]
     pub sdk: Option<PathBuf>,
 }
@@ -349,6 +349,8 @@ pub enum Lang {
     Rust,
     /// An `app.py` built with `componentize-py`.
     Python,
+    /// An `app.js` built with `componentize-js`.
+    Js,
 }
 
 impl RunArgs {
@@ -669,7 +671,8 @@ pub async fn check_plugin(file: &Path) -> anyhow::Result<()> {
 
 /// `evhost new`: writes `NAME/Cargo.toml`, `NAME/src/lib.rs` and `NAME/.gitignore` for
 /// Rust; `NAME/app.py`, `NAME/evhost/` (the SDK), `NAME/wit/` and `NAME/.gitignore` for
-/// Python.
+/// Python; `NAME/app.js`, `NAME/evhost.js` and `.d.ts` (the SDK), `NAME/package.json`,
+/// `NAME/wit/` and `NAME/.gitignore` for JavaScript.
 pub fn new_plugin(args: &NewArgs) -> anyhow::Result<PathBuf> {
     let name = args.name.as_str();
     let valid = !name.is_empty()
@@ -700,6 +703,25 @@ pub fn new_plugin(args: &NewArgs) -> anyhow::Result<PathBuf> {
         copy_tree(&sdk.join("python").join("evhost"), &dir.join("evhost"))?;
         copy_tree(&sdk.join("wit"), &dir.join("wit"))?;
         std::fs::write(dir.join(".gitignore"), "*.wasm\n__pycache__/\n")?;
+        return Ok(dir);
+    }
+    if args.lang == Lang::Js {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let fill = |template: &str| template.replace("@NAME@", name);
+        std::fs::write(
+            dir.join("app.js"),
+            fill(include_str!("../templates/js/app.js.in")),
+        )?;
+        std::fs::write(
+            dir.join("package.json"),
+            fill(include_str!("../templates/js/package.json.in")),
+        )?;
+        for file in ["evhost.js", "evhost.d.ts"] {
+            let from = sdk.join("js").join(file);
+            std::fs::copy(&from, dir.join(file)).with_context(|| format!("copying {}", from.display()))?;
+        }
+        copy_tree(&sdk.join("wit"), &dir.join("wit"))?;
+        std::fs::write(dir.join(".gitignore"), "*.wasm\nnode_modules/\n")?;
         return Ok(dir);
     }
     std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;

@@ -35,6 +35,7 @@ async fn main() -> ExitCode {
                     "componentize-py -d wit -w handler componentize app -p . -o {}.wasm",
                     args.name
                 ),
+                cli::Lang::Js => "npm install && npm run build".to_owned(),
             };
             println!("build it with: cd {} && {build}", dir.display());
         }),

@@ -436,6 +436,48 @@ async fn a_scaffolded_python_plugin_builds_with_one_command_and_is_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaffolded_javascript_plugin_builds_with_its_build_script_and_is_served() {
+    let work = TempDir::new("new-js");
+    let output = Command::new(evhost_bin())
+        .args(["new", "js-demo", "--lang", "js", "--path"])
+        .arg(&work.0)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("&& npm install && npm run build"), "{stdout}");
+    let dir = work.0.join("js-demo");
+    let manifest = |path: &Path| -> Value { serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap() };
+    let toolchain_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("js-toolchain/package.json");
+    assert_eq!(
+        manifest(&dir.join("package.json"))["devDependencies"],
+        manifest(&toolchain_manifest)["dependencies"],
+        "the scaffold pins the toolchain the tests build with"
+    );
+    // What `npm install` would fetch, from the toolchain the tests installed with the
+    // same pins; then the scaffold's own build script.
+    let toolchain = Path::new(wasm::COMPONENTIZE_JS).ancestors().nth(2).unwrap();
+    std::os::unix::fs::symlink(toolchain, dir.join("node_modules")).unwrap();
+    let status = Command::new("npm")
+        .current_dir(&dir)
+        .args(["run", "build", "--silent"])
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the scaffolded plugin builds as-is with `npm run build`"
+    );
+
+    let host = Running::start(&[], &[]);
+    std::fs::copy(dir.join("js-demo.wasm"), host.plugins.join("js-demo.wasm")).unwrap();
+    assert_scaffold_handles_an_event(&host, "js-demo").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scaffolded_plugin_builds_and_is_served() {
     let work = TempDir::new("new");
     let status = Command::new(evhost_bin())

@@ -8,6 +8,7 @@ mod crash;
 mod durability;
 mod examples;
 mod folder;
+mod js;
 mod loading;
 mod python;
 #[path = "../support/mod.rs"]

@@ -1,0 +1,97 @@
+// TypeScript declarations of `evhost.js`, the JavaScript plugin SDK: what a plugin sees.
+// (The WIT imports behind it are `evhost.js`'s business; `jco types` 1.x, which would
+// generate theirs, fails to read a WIT directory with "failed to read path for WIT".)
+
+/** The value of a CloudEvents extension attribute. */
+export type ExtensionValue = string | boolean | number;
+
+/** A transient failure: the host delivers the event again later. */
+export class Retry extends Error {
+  constructor(message: string);
+}
+
+/** A permanent failure: the event goes to the dead-letter queue. */
+export class Reject extends Error {
+  constructor(message: string);
+}
+
+/** The key-value store failed; a handler that lets it propagate is retried. */
+export class KvError extends Error {
+  constructor(message: string);
+}
+
+/** The host refused an event to emit. */
+export class PublishError extends Error {
+  constructor(message: string);
+}
+
+/** A CloudEvents 1.0 event as the host delivered it. */
+export class Event {
+  readonly id: string;
+  readonly source: string;
+  readonly type: string;
+  readonly subject: string | undefined;
+  readonly time: string | undefined;
+  readonly datacontenttype: string | undefined;
+  readonly dataschema: string | undefined;
+  readonly data: Uint8Array | undefined;
+  readonly extensions: Record<string, ExtensionValue>;
+  readonly correlationId: string | undefined;
+  readonly causationId: string | undefined;
+  extension(name: string): ExtensionValue | undefined;
+  /** The payload as UTF-8 text; throws `Reject` if there is none or it is not UTF-8. */
+  text(): string;
+  /** The payload decoded as JSON; throws `Reject` if absent, not JSON or invalid. */
+  json<T = unknown>(): T;
+}
+
+export interface PluginDefinition {
+  /** The plugin's name: its file name without `.wasm`. */
+  name: string;
+  version?: string;
+  /** Event-type patterns: an exact type (`UserCreated`), a prefix (`User*`) or `*`. */
+  subscriptions: string[];
+  /** Handles one event; throw `Retry` or `Reject` to fail it. */
+  handle(event: Event): void;
+}
+
+/** What the host calls: export it as `eventHandler`. */
+export interface EventHandlerExport {
+  metadata(): { name: string; version: string; subscriptions: string[] };
+  handle(event: unknown): void;
+}
+
+export function definePlugin(definition: PluginDefinition): EventHandlerExport;
+
+export const kv: {
+  get(key: string): Uint8Array | undefined;
+  set(key: string, value: Uint8Array | string): void;
+  delete(key: string): void;
+  exists(key: string): boolean;
+  keys(): string[];
+  getJson<T = unknown>(key: string): T | undefined;
+  setJson(key: string, value: unknown): void;
+};
+
+export interface PublishOptions {
+  subject?: string;
+  datacontenttype?: string;
+  dataschema?: string;
+  extensions?: Record<string, ExtensionValue>;
+}
+
+/** Emits a follow-up event (published only if the handler succeeds); returns its id. */
+export function publish(type: string, data?: unknown, options?: PublishOptions): string;
+
+export const log: {
+  trace(message: string): void;
+  debug(message: string): void;
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+};
+
+export const config: {
+  get(key: string): string | undefined;
+  all(): Record<string, string>;
+};

@@ -1,0 +1,319 @@
+// Write evhost plugins in JavaScript. Build with componentize-js 0.23.0 (see the README's
+// "Plugins in JavaScript"); `evhost.d.ts` declares this module for TypeScript and editors.
+//
+//     import { definePlugin, kv } from "./evhost.js";
+//
+//     export const eventHandler = definePlugin({
+//       name: "greeter",
+//       version: "0.1.0",
+//       subscriptions: ["UserCreated"],
+//       handle(event) {
+//         const user = event.json();
+//         kv.setJson(`greeted:${event.subject}`, { name: user.name });
+//       },
+//     });
+//
+// Each event runs in a fresh instance: only what the plugin writes to its key-value store
+// survives. Throw `Retry` for a transient failure and `Reject` for a permanent one; any
+// other exception is logged and traps the instance (recorded as `trap`, like a Rust panic).
+
+import { log as wasiLog } from "wasi:logging/logging@0.1.0-draft";
+import { open } from "wasi:keyvalue/store@0.2.0-draft";
+import { get as configGet, getAll as configGetAll } from "wasi:config/store@0.2.0-rc.1";
+import { publish as wasiPublish } from "evhost:plugin/publisher@0.1.0";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** A transient failure: the host delivers the event again later. */
+export class Retry extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "Retry";
+  }
+}
+
+/** A permanent failure: the event goes to the dead-letter queue. */
+export class Reject extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "Reject";
+  }
+}
+
+/** The key-value store failed; a handler that lets it propagate is retried. */
+export class KvError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "KvError";
+  }
+}
+
+/** The host refused an event to emit. */
+export class PublishError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "PublishError";
+  }
+}
+
+function isJson(mediaType) {
+  if (mediaType === undefined) {
+    return true;
+  }
+  const essence = mediaType.split(";", 1)[0].trim().toLowerCase();
+  return essence === "application/json" || essence.endsWith("+json");
+}
+
+function toWitValue(name, value) {
+  switch (typeof value) {
+    case "string":
+      return { tag: "string", val: value };
+    case "boolean":
+      return { tag: "boolean", val: value };
+    case "number":
+      if (Number.isInteger(value) && value >= -(2 ** 31) && value < 2 ** 31) {
+        return { tag: "integer", val: value };
+      }
+      break;
+  }
+  throw new TypeError(`extension ${name} must be a string, a boolean or a 32-bit integer`);
+}
+
+/** A CloudEvents 1.0 event as the host delivered it. */
+export class Event {
+  #event;
+  #extensions;
+
+  constructor(event) {
+    this.#event = event;
+    this.#extensions = new Map(event.extensions.map(([name, value]) => [name, value.val]));
+  }
+
+  /** Unique within `source`. */
+  get id() {
+    return this.#event.id;
+  }
+  /** The context that produced the event. */
+  get source() {
+    return this.#event.source;
+  }
+  /** The event type, e.g. `UserCreated`. */
+  get type() {
+    return this.#event.type;
+  }
+  /** What the event is about (the ordering key), or undefined. */
+  get subject() {
+    return this.#event.subject;
+  }
+  /** When it happened (RFC 3339), or undefined. */
+  get time() {
+    return this.#event.time;
+  }
+  get datacontenttype() {
+    return this.#event.datacontenttype;
+  }
+  get dataschema() {
+    return this.#event.dataschema;
+  }
+  /** The payload bytes, or undefined. */
+  get data() {
+    return this.#event.data;
+  }
+  /** The extension attributes as a plain object. */
+  get extensions() {
+    return Object.fromEntries(this.#extensions);
+  }
+  /** One extension attribute, or undefined. */
+  extension(name) {
+    return this.#extensions.get(name);
+  }
+  /** The `correlationid` extension. */
+  get correlationId() {
+    const value = this.#extensions.get("correlationid");
+    return typeof value === "string" ? value : undefined;
+  }
+  /** The `causationid` extension: the id of the event that caused this one. */
+  get causationId() {
+    const value = this.#extensions.get("causationid");
+    return typeof value === "string" ? value : undefined;
+  }
+
+  /** The payload as UTF-8 text; `Reject` if there is none or it is not UTF-8. */
+  text() {
+    if (this.data === undefined) {
+      throw new Reject(`${this.type} event \`${this.id}\`: has no data`);
+    }
+    try {
+      return decoder.decode(this.data);
+    } catch (error) {
+      throw new Reject(`${this.type} event \`${this.id}\`: data is not UTF-8`);
+    }
+  }
+
+  /** The payload decoded as JSON; `Reject` if absent, of another media type or invalid. */
+  json() {
+    if (this.data === undefined) {
+      throw new Reject(`${this.type} event \`${this.id}\`: has no data`);
+    }
+    if (!isJson(this.datacontenttype)) {
+      throw new Reject(
+        `${this.type} event \`${this.id}\`: data has content type \`${this.datacontenttype}\`, not JSON`,
+      );
+    }
+    const text = this.text();
+    try {
+      return JSON.parse(text);
+    } catch (error) {
+      throw new Reject(`${this.type} event \`${this.id}\`: data is not valid JSON: ${error.message}`);
+    }
+  }
+}
+
+function describe(error) {
+  if (error instanceof Error) {
+    return error.stack ? `${error.name}: ${error.message}\n${error.stack}` : `${error.name}: ${error.message}`;
+  }
+  return String(error);
+}
+
+/**
+ * The `eventHandler` export of a plugin: `name` (its file name without `.wasm`), `version`,
+ * `subscriptions` (exact types, prefixes such as `User*`, or `*`) and `handle(event)`.
+ */
+export function definePlugin({ name, version = "0.0.0", subscriptions, handle }) {
+  if (typeof name !== "string" || name === "") {
+    throw new TypeError("definePlugin needs the plugin's name");
+  }
+  if (!Array.isArray(subscriptions)) {
+    throw new TypeError("definePlugin needs subscriptions: an array of event-type patterns");
+  }
+  if (typeof handle !== "function") {
+    throw new TypeError("definePlugin needs a handle(event) function");
+  }
+  return {
+    metadata() {
+      return { name, version, subscriptions: [...subscriptions] };
+    },
+    handle(event) {
+      try {
+        handle(new Event(event));
+      } catch (error) {
+        if (error instanceof Retry || error instanceof KvError) {
+          throw { tag: "retry", val: error.message };
+        }
+        if (error instanceof Reject) {
+          throw { tag: "reject", val: error.message };
+        }
+        // The trap says only `unreachable`: the log says what was thrown.
+        wasiLog("error", "", `uncaught exception: ${describe(error)}`);
+        throw error;
+      }
+    },
+  };
+}
+
+let bucket;
+
+function store(operation) {
+  try {
+    bucket ??= open("");
+    return operation(bucket);
+  } catch (error) {
+    const reason = error?.payload?.tag === "other" ? error.payload.val : (error?.payload?.tag ?? String(error));
+    throw new KvError(`the plugin's key-value store: ${reason}`);
+  }
+}
+
+/** The plugin's key-value store; writes apply only if the handler succeeds. */
+export const kv = {
+  /** The bytes stored under `key`, or undefined. */
+  get(key) {
+    return store((b) => b.get(key));
+  },
+  /** Stores `value` (a Uint8Array, or a string as UTF-8) under `key`. */
+  set(key, value) {
+    const bytes = typeof value === "string" ? encoder.encode(value) : value;
+    store((b) => b.set(key, bytes));
+  },
+  /** Removes `key`; removing an absent key is not an error. */
+  delete(key) {
+    store((b) => b.delete(key));
+  },
+  /** Whether `key` holds a value. */
+  exists(key) {
+    return store((b) => b.exists(key));
+  },
+  /** Every key. */
+  keys() {
+    const keys = [];
+    let cursor;
+    do {
+      const page = store((b) => b.listKeys(cursor));
+      keys.push(...page.keys);
+      cursor = page.cursor;
+    } while (cursor !== undefined);
+    return keys;
+  },
+  /** The JSON value stored under `key`, or undefined. */
+  getJson(key) {
+    const value = kv.get(key);
+    return value === undefined ? undefined : JSON.parse(decoder.decode(value));
+  },
+  /** Stores `value` as compact JSON under `key`. */
+  setJson(key, value) {
+    kv.set(key, JSON.stringify(value));
+  },
+};
+
+/**
+ * Emits a follow-up event and returns its id. `data` as a Uint8Array is sent as is, a string
+ * as `text/plain`, anything else as JSON. Published only if the handler succeeds.
+ */
+export function publish(type, data, { subject, datacontenttype, dataschema, extensions = {} } = {}) {
+  let payload;
+  if (data instanceof Uint8Array) {
+    payload = data;
+  } else if (typeof data === "string") {
+    payload = encoder.encode(data);
+    datacontenttype ??= "text/plain";
+  } else if (data !== undefined) {
+    payload = encoder.encode(JSON.stringify(data));
+    datacontenttype ??= "application/json";
+  }
+  const attributes = Object.entries(extensions).map(([name, value]) => [name, toWitValue(name, value)]);
+  try {
+    return wasiPublish({ type, subject, datacontenttype, dataschema, data: payload, extensions: attributes });
+  } catch (error) {
+    throw new PublishError(String(error?.payload ?? error));
+  }
+}
+
+/** Log lines the host writes with the plugin's name. */
+export const log = {
+  trace: (message) => wasiLog("trace", "", message),
+  debug: (message) => wasiLog("debug", "", message),
+  info: (message) => wasiLog("info", "", message),
+  warn: (message) => wasiLog("warn", "", message),
+  error: (message) => wasiLog("error", "", message),
+};
+
+/** The plugin's settings: the `[config]` table of its `NAME.toml`. */
+export const config = {
+  /** One value, or undefined. */
+  get(key) {
+    try {
+      return configGet(key);
+    } catch (error) {
+      throw new Retry(`reading config \`${key}\`: ${String(error?.payload?.val ?? error)}`);
+    }
+  },
+  /** Every value as an object. */
+  all() {
+    try {
+      return Object.fromEntries(configGetAll());
+    } catch (error) {
+      throw new Retry(`reading the config: ${String(error?.payload?.val ?? error)}`);
+    }
+  },
+};

@@ -1,0 +1,46 @@
+// Fails as the event's type says, and probes the sandbox, so tests can check that a
+// JavaScript plugin's failures are classified and contained as a Rust plugin's are.
+
+import { definePlugin, kv, Reject, Retry } from "./evhost.js";
+
+function attempt(action) {
+  try {
+    return `allowed: ${String(action())}`;
+  } catch (error) {
+    return `denied: ${error?.name ?? typeof error}`;
+  }
+}
+
+export const eventHandler = definePlugin({
+  name: "js-faults",
+  version: "0.1.0",
+  subscriptions: ["*"],
+  handle(event) {
+    switch (event.type) {
+      case "Retry":
+        throw new Retry("not yet");
+      case "Reject":
+        throw new Reject("never");
+      case "Raise":
+        throw new TypeError("an uncaught exception");
+      case "Loop":
+        for (;;) {}
+      case "Hog": {
+        const hoard = [];
+        for (;;) {
+          hoard.push(new Uint8Array(1 << 20).fill(1));
+        }
+      }
+      case "Probe":
+        kv.setJson("probe", {
+          fetch: typeof fetch,
+          process: typeof process,
+          require: typeof require,
+          eval: attempt(() => eval("1 + 1")),
+        });
+        return;
+      default:
+        throw new Reject(`js-faults does not know \`${event.type}\``);
+    }
+  },
+});
