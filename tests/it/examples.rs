@@ -200,3 +200,83 @@ async fn user_created_versions_upcasts_v1_and_rejects_unknown_versions() {
     );
     let _ = host.bus.stop().await;
 }
+
+/// The pinned cargo-component, installed under `target/` the first time (about five
+/// minutes), so that the README's second way of building a plugin cannot rot.
+const CARGO_COMPONENT_VERSION: &str = "0.21.1";
+
+fn cargo_with_component(root: &std::path::Path) -> std::process::Command {
+    let install = root.join(format!("target/cargo-component-{CARGO_COMPONENT_VERSION}"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let clean = |command: &mut std::process::Command| {
+        // The outer build's settings must not reach this one.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_") && key != "CARGO_HOME" || key == "RUSTFLAGS" {
+                command.env_remove(key.as_ref());
+            }
+        }
+    };
+    if !install.join("bin/cargo-component").exists() {
+        let mut command = std::process::Command::new(&cargo);
+        clean(&mut command);
+        let status = command
+            .args([
+                "install",
+                "cargo-component",
+                "--locked",
+                "--version",
+                CARGO_COMPONENT_VERSION,
+                "--root",
+            ])
+            .arg(&install)
+            .status()
+            .expect("running cargo install");
+        assert!(
+            status.success(),
+            "installing cargo-component {CARGO_COMPONENT_VERSION} failed"
+        );
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![install.join("bin")];
+    paths.extend(std::env::split_paths(&path));
+    let mut command = std::process::Command::new(cargo);
+    clean(&mut command);
+    command.env("PATH", std::env::join_paths(paths).unwrap());
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_example_built_with_cargo_component_is_served() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let target = root.join("target/cargo-component-build");
+    let output = cargo_with_component(root)
+        .current_dir(root.join("plugins"))
+        .args([
+            "component",
+            "build",
+            "--release",
+            "-p",
+            "user-projection",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .output()
+        .expect("running cargo component build");
+    assert!(
+        output.status.success(),
+        "cargo component build failed (it needs `rustup target add wasm32-wasip1`): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let wasm = target.join("wasm32-wasip1/release/user_projection.wasm");
+
+    let host = Host::new().await;
+    host.load(wasm.to_str().unwrap(), PluginOptions::default()).await;
+    host.publish_and_wait(vec![user_event(
+        "UserCreated",
+        "u1",
+        json!({"id": "u1", "name": "Ada", "email": "ada@example.com"}),
+    )])
+    .await;
+    assert_eq!(host.kv_json("user-projection", "user:u1").unwrap()["name"], "Ada");
+}

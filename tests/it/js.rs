@@ -1,5 +1,6 @@
 //! Plugins written in JavaScript with the SDK in `guest-sdk/js`, built by
-//! `componentize-js`, run by the same host as Rust ones.
+//! `componentize-js`, run by the same host as Rust ones (`languages.rs` compares the
+//! examples across languages).
 
 use std::time::Duration;
 

@@ -9,6 +9,7 @@ mod durability;
 mod examples;
 mod folder;
 mod js;
+mod languages;
 mod loading;
 mod python;
 #[path = "../support/mod.rs"]

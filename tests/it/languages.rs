@@ -1,0 +1,319 @@
+//! The example plugins written in Rust, Python and JavaScript, run over the same events:
+//! the same stored bytes, the same emitted events, the same failures.
+
+use std::collections::BTreeMap;
+
+use evhost::bus::RetryPolicy;
+use evhost::{Event, FailureKind, PluginOptions};
+use serde_json::{Value, json};
+
+use crate::{Host, recorder, wasm};
+
+fn user_event(ty: &str, subject: Option<&str>, data: Value) -> Event {
+    let event = Event::new(ty, "users-service", data);
+    match subject {
+        Some(subject) => event.with_subject(subject),
+        None => event,
+    }
+}
+
+/// One attempt per event, so a `retry` is recorded once and dead-lettered at once.
+fn one_attempt() -> PluginOptions {
+    PluginOptions {
+        retry: Some(RetryPolicy::no_retries()),
+        ..PluginOptions::default()
+    }
+}
+
+/// Runs `events` through `plugin` on a host of its own: the stored value of each key
+/// (raw bytes) and each failed event's id with the kind of its failure.
+async fn project(
+    plugin: &str,
+    events: &[Event],
+    keys: &[&str],
+) -> (BTreeMap<String, Option<String>>, Vec<(String, FailureKind)>) {
+    let host = Host::new().await;
+    let mut errors = host.bus.errors().unwrap();
+    host.load(plugin, one_attempt()).await;
+    host.publish_and_wait(events.to_vec()).await;
+    let stored = keys
+        .iter()
+        .map(|key| {
+            let value = host.kv_bytes("user-projection", key);
+            (
+                key.to_string(),
+                value.map(|bytes| String::from_utf8(bytes).unwrap()),
+            )
+        })
+        .collect();
+    let mut failures = Vec::new();
+    while let Ok(record) = errors.try_recv() {
+        failures.push((record.event_id, record.kind));
+    }
+    failures.sort_by(|a, b| a.0.cmp(&b.0));
+    (stored, failures)
+}
+
+fn payment(ty: &str, subject: &str, data: Value) -> Event {
+    Event::new(ty, "payments-service", data).with_subject(subject)
+}
+
+/// An emitted event, with what ties it to the input events as indexes into them.
+type Emitted = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<usize>,
+    Option<usize>,
+);
+
+/// What the saga `plugin` did with `events` on a host of its own: each state key's stored
+/// bytes, the events it emitted (sorted) and each failed event's index with its kind.
+async fn run_saga(
+    plugin: &str,
+    events: &[Event],
+    keys: &[&str],
+) -> (Vec<Option<Vec<u8>>>, Vec<Emitted>, Vec<(usize, FailureKind)>) {
+    let host = Host::new().await;
+    let mut errors = host.bus.errors().unwrap();
+    let seen = recorder(&host.bus, "*");
+    let options = PluginOptions {
+        retry: Some(RetryPolicy::no_retries()),
+        ..PluginOptions::default()
+    };
+    host.load(plugin, options).await;
+    host.publish_and_wait(events.to_vec()).await;
+    let index = |id: Option<&str>| id.and_then(|id| events.iter().position(|e| e.id == id));
+    let states = keys
+        .iter()
+        .map(|key| host.kv_bytes("payment-saga", key))
+        .collect();
+    let mut emitted: Vec<Emitted> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|event| event.source == "payment-saga")
+        .map(|event| {
+            (
+                event.ty.clone(),
+                event.subject.clone(),
+                event.datacontenttype.clone(),
+                format!("{:?}", event.data),
+                index(event.correlation_id()),
+                index(event.causation_id()),
+            )
+        })
+        .collect();
+    emitted.sort();
+    let mut failures = Vec::new();
+    while let Ok(record) = errors.try_recv() {
+        failures.push((index(Some(&record.event_id)).unwrap(), record.kind));
+    }
+    failures.sort_by_key(|(index, _)| *index);
+    (states, emitted, failures)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_projection_keeps_the_same_read_model_in_rust_python_and_javascript() {
+    let address = json!({"street": "1 Main St", "city": "Zürich", "floor": 3});
+    let events = vec![
+        // Created, updated, an address with an unknown field, escapes and non-ASCII text.
+        user_event(
+            "UserCreated",
+            Some("u1"),
+            json!({"id": "u1", "name": "Ada", "email": "ada@example.com", "address": address}),
+        ),
+        user_event(
+            "UserProfileUpdated",
+            Some("u1"),
+            json!({"name": "Ada \"L\"\n\t\u{1} ☃"}),
+        ),
+        user_event("UserContactUpdated", Some("u1"), json!({"phone": "+41 1"})),
+        user_event("UserProfileUpdated", Some("u1"), json!({"address": null})),
+        // Deleted, then created again.
+        user_event(
+            "UserCreated",
+            Some("u2"),
+            json!({"id": "u2", "name": "Alan", "email": "alan@example.com", "phone": "1"}),
+        ),
+        user_event("UserDeleted", Some("u2"), Value::Null),
+        user_event(
+            "UserCreated",
+            Some("u2"),
+            json!({"name": "Alan T", "email": "alan@bletchley.uk"}),
+        ),
+        // Clearing a value; updates that change nothing are rejected.
+        user_event(
+            "UserCreated",
+            Some("u3"),
+            json!({"name": "Grace", "email": "grace@navy.mil", "phone": "2"}),
+        ),
+        user_event(
+            "UserContactUpdated",
+            Some("u3"),
+            json!({"email": "grace@cobol.org", "phone": null}),
+        ),
+        user_event("UserProfileUpdated", Some("u3"), json!({"name": null})),
+        user_event("UserContactUpdated", Some("u3"), json!({"fax": "3"})),
+        // An update before the creation: retry.
+        user_event("UserProfileUpdated", Some("u4"), json!({"name": "Nobody"})),
+        // Conflicting ids, a wrong type, no id at all: reject.
+        user_event(
+            "UserCreated",
+            Some("u5"),
+            json!({"id": "other", "name": "X", "email": "x@y"}),
+        ),
+        user_event("UserCreated", Some("u6"), json!({"name": 5, "email": "x@y"})),
+        user_event("UserCreated", None, json!({"name": "Anon", "email": "a@b"})),
+        // Deleted through `data.id`.
+        user_event(
+            "UserCreated",
+            Some("u7"),
+            json!({"name": "李小龙 🐉", "email": "bruce@example.com"}),
+        ),
+        user_event("UserDeleted", Some("u7"), json!({"id": "u7"})),
+        // The id only in the data (no subject, so no order with other events).
+        user_event(
+            "UserCreated",
+            None,
+            json!({"id": "u8", "name": "Barbara", "email": "b@l.com"}),
+        ),
+    ];
+    let keys = [
+        "user:u1", "user:u2", "user:u3", "user:u4", "user:u5", "user:u6", "user:u7", "user:u8",
+    ];
+
+    let (rust, rust_failures) = project(wasm::USER_PROJECTION, &events, &keys).await;
+
+    let present: Vec<&String> = rust.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k).collect();
+    assert_eq!(
+        present,
+        ["user:u1", "user:u2", "user:u3", "user:u8"],
+        "the Rust read model: {rust:#?}"
+    );
+    let kinds = |failures: &[(String, FailureKind)]| -> Vec<(usize, FailureKind)> {
+        failures
+            .iter()
+            .map(|(id, kind)| (events.iter().position(|e| &e.id == id).unwrap(), *kind))
+            .collect()
+    };
+    let mut expected = vec![
+        (9, FailureKind::Reject),
+        (10, FailureKind::Reject),
+        (11, FailureKind::Retry),
+        (12, FailureKind::Reject),
+        (13, FailureKind::Reject),
+        (14, FailureKind::Reject),
+    ];
+    expected.sort_by(|a, b| events[a.0].id.cmp(&events[b.0].id));
+    assert_eq!(kinds(&rust_failures), expected, "the Rust plugin's failures");
+    for (language, plugin) in [
+        ("Python", wasm::PY_USER_PROJECTION),
+        ("JavaScript", wasm::JS_USER_PROJECTION),
+    ] {
+        let (read_model, failures) = project(plugin, &events, &keys).await;
+        for key in keys {
+            assert_eq!(
+                read_model[key], rust[key],
+                "{key}: the same bytes from {language} and Rust"
+            );
+        }
+        assert_eq!(
+            kinds(&failures),
+            expected,
+            "{language} fails the same events the same way"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payment_saga_stores_and_emits_the_same_in_rust_python_and_javascript() {
+    let items =
+        json!([{"sku": "bücher \"x\"", "quantity": 2, "colour": "red"}, {"sku": "pen", "quantity": 1}]);
+    let created = |subject: &str| json!({"payment_id": subject, "order_id": format!("o-{subject}"), "amount": 4200, "currency": "€", "items": items});
+    let events = vec![
+        // The happy path, a late duplicate, then contradictory news.
+        payment("PaymentCreated", "p1", created("p1")),
+        payment(
+            "InventoryReserved",
+            "p1",
+            json!({"reservation_id": "r1", "extra": true}),
+        ),
+        payment("InventoryReserved", "p1", json!({})),
+        payment("InventoryReservationFailed", "p1", json!({"reason": "late"})),
+        // The compensation, then a reservation after it.
+        payment("PaymentCreated", "p2", created("p2")),
+        payment(
+            "InventoryReservationFailed",
+            "p2",
+            json!({"reason": "out of stock\n"}),
+        ),
+        payment("InventoryReservationFailed", "p2", json!({})),
+        payment("InventoryReserved", "p2", json!({"reservation_id": null})),
+        // Joining late, with and without an order id.
+        payment("InventoryReserved", "p3", json!({"order_id": "o-3"})),
+        payment("InventoryReservationFailed", "p4", json!({})),
+        // Bad payloads: conflicting ids, a negative quantity, a missing field, not JSON.
+        payment(
+            "PaymentCreated",
+            "p5",
+            json!({"payment_id": "x", "order_id": "o", "amount": 1, "currency": "EUR", "items": []}),
+        ),
+        payment(
+            "PaymentCreated",
+            "p6",
+            json!({"order_id": "o", "amount": 1, "currency": "EUR", "items": [{"sku": "a", "quantity": -1}]}),
+        ),
+        payment(
+            "PaymentCreated",
+            "p7",
+            json!({"order_id": "o", "amount": 1, "items": []}),
+        ),
+        payment("PaymentCreated", "p8", json!("a string")),
+        // A duplicate creation with a new id is ignored.
+        payment("PaymentCreated", "p9", created("p9")),
+        payment(
+            "PaymentCreated",
+            "p9",
+            json!({"order_id": "other", "amount": 1, "currency": "USD", "items": []}),
+        ),
+    ];
+    let keys: Vec<String> = (1..=9).map(|n| format!("saga:p{n}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+
+    let (rust_states, rust_emitted, rust_failures) = run_saga(wasm::PAYMENT_SAGA, &events, &keys).await;
+
+    let stored: Vec<&str> = keys
+        .iter()
+        .zip(&rust_states)
+        .filter(|(_, s)| s.is_some())
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(
+        stored,
+        ["saga:p1", "saga:p2", "saga:p3", "saga:p9"],
+        "the Rust saga's state"
+    );
+    assert_eq!(rust_emitted.len(), 6, "{rust_emitted:#?}");
+    assert_eq!(
+        rust_failures,
+        [3, 7, 9, 10, 11, 12, 13].map(|i| (i, FailureKind::Reject)),
+        "the Rust saga's failures"
+    );
+    for (language, plugin) in [
+        ("Python", wasm::PY_PAYMENT_SAGA),
+        ("JavaScript", wasm::JS_PAYMENT_SAGA),
+    ] {
+        let (states, emitted, failures) = run_saga(plugin, &events, &keys).await;
+        for ((key, rust), other) in keys.iter().zip(&rust_states).zip(&states) {
+            assert_eq!(
+                other.as_deref().map(String::from_utf8_lossy),
+                rust.as_deref().map(String::from_utf8_lossy),
+                "{key}: the same bytes from {language} and Rust"
+            );
+        }
+        assert_eq!(emitted, rust_emitted, "{language} emits the same events");
+        assert_eq!(failures, rust_failures, "{language} fails the same events");
+    }
+}
