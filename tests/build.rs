@@ -63,14 +63,16 @@ fn main() {
         "/// The `componentize-js` the JavaScript plugins were built with.\npub const COMPONENTIZE_JS: &str = {:?};\n",
         componentize_js(&root, &manifest_dir).display().to_string()
     ));
-    for (name, wasm) in python_components(&root, &out_dir) {
+    // Beside the Rust plugins, where `bench_polyglot` finds them too.
+    let built = target_dir.clone();
+    for (name, wasm) in python_components(&root, &out_dir, &built.join("python")) {
         constants.push_str(&format!(
             "pub const PY_{}: &str = {:?};\n",
             name.replace('-', "_").to_uppercase(),
             wasm.display().to_string()
         ));
     }
-    for (name, wasm) in js_components(&root, &manifest_dir, &out_dir) {
+    for (name, wasm) in js_components(&root, &manifest_dir, &out_dir, &built.join("js")) {
         constants.push_str(&format!(
             "pub const JS_{}: &str = {:?};\n",
             name.replace('-', "_").to_uppercase(),
@@ -189,8 +191,9 @@ fn componentize_py(root: &Path) -> PathBuf {
     tool
 }
 
-/// Builds every Python plugin (a directory with an `app.py`) into `out_dir/py-NAME.wasm`.
-fn python_components(root: &Path, out_dir: &Path) -> Vec<(String, PathBuf)> {
+/// Builds every Python plugin (a directory with an `app.py`) into `built/NAME.wasm`,
+/// working on copies in `out_dir`.
+fn python_components(root: &Path, out_dir: &Path, built: &Path) -> Vec<(String, PathBuf)> {
     let sdk = root.join("guest-sdk").join("python");
     println!("cargo:rerun-if-changed={}", sdk.display());
     let mut plugins = Vec::new();
@@ -220,7 +223,8 @@ fn python_components(root: &Path, out_dir: &Path) -> Vec<(String, PathBuf)> {
         .into_iter()
         .map(|app| {
             let name = app.file_name().unwrap().to_str().unwrap().to_owned();
-            let wasm = out_dir.join(format!("py-{name}.wasm"));
+            std::fs::create_dir_all(built).unwrap();
+            let wasm = built.join(format!("{name}.wasm"));
             let copy = sources.join("plugins").join(&name);
             copy_python(&app, &copy);
             let status = Command::new(&tool)
@@ -288,8 +292,8 @@ fn componentize_js(root: &Path, manifest_dir: &Path) -> PathBuf {
 }
 
 /// Builds every JavaScript plugin (a directory with an `app.js`, which imports the SDK as
-/// `./evhost.js`) into `out_dir/js-NAME.wasm`.
-fn js_components(root: &Path, manifest_dir: &Path, out_dir: &Path) -> Vec<(String, PathBuf)> {
+/// `./evhost.js`) into `built/NAME.wasm`, working on copies in `out_dir`.
+fn js_components(root: &Path, manifest_dir: &Path, out_dir: &Path, built: &Path) -> Vec<(String, PathBuf)> {
     let sdk = root.join("guest-sdk").join("js").join("evhost.js");
     println!("cargo:rerun-if-changed={}", sdk.display());
     let mut plugins = Vec::new();
@@ -317,7 +321,8 @@ fn js_components(root: &Path, manifest_dir: &Path, out_dir: &Path) -> Vec<(Strin
         .into_iter()
         .map(|app| {
             let name = app.file_name().unwrap().to_str().unwrap().to_owned();
-            let wasm = out_dir.join(format!("js-{name}.wasm"));
+            std::fs::create_dir_all(built).unwrap();
+            let wasm = built.join(format!("{name}.wasm"));
             let copy = out_dir.join("js").join(&name);
             let _ = std::fs::remove_dir_all(&copy);
             std::fs::create_dir_all(&copy).unwrap();

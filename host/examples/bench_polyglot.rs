@@ -1,0 +1,161 @@
+//! The same trivial handler written in Rust, Python and JavaScript, one fresh instance per
+//! event, through the bus on every core.
+//!
+//! Run with `cargo run --release -p evhost --example bench_polyglot` after the tests'
+//! build has made the components (`cargo test -p evhost-tests --no-run` builds the Python
+//! and JavaScript `noop` test plugins into `target/wasm-plugins/{python,js}/` with the
+//! pinned componentize-py and componentize-js); the Rust one is built here. For each
+//! language it prints one JSON line per run, and on its last line one JSON object:
+//!
+//! - `rust_per_s`, `python_per_s`, `js_per_s`: handled events per second (median of the
+//!   runs), each in a fresh instance;
+//! - `*_compile_ms`: compiling the component (no cache), once;
+//! - `*_rss_mb_per_instance`: the host's peak resident memory during the runs above what
+//!   it held before, divided by the invocations in flight;
+//! - `*_component_mb`: the component's size.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::median;
+use evhost::{AsyncBusConfig, AsyncEventBus, Event, EventBus, PluginOptions, Runtime, RuntimeConfig};
+use serde_json::{Value, json};
+
+mod common;
+
+const RUNS: usize = 3;
+/// Invocations in flight at once: a few per core keeps every core busy.
+const CONCURRENCY: usize = 8;
+
+/// The resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+struct Language {
+    name: &'static str,
+    wasm: PathBuf,
+    events: usize,
+}
+
+/// Handled events per second over `events` unkeyed events, and the peak RSS seen.
+async fn run(runtime: &Arc<Runtime>, wasm: &[u8], events: usize) -> (f64, u64) {
+    let bus = AsyncEventBus::with_config(AsyncBusConfig {
+        max_concurrency: CONCURRENCY,
+        subscription_concurrency: CONCURRENCY,
+        handler_timeout: Duration::from_secs(60),
+        ..AsyncBusConfig::default()
+    });
+    let plugin = runtime
+        .load(wasm.to_vec(), PluginOptions::default(), bus.key_value_store())
+        .await
+        .expect("loading the plugin");
+    plugin.subscribe(&bus).expect("subscribing");
+    bus.start().await.expect("starting the bus");
+    let peak = Arc::new(AtomicU64::new(rss()));
+    let sampling = {
+        let peak = Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let batch: Vec<Event> = (0..events)
+        .map(|n| Event::new("Tick", "bench", json!({ "n": n })))
+        .collect();
+    bus.publish_batch(batch).await.expect("publishing");
+    bus.wait().await;
+    let elapsed = started.elapsed();
+    sampling.abort();
+    let metrics = bus.metrics();
+    assert_eq!(
+        metrics.subscriptions[0].succeeded, events as u64,
+        "every event handled"
+    );
+    bus.stop().await.expect("stopping the bus");
+    (
+        events as f64 / elapsed.as_secs_f64(),
+        peak.load(Ordering::Relaxed),
+    )
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (x * scale).round() / scale
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let built = root.join("target").join("wasm-plugins");
+    let languages = [
+        Language {
+            name: "rust",
+            wasm: common::build_test_plugins(&["noop"]).join("noop.wasm"),
+            events: 50_000,
+        },
+        Language {
+            name: "python",
+            wasm: built.join("python").join("noop.wasm"),
+            events: 1_500,
+        },
+        Language {
+            name: "js",
+            wasm: built.join("js").join("noop.wasm"),
+            events: 3_000,
+        },
+    ];
+    let runtime = Runtime::new(RuntimeConfig::default()).expect("creating the runtime");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut summary = json!({
+        "runs": RUNS,
+        "threads": threads,
+        "concurrency": CONCURRENCY,
+        "handler": "noop, a fresh instance per event",
+    });
+    for language in &languages {
+        let wasm = std::fs::read(&language.wasm).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run `cargo test -p evhost-tests --no-run` first to build the Python and JavaScript plugins)",
+                language.wasm.display()
+            )
+        });
+        let started = Instant::now();
+        let engine = runtime.engine();
+        wasmtime::component::Component::new(engine, &wasm).expect("compiling the component");
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        let before = rss();
+        let mut rates = Vec::new();
+        let mut peak = before;
+        for _ in 0..RUNS {
+            let (rate, run_peak) = run(&runtime, &wasm, language.events).await;
+            println!(
+                "{}",
+                json!({"language": language.name, "events": language.events, "per_s": rate.round()})
+            );
+            rates.push(rate);
+            peak = peak.max(run_peak);
+        }
+        let name = language.name;
+        let per_instance = peak.saturating_sub(before) as f64 / CONCURRENCY as f64 / (1 << 20) as f64;
+        summary[format!("{name}_per_s")] = Value::from(median(rates).round());
+        summary[format!("{name}_compile_ms")] = Value::from(compile_ms.round());
+        summary[format!("{name}_rss_mb_per_instance")] = Value::from(round(per_instance, 1));
+        summary[format!("{name}_component_mb")] = Value::from(round(wasm.len() as f64 / (1 << 20) as f64, 1));
+    }
+    summary["rss_mb"] = Value::from(rss() >> 20);
+    println!("{summary}");
+}
