@@ -196,20 +196,13 @@ fn componentize_py(root: &Path) -> PathBuf {
 fn python_components(root: &Path, out_dir: &Path, built: &Path) -> Vec<(String, PathBuf)> {
     let sdk = root.join("guest-sdk").join("python");
     println!("cargo:rerun-if-changed={}", sdk.display());
-    let mut plugins = Vec::new();
-    for dir in [
-        root.join("plugins").join("python"),
-        root.join("tests").join("plugins").join("python"),
-    ] {
-        println!("cargo:rerun-if-changed={}", dir.display());
-        let mut apps: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| path.join("app.py").exists())
-            .collect();
-        apps.sort();
-        plugins.extend(apps);
-    }
+    let plugins = apps(
+        &[
+            root.join("plugins").join("python"),
+            root.join("tests").join("plugins").join("python"),
+        ],
+        "app.py",
+    );
     if plugins.is_empty() {
         return Vec::new();
     }
@@ -296,23 +289,13 @@ fn componentize_js(root: &Path, manifest_dir: &Path) -> PathBuf {
 fn js_components(root: &Path, manifest_dir: &Path, out_dir: &Path, built: &Path) -> Vec<(String, PathBuf)> {
     let sdk = root.join("guest-sdk").join("js").join("evhost.js");
     println!("cargo:rerun-if-changed={}", sdk.display());
-    let mut plugins = Vec::new();
-    for dir in [
-        root.join("plugins").join("js"),
-        manifest_dir.join("plugins").join("js"),
-    ] {
-        println!("cargo:rerun-if-changed={}", dir.display());
-        if !dir.exists() {
-            continue;
-        }
-        let mut apps: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| path.join("app.js").exists())
-            .collect();
-        apps.sort();
-        plugins.extend(apps);
-    }
+    let plugins = apps(
+        &[
+            root.join("plugins").join("js"),
+            manifest_dir.join("plugins").join("js"),
+        ],
+        "app.js",
+    );
     if plugins.is_empty() {
         return Vec::new();
     }
@@ -356,3 +339,22 @@ fn js_components(root: &Path, manifest_dir: &Path, out_dir: &Path, built: &Path)
 /// What componentize-js would otherwise import (stdio, randomness, clocks, HTTP): the
 /// `handler` world offers none of it.
 const JS_DISABLED_FEATURES: [&str; 6] = ["-d", "stdio", "random", "clocks", "http", "fetch-event"];
+
+/// The plugin directories under `dirs` (those that exist) holding a `file`, sorted.
+fn apps(dirs: &[PathBuf], file: &str) -> Vec<PathBuf> {
+    let mut apps = Vec::new();
+    for dir in dirs {
+        println!("cargo:rerun-if-changed={}", dir.display());
+        if !dir.exists() {
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.join(file).exists())
+            .collect();
+        found.sort();
+        apps.extend(found);
+    }
+    apps
+}

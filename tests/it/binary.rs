@@ -398,12 +398,12 @@ async fn assert_scaffold_handles_an_event(host: &Running, plugin: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scaffolded_python_plugin_builds_with_one_command_and_is_served() {
-    let work = TempDir::new("new-python");
+/// Runs `evhost new NAME --lang LANG` in `work`: the plugin's folder and the build command
+/// it printed.
+fn scaffold(work: &Path, name: &str, lang: &str) -> (std::path::PathBuf, String) {
     let output = Command::new(evhost_bin())
-        .args(["new", "py-demo", "--lang", "python", "--path"])
-        .arg(&work.0)
+        .args(["new", name, "--lang", lang, "--path"])
+        .arg(work)
         .output()
         .unwrap();
     assert!(
@@ -412,14 +412,20 @@ async fn a_scaffolded_python_plugin_builds_with_one_command_and_is_served() {
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    // The printed command, as a user would run it.
     let command = stdout
         .lines()
         .find_map(|line| line.split_once(" && ").map(|(_, command)| command.to_owned()))
         .unwrap_or_else(|| panic!("no build command in {stdout:?}"));
+    (work.join(name), command)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaffolded_python_plugin_builds_with_one_command_and_is_served() {
+    let work = TempDir::new("new-python");
+    // The printed command, as a user would run it.
+    let (dir, command) = scaffold(&work.0, "py-demo", "python");
     assert!(command.starts_with("componentize-py "), "{command}");
     let args: Vec<&str> = command.split_whitespace().skip(1).collect();
-    let dir = work.0.join("py-demo");
     let status = Command::new(wasm::COMPONENTIZE_PY)
         .current_dir(&dir)
         .args(&args)
@@ -438,19 +444,8 @@ async fn a_scaffolded_python_plugin_builds_with_one_command_and_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scaffolded_javascript_plugin_builds_with_its_build_script_and_is_served() {
     let work = TempDir::new("new-js");
-    let output = Command::new(evhost_bin())
-        .args(["new", "js-demo", "--lang", "js", "--path"])
-        .arg(&work.0)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("&& npm install && npm run build"), "{stdout}");
-    let dir = work.0.join("js-demo");
+    let (dir, command) = scaffold(&work.0, "js-demo", "js");
+    assert_eq!(command, "npm install && npm run build");
     let manifest = |path: &Path| -> Value { serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap() };
     let toolchain_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("js-toolchain/package.json");
     assert_eq!(

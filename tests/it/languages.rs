@@ -1,10 +1,13 @@
 //! The example plugins written in Rust, Python and JavaScript, run over the same events:
-//! the same stored bytes, the same emitted events, the same failures.
+//! the same stored bytes, the same emitted events, the same failures; and what the
+//! Python and JavaScript failure tests share.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use evhost::bus::RetryPolicy;
-use evhost::{Event, FailureKind, PluginOptions};
+use evhost::{Event, FailureKind, Limits, Plugin, PluginOptions};
 use serde_json::{Value, json};
 
 use crate::{Host, recorder, wasm};
@@ -316,4 +319,49 @@ async fn the_payment_saga_stores_and_emits_the_same_in_rust_python_and_javascrip
         assert_eq!(emitted, rust_emitted, "{language} emits the same events");
         assert_eq!(failures, rust_failures, "{language} fails the same events");
     }
+}
+
+/// Loads the `faults` test plugin at `path` (one attempt, tight budgets), has it fail each
+/// way (retry, reject, an uncaught exception, an endless loop, unbounded allocation) and
+/// checks each failure's kind as a Rust plugin's would be; then has it run its `Probe`,
+/// which only a plugin still serving can, and returns what that stored under `probe`.
+pub(crate) async fn assert_failures_classified_and_contained(path: &str, name: &str) -> (Arc<Plugin>, Value) {
+    let host = Host::new().await;
+    let mut errors = host.bus.errors().unwrap();
+    let options = PluginOptions {
+        limits: Limits {
+            fuel: 2_000_000_000,
+            timeout: Duration::from_secs(10),
+            memory_bytes: 64 << 20,
+            ..Limits::default()
+        },
+        retry: Some(RetryPolicy::no_retries()),
+        ..PluginOptions::default()
+    };
+    let plugin = host.load(path, options).await;
+    let cases = [
+        ("Retry", FailureKind::Retry, "not yet"),
+        ("Reject", FailureKind::Reject, "never"),
+        ("Raise", FailureKind::Trap, ""),
+        ("Loop", FailureKind::OutOfFuel, ""),
+        ("Hog", FailureKind::MemoryLimit, ""),
+    ];
+    for (ty, expected, message) in cases {
+        let event = Event::new(ty, "tests", Value::Null);
+        host.publish_and_wait(vec![event.clone()]).await;
+        let record = errors.recv().await.unwrap();
+        assert_eq!(
+            (record.event_id.as_str(), record.kind),
+            (event.id.as_str(), expected),
+            "{ty}: {record}"
+        );
+        assert!(record.message.contains(message), "{ty}: {record}");
+    }
+    host.publish_and_wait(vec![Event::new("Probe", "tests", Value::Null)])
+        .await;
+    let probe = host
+        .kv_json(name, "probe")
+        .expect("the probe ran after every failure");
+    assert!(errors.try_recv().is_err(), "the probe did not fail");
+    (plugin, probe)
 }
