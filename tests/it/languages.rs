@@ -331,7 +331,8 @@ pub(crate) async fn assert_failures_classified_and_contained(path: &str, name: &
     let options = PluginOptions {
         limits: Limits {
             fuel: 2_000_000_000,
-            timeout: Duration::from_secs(10),
+            // Far above what 2e9 fuel takes, so an endless loop runs out of fuel, not time.
+            timeout: Duration::from_secs(60),
             memory_bytes: 64 << 20,
             ..Limits::default()
         },
