@@ -9,10 +9,15 @@
 //!
 //! - `rust_per_s`, `python_per_s`, `js_per_s`: handled events per second (median of the
 //!   runs), each in a fresh instance;
-//! - `*_compile_ms`: compiling the component (no cache), once;
+//! - `*_reuse_per_s`: the same with instance reuse opted into (`reuse = 1000`), each
+//!   instance serving up to 1,000 events;
+//! - `*_compile_ms`: compiling the component with an empty cache, once;
+//! - `*_cached_load_ms`: loading it again from the on-disk cache, as a restart does;
 //! - `*_rss_mb_per_instance`: the host's peak resident memory during the runs above what
 //!   it held before, divided by the invocations in flight;
 //! - `*_component_mb`: the component's size.
+//!
+//! Naming languages (`-- python js`) runs only those.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +33,8 @@ mod common;
 const RUNS: usize = 3;
 /// Invocations in flight at once: a few per core keeps every core busy.
 const CONCURRENCY: usize = 8;
+/// Events one instance serves when reuse is on.
+const REUSE: u32 = 1_000;
 
 /// The resident memory of this process, in bytes.
 fn rss() -> u64 {
@@ -42,11 +49,13 @@ fn rss() -> u64 {
 struct Language {
     name: &'static str,
     wasm: PathBuf,
+    /// Events per run with a fresh instance per event, and with reuse.
     events: usize,
+    reuse_events: usize,
 }
 
 /// Handled events per second over `events` unkeyed events, and the peak RSS seen.
-async fn run(runtime: &Arc<Runtime>, wasm: &[u8], events: usize) -> (f64, u64) {
+async fn run(runtime: &Arc<Runtime>, wasm: &[u8], events: usize, reuse: Option<u32>) -> (f64, u64) {
     let bus = AsyncEventBus::with_config(AsyncBusConfig {
         max_concurrency: CONCURRENCY,
         subscription_concurrency: CONCURRENCY,
@@ -54,7 +63,14 @@ async fn run(runtime: &Arc<Runtime>, wasm: &[u8], events: usize) -> (f64, u64) {
         ..AsyncBusConfig::default()
     });
     let plugin = runtime
-        .load(wasm.to_vec(), PluginOptions::default(), bus.key_value_store())
+        .load(
+            wasm.to_vec(),
+            PluginOptions {
+                reuse: reuse.and_then(std::num::NonZeroU32::new),
+                ..PluginOptions::default()
+            },
+            bus.key_value_store(),
+        )
         .await
         .expect("loading the plugin");
     plugin.subscribe(&bus).expect("subscribing");
@@ -106,27 +122,41 @@ async fn main() {
             name: "rust",
             wasm: common::build_test_plugins(&["noop"]).join("noop.wasm"),
             events: 50_000,
+            reuse_events: 100_000,
         },
         Language {
             name: "python",
             wasm: built.join("python").join("noop.wasm"),
-            events: 1_500,
+            events: 4_000,
+            reuse_events: 20_000,
         },
         Language {
             name: "js",
             wasm: built.join("js").join("noop.wasm"),
             events: 3_000,
+            reuse_events: 30_000,
         },
     ];
-    let runtime = Runtime::new(RuntimeConfig::default()).expect("creating the runtime");
+    // Each run loads the plugin anew; the on-disk cache keeps that from compiling it again.
+    let cache = root.join("target").join("bench-polyglot-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache),
+        ..RuntimeConfig::default()
+    })
+    .expect("creating the runtime");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut summary = json!({
         "runs": RUNS,
         "threads": threads,
         "concurrency": CONCURRENCY,
-        "handler": "noop, a fresh instance per event",
+        "handler": "noop",
     });
-    for language in &languages {
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    for language in languages
+        .iter()
+        .filter(|language| only.is_empty() || only.iter().any(|name| name == language.name))
+    {
         let wasm = std::fs::read(&language.wasm).unwrap_or_else(|e| {
             panic!(
                 "{}: {e} (run `cargo test -p evhost-tests --no-run` first to build the Python and JavaScript plugins)",
@@ -137,11 +167,14 @@ async fn main() {
         let engine = runtime.engine();
         wasmtime::component::Component::new(engine, &wasm).expect("compiling the component");
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        let started = Instant::now();
+        wasmtime::component::Component::new(engine, &wasm).expect("loading the cached component");
+        let cached_load_ms = started.elapsed().as_secs_f64() * 1e3;
         let before = rss();
         let mut rates = Vec::new();
         let mut peak = before;
         for _ in 0..RUNS {
-            let (rate, run_peak) = run(&runtime, &wasm, language.events).await;
+            let (rate, run_peak) = run(&runtime, &wasm, language.events, None).await;
             println!(
                 "{}",
                 json!({"language": language.name, "events": language.events, "per_s": rate.round()})
@@ -149,10 +182,21 @@ async fn main() {
             rates.push(rate);
             peak = peak.max(run_peak);
         }
+        let mut reuse_rates = Vec::new();
+        for _ in 0..RUNS {
+            let (rate, _) = run(&runtime, &wasm, language.reuse_events, Some(REUSE)).await;
+            println!(
+                "{}",
+                json!({"language": language.name, "events": language.reuse_events, "reuse": REUSE, "per_s": rate.round()})
+            );
+            reuse_rates.push(rate);
+        }
         let name = language.name;
         let per_instance = peak.saturating_sub(before) as f64 / CONCURRENCY as f64 / (1 << 20) as f64;
         summary[format!("{name}_per_s")] = Value::from(median(rates).round());
+        summary[format!("{name}_reuse_per_s")] = Value::from(median(reuse_rates).round());
         summary[format!("{name}_compile_ms")] = Value::from(compile_ms.round());
+        summary[format!("{name}_cached_load_ms")] = Value::from(cached_load_ms.round());
         summary[format!("{name}_rss_mb_per_instance")] = Value::from(round(per_instance, 1));
         summary[format!("{name}_component_mb")] = Value::from(round(wasm.len() as f64 / (1 << 20) as f64, 1));
     }

@@ -28,16 +28,22 @@ fn one_attempt() -> PluginOptions {
     }
 }
 
-/// Runs `events` through `plugin` on a host of its own: the stored value of each key
-/// (raw bytes) and each failed event's id with the kind of its failure.
+/// Runs `events` through `plugin` on a host of its own, each in a fresh instance or, with
+/// `reuse`, in instances serving up to that many: the stored value of each key (raw bytes)
+/// and each failed event's id with the kind of its failure.
 async fn project(
     plugin: &str,
     events: &[Event],
     keys: &[&str],
+    reuse: Option<u32>,
 ) -> (BTreeMap<String, Option<String>>, Vec<(String, FailureKind)>) {
     let host = Host::new().await;
     let mut errors = host.bus.errors().unwrap();
-    host.load(plugin, one_attempt()).await;
+    let options = PluginOptions {
+        reuse: reuse.and_then(std::num::NonZeroU32::new),
+        ..one_attempt()
+    };
+    host.load(plugin, options).await;
     host.publish_and_wait(events.to_vec()).await;
     let stored = keys
         .iter()
@@ -187,7 +193,7 @@ async fn the_user_projection_keeps_the_same_read_model_in_rust_python_and_javasc
         "user:u1", "user:u2", "user:u3", "user:u4", "user:u5", "user:u6", "user:u7", "user:u8",
     ];
 
-    let (rust, rust_failures) = project(wasm::USER_PROJECTION, &events, &keys).await;
+    let (rust, rust_failures) = project(wasm::USER_PROJECTION, &events, &keys, None).await;
 
     let present: Vec<&String> = rust.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k).collect();
     assert_eq!(
@@ -211,11 +217,16 @@ async fn the_user_projection_keeps_the_same_read_model_in_rust_python_and_javasc
     ];
     expected.sort_by(|a, b| events[a.0].id.cmp(&events[b.0].id));
     assert_eq!(kinds(&rust_failures), expected, "the Rust plugin's failures");
-    for (language, plugin) in [
-        ("Python", wasm::PY_USER_PROJECTION),
-        ("JavaScript", wasm::JS_USER_PROJECTION),
+    // The projection keeps nothing in memory, so reusing instances (dropped after each
+    // failure) must not change what it stores or how it fails.
+    for (language, plugin, reuse) in [
+        ("Python", wasm::PY_USER_PROJECTION, None),
+        ("JavaScript", wasm::JS_USER_PROJECTION, None),
+        ("Rust with reuse", wasm::USER_PROJECTION, Some(1_000)),
+        ("Python with reuse", wasm::PY_USER_PROJECTION, Some(1_000)),
+        ("JavaScript with reuse", wasm::JS_USER_PROJECTION, Some(1_000)),
     ] {
-        let (read_model, failures) = project(plugin, &events, &keys).await;
+        let (read_model, failures) = project(plugin, &events, &keys, reuse).await;
         for key in keys {
             assert_eq!(
                 read_model[key], rust[key],

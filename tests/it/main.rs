@@ -12,6 +12,7 @@ mod js;
 mod languages;
 mod loading;
 mod python;
+mod reuse;
 #[path = "../support/mod.rs"]
 #[allow(dead_code, reason = "each test binary uses some of the helpers")]
 mod support;

@@ -56,6 +56,7 @@ fn view(name: &str, subscription: &str, fuel_consumed: u64) -> PluginView {
         imports: vec!["wasi:keyvalue/store@0.2.0-draft".to_owned()],
         limits: Limits::default(),
         concurrency: Some(4),
+        reuse: 1,
         loaded_at: Utc::now(),
         reloads: 0,
         fuel_consumed,
@@ -1006,6 +1007,7 @@ async fn plugins_lists_the_catalog_with_counters() {
         })
     );
     assert_eq!(audit["concurrency"], 4);
+    assert_eq!(audit["reuse"], 1);
     assert!(audit["loaded_at"].as_str().is_some());
     assert_eq!(audit["reloads"], 0);
     assert_eq!(audit["fuel_consumed"], AUDIT_FUEL);

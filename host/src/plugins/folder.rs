@@ -75,12 +75,20 @@ pub struct PluginStatus {
     pub limits: Limits,
     /// Its own concurrency limit, if it has one.
     pub concurrency: Option<usize>,
+    /// Events one instance serves: 1 (a fresh instance per event) unless the plugin opted
+    /// into reuse.
+    #[serde(default = "one")]
+    pub reuse: u32,
     /// When the version being served was loaded.
     pub loaded_at: DateTime<Utc>,
     /// Times the file (or its manifest) was reloaded since it was first loaded.
     pub reloads: u64,
     /// Fuel burned by all its invocations, across versions.
     pub fuel_consumed: u64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Where the folder is and how plugins in it are run.
@@ -183,6 +191,7 @@ impl Entry {
             imports: info.imports.clone(),
             limits: self.plugin.limits(),
             concurrency: self.plugin.concurrency(),
+            reuse: self.plugin.reuse(),
             loaded_at: self.loaded_at,
             reloads: self.reloads,
             fuel_consumed,

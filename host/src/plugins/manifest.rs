@@ -56,6 +56,10 @@ pub struct Manifest {
     /// How failed deliveries are retried.
     #[serde(default)]
     pub retry: RetrySettings,
+    /// Opt-in instance reuse: one instance serves up to this many events, one at a time
+    /// (see [`PluginOptions::reuse`]). Unset, every event gets a fresh instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<NonZeroU32>,
 }
 
 /// The `[limits]` table. Zero is ruled out by the types where it makes no sense.
@@ -106,6 +110,7 @@ const RANGES: &[(&str, u64, &str)] = &[
     ("limits.emit_depth", 1_000, ""),
     ("limits.log_bytes", 1 << 30, " (1 GiB)"),
     ("retry.max_attempts", 1_000, ""),
+    ("reuse", 1_000_000, ""),
 ];
 /// The longest invocation timeout: an hour.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
@@ -267,6 +272,7 @@ impl Manifest {
                 multiplier: own_retry.multiplier.or(base_retry.multiplier),
                 jitter: own_retry.jitter.or(base_retry.jitter),
             },
+            reuse: self.reuse.or(defaults.reuse),
         }
     }
 
@@ -289,6 +295,7 @@ impl Manifest {
             limits.emit_depth.map(|d| u64::from(d.get())),
             limits.log_bytes,
             retry.max_attempts.map(|a| u64::from(a.get())),
+            self.reuse.map(|n| u64::from(n.get())),
         ];
         for (&(key, max, unit), value) in RANGES.iter().zip(values) {
             if let Some(value) = value
@@ -405,6 +412,7 @@ impl Manifest {
             subscriptions: self.subscriptions.clone(),
             concurrency: self.limits.concurrency.map(NonZeroUsize::get),
             retry: Some(self.retry.policy()),
+            reuse: self.reuse,
         }
     }
 }
@@ -466,6 +474,7 @@ mod tests {
         let manifest = parse(
             r#"
             subscriptions = ["User*", "PaymentCreated"]
+            reuse = 500
 
             [limits]
             fuel = 1_000_000
@@ -496,6 +505,7 @@ mod tests {
             }
         );
         assert_eq!(options.concurrency, Some(3));
+        assert_eq!(options.reuse.map(NonZeroU32::get), Some(500));
         assert_eq!(
             options.subscriptions.as_deref(),
             Some(&["User*".to_owned(), "PaymentCreated".to_owned()][..])
@@ -519,6 +529,10 @@ mod tests {
         assert_eq!(manifest, Manifest::default());
         let options = manifest.plugin_options();
         assert_eq!(options.limits, Limits::default());
+        assert_eq!(
+            options.reuse, None,
+            "a fresh instance per event unless the plugin opts in"
+        );
         assert_eq!(options.subscriptions, None);
         assert_eq!(options.concurrency, None);
         let policy = manifest.retry.policy();
@@ -605,6 +619,7 @@ mod tests {
                 "at most",
             ),
             ("[limits]\nemit_depth = 5000", "limits.emit_depth", "at most 1000"),
+            ("reuse = 1000001", "reuse", "(1000001) must be at most 1000000"),
             (
                 "[retry]\ninitial_backoff = \"300000years\"\nmax_backoff = \"300000years\"",
                 "retry.initial_backoff",
@@ -662,6 +677,8 @@ mod tests {
             );
             assert!(matches!(error, ManifestError::Parse { .. }), "{error:?}");
         }
+        let error = refused("reuse = 0\n", &["`reuse`", "nonzero"]);
+        assert!(matches!(error, ManifestError::Parse { .. }), "{error:?}");
         for zero_is_fine in ["[limits]\nemit_events = 0", "[retry]\ninitial_backoff = \"0s\""] {
             parse(zero_is_fine).unwrap();
         }

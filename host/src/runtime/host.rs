@@ -113,6 +113,26 @@ impl InvocationState {
         }
     }
 
+    /// Readies a reused instance's state for its next event: the budgets, buffered
+    /// effects, cursors, failure flags and output are the new invocation's alone. What
+    /// the guest keeps (its memory, its open handles) is the author's to manage.
+    pub(crate) fn begin(&mut self, trigger: Arc<Event>, deadline: Instant) {
+        self.output.begin(Some(trigger.id.clone()));
+        self.trigger = Some(trigger);
+        self.deadline = deadline;
+        self.limits.memory_hit = false;
+        self.limits.table_hit = false;
+        self.kv_writes.clear();
+        self.kv_calls = 0;
+        self.kv_bytes = 0;
+        self.cursors.clear();
+        self.emitted.clear();
+        self.emitted_bytes = 0;
+        self.host_error = None;
+        self.over_budget = None;
+        self.panic_message = None;
+    }
+
     /// Why the guest panicked, if it said so: the message its panic hook logged, or else
     /// the end of what it wrote to stderr (where Rust's default hook and most language
     /// runtimes put it).
@@ -368,6 +388,16 @@ impl PluginOutput {
         String::from_utf8_lossy(&self.lock().stderr_tail)
             .trim()
             .to_owned()
+    }
+
+    /// Starts the output of another invocation of the same instance, with a full budget.
+    fn begin(&self, event_id: Option<String>) {
+        let mut state = self.lock();
+        state.event_id = event_id;
+        state.remaining = state.budget;
+        state.dropped = 0;
+        state.partial = [Vec::new(), Vec::new()];
+        state.stderr_tail.clear();
     }
 
     /// Logs the unfinished lines and, if output was dropped, how much.

@@ -316,6 +316,8 @@ impl Runtime {
             concurrency: options.concurrency,
             retry: options.retry,
             fuel_consumed: Default::default(),
+            reuse: options.reuse.unwrap_or(std::num::NonZeroU32::MIN),
+            warm: Default::default(),
         };
         let metadata = plugin.call_metadata().await.map_err(LoadError::Metadata)?;
         if let Some(expected) = options.name

@@ -1,6 +1,8 @@
-//! A loaded plugin: a pre-linked component that handles each event in a fresh instance.
+//! A loaded plugin: a pre-linked component that handles each event in a fresh instance,
+//! or, when its author opts in, in an instance kept for a number of events.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 use wasmtime::Store;
 
-use super::bindings::{HandlerPre, types};
+use super::bindings::{Handler, HandlerPre, types};
 use super::host::{InvocationState, event_to_wit};
 use super::{DeadlineExceeded, MAX_HANDLES, Runtime};
 use crate::bus::{
@@ -22,6 +24,9 @@ use crate::store::KeyValueReader;
 /// tokio timeout ends it. Guest code is stopped at the deadline by epoch interruption;
 /// this bounds what a host call can add.
 const BACKSTOP: Duration = Duration::from_millis(100);
+
+/// How long a kept instance may sit unused before it is dropped (and its memory with it).
+const IDLE_INSTANCE: Duration = Duration::from_secs(60);
 
 /// Per-invocation budgets of a plugin: what its code may compute and hold, and what the
 /// host may hold or do on its behalf. Going over fuel, the deadline or the memory ceiling
@@ -105,6 +110,16 @@ pub struct PluginOptions {
     pub concurrency: Option<usize>,
     /// How its failures are retried (the bus's default otherwise).
     pub retry: Option<crate::bus::RetryPolicy>,
+    /// Opt-in instance reuse: an instance serves up to this many events, one at a time,
+    /// before it is dropped; `None` (the default) runs every event in a fresh instance.
+    /// Whatever the plugin keeps in memory survives from one event to the next, so only a
+    /// plugin written for it should set this. An instance is dropped at once after any
+    /// failure (an error it returns, a trap, a limit hit), and fuel, the deadline and the
+    /// host budgets are counted afresh for each event; the memory ceiling holds for the
+    /// instance's whole life, since its memory never shrinks. At most `concurrency`
+    /// instances are kept, each holding a slot of [`RuntimeConfig::max_instances`](crate::RuntimeConfig::max_instances),
+    /// and one unused for a minute is dropped when the plugin next runs.
+    pub reuse: Option<NonZeroU32>,
 }
 
 /// What a plugin says about itself, plus what the host derived.
@@ -142,6 +157,18 @@ pub struct Plugin {
     pub(crate) retry: Option<crate::bus::RetryPolicy>,
     /// Fuel burned by all invocations so far.
     pub(crate) fuel_consumed: std::sync::atomic::AtomicU64,
+    /// Events an instance may serve (1 unless the plugin opted into reuse).
+    pub(crate) reuse: NonZeroU32,
+    /// Instances kept for the next event, the most recently used last.
+    pub(crate) warm: parking_lot::Mutex<Vec<WarmInstance>>,
+}
+
+/// An instance that handled its last event successfully and may serve another.
+pub(crate) struct WarmInstance {
+    store: Store<InvocationState>,
+    instance: Handler,
+    served: u32,
+    idle_since: Instant,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -174,6 +201,17 @@ impl Plugin {
         self.concurrency
     }
 
+    /// How many events one instance serves: 1 (a fresh instance per event) unless the
+    /// plugin opted into reuse ([`PluginOptions::reuse`]).
+    pub fn reuse(&self) -> u32 {
+        self.reuse.get()
+    }
+
+    /// Instances kept between events right now (always 0 without reuse).
+    pub fn warm_instances(&self) -> usize {
+        self.warm.lock().len()
+    }
+
     /// Subscribes the plugin to its patterns on `bus`, as one subscription: a plugin sees
     /// the events of one key in order whichever of its patterns they match.
     pub fn subscribe(self: &Arc<Self>, bus: &AsyncEventBus) -> Result<SubscriptionId, BusError> {
@@ -197,19 +235,12 @@ impl Plugin {
     }
 
     fn new_store(&self, trigger: Option<Arc<Event>>) -> Store<InvocationState> {
-        let limits = self.shared.limits;
-        let now = Instant::now();
-        // A timeout too long to add is as good as none: a day is further than any deadline.
-        let deadline = now
-            .checked_add(limits.timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(86_400));
+        let deadline = self.deadline();
         let state = InvocationState::new(Arc::clone(&self.shared), trigger, deadline);
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|state| &mut state.limits);
-        store.set_fuel(limits.fuel).expect("the engine meters fuel");
         // Check the clock on every epoch tick: trap once past the deadline, otherwise yield
         // so a long computation does not hog the executor thread.
-        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             if Instant::now() >= ctx.data().deadline {
                 Err(wasmtime::Error::new(DeadlineExceeded))
@@ -217,7 +248,43 @@ impl Plugin {
                 Ok(wasmtime::UpdateDeadline::Yield(1))
             }
         });
+        self.refuel(&mut store);
         store
+    }
+
+    /// A full fuel budget and the next epoch check, for a new invocation.
+    fn refuel(&self, store: &mut Store<InvocationState>) {
+        store
+            .set_fuel(self.shared.limits.fuel)
+            .expect("the engine meters fuel");
+        store.set_epoch_deadline(1);
+    }
+
+    /// The deadline of an invocation starting now (a timeout too long to add is as good
+    /// as none: a day is further than any deadline).
+    fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.shared.limits.timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400))
+    }
+
+    /// A kept instance readied for `event`, if there is one; instances unused for too
+    /// long are dropped on the way.
+    fn take_warm(&self, event: &Arc<Event>) -> Option<WarmInstance> {
+        let (stale, warm) = {
+            let mut pool = self.warm.lock();
+            let stale = pool
+                .iter()
+                .take_while(|w| w.idle_since.elapsed() >= IDLE_INSTANCE)
+                .count();
+            let stale: Vec<WarmInstance> = pool.drain(..stale).collect();
+            (stale, pool.pop())
+        };
+        drop(stale);
+        let mut warm = warm?;
+        warm.store.data_mut().begin(Arc::clone(event), self.deadline());
+        self.refuel(&mut warm.store);
+        Some(warm)
     }
 
     /// Calls the plugin's `metadata` export in a fresh instance.
@@ -243,19 +310,27 @@ impl Plugin {
         result
     }
 
-    /// One invocation in a fresh instance; effects are returned only on success.
+    /// One invocation in a fresh instance (or a kept one, when the plugin opted into
+    /// reuse); effects are returned only on success.
     async fn invoke(&self, event: Arc<Event>) -> Result<Effects, HandlerError> {
         let wit_event = event_to_wit(&event);
-        let mut store = self.new_store(Some(event));
+        let (mut store, kept) = match self.take_warm(&event) {
+            Some(warm) => (warm.store, Some((warm.instance, warm.served))),
+            None => (self.new_store(Some(event)), None),
+        };
         let timeout = self.shared.limits.timeout;
         let call = async {
             // Instantiating runs the component's start functions: a trap or the deadline
             // there is the plugin's failure like one in `handle`.
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance
+            let (instance, served) = match kept {
+                Some(kept) => kept,
+                None => (self.pre.instantiate_async(&mut store).await?, 0),
+            };
+            let result = instance
                 .evhost_plugin_event_handler()
                 .call_handle(&mut store, &wit_event)
-                .await
+                .await?;
+            Ok::<_, wasmtime::Error>((result, instance, served + 1))
         };
         let outcome = tokio::time::timeout(timeout.saturating_add(BACKSTOP), call).await;
         if let Ok(remaining) = store.get_fuel() {
@@ -273,17 +348,27 @@ impl Plugin {
             }
             Ok(result) => result,
         };
+        // Only an instance that succeeded is kept: after any failure it is dropped here.
         match result {
-            Ok(Ok(())) => {
-                let state = store.into_data();
-                Ok(Effects {
+            Ok((Ok(()), instance, served)) => {
+                let state = store.data_mut();
+                let effects = Effects {
                     kv_namespace: self.shared.name.to_string(),
-                    kv_writes: state.kv_writes.into_iter().collect(),
-                    emitted: state.emitted,
-                })
+                    kv_writes: std::mem::take(&mut state.kv_writes).into_iter().collect(),
+                    emitted: std::mem::take(&mut state.emitted),
+                };
+                if served < self.reuse.get() {
+                    self.warm.lock().push(WarmInstance {
+                        store,
+                        instance,
+                        served,
+                        idle_since: Instant::now(),
+                    });
+                }
+                Ok(effects)
             }
-            Ok(Err(types::HandlerError::Retry(reason))) => Err(HandlerError::retry(reason)),
-            Ok(Err(types::HandlerError::Reject(reason))) => Err(HandlerError::reject(reason)),
+            Ok((Err(types::HandlerError::Retry(reason)), ..)) => Err(HandlerError::retry(reason)),
+            Ok((Err(types::HandlerError::Reject(reason)), ..)) => Err(HandlerError::reject(reason)),
             Err(error) => {
                 let (kind, message) = classify(&error, store.data());
                 Err(HandlerError::new(kind, message))
