@@ -286,10 +286,14 @@ impl Runtime {
         check_header(&bytes)?;
         let hash = content_hash(&bytes);
         let engine = self.engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))?
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let component = tokio::task::spawn_blocking(move || {
+            let component = Component::new(&engine, &bytes);
+            release_freed_memory();
+            component
+        })
+        .await
+        .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))?
+        .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let pre = self.link(&component)?;
         let imports = component
             .component_type()
@@ -384,6 +388,24 @@ impl Runtime {
         HandlerPre::new(instance_pre).map_err(|e| LoadError::Incompatible(format!("{e:#}")))
     }
 }
+
+/// Gives the memory the compiler has freed back to the system. Compiling an interpreter's
+/// component allocates a few hundred megabytes and frees them again, and glibc's allocator
+/// keeps what was freed for reuse: without this, a host that compiled one Python plugin
+/// went on holding ~200 MB it no longer used (`bench_polyglot`: a peak of 438 MB under load
+/// against 234 MB with it).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: `malloc_trim` only returns free pages of the heap to the system, under the
+    // allocator's own locks; it neither frees nor moves memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
 
 /// Wasmtime's on-disk cache of compiled code in `dir`. Its key covers the component's
 /// bytes and the engine's code-generation settings (`HashedEngineCompileEnv` in
