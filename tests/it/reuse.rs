@@ -145,3 +145,26 @@ async fn reuse_in_the_plugins_manifest_takes_effect() {
     host.publish_and_wait(events.clone()).await;
     assert_eq!(served(&host, &events), [1, 2, 1, 2, 1].map(Some));
 }
+
+#[tokio::test]
+async fn a_kept_instance_left_unused_for_a_minute_is_dropped() {
+    let host = Host::new().await;
+    let plugin = host.load(wasm::WARM_COUNTER, options(Some(10))).await;
+    host.publish_and_wait(sequence(&["Tick"], json!(null))).await;
+    assert_eq!(plugin.warm_instances(), 1);
+    // Tokio's clock, paused, runs ahead to each timer while nothing else is to be done.
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    assert_eq!(plugin.warm_instances(), 1, "kept while unused for under a minute");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        plugin.warm_instances(),
+        0,
+        "dropped once unused for over a minute"
+    );
+    tokio::time::resume();
+    // The next event starts a fresh instance.
+    let events = sequence(&["Tick"], json!(null));
+    host.publish_and_wait(events.clone()).await;
+    assert_eq!(served(&host, &events), [Some(1)]);
+}

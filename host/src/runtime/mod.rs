@@ -365,7 +365,11 @@ impl Runtime {
         plugin.info.name = metadata.name;
         plugin.info.version = metadata.version;
         plugin.info.subscriptions = subscriptions;
-        Ok(Arc::new(plugin))
+        let plugin = Arc::new(plugin);
+        if plugin.reuse() > 1 {
+            tokio::spawn(plugin::sweep_idle_instances(Arc::downgrade(&plugin)));
+        }
+        Ok(plugin)
     }
 
     /// Checks the component against the handler world and pre-links it.

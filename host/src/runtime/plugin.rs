@@ -28,6 +28,10 @@ const BACKSTOP: Duration = Duration::from_millis(100);
 /// How long a kept instance may sit unused before it is dropped (and its memory with it).
 const IDLE_INSTANCE: Duration = Duration::from_secs(60);
 
+/// How often a plugin's kept instances are checked for idleness: one is dropped between
+/// one and one and a quarter minutes after its last event.
+const IDLE_SWEEP: Duration = Duration::from_secs(15);
+
 /// Per-invocation budgets of a plugin: what its code may compute and hold, and what the
 /// host may hold or do on its behalf. Going over fuel, the deadline or the memory ceiling
 /// fails the invocation as `out-of-fuel`, `timeout` or `memory-limit`; going over a host
@@ -118,7 +122,7 @@ pub struct PluginOptions {
     /// host budgets are counted afresh for each event; the memory ceiling holds for the
     /// instance's whole life, since its memory never shrinks. At most `concurrency`
     /// instances are kept, each holding a slot of [`RuntimeConfig::max_instances`](crate::RuntimeConfig::max_instances),
-    /// and one unused for a minute is dropped when the plugin next runs.
+    /// and one left unused for a minute is dropped.
     pub reuse: Option<NonZeroU32>,
 }
 
@@ -168,7 +172,8 @@ pub(crate) struct WarmInstance {
     store: Store<InvocationState>,
     instance: Handler,
     served: u32,
-    idle_since: Instant,
+    /// On tokio's clock, so that tests can let time pass.
+    idle_since: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -273,18 +278,20 @@ impl Plugin {
     fn take_warm(&self, event: &Arc<Event>) -> Option<WarmInstance> {
         let (stale, warm) = {
             let mut pool = self.warm.lock();
-            let stale = pool
-                .iter()
-                .take_while(|w| w.idle_since.elapsed() >= IDLE_INSTANCE)
-                .count();
-            let stale: Vec<WarmInstance> = pool.drain(..stale).collect();
-            (stale, pool.pop())
+            (take_idle(&mut pool), pool.pop())
         };
         drop(stale);
         let mut warm = warm?;
         warm.store.data_mut().begin(Arc::clone(event), self.deadline());
         self.refuel(&mut warm.store);
         Some(warm)
+    }
+
+    /// Drops the kept instances left unused for a minute (outside the lock: dropping an
+    /// instance frees its memory).
+    fn drop_idle(&self) {
+        let stale = take_idle(&mut self.warm.lock());
+        drop(stale);
     }
 
     /// Calls the plugin's `metadata` export in a fresh instance.
@@ -362,7 +369,7 @@ impl Plugin {
                         store,
                         instance,
                         served,
-                        idle_since: Instant::now(),
+                        idle_since: tokio::time::Instant::now(),
                     });
                 }
                 Ok(effects)
@@ -490,5 +497,29 @@ impl EventHandler for Plugin {
             span.in_scope(|| tracing::info!(emitted = ?types, "plugin published events"));
         }
         result
+    }
+}
+
+/// The kept instances unused for [`IDLE_INSTANCE`], taken out of `pool` (the least
+/// recently used are first).
+fn take_idle(pool: &mut Vec<WarmInstance>) -> Vec<WarmInstance> {
+    let stale = pool
+        .iter()
+        .take_while(|warm| warm.idle_since.elapsed() >= IDLE_INSTANCE)
+        .count();
+    pool.drain(..stale).collect()
+}
+
+/// Drops `plugin`'s idle kept instances every [`IDLE_SWEEP`], for as long as it exists, so
+/// a plugin that has gone quiet does not hold instances and their memory.
+pub(crate) async fn sweep_idle_instances(plugin: std::sync::Weak<Plugin>) {
+    let mut every = tokio::time::interval(IDLE_SWEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(plugin) = plugin.upgrade() else {
+            return;
+        };
+        plugin.drop_idle();
     }
 }
