@@ -6,25 +6,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use evhost::bus::RetryPolicy;
 use evhost::{Event, FailureKind, Limits, Plugin, PluginOptions};
 use serde_json::{Value, json};
 
-use crate::{Host, recorder, wasm};
+use crate::{Host, one_attempt, recorder, wasm};
 
 fn user_event(ty: &str, subject: Option<&str>, data: Value) -> Event {
     let event = Event::new(ty, "users-service", data);
     match subject {
         Some(subject) => event.with_subject(subject),
         None => event,
-    }
-}
-
-/// One attempt per event, so a `retry` is recorded once and dead-lettered at once.
-fn one_attempt() -> PluginOptions {
-    PluginOptions {
-        retry: Some(RetryPolicy::no_retries()),
-        ..PluginOptions::default()
     }
 }
 
@@ -87,11 +78,7 @@ async fn run_saga(
     let host = Host::new().await;
     let mut errors = host.bus.errors().unwrap();
     let seen = recorder(&host.bus, "*");
-    let options = PluginOptions {
-        retry: Some(RetryPolicy::no_retries()),
-        ..PluginOptions::default()
-    };
-    host.load(plugin, options).await;
+    host.load(plugin, one_attempt()).await;
     host.publish_and_wait(events.to_vec()).await;
     let index = |id: Option<&str>| id.and_then(|id| events.iter().position(|e| e.id == id));
     let states = keys
@@ -347,8 +334,7 @@ pub(crate) async fn assert_failures_classified_and_contained(path: &str, name: &
             memory_bytes: 64 << 20,
             ..Limits::default()
         },
-        retry: Some(RetryPolicy::no_retries()),
-        ..PluginOptions::default()
+        ..one_attempt()
     };
     let plugin = host.load(path, options).await;
     let cases = [

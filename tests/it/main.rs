@@ -127,6 +127,14 @@ impl Host {
     }
 }
 
+/// One attempt per event, so a `retry` is recorded once and dead-lettered at once.
+fn one_attempt() -> PluginOptions {
+    PluginOptions {
+        retry: Some(evhost::bus::RetryPolicy::no_retries()),
+        ..PluginOptions::default()
+    }
+}
+
 /// Records every event published on a bus, for asserting on emitted events.
 fn recorder(bus: &AsyncEventBus, pattern: &str) -> Arc<std::sync::Mutex<Vec<Arc<Event>>>> {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -4,11 +4,10 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use evhost::bus::RetryPolicy;
 use evhost::{Event, EventBus, FailureKind, PluginOptions};
 use serde_json::json;
 
-use crate::{Host, wasm};
+use crate::{Host, one_attempt, wasm};
 
 const PLUGIN: &str = "warm-counter";
 
@@ -16,8 +15,7 @@ const PLUGIN: &str = "warm-counter";
 fn options(reuse: Option<u32>) -> PluginOptions {
     PluginOptions {
         reuse: reuse.and_then(NonZeroU32::new),
-        retry: Some(RetryPolicy::no_retries()),
-        ..PluginOptions::default()
+        ..one_attempt()
     }
 }
 

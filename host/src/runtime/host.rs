@@ -43,7 +43,7 @@ const LIVE_CURSORS: usize = 64;
 #[derive(Debug)]
 pub struct Bucket;
 
-/// The store data of one invocation.
+/// The store data of one instance: of one invocation, unless the plugin opted into reuse.
 pub(crate) struct InvocationState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
@@ -51,18 +51,27 @@ pub(crate) struct InvocationState {
     pub(crate) plugin: Arc<PluginShared>,
     /// The event being handled (emitted events take their correlation from it).
     pub(crate) trigger: Option<Arc<Event>>,
+    /// What the current call of `handle` has done so far.
+    pub(crate) call: CallState,
+    /// Cursors are numbered from 0 in the order they were handed out, for the instance's
+    /// life.
+    next_cursor: u64,
+    pub(crate) output: PluginOutput,
+    pub(crate) deadline: Instant,
+}
+
+/// What one call of `handle` has buffered and run into: a reused instance starts each
+/// call with a fresh one.
+#[derive(Default)]
+pub(crate) struct CallState {
     pub(crate) kv_writes: BTreeMap<String, Option<Vec<u8>>>,
     /// `set` and `delete` calls so far, and the bytes they carried.
     kv_calls: usize,
     kv_bytes: usize,
-    /// The most recent `list-keys` cursors with the key each resumes after; cursors are
-    /// numbered from 0 in the order they were handed out.
+    /// The most recent `list-keys` cursors with the key each resumes after.
     cursors: VecDeque<(u64, String)>,
-    next_cursor: u64,
     pub(crate) emitted: Vec<Event>,
     emitted_bytes: usize,
-    pub(crate) output: PluginOutput,
-    pub(crate) deadline: Instant,
     /// Set when the host itself failed while serving the plugin.
     pub(crate) host_error: Option<String>,
     /// Set when the guest went over one of the host's budgets; the trap that follows is
@@ -98,46 +107,30 @@ impl InvocationState {
             limits,
             plugin,
             trigger,
-            kv_writes: BTreeMap::new(),
-            kv_calls: 0,
-            kv_bytes: 0,
-            cursors: VecDeque::new(),
+            call: CallState::default(),
             next_cursor: 0,
-            emitted: Vec::new(),
-            emitted_bytes: 0,
             output,
             deadline,
-            host_error: None,
-            over_budget: None,
-            panic_message: None,
         }
     }
 
-    /// Readies a reused instance's state for its next event: the budgets, buffered
-    /// effects, cursors, failure flags and output are the new invocation's alone. What
-    /// the guest keeps (its memory, its open handles) is the author's to manage.
+    /// Readies a reused instance's state for its next event: the call's state, the
+    /// limit-hit flags and the output budget start afresh. What the guest keeps (its
+    /// memory, its open handles) is the author's to manage.
     pub(crate) fn begin(&mut self, trigger: Arc<Event>, deadline: Instant) {
         self.output.begin(Some(trigger.id.clone()));
         self.trigger = Some(trigger);
         self.deadline = deadline;
         self.limits.memory_hit = false;
         self.limits.table_hit = false;
-        self.kv_writes.clear();
-        self.kv_calls = 0;
-        self.kv_bytes = 0;
-        self.cursors.clear();
-        self.emitted.clear();
-        self.emitted_bytes = 0;
-        self.host_error = None;
-        self.over_budget = None;
-        self.panic_message = None;
+        self.call = CallState::default();
     }
 
     /// Why the guest panicked, if it said so: the message its panic hook logged, or else
     /// the end of what it wrote to stderr (where Rust's default hook and most language
     /// runtimes put it).
     pub(crate) fn panic_text(&self) -> String {
-        match &self.panic_message {
+        match &self.call.panic_message {
             Some(message) => message.clone(),
             None => self.output.stderr_tail(),
         }
@@ -148,13 +141,13 @@ impl InvocationState {
     }
 
     fn host_failure(&mut self, message: String) -> wasmtime::Error {
-        self.host_error = Some(message.clone());
+        self.call.host_error = Some(message.clone());
         wasmtime::Error::msg(message)
     }
 
     /// Traps the guest: it went over a budget.
     fn over(&mut self, message: String) -> wasmtime::Error {
-        self.over_budget = Some(message.clone());
+        self.call.over_budget = Some(message.clone());
         wasmtime::Error::msg(message)
     }
 
@@ -166,16 +159,16 @@ impl InvocationState {
                 key.len()
             )));
         }
-        self.kv_calls += 1;
-        self.kv_bytes = self.kv_bytes.saturating_add(bytes);
+        self.call.kv_calls += 1;
+        self.call.kv_bytes = self.call.kv_bytes.saturating_add(bytes);
         let limits = *self.limits();
-        if self.kv_calls > limits.kv_writes {
+        if self.call.kv_calls > limits.kv_writes {
             return Err(self.over(format!(
                 "more than {} key-value writes in one invocation (limit `kv_writes`)",
                 limits.kv_writes
             )));
         }
-        if self.kv_bytes > limits.kv_write_bytes {
+        if self.call.kv_bytes > limits.kv_write_bytes {
             return Err(self.over(format!(
                 "more than {} bytes of key-value writes in one invocation (limit `kv_write_bytes`)",
                 limits.kv_write_bytes
@@ -298,9 +291,9 @@ struct OutputState {
     stderr_tail: Vec<u8>,
 }
 
-impl PluginOutput {
+impl OutputState {
     fn new(plugin: Arc<str>, event_id: Option<String>, budget: usize) -> Self {
-        Self(Arc::new(Mutex::new(OutputState {
+        Self {
             plugin,
             event_id,
             remaining: budget,
@@ -308,7 +301,13 @@ impl PluginOutput {
             dropped: 0,
             partial: [Vec::new(), Vec::new()],
             stderr_tail: Vec::new(),
-        })))
+        }
+    }
+}
+
+impl PluginOutput {
+    fn new(plugin: Arc<str>, event_id: Option<String>, budget: usize) -> Self {
+        Self(Arc::new(Mutex::new(OutputState::new(plugin, event_id, budget))))
     }
 
     fn lock(&self) -> MutexGuard<'_, OutputState> {
@@ -393,11 +392,7 @@ impl PluginOutput {
     /// Starts the output of another invocation of the same instance, with a full budget.
     fn begin(&self, event_id: Option<String>) {
         let mut state = self.lock();
-        state.event_id = event_id;
-        state.remaining = state.budget;
-        state.dropped = 0;
-        state.partial = [Vec::new(), Vec::new()];
-        state.stderr_tail.clear();
+        *state = OutputState::new(Arc::clone(&state.plugin), event_id, state.budget);
     }
 
     /// Logs the unfinished lines and, if output was dropped, how much.
@@ -510,15 +505,15 @@ impl publisher::Host for InvocationState {
             ));
         };
         // Charged before anything is checked or copied: a refused event cost the host too.
-        self.emitted_bytes = self.emitted_bytes.saturating_add(outgoing_size(&outgoing));
+        self.call.emitted_bytes = self.call.emitted_bytes.saturating_add(outgoing_size(&outgoing));
         let limits = *self.limits();
-        if self.emitted.len() >= limits.emit_events {
+        if self.call.emitted.len() >= limits.emit_events {
             return Err(self.over(format!(
                 "more than {} emitted events in one invocation (limit `emit_events`)",
                 limits.emit_events
             )));
         }
-        if self.emitted_bytes > limits.emit_bytes {
+        if self.call.emitted_bytes > limits.emit_bytes {
             return Err(self.over(format!(
                 "more than {} bytes of emitted events in one invocation (limit `emit_bytes`)",
                 limits.emit_bytes
@@ -555,7 +550,7 @@ impl publisher::Host for InvocationState {
             return Ok(Err(bound_text(e.to_string(), MAX_MESSAGE_BYTES)));
         }
         let id = event.id.clone();
-        self.emitted.push(event);
+        self.call.emitted.push(event);
         Ok(Ok(id))
     }
 }
@@ -590,7 +585,7 @@ fn is_json(content_type: Option<&str>) -> bool {
 impl logging::Host for InvocationState {
     fn log(&mut self, level: logging::Level, context: String, message: String) -> wasmtime::Result<()> {
         if context == "panic" {
-            self.panic_message = Some(bounded_copy(&message, MAX_MESSAGE_BYTES));
+            self.call.panic_message = Some(bounded_copy(&message, MAX_MESSAGE_BYTES));
         }
         self.output.log(level, &context, message);
         Ok(())
@@ -616,7 +611,7 @@ impl keyvalue::HostBucket for InvocationState {
         _bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, keyvalue::Error>> {
-        if let Some(pending) = self.kv_writes.get(&key) {
+        if let Some(pending) = self.call.kv_writes.get(&key) {
             return Ok(Ok(pending.clone()));
         }
         if key.len() > MAX_KEY_BYTES {
@@ -635,7 +630,7 @@ impl keyvalue::HostBucket for InvocationState {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), keyvalue::Error>> {
         self.charge_kv_write(&key, key.len() + value.len())?;
-        self.kv_writes.insert(key, Some(value));
+        self.call.kv_writes.insert(key, Some(value));
         Ok(Ok(()))
     }
 
@@ -645,7 +640,7 @@ impl keyvalue::HostBucket for InvocationState {
         key: String,
     ) -> wasmtime::Result<Result<(), keyvalue::Error>> {
         self.charge_kv_write(&key, key.len())?;
-        self.kv_writes.insert(key, None);
+        self.call.kv_writes.insert(key, None);
         Ok(Ok(()))
     }
 
@@ -669,7 +664,7 @@ impl keyvalue::HostBucket for InvocationState {
     ) -> wasmtime::Result<Result<keyvalue::KeyResponse, keyvalue::Error>> {
         let after = match cursor {
             None => None,
-            Some(cursor) => match self.cursors.iter().find(|(id, _)| *id == cursor) {
+            Some(cursor) => match self.call.cursors.iter().find(|(id, _)| *id == cursor) {
                 Some((_, after)) => Some(after.clone()),
                 None => {
                     return Ok(Err(keyvalue::Error::Other(format!(
@@ -694,7 +689,7 @@ impl keyvalue::HostBucket for InvocationState {
             _ => Bound::Unbounded,
         };
         let lower = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let mut buffered = self.kv_writes.range::<str, _>((lower, upper)).peekable();
+        let mut buffered = self.call.kv_writes.range::<str, _>((lower, upper)).peekable();
         let mut committed = page.keys.iter().peekable();
         let mut keys = Vec::new();
         let mut truncated = false;
@@ -729,12 +724,12 @@ impl keyvalue::HostBucket for InvocationState {
             None
         };
         let cursor = resume_after.map(|key| {
-            if self.cursors.len() == LIVE_CURSORS {
-                self.cursors.pop_front();
+            if self.call.cursors.len() == LIVE_CURSORS {
+                self.call.cursors.pop_front();
             }
             let id = self.next_cursor;
             self.next_cursor += 1;
-            self.cursors.push_back((id, key));
+            self.call.cursors.push_back((id, key));
             id
         });
         Ok(Ok(keyvalue::KeyResponse { keys, cursor }))

@@ -273,24 +273,28 @@ impl Plugin {
             .unwrap_or_else(|| now + Duration::from_secs(86_400))
     }
 
-    /// A kept instance readied for `event`, if there is one; instances unused for too
-    /// long are dropped on the way.
+    /// The most recently used kept instance, readied for `event`, if there is one.
     fn take_warm(&self, event: &Arc<Event>) -> Option<WarmInstance> {
-        let (stale, warm) = {
-            let mut pool = self.warm.lock();
-            (take_idle(&mut pool), pool.pop())
-        };
-        drop(stale);
-        let mut warm = warm?;
+        if self.reuse == NonZeroU32::MIN {
+            return None;
+        }
+        let mut warm = self.warm.lock().pop()?;
         warm.store.data_mut().begin(Arc::clone(event), self.deadline());
         self.refuel(&mut warm.store);
         Some(warm)
     }
 
-    /// Drops the kept instances left unused for a minute (outside the lock: dropping an
-    /// instance frees its memory).
+    /// Drops the kept instances left unused for [`IDLE_INSTANCE`] (outside the lock:
+    /// dropping an instance frees its memory). The least recently used are first.
     fn drop_idle(&self) {
-        let stale = take_idle(&mut self.warm.lock());
+        let stale: Vec<WarmInstance> = {
+            let mut pool = self.warm.lock();
+            let idle = pool
+                .iter()
+                .take_while(|warm| warm.idle_since.elapsed() >= IDLE_INSTANCE)
+                .count();
+            pool.drain(..idle).collect()
+        };
         drop(stale);
     }
 
@@ -361,8 +365,8 @@ impl Plugin {
                 let state = store.data_mut();
                 let effects = Effects {
                     kv_namespace: self.shared.name.to_string(),
-                    kv_writes: std::mem::take(&mut state.kv_writes).into_iter().collect(),
-                    emitted: std::mem::take(&mut state.emitted),
+                    kv_writes: std::mem::take(&mut state.call.kv_writes).into_iter().collect(),
+                    emitted: std::mem::take(&mut state.call.emitted),
                 };
                 if served < self.reuse.get() {
                     self.warm.lock().push(WarmInstance {
@@ -388,10 +392,10 @@ impl Plugin {
 /// ceiling, fuel, the guest exiting, or a trap (with the guest's panic message when it
 /// printed one). What wasmtime reports without a trap code is the host's fault.
 fn classify(error: &wasmtime::Error, state: &InvocationState) -> (FailureKind, String) {
-    if let Some(message) = &state.host_error {
+    if let Some(message) = &state.call.host_error {
         return (FailureKind::HostError, message.clone());
     }
-    if let Some(message) = &state.over_budget {
+    if let Some(message) = &state.call.over_budget {
         return (FailureKind::ResourceLimit, message.clone());
     }
     if error.downcast_ref::<DeadlineExceeded>().is_some() {
@@ -498,16 +502,6 @@ impl EventHandler for Plugin {
         }
         result
     }
-}
-
-/// The kept instances unused for [`IDLE_INSTANCE`], taken out of `pool` (the least
-/// recently used are first).
-fn take_idle(pool: &mut Vec<WarmInstance>) -> Vec<WarmInstance> {
-    let stale = pool
-        .iter()
-        .take_while(|warm| warm.idle_since.elapsed() >= IDLE_INSTANCE)
-        .count();
-    pool.drain(..stale).collect()
 }
 
 /// Drops `plugin`'s idle kept instances every [`IDLE_SWEEP`], for as long as it exists, so
