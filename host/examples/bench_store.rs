@@ -107,7 +107,7 @@ async fn append_run(total: usize, per_request: usize, publishers: usize) -> Run 
         let events = input[i * per_request..(i + 1) * per_request].to_vec();
         async move {
             let batch = AppendBatch {
-                routes: vec![vec!["projection".to_owned()]; events.len()],
+                routes: vec![vec![Arc::from("projection")]; events.len()],
                 events,
                 checkpoint: None,
             };
@@ -130,7 +130,7 @@ async fn delivery_commits() -> Run {
     let mut offsets = Vec::with_capacity(COMMITS);
     for chunk in input.chunks(1_000) {
         let batch = AppendBatch {
-            routes: vec![vec!["projection".to_owned()]; chunk.len()],
+            routes: vec![vec![Arc::from("projection")]; chunk.len()],
             events: chunk.to_vec(),
             checkpoint: None,
         };

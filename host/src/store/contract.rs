@@ -80,7 +80,7 @@ pub(crate) fn batch(events: &[Arc<Event>], routes: &[&[&str]]) -> AppendBatch {
         events: events.to_vec(),
         routes: routes
             .iter()
-            .map(|r| r.iter().map(|s| (*s).to_owned()).collect())
+            .map(|r| r.iter().map(|s| Arc::from(*s)).collect())
             .collect(),
         checkpoint: None,
     }
@@ -248,7 +248,7 @@ pub(crate) async fn ledger(storage: &Storage, claims: Claims) {
         ("k".into(), Some(b"v2".to_vec())),
         ("gone".into(), None),
     ];
-    ack.emitted = vec![(Arc::clone(&y), vec!["t".to_owned()])];
+    ack.emitted = vec![(Arc::clone(&y), vec![Arc::from("t")])];
     let outcomes = storage.ledger.commit(&[ack.clone()]).await.unwrap();
     let [CommitOutcome::Committed { emitted }] = &outcomes[..] else {
         panic!("committed: {outcomes:?}");

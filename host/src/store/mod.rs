@@ -85,7 +85,7 @@ pub struct AppendBatch {
     pub events: Vec<Arc<Event>>,
     /// Per event, the subscriptions it must reach: one pending delivery is created for
     /// each. Empty means no deliveries for any event; otherwise one entry per event.
-    pub routes: Vec<Vec<String>>,
+    pub routes: Vec<Vec<Arc<str>>>,
     /// `(relay, position)` stored in the same transaction as the events, so a relay that
     /// restarts resumes exactly after the last batch that was stored.
     pub checkpoint: Option<(String, i64)>,
@@ -140,7 +140,7 @@ pub struct DeliveryCommit {
     pub kv_writes: Vec<(String, Option<Vec<u8>>)>,
     /// Events the handler emitted, each with the subscriptions it must reach; appended
     /// like [`EventLog::append`]. Only with [`DeliveryOutcome::Acked`].
-    pub emitted: Vec<(Arc<Event>, Vec<String>)>,
+    pub emitted: Vec<(Arc<Event>, Vec<Arc<str>>)>,
 }
 
 /// What a delivery commit did.

@@ -390,7 +390,7 @@ async fn publishers_go_on_while_a_subscription_with_a_large_backlog_subscribes()
                 ))
             })
             .collect();
-        let routes = vec![vec!["away".to_owned()]; events.len()];
+        let routes = vec![vec![Arc::from("away")]; events.len()];
         storage
             .log
             .append(evhost::store::AppendBatch {

@@ -134,7 +134,7 @@ impl Inner {
 
     /// The subscription names `routes` give each event, as the log stores them: none for
     /// a log that does not want them.
-    pub(super) fn stored_routes(&self, routes: &Routes, lanes: &[Arc<Lane>]) -> Vec<Vec<String>> {
+    pub(super) fn stored_routes(&self, routes: &Routes, lanes: &[Arc<Lane>]) -> Vec<Vec<Arc<str>>> {
         if self.storage.log.wants_routes() {
             routes.names(lanes)
         } else {

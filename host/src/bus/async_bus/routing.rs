@@ -136,12 +136,12 @@ impl Routes {
     }
 
     /// Per event, the names of the subscriptions it goes to (what a log stores).
-    pub(super) fn names(&self, lanes: &[Arc<Lane>]) -> Vec<Vec<String>> {
+    pub(super) fn names(&self, lanes: &[Arc<Lane>]) -> Vec<Vec<Arc<str>>> {
         (0..self.len())
             .map(|event| {
                 self.get(event)
                     .iter()
-                    .map(|&lane| lanes[lane as usize].subscription.name.to_string())
+                    .map(|&lane| Arc::clone(&lanes[lane as usize].subscription.name))
                     .collect()
             })
             .collect()
@@ -265,7 +265,7 @@ mod tests {
             (routes.get(0), routes.get(1), routes.get(2)),
             (&[0, 1][..], &[1, 2][..], &[1][..])
         );
-        assert_eq!(routes.names(&lanes)[1], ["all", "orders"]);
+        assert_eq!(routes.names(&lanes)[1], [Arc::from("all"), Arc::from("orders")]);
 
         let nowhere = Arc::new(Event::new("Other", "test", json!({})));
         let none = Routes::of(&lanes[..1], std::slice::from_ref(&nowhere));

@@ -97,7 +97,7 @@ use super::{
 };
 use crate::monitor::FailureRecord;
 use read::Readers;
-use writer::{Answer, Encoded, EncodedCommit, EncodedOutcome, Message, Op, Reply, Request, Writer};
+use writer::{Answer, EncodedCommit, EncodedOutcome, Message, Op, Reply, Request, Writer};
 
 /// The file a store keeps everything in, inside its directory.
 pub const FILE_NAME: &str = "evhost.db";
@@ -467,9 +467,7 @@ impl SqliteStore {
             return Ok(Vec::new());
         }
         let op = Op::Append {
-            // Serialized here, on the caller's thread, so the one writer thread only does
-            // SQLite work.
-            events: events.into_iter().map(Encoded::new).collect(),
+            events,
             routes,
             checkpoint,
         };
@@ -754,15 +752,12 @@ fn encode_commit(commit: DeliveryCommit) -> Result<EncodedCommit, StoreError> {
         },
     };
     Ok(EncodedCommit {
-        subscription: subscription.to_string(),
+        subscription,
         offset,
         outcome,
         kv_namespace,
         kv_writes,
-        emitted: emitted
-            .into_iter()
-            .map(|(event, routes)| (Encoded::new(event), routes))
-            .collect(),
+        emitted,
     })
 }
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::writer::{Answer, Encoded, Op, Reply};
+use super::writer::{Answer, Op, Reply};
 use super::*;
 use crate::event::Event;
 use crate::monitor::FailureKind;
@@ -136,8 +136,8 @@ fn queue_append(
 ) -> oneshot::Receiver<Result<Answer, StoreError>> {
     let (reply, answer) = oneshot::channel();
     let op = Op::Append {
-        events: vec![Encoded::new(event)],
-        routes: vec![routes.iter().map(|s| (*s).to_owned()).collect()],
+        events: vec![event],
+        routes: vec![routes.iter().map(|s| Arc::from(*s)).collect()],
         checkpoint: None,
     };
     store.send(op, Reply(reply)).unwrap();
