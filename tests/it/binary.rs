@@ -372,8 +372,10 @@ async fn sigterm_drains_in_flight_events_and_refuses_new_ones() {
 /// scaffold's handler stored `seen:ID`.
 async fn assert_scaffold_handles_an_event(host: &Running, plugin: &str) {
     let http = client();
+    // Loading compiles the component: 10–15 s for a Python or JavaScript interpreter on an
+    // idle machine, several times that beside the rest of the suite on two cores.
     assert!(
-        eventually(Duration::from_secs(30), async || {
+        eventually(Duration::from_secs(120), async || {
             get_json(&http, format!("{}/plugins", host.url))
                 .await
                 .as_array()

@@ -242,8 +242,11 @@ impl Inner {
                 // What is left stays pending in the log: a restart delivers it.
                 Err(error) => tracing::error!(subscription = %name, %error, "reading the deliveries the log holds failed"),
             }
-            inner.dispatch(&lane, lane.finish_loading());
+            // Every queued delivery holds room of its own by now. The loader's stand-in
+            // goes first: were it released after the workers start, a `stop` that a handled
+            // delivery prompts could count it as an abandoned event.
             inner.in_flight.release(1);
+            inner.dispatch(&lane, lane.finish_loading());
         });
     }
 
