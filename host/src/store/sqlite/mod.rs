@@ -95,9 +95,8 @@ use super::{
     Checkpoints, DeadLetters, DeliveryLedger, EventLog, KeyPage, KeyValueReader, KeyValueStore, Storage,
     StorageError, Versioned,
 };
-use crate::monitor::FailureRecord;
 use read::Readers;
-use writer::{Answer, EncodedCommit, EncodedOutcome, Message, Op, Reply, Request, Writer};
+use writer::{Answer, Message, Op, Reply, Request, Writer};
 
 /// The file a store keeps everything in, inside its directory.
 pub const FILE_NAME: &str = "evhost.db";
@@ -504,7 +503,7 @@ impl SqliteStore {
         if commits.is_empty() {
             return Ok(Vec::new());
         }
-        let commits = commits.into_iter().map(encode_commit).collect::<Result<_, _>>()?;
+        commits.iter().try_for_each(check_effects)?;
         match self.submit(Op::Commits(commits)).await? {
             Answer::Commits(outcomes) => Ok(outcomes),
             other => Err(unexpected(&other)),
@@ -718,51 +717,16 @@ impl Drop for SqliteStore {
     }
 }
 
-fn encode_commit(commit: DeliveryCommit) -> Result<EncodedCommit, StoreError> {
-    let DeliveryCommit {
-        subscription,
-        offset,
-        event: _,
-        outcome,
-        kv_namespace,
-        kv_writes,
-        emitted,
-    } = commit;
-    let has_effects = !kv_writes.is_empty() || !emitted.is_empty();
-    let outcome = match outcome {
-        DeliveryOutcome::Acked => EncodedOutcome::Acked,
-        _ if has_effects => {
-            return Err(StoreError::EffectsWithoutAck {
-                subscription: subscription.to_string(),
-                offset,
-            });
-        }
-        DeliveryOutcome::Retry {
-            attempt,
-            not_before,
-            failure,
-        } => EncodedOutcome::Retry {
-            attempt,
-            not_before: read::format_time(not_before),
-            failure: encode_failure(&failure),
-        },
-        DeliveryOutcome::DeadLettered { failure } => EncodedOutcome::DeadLettered {
-            attempt: failure.attempt,
-            failure: encode_failure(&failure),
-        },
-    };
-    Ok(EncodedCommit {
-        subscription,
-        offset,
-        outcome,
-        kv_namespace,
-        kv_writes,
-        emitted,
-    })
-}
-
-fn encode_failure(failure: &FailureRecord) -> String {
-    serde_json::to_string(failure).expect("a failure record always serializes to JSON")
+/// Refuses effects on a failed delivery: a failed invocation must leave nothing behind.
+fn check_effects(commit: &DeliveryCommit) -> Result<(), StoreError> {
+    let has_effects = !commit.kv_writes.is_empty() || !commit.emitted.is_empty();
+    if has_effects && !matches!(commit.outcome, DeliveryOutcome::Acked) {
+        return Err(StoreError::EffectsWithoutAck {
+            subscription: commit.subscription.to_string(),
+            offset: commit.offset,
+        });
+    }
+    Ok(())
 }
 
 /// The writer answered with the wrong kind of answer: a bug, reported rather than panicking

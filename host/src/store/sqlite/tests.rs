@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use super::writer::{Answer, Op, Reply};
 use super::*;
 use crate::event::Event;
-use crate::monitor::FailureKind;
+use crate::monitor::{FailureKind, FailureRecord};
 use crate::store::contract::batch;
 
 /// A directory removed when the test ends.
@@ -298,10 +298,7 @@ async fn a_failing_request_does_not_fail_its_group() {
     let before = queue_append(&store, event(1), &["s"]);
     let (reply, bad) = oneshot::channel();
     store
-        .send(
-            Op::Commits(vec![encode_commit(ack("s", 999_999)).unwrap()]),
-            Reply(reply),
-        )
+        .send(Op::Commits(vec![ack("s", 999_999)]), Reply(reply))
         .unwrap();
     let after = queue_append(&store, event(2), &["s"]);
     drop(release);

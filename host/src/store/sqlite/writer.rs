@@ -20,8 +20,9 @@ use tokio::sync::oneshot;
 
 use super::read::{DEAD_LETTER_ID, format_time, to_offset, to_pos};
 use super::schema::{ACKED, DEAD, PENDING, PURGED, classify};
-use super::{Appended, CommitOutcome, DeadLetterFilter, Shared, StoreError};
+use super::{Appended, CommitOutcome, DeadLetterFilter, DeliveryCommit, DeliveryOutcome, Shared, StoreError};
 use crate::event::Event;
+use crate::monitor::FailureRecord;
 
 /// The statements run once per event, as constants: the statement cache is keyed by their
 /// text, so formatting them in would cost an allocation per event. The states are
@@ -66,42 +67,18 @@ impl Reply {
     }
 }
 
-/// A [`super::DeliveryCommit`] with its failure serialized. Events (appended or emitted)
-/// travel as they are: the writer serializes them into one buffer it reuses, which costs
-/// it less than freeing a string per event that another thread allocated (measured with
-/// `bench_durable`).
-pub(super) struct EncodedCommit {
-    pub(super) subscription: Arc<str>,
-    pub(super) offset: u64,
-    pub(super) outcome: EncodedOutcome,
-    pub(super) kv_namespace: String,
-    pub(super) kv_writes: Vec<(String, Option<Vec<u8>>)>,
-    pub(super) emitted: Vec<(Arc<Event>, Vec<Arc<str>>)>,
-}
-
-/// A [`super::DeliveryOutcome`] with the failure as JSON and the time as stored.
-pub(super) enum EncodedOutcome {
-    Acked,
-    Retry {
-        attempt: u32,
-        not_before: String,
-        failure: String,
-    },
-    DeadLettered {
-        attempt: u32,
-        failure: String,
-    },
-}
-
-/// One write.
+/// One write. Events and commits travel as the caller made them: the writer serializes
+/// what it stores, events into one buffer it reuses, which costs it less than freeing a
+/// string per event that another thread allocated (measured with `bench_durable`).
 pub(super) enum Op {
     Append {
         events: Vec<Arc<Event>>,
         routes: Vec<Vec<Arc<str>>>,
         checkpoint: Option<(String, i64)>,
     },
-    /// Deliveries' commits, applied in order as one request: all or none.
-    Commits(Vec<EncodedCommit>),
+    /// Deliveries' commits, applied in order as one request: all or none. A failed
+    /// delivery's commit carries no effects (checked by the store handle).
+    Commits(Vec<DeliveryCommit>),
     Kv {
         namespace: String,
         writes: Vec<(String, Option<Vec<u8>>)>,
@@ -479,10 +456,10 @@ impl Writer {
         Ok(id)
     }
 
-    fn commit(&mut self, commit: &EncodedCommit, delta: &mut Delta) -> Result<CommitOutcome, StoreError> {
+    fn commit(&mut self, commit: &DeliveryCommit, delta: &mut Delta) -> Result<CommitOutcome, StoreError> {
         let sub = self.subscription_id(&commit.subscription)?;
         let pos = to_pos(commit.offset);
-        if let EncodedOutcome::Acked = commit.outcome {
+        if let DeliveryOutcome::Acked = commit.outcome {
             // The common case in one statement: a pending delivery acknowledged.
             let acked = self
                 .conn
@@ -531,7 +508,7 @@ impl Writer {
         };
         let was_pending = i64::from(existed);
         let outcome = match &commit.outcome {
-            EncodedOutcome::Acked => {
+            DeliveryOutcome::Acked => {
                 self.conn
                     .prepare_cached(&format!(
                         "INSERT INTO deliveries (sub, pos, state) VALUES (?1, ?2, {ACKED})
@@ -541,18 +518,18 @@ impl Writer {
                 delta.pending -= was_pending;
                 self.apply_effects(commit, delta)?
             }
-            EncodedOutcome::Retry {
+            DeliveryOutcome::Retry {
                 attempt,
                 not_before,
                 failure,
             } => {
-                upsert(PENDING, *attempt, Some(not_before), None)?;
+                upsert(PENDING, *attempt, Some(&format_time(*not_before)), None)?;
                 self.insert_failure(sub, pos, failure)?;
                 delta.pending += 1 - was_pending;
                 CommitOutcome::Committed { emitted: Vec::new() }
             }
-            EncodedOutcome::DeadLettered { attempt, failure } => {
-                upsert(DEAD, *attempt, None, Some(&format_time(Utc::now())))?;
+            DeliveryOutcome::DeadLettered { failure } => {
+                upsert(DEAD, failure.attempt, None, Some(&format_time(Utc::now())))?;
                 self.insert_failure(sub, pos, failure)?;
                 delta.pending -= was_pending;
                 delta.dead_letters += 1;
@@ -565,7 +542,7 @@ impl Writer {
     /// The key-value writes and emitted events of an acknowledged delivery.
     fn apply_effects(
         &mut self,
-        commit: &EncodedCommit,
+        commit: &DeliveryCommit,
         delta: &mut Delta,
     ) -> Result<CommitOutcome, StoreError> {
         self.kv_writes(&commit.kv_namespace, &commit.kv_writes)?;
@@ -576,7 +553,8 @@ impl Writer {
         Ok(CommitOutcome::Committed { emitted })
     }
 
-    fn insert_failure(&self, sub: i64, pos: i64, record: &str) -> Result<(), StoreError> {
+    fn insert_failure(&self, sub: i64, pos: i64, failure: &FailureRecord) -> Result<(), StoreError> {
+        let record = serde_json::to_string(failure).expect("a failure record always serializes to JSON");
         self.conn
             .prepare_cached("INSERT INTO failures (sub, pos, record) VALUES (?1, ?2, ?3)")?
             .execute(params![sub, pos, record])?;
