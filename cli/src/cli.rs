@@ -261,6 +261,11 @@ pub struct RunArgs {
     /// postgres://app@db/orders (schema and batching in evhost.toml's `[outbox]`).
     #[arg(long, env = "EVHOST_OUTBOX")]
     pub outbox: Option<String>,
+    /// Keep the log on this NATS JetStream server, shared with every evhost process that
+    /// uses it, e.g. nats://127.0.0.1:4222 (stream and partitions in evhost.toml's
+    /// `[nats]`).
+    #[arg(long, env = "EVHOST_NATS")]
+    pub nats: Option<String>,
     /// An API token, added to those of `[auth]`: NAME:SCOPE+SCOPE:SOURCE with SOURCE
     /// env:VARIABLE, file:PATH or sha256:HEX, e.g. ci:publish+read:env:CI_TOKEN. Repeat
     /// it (or separate with commas in EVHOST_AUTH_TOKENS) for several.
@@ -373,6 +378,12 @@ impl RunArgs {
             match &mut config.outbox {
                 Some(outbox) => outbox.url.clone_from(url),
                 None => config.outbox = Some(evhost::config::OutboxSettings::new(url.clone())),
+            }
+        }
+        if let Some(url) = &self.nats {
+            match &mut config.nats {
+                Some(nats) => nats.url.clone_from(url),
+                None => config.nats = Some(evhost::config::NatsSettings::new(url.clone())),
             }
         }
         config.auth.tokens.extend(self.auth_tokens.iter().cloned());

@@ -30,6 +30,7 @@ use crate::http::{AppState, PluginCatalog};
 use crate::outbox::{OutboxRelay, OutboxTarget};
 use crate::plugins::{PluginFolder, PluginFolderOptions};
 use crate::runtime::Runtime;
+use crate::store::nats::NatsStore;
 use crate::store::sqlite::{SqliteStore, StoreOptions};
 
 /// How long stopping waits for the host's own tasks (HTTP connections, the watcher) once
@@ -49,6 +50,8 @@ enum Bound {
 pub struct App {
     config: Config,
     store: Option<Arc<SqliteStore>>,
+    /// The log on NATS, when `[nats]` is configured (then there is no `store`).
+    nats: Option<Arc<NatsStore>>,
     runtime: Arc<Runtime>,
     bus: AsyncEventBus,
     folder: Arc<PluginFolder>,
@@ -99,7 +102,13 @@ impl App {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
         let runtime = Runtime::new(config.runtime_config()).context("starting the Wasm runtime")?;
-        let store = if config.durable {
+        let nats = match &config.nats {
+            Some(nats) => Some(open_nats(nats).await?),
+            None => None,
+        };
+        let store = if nats.is_some() {
+            None
+        } else if config.durable {
             Some(open_store(&config).await?)
         } else {
             tracing::warn!("running without the durable log: a restart loses pending events");
@@ -110,9 +119,10 @@ impl App {
             executor: Some(plugin_threads.handle()),
             ..config.bus_config()
         };
-        let bus = match &store {
-            Some(store) => AsyncEventBus::with_storage(bus_config, store.storage()),
-            None => AsyncEventBus::with_config(bus_config),
+        let bus = match (&nats, &store) {
+            (Some(nats), _) => AsyncEventBus::with_storage(bus_config, nats.storage()),
+            (None, Some(store)) => AsyncEventBus::with_storage(bus_config, store.storage()),
+            (None, None) => AsyncEventBus::with_config(bus_config),
         };
         let folder = PluginFolder::open(
             PluginFolderOptions {
@@ -148,6 +158,10 @@ impl App {
         if let Some(store) = &store {
             state.metrics.register_collector(store.metrics_collector());
         }
+        if let Some(nats) = &nats {
+            let nats = Arc::clone(nats);
+            state.log_reachable = Some(Arc::new(move || nats.connected()));
+        }
         let relay = config.outbox.as_ref().map(|outbox| {
             OutboxRelay::new(
                 outbox.relay_config(),
@@ -171,6 +185,7 @@ impl App {
         Ok(Self {
             config,
             store,
+            nats,
             runtime,
             bus,
             folder,
@@ -310,6 +325,9 @@ impl App {
         if let Some(store) = self.store.take() {
             store.close().await;
         }
+        if let Some(nats) = self.nats.take() {
+            nats.close().await;
+        }
         // Everything the bus ran there has finished (`stop` waited for it).
         self.plugin_threads.shut_down();
         match failed {
@@ -416,6 +434,24 @@ fn check_exposure(config: &Config, auth: &Auth) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The log on NATS JetStream: connected, its streams made or checked.
+async fn open_nats(settings: &crate::config::NatsSettings) -> anyhow::Result<Arc<NatsStore>> {
+    if settings.url.is_empty() {
+        anyhow::bail!("[nats] has no `url`: give the server's URL there or with `--nats nats://HOST:PORT`");
+    }
+    let store = NatsStore::open(settings.options())
+        .await
+        .context("opening the log on NATS JetStream")?;
+    tracing::info!(
+        url = %settings.url,
+        stream = %settings.stream,
+        partitions = settings.partitions.get(),
+        dead_letters = crate::store::DeadLetters::count(&store),
+        "log on NATS JetStream opened"
+    );
+    Ok(Arc::new(store))
 }
 
 /// The durable log in the data directory, opened (with its integrity check) off the

@@ -24,7 +24,7 @@ pub const ENV_PREFIX: &str = "EVHOST_";
 /// `EVHOST_*` variables that stand for command-line flags (`EVHOST_PLUGINS` is `--plugins`,
 /// `EVHOST_URL` the client's `--url`, …), lower-cased without the prefix: [`Config::layered`]
 /// does not read them as keys.
-pub const FLAG_VARIABLES: [&str; 18] = [
+pub const FLAG_VARIABLES: [&str; 19] = [
     "config",
     "plugins",
     "data_dir",
@@ -33,6 +33,7 @@ pub const FLAG_VARIABLES: [&str; 18] = [
     "drain_timeout",
     "no_durable",
     "outbox",
+    "nats",
     "auth_tokens",
     "metrics_open",
     "insecure_no_auth",
@@ -234,6 +235,147 @@ fn default_outbox_poll() -> Duration {
     Duration::from_secs(5)
 }
 
+/// `[nats]`: keep the log on a NATS JetStream server that several evhost processes
+/// share (see the README's "Several hosts").
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// The server, e.g. `nats://127.0.0.1:4222` (`--nats URL` sets it too).
+    #[serde(default)]
+    pub url: String,
+    /// The event stream's name (the dead-letter stream and KV buckets are named after it).
+    #[serde(default = "default_nats_stream")]
+    pub stream: String,
+    /// How many partitions ordering keys are spread over; fixed once the stream exists.
+    #[serde(default = "default_nats_partitions")]
+    pub partitions: NonZeroU32,
+    /// How long the server recognises a repeated publish (and a handler run twice) as
+    /// a duplicate, e.g. `"2m"`.
+    #[serde(default = "default_nats_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// The most the event stream may hold, in bytes; a full stream refuses publishes
+    /// (HTTP 503). Unlimited when absent.
+    #[serde(default)]
+    pub max_bytes: Option<NonZeroU64>,
+    /// How long a delivery may stay unacknowledged before another process gets it, e.g.
+    /// `"30s"`: longer than the longest plugin timeout.
+    #[serde(default = "default_nats_ack_wait", with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// A NATS credentials file (`.creds`) to authenticate with.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// A token to authenticate with.
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+}
+
+impl NatsSettings {
+    /// The defaults for the server at `url`.
+    pub fn new(url: String) -> Self {
+        Self {
+            url,
+            stream: default_nats_stream(),
+            partitions: default_nats_partitions(),
+            duplicate_window: default_nats_duplicate_window(),
+            max_bytes: None,
+            ack_wait: default_nats_ack_wait(),
+            credentials: None,
+            token: None,
+        }
+    }
+
+    /// The store's options.
+    pub fn options(&self) -> crate::store::nats::NatsOptions {
+        crate::store::nats::NatsOptions {
+            url: self.url.clone(),
+            stream: self.stream.clone(),
+            partitions: self.partitions,
+            duplicate_window: self.duplicate_window,
+            max_bytes: self.max_bytes.map(NonZeroU64::get),
+            ack_wait: self.ack_wait,
+            credentials: self.credentials.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// Leaves the token out.
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &self.url)
+            .field("stream", &self.stream)
+            .field("partitions", &self.partitions)
+            .field("duplicate_window", &self.duplicate_window)
+            .field("max_bytes", &self.max_bytes)
+            .field("ack_wait", &self.ack_wait)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsSettings {
+    /// Checks what can be checked without the server: `(key, what is wrong)`.
+    fn validate(&self, plugins: &Manifest) -> Result<(), (&'static str, String)> {
+        // Empty here may still be set by `--nats`; the start refuses it if not.
+        if !self.url.is_empty() && !self.url.starts_with("nats://") && !self.url.starts_with("tls://") {
+            return Err(("nats.url", "must be a NATS URL (nats://host:port)".to_owned()));
+        }
+        let stream_name = !self.stream.is_empty()
+            && self.stream.len() <= 32
+            && self
+                .stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !stream_name {
+            return Err((
+                "nats.stream",
+                format!("{:?} must be 1 to 32 letters, digits, `_` or `-`", self.stream),
+            ));
+        }
+        if self.partitions.get() > 1024 {
+            return Err((
+                "nats.partitions",
+                format!("({}) must be at most 1024", self.partitions),
+            ));
+        }
+        if self.duplicate_window < Duration::from_secs(1) {
+            return Err(("nats.duplicate_window", "must be at least 1s".to_owned()));
+        }
+        let timeout = plugins
+            .limits
+            .timeout
+            .unwrap_or(crate::runtime::Limits::default().timeout);
+        if self.ack_wait <= timeout {
+            return Err((
+                "nats.ack_wait",
+                format!(
+                    "({}) must be longer than the plugins' timeout ({}): a delivery still running would go to another host",
+                    humantime::format_duration(self.ack_wait),
+                    humantime::format_duration(timeout)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_nats_stream() -> String {
+    "EVHOST".to_owned()
+}
+
+fn default_nats_partitions() -> NonZeroU32 {
+    NonZeroU32::new(16).expect("non-zero")
+}
+
+fn default_nats_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_nats_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+
 /// `[auth]`: who may call the HTTP API.
 ///
 /// With no tokens the API serves only loopback addresses and answers only requests
@@ -404,6 +546,9 @@ pub struct Config {
     pub durable: bool,
     /// Relay a PostgreSQL outbox table into the log (`[outbox]`).
     pub outbox: Option<OutboxSettings>,
+    /// Keep the log on NATS JetStream, shared with other evhost processes (`[nats]`),
+    /// instead of the embedded one.
+    pub nats: Option<NatsSettings>,
     /// The HTTP listen address.
     pub listen: SocketAddr,
     /// Who may call the HTTP API.
@@ -438,6 +583,7 @@ impl Default for Config {
             data_dir: PathBuf::from(".evhost"),
             durable: true,
             outbox: None,
+            nats: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             auth: AuthSettings::default(),
             tls: None,
@@ -681,6 +827,10 @@ impl Config {
                 crate::plugins::manifest::check_duration(value, false, most, said)
                     .map_err(|message| invalid(key, &message))?;
             }
+        }
+        if let Some(nats) = &self.nats {
+            nats.validate(&self.plugins)
+                .map_err(|(key, message)| invalid(key, &message))?;
         }
         if let Some(outbox) = &self.outbox
             && !outbox.url.starts_with("postgres://")

@@ -11,6 +11,7 @@ mod folder;
 mod js;
 mod languages;
 mod loading;
+mod nats;
 mod python;
 mod reuse;
 #[path = "../support/mod.rs"]

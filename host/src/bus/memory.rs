@@ -212,6 +212,7 @@ impl EventBus for InMemoryEventBus {
             patterns: vec![pattern],
             handler,
             timeout: DEFAULT_HANDLER_TIMEOUT,
+            ordered: false,
             metrics: Default::default(),
         };
         self.subscriptions.write().push(Arc::new(subscription));

@@ -254,6 +254,11 @@ pub struct SubscribeOptions {
     pub timeout: Option<Duration>,
     /// How failures are retried; the bus default otherwise.
     pub retry: Option<RetryPolicy>,
+    /// On a log shared by several processes ([`Feed::Shared`](crate::store::Feed::Shared)),
+    /// keep each ordering key's events in order across all of them (see
+    /// [`EventLog::pending_ordered`](crate::store::EventLog::pending_ordered)). A bus on
+    /// its own log keeps per-key order anyway.
+    pub ordered: bool,
 }
 
 /// One handler's outcome for one event.
@@ -347,6 +352,10 @@ pub enum BusError {
         /// The configured intake capacity.
         capacity: usize,
     },
+    /// `publish_sync` on a log shared by several processes: the event's handlers may run
+    /// in any of them, so no one process can wait for their outcomes.
+    #[error("waiting for an event's handlers is not possible on a log shared by several hosts")]
+    SyncUnsupported,
     /// The storage failed: the events were not accepted, or the operation did not happen.
     /// [`StorageError::is_transient`] says whether trying again may help.
     #[error("the storage failed: {0}")]

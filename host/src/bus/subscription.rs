@@ -20,6 +20,8 @@ pub(crate) struct Subscription {
     pub(crate) patterns: Vec<Pattern>,
     pub(crate) handler: Arc<dyn EventHandler>,
     pub(crate) timeout: Duration,
+    /// Pulled from a shared log in per-key order ([`SubscribeOptions::ordered`](super::SubscribeOptions::ordered)).
+    pub(crate) ordered: bool,
     /// Shared with a replacement of the same name (see `AsyncEventBus::replace_subscription`).
     pub(crate) metrics: Arc<SubscriptionMetrics>,
 }

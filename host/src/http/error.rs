@@ -110,6 +110,17 @@ impl From<BusError> for ApiError {
             BusError::BatchTooLarge { len, capacity } => Self::PayloadTooLarge(format!(
                 "a batch of {len} events exceeds the bus capacity of {capacity} events; split it"
             )),
+            BusError::SyncUnsupported => Self::BadRequest(
+                "`wait=true` is not available when hosts share a NATS JetStream log: the event's \
+                 handlers may run on any of them"
+                    .to_owned(),
+            ),
+            // Nothing of the request was accepted, and trying again may work (the log's
+            // server is unreachable, its disk busy): the client retries safely.
+            BusError::Storage(error) if error.is_transient() => Self::Unavailable {
+                message: format!("the event log is unavailable ({}); retry later", error.message()),
+                retry_after: Some(1),
+            },
             // The log failing, or a bus error the ingest path cannot cause: ours to fix.
             other => Self::Internal(anyhow::Error::new(other).context("publishing to the bus")),
         }

@@ -109,6 +109,12 @@ pub(crate) async fn publish(
     if !state.is_accepting() {
         return Err(ApiError::from(BusError::Stopped));
     }
+    if state.log_unreachable() {
+        return Err(ApiError::Unavailable {
+            message: "the log's server is unreachable; retry later".to_owned(),
+            retry_after: Some(1),
+        });
+    }
     let wait = wait_requested(query)?;
     let body = body.map_err(|rejection| body_error(rejection, state.max_body_bytes))?;
     let events = parse_events(&headers, body)?;

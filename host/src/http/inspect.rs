@@ -33,6 +33,8 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
     } else if !state.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    } else if state.log_unreachable() {
+        (StatusCode::SERVICE_UNAVAILABLE, "the log's server is unreachable")
     } else {
         (StatusCode::OK, "ready")
     };

@@ -167,6 +167,9 @@ pub struct AppState {
     /// `POST /events?wait=true` answers `504` with what it knows a little before. Read
     /// once, by [`router`].
     pub request_timeout: Duration,
+    /// Whether the log's server is reachable, for a log on a server (NATS): while it is
+    /// not, `/readyz` and `POST /events` answer `503`.
+    pub log_reachable: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl AppState {
@@ -190,6 +193,7 @@ impl AppState {
             accepting: AtomicBool::new(true),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            log_reachable: None,
         }
     }
 
@@ -209,6 +213,10 @@ impl AppState {
 
     fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
+    }
+
+    fn log_unreachable(&self) -> bool {
+        self.log_reachable.as_ref().is_some_and(|reachable| !reachable())
     }
 }
 

@@ -60,6 +60,11 @@ pub struct Manifest {
     /// (see [`PluginOptions::reuse`]). Unset, every event gets a fresh instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuse: Option<NonZeroU32>,
+    /// Each ordering key's events one at a time, in order, across every host sharing a
+    /// NATS log (see [`PluginOptions::ordered`](crate::PluginOptions::ordered)). The
+    /// embedded log keeps per-key order whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered: Option<bool>,
 }
 
 /// The `[limits]` table. Zero is ruled out by the types where it makes no sense.
@@ -273,6 +278,7 @@ impl Manifest {
                 jitter: own_retry.jitter.or(base_retry.jitter),
             },
             reuse: self.reuse.or(defaults.reuse),
+            ordered: self.ordered.or(defaults.ordered),
         }
     }
 
@@ -413,6 +419,7 @@ impl Manifest {
             concurrency: self.limits.concurrency.map(NonZeroUsize::get),
             retry: Some(self.retry.policy()),
             reuse: self.reuse,
+            ordered: self.ordered.unwrap_or(false),
         }
     }
 }

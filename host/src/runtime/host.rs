@@ -529,6 +529,7 @@ impl publisher::Host for InvocationState {
             )));
         }
         let mut event = Event::new(outgoing.type_, &*self.plugin.name, serde_json::Value::Null);
+        event.id = emitted_id(&self.plugin.name, &trigger, self.call.emitted.len());
         event.data = outgoing.data.map(Data::Binary);
         event.datacontenttype = outgoing.datacontenttype;
         event.dataschema = outgoing.dataschema;
@@ -553,6 +554,15 @@ impl publisher::Host for InvocationState {
         self.call.emitted.push(event);
         Ok(Ok(id))
     }
+}
+
+/// The id of the `index`th event `plugin` emits handling `trigger`: the same whenever the
+/// handler runs for that event, so a run repeated after a crash emits the same events and
+/// a log that recognises duplicates (by `source` + `id`) stores them once.
+fn emitted_id(plugin: &str, trigger: &Event, index: usize) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6576_686f_7374_2f65_6d69_7474_6564_0001);
+    let name = format!("{plugin}\n{}\n{}\n{index}", trigger.source, trigger.id);
+    uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
 }
 
 /// What an outgoing event costs the host to hold: its bytes, roughly as stored.

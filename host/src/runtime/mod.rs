@@ -319,6 +319,7 @@ impl Runtime {
             },
             concurrency: options.concurrency,
             retry: options.retry,
+            ordered: options.ordered,
             fuel_consumed: Default::default(),
             reuse: options.reuse.unwrap_or(std::num::NonZeroU32::MIN),
             warm: Default::default(),

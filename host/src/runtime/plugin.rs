@@ -124,6 +124,12 @@ pub struct PluginOptions {
     /// instances are kept, each holding a slot of [`RuntimeConfig::max_instances`](crate::RuntimeConfig::max_instances),
     /// and one left unused for a minute is dropped.
     pub reuse: Option<NonZeroU32>,
+    /// Per-key order across hosts: on a log shared by several hosts (NATS), each ordering
+    /// key's events reach the plugin one at a time, in publish order, whichever host runs
+    /// them, at the cost of parallelism (a key's partition waits while one of its events
+    /// is retried). Without it the hosts share the plugin's events freely. On one host
+    /// the bus keeps per-key order anyway.
+    pub ordered: bool,
 }
 
 /// What a plugin says about itself, plus what the host derived.
@@ -159,6 +165,7 @@ pub struct Plugin {
     pub(crate) info: PluginInfo,
     pub(crate) concurrency: Option<usize>,
     pub(crate) retry: Option<crate::bus::RetryPolicy>,
+    pub(crate) ordered: bool,
     /// Fuel burned by all invocations so far.
     pub(crate) fuel_consumed: std::sync::atomic::AtomicU64,
     /// Events an instance may serve (1 unless the plugin opted into reuse).
@@ -236,6 +243,7 @@ impl Plugin {
             // The plugin enforces its own deadline; the bus's is a last resort.
             timeout: Some(self.shared.limits.timeout.saturating_add(BACKSTOP * 2)),
             retry: self.retry,
+            ordered: self.ordered,
         }
     }
 

@@ -16,11 +16,13 @@
 //!
 //! Every error is a [`StorageError`] that says whether trying again may help.
 //!
-//! Two backends implement all of it:
+//! Three backends implement all of it:
 //!
 //! - [`sqlite::SqliteStore`], the embedded durable log: nothing accepted is lost, a
 //!   delivery's outcome and effects commit in one transaction, a restart redelivers what
 //!   was pending.
+//! - [`nats::NatsStore`], NATS JetStream shared by several processes ([`Feed::Shared`]):
+//!   each delivery goes to one of them; effects apply once per delivery by message id.
 //! - [`MemoryLog`]: in memory, for tests and the library. It keeps no pending deliveries
 //!   (the bus's queues hold them while the process lives) and does not recognise
 //!   duplicates (remembering every `source` + `id` would grow without bound); the
@@ -249,6 +251,38 @@ pub trait EventLog: Send + Sync + Debug + 'static {
     fn wants_routes(&self) -> bool {
         true
     }
+
+    /// [`EventLog::pending`] for a subscription that needs each ordering key's events one
+    /// at a time, in order, across every process sharing the log. A log that keeps order
+    /// per key anyway (every [`Feed::Local`] log, with the bus's lanes) answers `pending`.
+    fn pending_ordered<'a>(
+        &'a self,
+        subscription: &'a str,
+    ) -> BoxStream<'a, Result<PendingDelivery, StorageError>> {
+        self.pending(subscription)
+    }
+
+    /// How this log's deliveries reach the bus.
+    fn feed(&self) -> Feed {
+        Feed::Local
+    }
+}
+
+/// How a log's deliveries reach the bus's subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// The bus queues what it appends (and what handlers emit) itself and retries failed
+    /// deliveries itself; [`EventLog::pending`] is read once, when a subscription starts,
+    /// for what an earlier run left.
+    Local,
+    /// Every delivery comes from [`EventLog::pending`], which does not end while the log
+    /// is open: the log is shared by several processes and hands each delivery to one of
+    /// them, including each event it holds for a subscription whatever its type (the bus
+    /// acknowledges those its patterns do not match without a call). The bus queues
+    /// nothing it appends or a handler emits, leaves a retry to the log (which redelivers
+    /// a [`DeliveryOutcome::Retry`] at its time, to any process) and pulls only what its
+    /// subscription has room to work on.
+    Shared,
 }
 
 /// Where each delivery's outcome is stored.
@@ -332,6 +366,7 @@ impl Storage {
 pub(crate) mod contract;
 mod kv;
 mod memory;
+pub mod nats;
 pub mod sqlite;
 
 pub use kv::{KeyPage, KeyValueReader, KeyValueStore, MemoryKv};

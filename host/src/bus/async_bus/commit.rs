@@ -145,7 +145,8 @@ impl Inner {
                 .zip(outcomes)
                 .map(|((pending, emitted), outcome)| {
                     match (outcome, emitted) {
-                        (CommitOutcome::Committed { emitted: appended }, Some(emitted)) => {
+                        // A shared log hands them to whichever process pulls them.
+                        (CommitOutcome::Committed { emitted: appended }, Some(emitted)) if !self.shared() => {
                             self.queue_emitted(emitted, &appended);
                         }
                         // `AlreadyDone`: its effects are in the log already (a redelivery).
@@ -288,7 +289,8 @@ impl Inner {
                 );
             }
         }
-        if retry {
+        // A shared log redelivers a retry itself, to whichever process pulls it then.
+        if retry && !self.shared() {
             Settled::Retry(delay)
         } else {
             Settled::Done(Err(error))

@@ -23,9 +23,10 @@ pub(super) struct Delivery {
     remaining: AtomicUsize,
     /// Present for `publish_sync`, which waits for every outcome.
     report: Option<ReportCollector>,
-    /// For an event a handler emitted: the emitting subscription's room for emitted events,
-    /// which it holds until it is finished.
-    emitted_by: Option<Arc<InFlight>>,
+    /// Room it holds until it is finished: for an event a handler emitted, the emitting
+    /// subscription's room for emitted events; for one pulled from a shared log, its
+    /// subscription's pull window.
+    room: Option<Arc<InFlight>>,
 }
 
 /// The outcomes of one event for a waiting `publish_sync`.
@@ -59,7 +60,7 @@ impl Delivery {
             offset,
             remaining: AtomicUsize::new(0),
             report: None,
-            emitted_by: None,
+            room: None,
         }
     }
 
@@ -73,10 +74,9 @@ impl Delivery {
         (self, receiver)
     }
 
-    /// An event a handler emitted, holding a place in the emitter's `room` until it is
-    /// finished.
-    pub(super) fn emitted(mut self, room: Arc<InFlight>) -> Self {
-        self.emitted_by = Some(room);
+    /// A delivery holding a place in `room` until it is finished.
+    pub(super) fn holding(mut self, room: Arc<InFlight>) -> Self {
+        self.room = Some(room);
         self
     }
 
@@ -92,7 +92,7 @@ impl Delivery {
     }
 
     /// One subscription finished with it, with `result`. Returns `true` when it was the
-    /// last: the event is then complete, its report sent and its emitter's room freed.
+    /// last: the event is then complete, its report sent and its room freed.
     pub(super) fn finish(&self, subscription: &str, result: Result<(), HandlerError>) -> bool {
         if let Some(report) = &self.report {
             report.outcomes.lock().push(HandlerOutcome {
@@ -108,9 +108,9 @@ impl Delivery {
     }
 
     /// Hands the collected outcomes to a waiting `publish_sync`, and frees the event's
-    /// place in its emitter's room.
+    /// place in its room.
     pub(super) fn complete(&self) {
-        if let Some(room) = &self.emitted_by {
+        if let Some(room) = &self.room {
             room.release(1);
         }
         if let Some(report) = &self.report {

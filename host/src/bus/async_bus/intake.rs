@@ -17,9 +17,10 @@ use super::delivery::{Delivery, Pending};
 use super::lane::{Hold, Lane};
 use super::routing::{Emitted, Routes};
 use super::{Backpressure, Inner, contained};
+use crate::bus::in_flight::InFlight;
 use crate::bus::{BusError, DeliveryReport, validate};
 use crate::event::Event;
-use crate::store::{AppendBatch, Appended, PendingDelivery, StorageError};
+use crate::store::{AppendBatch, Appended, DeliveryCommit, DeliveryOutcome, PendingDelivery, StorageError};
 
 /// What [`Inner::accept`] hands back.
 #[derive(Debug, Default)]
@@ -45,6 +46,9 @@ impl Inner {
             return Ok(Accepted::default());
         }
         inner.check_open()?;
+        if collect && inner.shared() {
+            return Err(BusError::SyncUnsupported);
+        }
         let n = events.len();
         let capacity = inner.in_flight.capacity();
         if n > capacity {
@@ -92,6 +96,9 @@ impl Inner {
     ) -> Result<Accepted, BusError> {
         let n = events.len();
         let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        if inner.shared() {
+            return Self::append_shared(&inner, events, checkpoint).await;
+        }
         // The routes the log stores are the lanes the events are queued on below.
         let lanes = inner.routing.snapshot();
         let routes = Routes::of(&lanes, &events);
@@ -130,6 +137,30 @@ impl Inner {
         let unrouted = inner.queue_routed(&lanes, &routes, deliveries);
         inner.in_flight.release(duplicates + unrouted);
         Ok(Accepted { receivers, appended })
+    }
+
+    /// Appends to a shared log, which hands each event to whichever process pulls it:
+    /// nothing is queued here, and the room the events took is given back at once.
+    async fn append_shared(
+        inner: &Arc<Self>,
+        events: Vec<Arc<Event>>,
+        checkpoint: Option<(String, i64)>,
+    ) -> Result<Accepted, BusError> {
+        let n = events.len();
+        let batch = AppendBatch {
+            events,
+            routes: Vec::new(),
+            checkpoint,
+        };
+        let appended = contained(|| inner.storage.log.append(batch)).await;
+        inner.in_flight.release(n);
+        let appended = appended?;
+        let new = appended.iter().filter(|appended| !appended.duplicate).count();
+        inner.accepted.fetch_add(new as u64, Ordering::Relaxed);
+        Ok(Accepted {
+            receivers: Vec::new(),
+            appended,
+        })
     }
 
     /// The subscription names `routes` give each event, as the log stores them: none for
@@ -188,7 +219,7 @@ impl Inner {
             .enumerate()
             .filter(|(_, (_, appended))| !appended.duplicate)
             .map(|(index, (event, appended))| {
-                let delivery = Delivery::new(event, appended.offset).emitted(Arc::clone(&room));
+                let delivery = Delivery::new(event, appended.offset).holding(Arc::clone(&room));
                 (Arc::new(delivery), index)
             })
             .collect();
@@ -202,10 +233,14 @@ impl Inner {
         self.in_flight.release(unrouted);
     }
 
-    /// A delivery the log holds (pending after a restart, or replayed), counted in.
-    pub(super) fn pending_delivery(&self, stored: PendingDelivery) -> Pending {
+    /// A delivery the log holds (pending after a restart, replayed, or pulled from a
+    /// shared log, then holding a place in `room`), counted in.
+    pub(super) fn pending_delivery(&self, stored: PendingDelivery, room: Option<&Arc<InFlight>>) -> Pending {
         self.in_flight.force_reserve(1);
-        let delivery = Delivery::new(stored.event, stored.offset);
+        let mut delivery = Delivery::new(stored.event, stored.offset);
+        if let Some(room) = room {
+            delivery = delivery.holding(Arc::clone(room));
+        }
         delivery.route_to(1);
         Pending {
             delivery: Arc::new(delivery),
@@ -250,6 +285,75 @@ impl Inner {
         });
     }
 
+    /// Pulls `lane`'s deliveries from a shared log on a task of its own, for as long as
+    /// the lane is installed and the bus is not stopping, and queues them. It pulls only
+    /// while fewer than [`feed_window`] of them are unfinished: what it has not pulled
+    /// stays with the log for the other processes, and what it pulled but could not
+    /// finish (the bus stopped, the process died) the log redelivers after its ack wait.
+    pub(super) fn feed(self: &Arc<Self>, lane: Arc<Lane>) {
+        let inner = Arc::clone(self);
+        self.spawn(async move {
+            let window = Arc::new(InFlight::new(feed_window(lane.concurrency)));
+            let name = &lane.subscription.name;
+            let mut stream = if lane.subscription.ordered {
+                inner.storage.log.pending_ordered(name)
+            } else {
+                inner.storage.log.pending(name)
+            };
+            let installed = |inner: &Self| inner.routing.snapshot().iter().any(|l| Arc::ptr_eq(l, &lane));
+            while installed(&inner) {
+                let next = tokio::select! {
+                    reserved = window.reserve(1, || inner.stopping.is_cancelled()) => match reserved {
+                        true => stream.next().await,
+                        false => None,
+                    },
+                    () = inner.stopping.cancelled() => None,
+                };
+                let stored = match next {
+                    Some(Ok(stored)) => stored,
+                    Some(Err(error)) => {
+                        window.release(1);
+                        tracing::error!(subscription = %name, %error, "pulling deliveries from the log failed");
+                        if !error.is_transient() {
+                            break;
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            () = inner.stopping.cancelled() => break,
+                        }
+                        continue;
+                    }
+                    None => break,
+                };
+                if lane.subscription.matches(&stored.event.ty) {
+                    let pending = inner.pending_delivery(stored, Some(&window));
+                    inner.enqueue(&lane, vec![pending]);
+                } else {
+                    inner.skip(&lane, stored).await;
+                    window.release(1);
+                }
+            }
+        });
+    }
+
+    /// Acknowledges a delivery of a shared log that the subscription's patterns do not
+    /// match: the log holds every event for every subscription.
+    async fn skip(&self, lane: &Lane, stored: PendingDelivery) {
+        let commit = DeliveryCommit {
+            subscription: Arc::clone(&lane.subscription.name),
+            offset: stored.offset,
+            event: stored.event,
+            outcome: DeliveryOutcome::Acked,
+            kv_namespace: String::new(),
+            kv_writes: Vec::new(),
+            emitted: Vec::new(),
+        };
+        if let Err(error) = contained(|| self.storage.ledger.commit(std::slice::from_ref(&commit))).await {
+            // Not acknowledged: the log offers it again after its ack wait.
+            tracing::warn!(subscription = %lane.subscription.name, offset = commit.offset, %error, "acknowledging an event the subscription does not match failed");
+        }
+    }
+
     /// Queues the lane's backlog, page by page; returns how many deliveries it queued.
     async fn queue_backlog(self: &Arc<Self>, lane: &Arc<Lane>) -> Result<usize, StorageError> {
         const BATCH: usize = 1_000;
@@ -270,7 +374,7 @@ impl Inner {
                 .not_before
                 .and_then(|t| (t - Utc::now()).to_std().ok())
                 .filter(|d| !d.is_zero());
-            let pending = self.pending_delivery(stored);
+            let pending = self.pending_delivery(stored, None);
             match delay {
                 None => ready.push(pending),
                 Some(delay) => {
@@ -301,4 +405,11 @@ impl Inner {
             self.retry_later(lane, pending, key, delay);
         }
     }
+}
+
+/// How many deliveries a process pulls from a shared log for a subscription before the
+/// first of them is finished: enough to keep its workers busy between pulls, few enough
+/// that the other processes get the rest.
+fn feed_window(concurrency: usize) -> usize {
+    (concurrency * 4).clamp(16, 512)
 }

@@ -309,6 +309,7 @@ pub(super) mod tests {
             patterns: vec![Pattern::parse("*").unwrap()],
             handler: from_fn("s", |_| async { Ok(()) }),
             timeout: Duration::from_secs(1),
+            ordered: false,
             metrics: Arc::default(),
         }
     }

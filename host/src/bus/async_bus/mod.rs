@@ -64,7 +64,7 @@ use crate::event::Event;
 use crate::metrics::BusMetrics;
 use crate::monitor::{ErrorMonitor, ErrorStream};
 use crate::outbox::OutboxTarget;
-use crate::store::{Appended, DeadLetter, DeadLetterFilter, KeyValueStore, Storage, StorageError};
+use crate::store::{Appended, DeadLetter, DeadLetterFilter, Feed, KeyValueStore, Storage, StorageError};
 pub use config::{AsyncBusConfig, Backpressure};
 use lane::Lane;
 use routing::Routing;
@@ -120,6 +120,8 @@ struct Inner {
     monitor: ErrorMonitor,
     workers: TaskTracker,
     cancel: CancellationToken,
+    /// Cancelled when `stop` begins: the bus pulls nothing more from a shared log.
+    stopping: CancellationToken,
 }
 
 impl Inner {
@@ -136,6 +138,12 @@ impl Inner {
     /// [`Inner::start_all_workers`].
     fn dispatching(&self) -> bool {
         self.state.load(Ordering::SeqCst) != CREATED
+    }
+
+    /// Whether the log is shared by several processes and feeds every delivery
+    /// ([`Feed::Shared`]).
+    fn shared(&self) -> bool {
+        self.storage.log.feed() == Feed::Shared
     }
 
     fn check_open(&self) -> Result<(), BusError> {
@@ -191,6 +199,7 @@ impl AsyncEventBus {
             monitor: ErrorMonitor::new(config.monitor_capacity),
             workers: TaskTracker::new(),
             cancel: cancel.clone(),
+            stopping: CancellationToken::new(),
             config,
         };
         Self {
@@ -325,13 +334,15 @@ impl AsyncEventBus {
                 patterns,
                 handler,
                 timeout,
+                ordered: options.ordered,
                 metrics,
             };
             // What the log holds for this name is read once the lane is installed, with
             // no lock held; events routed to the lane meanwhile wait until it is queued,
             // so a key's old events come before its new ones. A replacement of the same
             // name leaves them to the old lane, which has them queued already.
-            let loading = !same_name;
+            // A shared log feeds every lane itself.
+            let loading = !same_name && !inner.shared();
             Ok(Some(Arc::new(Lane::new(
                 subscription,
                 concurrency,
@@ -344,7 +355,10 @@ impl AsyncEventBus {
             inner.retire(old);
         }
         if let Some(lane) = edited.added {
-            if lane.is_loading() {
+            if inner.shared() {
+                inner.feed(Arc::clone(&lane));
+                inner.dispatch(&lane, lane.lock());
+            } else if lane.is_loading() {
                 inner.load_backlog(lane);
             } else {
                 inner.dispatch(&lane, lane.lock());
@@ -369,14 +383,15 @@ impl AsyncEventBus {
         let names = lanes.iter().map(|l| l.subscription.name.to_string()).collect();
         let replayed = inner.storage.dead_letters.replay(filter.clone(), names).await?;
         let count = replayed.len();
-        for replayed in replayed {
+        // A shared log delivers them itself.
+        for replayed in replayed.into_iter().filter(|_| !inner.shared()) {
             // Listed by the log because its lane exists; if that lane went away meanwhile,
             // the delivery stays pending in the log for the next subscriber of the name.
             if let Some(lane) = lanes
                 .iter()
                 .find(|l| *l.subscription.name == replayed.subscription)
             {
-                let pending = inner.pending_delivery(replayed.delivery);
+                let pending = inner.pending_delivery(replayed.delivery, None);
                 inner.enqueue(lane, vec![pending]);
             }
         }
@@ -498,6 +513,7 @@ impl EventBus for AsyncEventBus {
             inner.state.store(previous, Ordering::SeqCst);
             return Ok(StopReport::default());
         }
+        inner.stopping.cancel();
         if previous == CREATED {
             inner.start_all_workers();
         }

@@ -188,6 +188,7 @@ mod tests {
             patterns: Pattern::parse_all(patterns).unwrap(),
             handler: from_fn(name, |_| async { Ok(()) }),
             timeout: Duration::from_secs(1),
+            ordered: false,
             metrics: Arc::default(),
         };
         Arc::new(Lane::new(

@@ -1,0 +1,339 @@
+//! Start-up against the server: connecting, checking its version, and making sure every
+//! stream, KV bucket and consumer is there with exactly the settings evhost relies on.
+//!
+//! nats-server 2.9 ignores options it does not know rather than refusing them (a consumer
+//! given several filter subjects then receives every subject), so every config the server
+//! answers with is compared with the one sent, and any difference refuses the start,
+//! naming the option.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, ReplayPolicy, pull};
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, context::GetStreamErrorKind, stream};
+
+use super::NatsOptions;
+use crate::store::StorageError;
+
+/// The oldest server evhost works with: what this module does was verified on 2.9.10.
+const MIN_VERSION: (u64, u64) = (2, 9);
+
+/// Connects to the server at `options.url` and checks it can carry evhost: JetStream on,
+/// version 2.9 or newer. Reconnects without limit once connected.
+pub(super) async fn connect(options: &NatsOptions) -> anyhow::Result<async_nats::Client> {
+    let mut connect = async_nats::ConnectOptions::new()
+        .name("evhost")
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(token) = &options.token {
+        connect = connect.token(token.clone());
+    }
+    if let Some(path) = &options.credentials {
+        connect = connect
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("reading the NATS credentials file {}", path.display()))?;
+    }
+    let client = connect
+        .connect(options.url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", options.url))?;
+    let info = client.server_info();
+    if !info.jetstream {
+        bail!(
+            "the NATS server at {} has JetStream off: start nats-server with `-js` (and a store directory, `-sd`)",
+            options.url
+        );
+    }
+    match parse_version(&info.version) {
+        Some((major, minor)) if (major, minor) >= MIN_VERSION => {}
+        _ => bail!(
+            "the NATS server at {} is version {:?}; evhost needs nats-server {}.{} or newer",
+            options.url,
+            info.version,
+            MIN_VERSION.0,
+            MIN_VERSION.1
+        ),
+    }
+    Ok(client)
+}
+
+fn parse_version(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The event stream: `<prefix>.events.<partition>`, kept until every subscription's
+/// consumer acknowledged an event, refusing publishes when full.
+pub(super) fn events_config(options: &NatsOptions, prefix: &str) -> Config {
+    Config {
+        name: options.stream.clone(),
+        description: Some(format!("evhost events in {} partitions", options.partitions)),
+        subjects: vec![format!("{prefix}.events.>")],
+        retention: RetentionPolicy::Interest,
+        storage: StorageType::File,
+        discard: DiscardPolicy::New,
+        max_bytes: options.max_bytes.map_or(-1, |bytes| bytes as i64),
+        duplicate_window: options.duplicate_window,
+        num_replicas: 1,
+        ..Config::default()
+    }
+}
+
+/// The dead-letter stream: `<prefix>.dlq.<subscription>`, kept until replayed or purged.
+pub(super) fn dead_letters_config(options: &NatsOptions, prefix: &str) -> Config {
+    Config {
+        name: format!("{}_DLQ", options.stream),
+        description: Some("evhost dead letters".to_owned()),
+        subjects: vec![format!("{prefix}.dlq.>")],
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        discard: DiscardPolicy::Old,
+        max_bytes: -1,
+        duplicate_window: options.duplicate_window,
+        num_replicas: 1,
+        ..Config::default()
+    }
+}
+
+/// A KV bucket's stream, made by hand: async-nats' `create_key_value` fails against
+/// 2.9 servers (it asks for account fields they do not send). One value per key; the
+/// duplicate window makes a write repeated with the same message id a no-op.
+pub(super) fn bucket_config(options: &NatsOptions, bucket: &str) -> Config {
+    Config {
+        name: format!("KV_{bucket}"),
+        description: Some("evhost key-value data".to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        discard: DiscardPolicy::New,
+        max_bytes: -1,
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        duplicate_window: options.duplicate_window,
+        num_replicas: 1,
+        ..Config::default()
+    }
+}
+
+/// A durable pull consumer every process shares for one subscription: it sees every
+/// event (2.9 has one filter subject per consumer; the bus matches types itself), or with
+/// `partition` every event of that partition, one at a time (`max_ack_pending` 1: the
+/// next is not let out before the last is acknowledged or terminated).
+/// Redelivered after `ack_wait` when not acknowledged; no `backoff` (a retry is a nak
+/// with the policy's delay) and no delivery limit (evhost dead-letters at the policy's
+/// last attempt itself).
+pub(super) fn consumer_config(
+    options: &NatsOptions,
+    prefix: &str,
+    durable: &str,
+    partition: Option<u32>,
+) -> pull::Config {
+    pull::Config {
+        durable_name: Some(durable.to_owned()),
+        description: Some("evhost subscription".to_owned()),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: options.ack_wait,
+        max_deliver: -1,
+        filter_subject: match partition {
+            Some(partition) => format!("{prefix}.events.{partition}"),
+            None => format!("{prefix}.events.>"),
+        },
+        replay_policy: ReplayPolicy::Instant,
+        max_ack_pending: if partition.is_some() { 1 } else { 10_000 },
+        ..pull::Config::default()
+    }
+}
+
+/// The stream `wanted` describes: created if missing, else checked. Refuses a stream
+/// that differs in any option evhost sets, naming it.
+pub(super) async fn ensure_stream(js: &jetstream::Context, wanted: Config) -> anyhow::Result<stream::Stream> {
+    let name = wanted.name.clone();
+    let mut stream = match js.get_stream(&name).await {
+        Ok(stream) => stream,
+        Err(error) if is_not_found(&error.kind()) => js
+            .create_stream(wanted.clone())
+            .await
+            .with_context(|| format!("creating the JetStream stream {name}"))?,
+        Err(error) => return Err(error).with_context(|| format!("looking up the JetStream stream {name}")),
+    };
+    let got = stream
+        .info()
+        .await
+        .with_context(|| format!("reading the JetStream stream {name}"))?
+        .config
+        .clone();
+    let differences = stream_differences(&wanted, &got);
+    if !differences.is_empty() {
+        bail!(
+            "the JetStream stream {name} does not have the settings evhost needs: {}. \
+             Settings a server does not know are dropped silently (nats-server before 2.10); \
+             a stream made by an earlier configuration must be removed (`nats stream rm {name}`) \
+             or the configuration changed back",
+            differences.join("; ")
+        );
+    }
+    Ok(stream)
+}
+
+fn is_not_found(kind: &GetStreamErrorKind) -> bool {
+    matches!(kind, GetStreamErrorKind::JetStream(error)
+        if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// Each option of `wanted` that `got` does not have, as `option: wanted W, the server has G`.
+fn stream_differences(wanted: &Config, got: &Config) -> Vec<String> {
+    let mut differences = Vec::new();
+    let mut check = |option: &str, want: String, have: String| {
+        if want != have {
+            differences.push(format!("{option}: wanted {want}, the server has {have}"));
+        }
+    };
+    check(
+        "description",
+        format!("{:?}", wanted.description),
+        format!("{:?}", got.description),
+    );
+    check(
+        "subjects",
+        format!("{:?}", wanted.subjects),
+        format!("{:?}", got.subjects),
+    );
+    check(
+        "retention",
+        format!("{:?}", wanted.retention),
+        format!("{:?}", got.retention),
+    );
+    check(
+        "storage",
+        format!("{:?}", wanted.storage),
+        format!("{:?}", got.storage),
+    );
+    check(
+        "discard",
+        format!("{:?}", wanted.discard),
+        format!("{:?}", got.discard),
+    );
+    check(
+        "max_bytes",
+        wanted.max_bytes.to_string(),
+        got.max_bytes.to_string(),
+    );
+    check(
+        "duplicate_window",
+        format!("{:?}", wanted.duplicate_window),
+        format!("{:?}", got.duplicate_window),
+    );
+    if wanted.max_messages_per_subject != 0 {
+        check(
+            "max_msgs_per_subject",
+            wanted.max_messages_per_subject.to_string(),
+            got.max_messages_per_subject.to_string(),
+        );
+    }
+    check(
+        "allow_rollup_hdrs",
+        wanted.allow_rollup.to_string(),
+        got.allow_rollup.to_string(),
+    );
+    check(
+        "deny_delete",
+        wanted.deny_delete.to_string(),
+        got.deny_delete.to_string(),
+    );
+    check(
+        "allow_direct",
+        wanted.allow_direct.to_string(),
+        got.allow_direct.to_string(),
+    );
+    differences
+}
+
+/// The durable consumer `wanted` describes on `stream`: created, or updated to `wanted`
+/// when another configuration made it, then checked against what the server answered.
+pub(super) async fn ensure_consumer(
+    stream: &stream::Stream,
+    wanted: pull::Config,
+) -> Result<jetstream::consumer::PullConsumer, StorageError> {
+    let name = wanted.durable_name.clone().unwrap_or_default();
+    let mut consumer = stream.create_consumer(wanted.clone()).await.map_err(|error| {
+        StorageError::transient(format!("creating the JetStream consumer {name}: {error}"))
+    })?;
+    let got = consumer
+        .info()
+        .await
+        .map_err(|error| StorageError::transient(format!("reading the JetStream consumer {name}: {error}")))?
+        .config
+        .clone();
+    let mut differences = Vec::new();
+    let mut check = |option: &str, want: String, have: String| {
+        if want != have {
+            differences.push(format!("{option}: wanted {want}, the server has {have}"));
+        }
+    };
+    check(
+        "filter_subject",
+        wanted.filter_subject.clone(),
+        got.filter_subject.clone(),
+    );
+    check(
+        "ack_policy",
+        format!("{:?}", wanted.ack_policy),
+        format!("{:?}", got.ack_policy),
+    );
+    check(
+        "ack_wait",
+        format!("{:?}", wanted.ack_wait),
+        format!("{:?}", got.ack_wait),
+    );
+    check(
+        "max_deliver",
+        wanted.max_deliver.to_string(),
+        got.max_deliver.to_string(),
+    );
+    check(
+        "max_ack_pending",
+        wanted.max_ack_pending.to_string(),
+        got.max_ack_pending.to_string(),
+    );
+    check("backoff", "[]".to_owned(), format!("{:?}", got.backoff));
+    if differences.is_empty() {
+        Ok(consumer)
+    } else {
+        Err(StorageError::permanent(format!(
+            "the JetStream consumer {name} does not have the settings evhost needs: {}",
+            differences.join("; ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read_with_or_without_a_v() {
+        assert_eq!(parse_version("2.9.10"), Some((2, 9)));
+        assert_eq!(parse_version("v2.10.1-beta"), Some((2, 10)));
+        assert_eq!(parse_version("nonsense"), None);
+    }
+
+    #[test]
+    fn a_dropped_option_is_named() {
+        let options = NatsOptions::new("nats://127.0.0.1:4222");
+        let wanted = events_config(&options, "evhost");
+        let mut got = wanted.clone();
+        got.description = Some("evhost events in 4 partitions".to_owned());
+        got.discard = DiscardPolicy::Old;
+        let differences = stream_differences(&wanted, &got);
+        assert_eq!(differences.len(), 2, "{differences:?}");
+        assert!(differences[0].starts_with("description: wanted Some(\"evhost events in 16 partitions\")"));
+        assert!(differences[1].starts_with("discard"));
+    }
+}

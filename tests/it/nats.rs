@@ -1,0 +1,542 @@
+//! Several `evhost run --nats` processes on one NATS JetStream server, each test on a
+//! `nats-server` of its own (a free port, its own store directory) so it can be killed
+//! and restarted without touching anyone else's.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{self, Running, TempDir};
+use crate::wasm;
+
+/// A `nats-server` with JetStream, killed on drop.
+struct NatsServer {
+    child: Child,
+    port: u16,
+    _store: TempDir,
+}
+
+impl NatsServer {
+    fn start() -> Self {
+        let store = TempDir::new("nats");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Self::spawn(port, &store.0);
+        Self {
+            child,
+            port,
+            _store: store,
+        }
+    }
+
+    /// `nats-server` on `port` with its store in `dir`, once it listens.
+    fn spawn(port: u16, dir: &Path) -> Child {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server (is it installed? .ci/run installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    /// `kill -9` of the server.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The server again, on the same port and store directory.
+    fn restart(&mut self) {
+        self.child = Self::spawn(self.port, &self._store.0);
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `evhost run --nats URL` over `dir/plugins`, with `args` added.
+fn start_host(dir: &Path, nats: &NatsServer, args: &[&str]) -> Running {
+    let mut all = vec!["--nats", &*Box::leak(nats.url().into_boxed_str())];
+    all.extend_from_slice(args);
+    Running::start_in_with(dir, &all)
+}
+
+/// The value of the Prometheus sample `name` (with its labels) at `host`, 0 if absent.
+async fn metric(http: &reqwest::Client, host: &Running, name: &str) -> f64 {
+    let text = support::get_text(http, format!("{}/metrics", host.url)).await;
+    text.lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(sample, _)| *sample == name)
+        .map_or(0.0, |(_, value)| value.parse().unwrap())
+}
+
+/// Publishes `count` events with ids `{prefix}-{i}` through `host`, in batches of 100.
+async fn publish(http: &reqwest::Client, host: &Running, prefix: &str, range: std::ops::Range<usize>) {
+    let ids: Vec<usize> = range.collect();
+    for chunk in ids.chunks(100) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|i| {
+                support::structured(
+                    "OrderPlaced",
+                    &format!("{prefix}-{i}"),
+                    &format!("order-{i}"),
+                    json!({ "n": i }),
+                )
+            })
+            .collect();
+        let response = support::post_events(
+            http,
+            &host.url,
+            "/events",
+            "application/cloudevents-batch+json",
+            serde_json::to_string(&batch).unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hosts_share_a_plugins_deliveries_and_each_event_is_handled_once() {
+    let nats = NatsServer::start();
+    let (a_dir, b_dir) = (TempDir::new("nats-a"), TempDir::new("nats-b"));
+    for dir in [&a_dir, &b_dir] {
+        support::install(&dir.0, &[("recorder", wasm::RECORDER)], &[]);
+    }
+    let a = start_host(&a_dir.0, &nats, &[]);
+    let b = start_host(&b_dir.0, &nats, &[]);
+    let http = support::client();
+    const N: usize = 2_000;
+    publish(&http, &a, "ev", 0..N / 2).await;
+    publish(&http, &b, "ev", N / 2..N).await;
+
+    let handled = r#"evhost_deliveries_total{plugin="recorder",outcome="ok"}"#;
+    let done = support::eventually(Duration::from_secs(60), async || {
+        metric(&http, &a, handled).await + metric(&http, &b, handled).await >= N as f64
+    })
+    .await;
+    let (by_a, by_b) = (metric(&http, &a, handled).await, metric(&http, &b, handled).await);
+    assert!(done, "handled {by_a} + {by_b} of {N}");
+    assert_eq!(by_a + by_b, N as f64, "no event handled twice");
+    for share in [by_a, by_b] {
+        assert!(
+            share >= 0.2 * N as f64,
+            "each host does a fair share: {by_a} and {by_b}"
+        );
+    }
+    // The plugin's data is one store both hosts read and write.
+    for i in (0..N).step_by(97) {
+        let key = format!("seen:ev-{i}");
+        assert_eq!(
+            support::kv(&a, "recorder", &key).await,
+            Some(json!(1)),
+            "{key} on a"
+        );
+        assert_eq!(
+            support::kv(&b, "recorder", &key).await,
+            Some(json!(1)),
+            "{key} on b"
+        );
+    }
+
+    // Publishing an accepted event again, through either host, is a duplicate.
+    let again = support::structured("OrderPlaced", "ev-7", "order-7", json!({ "n": 7 }));
+    let response = support::post_events(
+        &http,
+        &b.url,
+        "/events",
+        "application/cloudevents+json",
+        again.to_string(),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["duplicates"], json!(["ev-7"]), "{answer}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(support::kv(&a, "recorder", "seen:ev-7").await, Some(json!(1)));
+    assert_eq!(
+        metric(&http, &a, handled).await + metric(&http, &b, handled).await,
+        N as f64,
+        "the duplicate was not handled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_made_with_other_settings_refuses_the_start_naming_them() {
+    let nats = NatsServer::start();
+    let dir = TempDir::new("nats-mismatch");
+    support::install(&dir.0, &[], &[]);
+    drop(start_host(&dir.0, &nats, &[]));
+    let output = support::run_command(&dir.0, &["--nats", &nats.url(), "--set", "nats.partitions=4"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the JetStream stream EVHOST does not have the settings evhost needs")
+            && stderr.contains("16 partitions")
+            && stderr.contains("4 partitions"),
+        "{stderr}"
+    );
+}
+
+/// The failures `host` reported for `event_id`, oldest first.
+async fn failures(http: &reqwest::Client, host: &Running, event_id: &str) -> Vec<Value> {
+    let errors = support::get_json(http, format!("{}/errors", host.url)).await;
+    errors
+        .as_array()
+        .unwrap_or_else(|| panic!("GET /errors: {errors}"))
+        .iter()
+        .filter(|record| record["event_id"] == event_id)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_wait_the_policys_delays_then_dead_letter_and_a_replay_reaches_only_that_plugin() {
+    let nats = NatsServer::start();
+    let retry = r#"
+        [retry]
+        max_attempts = 3
+        initial_backoff = "800ms"
+        multiplier = 2.0
+        jitter = 0.0
+    "#;
+    let (a_dir, b_dir) = (TempDir::new("nats-retry-a"), TempDir::new("nats-retry-b"));
+    for dir in [&a_dir, &b_dir] {
+        support::install(
+            &dir.0,
+            &[
+                ("returns-retry", wasm::RETURNS_RETRY),
+                ("recorder", wasm::RECORDER),
+            ],
+            &[("returns-retry", retry)],
+        );
+    }
+    let a = start_host(&a_dir.0, &nats, &[]);
+    let b = start_host(&b_dir.0, &nats, &[]);
+    let http = support::client();
+    publish(&http, &a, "failing", 0..1).await;
+
+    // Three attempts, on either host, then the dead-letter queue.
+    let mut attempts = Vec::new();
+    let dead = support::eventually(Duration::from_secs(30), async || {
+        let letters = support::get_json(&http, format!("{}/dlq", b.url)).await;
+        letters.as_array().is_some_and(|letters| letters.len() == 1)
+    })
+    .await;
+    assert!(dead, "dead-lettered after the last attempt");
+    attempts.extend(failures(&http, &a, "failing-0").await);
+    attempts.extend(failures(&http, &b, "failing-0").await);
+    attempts.sort_by_key(|record| record["attempt"].as_u64());
+    let numbers: Vec<u64> = attempts.iter().map(|r| r["attempt"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [1, 2, 3], "{attempts:?}");
+    let times: Vec<chrono::DateTime<chrono::Utc>> = attempts
+        .iter()
+        .map(|r| r["time"].as_str().unwrap().parse().unwrap())
+        .collect();
+    for (gap, wanted) in times.windows(2).zip([800, 1_600]) {
+        let gap = (gap[1] - gap[0]).num_milliseconds();
+        assert!(
+            (wanted..wanted + 700).contains(&gap),
+            "a retry came {gap} ms after the failure; the policy says {wanted} ms"
+        );
+    }
+    let letters = support::get_json(&http, format!("{}/dlq", a.url)).await;
+    let letter = &letters[0];
+    assert_eq!(letter["subscription"], "returns-retry");
+    assert_eq!(letter["event"]["id"], "failing-0");
+    assert_eq!(letter["failures"].as_array().unwrap().len(), 3, "{letter}");
+    assert_eq!(
+        support::kv(&a, "recorder", "seen:failing-0").await,
+        Some(json!(1))
+    );
+
+    // A replay goes to returns-retry alone: three more attempts, the history kept.
+    let response = http
+        .post(format!("{}/dlq/replay?all=true&plugin=returns-retry", a.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let again = support::eventually(Duration::from_secs(30), async || {
+        let letters = support::get_json(&http, format!("{}/dlq", a.url)).await;
+        letters[0]["failures"].as_array().is_some_and(|f| f.len() == 6)
+    })
+    .await;
+    assert!(
+        again,
+        "replayed, failed three times more and dead-lettered with the history kept"
+    );
+    assert_eq!(
+        support::kv(&b, "recorder", "seen:failing-0").await,
+        Some(json!(1)),
+        "the replay did not reach the other plugin"
+    );
+}
+
+/// Every `seen:{prefix}-{i}` of the recorder at `host`, for `i` in `range`: how many
+/// times each event was applied.
+async fn seen_counts(
+    host: &Running,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<(usize, Option<Value>)> {
+    use futures::StreamExt as _;
+    futures::stream::iter(range)
+        .map(|i| async move {
+            (
+                i,
+                support::kv(host, "recorder", &format!("seen:{prefix}-{i}")).await,
+            )
+        })
+        .buffered(32)
+        .collect()
+        .await
+}
+
+/// Quick redelivery: what a killed host held goes to the others after 3 s.
+const QUICK_REDELIVERY: [&str; 4] = ["--set", "nats.ack_wait=3s", "--set", "plugins.limits.timeout=1s"];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_killed_mid_stream_leaves_its_deliveries_to_the_other_and_no_effect_applies_twice() {
+    let nats = NatsServer::start();
+    let (a_dir, b_dir) = (TempDir::new("nats-kill-a"), TempDir::new("nats-kill-b"));
+    for dir in [&a_dir, &b_dir] {
+        support::install(&dir.0, &[("recorder", wasm::RECORDER)], &[]);
+    }
+    let a = start_host(&a_dir.0, &nats, &QUICK_REDELIVERY);
+    let b = start_host(&b_dir.0, &nats, &QUICK_REDELIVERY);
+    let http = support::client();
+    const N: usize = 3_000;
+    publish(&http, &a, "ev", 0..N).await;
+    let handled = r#"evhost_deliveries_total{plugin="recorder",outcome="ok"}"#;
+    let started = support::eventually(Duration::from_secs(60), async || {
+        metric(&http, &b, handled).await >= 200.0
+    })
+    .await;
+    assert!(started, "b takes part before it is killed");
+    b.signal("KILL");
+
+    let all_seen = support::eventually(Duration::from_secs(90), async || {
+        seen_counts(&a, "ev", 0..N)
+            .await
+            .iter()
+            .all(|(_, seen)| seen.is_some())
+    })
+    .await;
+    let counts = seen_counts(&a, "ev", 0..N).await;
+    let missing: Vec<usize> = counts
+        .iter()
+        .filter(|(_, seen)| seen.is_none())
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(
+        all_seen,
+        "{} events never applied, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let twice: Vec<&(usize, Option<Value>)> = counts
+        .iter()
+        .filter(|(_, seen)| *seen != Some(json!(1)))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "applied more than once: {:?}",
+        &twice[..twice.len().min(10)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ordered_plugin_on_two_hosts_sees_each_keys_events_in_publish_order() {
+    let nats = NatsServer::start();
+    let (a_dir, b_dir) = (TempDir::new("nats-order-a"), TempDir::new("nats-order-b"));
+    for dir in [&a_dir, &b_dir] {
+        support::install(
+            &dir.0,
+            &[("sequence", wasm::SEQUENCE)],
+            &[("sequence", "ordered = true\n[limits]\nconcurrency = 8\n")],
+        );
+    }
+    let a = start_host(&a_dir.0, &nats, &[]);
+    let b = start_host(&b_dir.0, &nats, &[]);
+    let http = support::client();
+    const KEYS: usize = 40;
+    const PER_KEY: usize = 30;
+    // Event i is the (i / KEYS)th of key i % KEYS; batches go alternately to each host,
+    // one after the other, so publish order is i.
+    let events: Vec<Value> = (0..KEYS * PER_KEY)
+        .map(|i| {
+            support::structured(
+                "Step",
+                &format!("step-{i}"),
+                &format!("key-{}", i % KEYS),
+                json!({ "n": i / KEYS }),
+            )
+        })
+        .collect();
+    for (index, batch) in events.chunks(50).enumerate() {
+        let host = if index % 2 == 0 { &a } else { &b };
+        let response = support::post_events(
+            &http,
+            &host.url,
+            "/events",
+            "application/cloudevents-batch+json",
+            serde_json::to_string(batch).unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), 202);
+    }
+    let expected: String = (0..PER_KEY).map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+    let lists = async || {
+        let mut lists = Vec::new();
+        for key in 0..KEYS {
+            let list = support::kv(&a, "sequence", &format!("seq:key-{key}")).await;
+            lists.push(
+                list.and_then(|v| v.as_str().map(str::to_owned).or(Some(v.to_string())))
+                    .unwrap_or_default(),
+            );
+        }
+        lists
+    };
+    let complete = support::eventually(Duration::from_secs(90), async || {
+        lists()
+            .await
+            .iter()
+            .all(|list| list.split(',').count() == PER_KEY)
+    })
+    .await;
+    let lists = lists().await;
+    assert!(complete, "not every event was handled: {lists:?}");
+    let out_of_order: Vec<&String> = lists.iter().filter(|list| **list != expected).collect();
+    assert!(
+        out_of_order.is_empty(),
+        "{} keys out of order, e.g. {:?}",
+        out_of_order.len(),
+        out_of_order.first()
+    );
+    let handled = r#"evhost_deliveries_total{plugin="sequence",outcome="ok"}"#;
+    let (by_a, by_b) = (metric(&http, &a, handled).await, metric(&http, &b, handled).await);
+    assert_eq!(by_a + by_b, (KEYS * PER_KEY) as f64);
+    assert!(
+        by_a > 0.0 && by_b > 0.0,
+        "both hosts took part: {by_a} and {by_b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_killed_and_restarted_mid_stream_loses_nothing_accepted_and_doubles_no_effect() {
+    let mut nats = NatsServer::start();
+    let (a_dir, b_dir) = (TempDir::new("nats-crash-a"), TempDir::new("nats-crash-b"));
+    for dir in [&a_dir, &b_dir] {
+        support::install(&dir.0, &[("recorder", wasm::RECORDER)], &[]);
+    }
+    let a = start_host(&a_dir.0, &nats, &QUICK_REDELIVERY);
+    let b = start_host(&b_dir.0, &nats, &QUICK_REDELIVERY);
+    let http = support::client();
+    const N: usize = 3_000;
+    const BATCH: usize = 50;
+    let (mut refused, mut down) = (0, false);
+    for (index, start) in (0..N).step_by(BATCH).enumerate() {
+        if index == N / BATCH / 3 {
+            nats.kill();
+            down = true;
+            let unready = support::eventually(Duration::from_secs(10), async || {
+                let response = http.get(format!("{}/readyz", a.url)).send().await.unwrap();
+                response.status() == 503
+            })
+            .await;
+            assert!(unready, "/readyz answers 503 while the server is down");
+        }
+        // A publisher retries what was refused: the events it sends again are the same.
+        let batch: Vec<Value> = (start..start + BATCH)
+            .map(|i| {
+                support::structured(
+                    "OrderPlaced",
+                    &format!("ev-{i}"),
+                    &format!("order-{i}"),
+                    json!({ "n": i }),
+                )
+            })
+            .collect();
+        let host = if index % 2 == 0 { &a } else { &b };
+        loop {
+            let response = support::post_events(
+                &http,
+                &host.url,
+                "/events",
+                "application/cloudevents-batch+json",
+                serde_json::to_string(&batch).unwrap(),
+            )
+            .await;
+            match response.status().as_u16() {
+                202 => break,
+                503 => {
+                    refused += 1;
+                    // Back after a few refusals, on the same store.
+                    if down && refused >= 5 {
+                        nats.restart();
+                        down = false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => panic!("publishing answered {other}: {}", response.text().await.unwrap()),
+            }
+        }
+    }
+    assert!(refused > 0, "publishes were refused while the server was down");
+
+    let all_seen = support::eventually(Duration::from_secs(120), async || {
+        seen_counts(&a, "ev", 0..N)
+            .await
+            .iter()
+            .all(|(_, seen)| seen.is_some())
+    })
+    .await;
+    let counts = seen_counts(&a, "ev", 0..N).await;
+    let missing: Vec<usize> = counts
+        .iter()
+        .filter(|(_, seen)| seen.is_none())
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(
+        all_seen,
+        "{} accepted events never applied, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let twice: Vec<&(usize, Option<Value>)> = counts
+        .iter()
+        .filter(|(_, seen)| *seen != Some(json!(1)))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "applied more than once: {:?}",
+        &twice[..twice.len().min(10)]
+    );
+    let ready = http.get(format!("{}/readyz", b.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "ready again once the server is back");
+}
