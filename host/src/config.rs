@@ -267,6 +267,10 @@ pub struct NatsSettings {
     /// A token to authenticate with.
     #[serde(default, skip_serializing)]
     pub token: Option<String>,
+    /// `"none"` (the default) or `"s2"`: compress the event stream on the server
+    /// (nats-server 2.10 or newer; an older one is refused at start).
+    #[serde(default)]
+    pub compression: crate::store::nats::Compression,
 }
 
 impl NatsSettings {
@@ -281,6 +285,7 @@ impl NatsSettings {
             ack_wait: default_nats_ack_wait(),
             credentials: None,
             token: None,
+            compression: crate::store::nats::Compression::None,
         }
     }
 
@@ -295,6 +300,7 @@ impl NatsSettings {
             ack_wait: self.ack_wait,
             credentials: self.credentials.clone(),
             token: self.token.clone(),
+            compression: self.compression,
         }
     }
 }
@@ -310,6 +316,7 @@ impl std::fmt::Debug for NatsSettings {
             .field("max_bytes", &self.max_bytes)
             .field("ack_wait", &self.ack_wait)
             .field("credentials", &self.credentials)
+            .field("compression", &self.compression)
             .finish_non_exhaustive()
     }
 }
@@ -346,11 +353,13 @@ impl NatsSettings {
             .limits
             .timeout
             .unwrap_or(crate::runtime::Limits::default().timeout);
-        if self.ack_wait <= timeout {
+        let ahead = crate::store::PULL_AHEAD;
+        if self.ack_wait <= timeout * ahead {
             return Err((
                 "nats.ack_wait",
                 format!(
-                    "({}) must be longer than the plugins' timeout ({}): a delivery still running would go to another host",
+                    "({}) must be longer than {ahead} × the plugins' timeout ({}): a host pulls up to {ahead} \
+                     deliveries per concurrent invocation ahead, and one still waiting would go to another host",
                     humantime::format_duration(self.ack_wait),
                     humantime::format_duration(timeout)
                 ),
@@ -963,6 +972,24 @@ mod tests {
             parse("").unwrap().bus_config().subscription_concurrency,
             DEFAULT_PLUGIN_CONCURRENCY
         );
+    }
+
+    #[test]
+    fn nats_settings_are_read_and_checked() {
+        let config = parse("[nats]\nurl = \"nats://127.0.0.1:4222\"\ncompression = \"s2\"\n").unwrap();
+        let options = config.nats.expect("[nats] read").options();
+        assert_eq!(options.compression, crate::store::nats::Compression::S2);
+        assert_eq!(options.ack_wait, Duration::from_secs(30));
+        let error = parse("[nats]\ncompression = \"zstd\"\n").unwrap_err().to_string();
+        assert!(error.contains("zstd") && error.contains("s2"), "{error}");
+        // A host pulls up to 4 deliveries per concurrent invocation ahead: the ack wait must
+        // outlast 4 handler timeouts (5 s by default).
+        let error = parse("[nats]\nack_wait = \"20s\"\n").unwrap_err().to_string();
+        assert!(
+            error.contains("nats.ack_wait") && error.contains("4 × the plugins' timeout (5s)"),
+            "{error}"
+        );
+        assert!(parse("[nats]\nack_wait = \"21s\"\n").is_ok());
     }
 
     #[test]

@@ -202,6 +202,25 @@ async fn a_stream_made_with_other_settings_refuses_the_start_naming_them() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn compression_on_a_server_older_than_2_10_refuses_the_start_naming_the_version() {
+    let nats = NatsServer::start();
+    let dir = TempDir::new("nats-compression");
+    support::install(&dir.0, &[], &[]);
+    let output = support::run_command(&dir.0, &["--nats", &nats.url(), "--set", "nats.compression=s2"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`[nats] compression = \"s2\"` needs nats-server 2.10 or newer")
+            && stderr.contains("is version \"2.9."),
+        "{stderr}"
+    );
+    // Nothing was made on the server: the stream can still be made with other settings.
+    drop(start_host(&dir.0, &nats, &["--set", "nats.partitions=4"]));
+}
+
 /// The failures `host` reported for `event_id`, oldest first.
 async fn failures(http: &reqwest::Client, host: &Running, event_id: &str) -> Vec<Value> {
     let errors = support::get_json(http, format!("{}/errors", host.url)).await;
@@ -317,8 +336,47 @@ async fn seen_counts(
         .await
 }
 
-/// Quick redelivery: what a killed host held goes to the others after 3 s.
-const QUICK_REDELIVERY: [&str; 4] = ["--set", "nats.ack_wait=3s", "--set", "plugins.limits.timeout=1s"];
+/// Waits up to `patience` until the recorder at `host` has applied each of the events
+/// `{prefix}-0..n`, and asserts that it applied every one exactly once.
+async fn assert_each_applied_once(host: &Running, prefix: &str, n: usize, patience: Duration) {
+    let all_seen = support::eventually(patience, async || {
+        seen_counts(host, prefix, 0..n)
+            .await
+            .iter()
+            .all(|(_, seen)| seen.is_some())
+    })
+    .await;
+    let counts = seen_counts(host, prefix, 0..n).await;
+    let missing: Vec<usize> = counts
+        .iter()
+        .filter(|(_, seen)| seen.is_none())
+        .map(|(i, _)| *i)
+        .collect();
+    let dead_letters = match all_seen {
+        true => Value::Null,
+        false => support::get_json(&support::client(), format!("{}/dlq", host.url)).await,
+    };
+    assert!(
+        all_seen,
+        "{} accepted events never applied, e.g. {:?}; dead letters: {dead_letters}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let twice: Vec<&(usize, Option<Value>)> = counts
+        .iter()
+        .filter(|(_, seen)| *seen != Some(json!(1)))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "applied more than once: {:?}",
+        &twice[..twice.len().min(10)]
+    );
+}
+
+/// Quick redelivery: what a killed host held goes to the others after 9 s. The plugins'
+/// timeout (the ack wait must outlast 4 of them) still leaves a loaded machine room to
+/// run them.
+const QUICK_REDELIVERY: [&str; 4] = ["--set", "nats.ack_wait=9s", "--set", "plugins.limits.timeout=2s"];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_killed_mid_stream_leaves_its_deliveries_to_the_other_and_no_effect_applies_twice() {
@@ -340,34 +398,53 @@ async fn a_host_killed_mid_stream_leaves_its_deliveries_to_the_other_and_no_effe
     assert!(started, "b takes part before it is killed");
     b.signal("KILL");
 
-    let all_seen = support::eventually(Duration::from_secs(90), async || {
-        seen_counts(&a, "ev", 0..N)
-            .await
-            .iter()
-            .all(|(_, seen)| seen.is_some())
+    assert_each_applied_once(&a, "ev", N, Duration::from_secs(90)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_the_handlers_in_flight_and_leaves_the_rest_to_the_other_host() {
+    let nats = NatsServer::start();
+    let (a_dir, b_dir) = (TempDir::new("nats-term-a"), TempDir::new("nats-term-b"));
+    for dir in [&a_dir, &b_dir] {
+        support::install(
+            &dir.0,
+            &[("recorder", wasm::RECORDER)],
+            &[("recorder", "[config]\nmillis = \"1000\"\n")],
+        );
+    }
+    // `a` takes up to 32 deliveries (4 at once, a second each) and has 2 s to drain.
+    let mut flags = vec!["--set", "drain_timeout=2s"];
+    flags.extend(QUICK_REDELIVERY);
+    let mut a = start_host(&a_dir.0, &nats, &flags);
+    let http = support::client();
+    const N: usize = 30;
+    publish(&http, &a, "ev", 0..N).await;
+    let handled = r#"evhost_deliveries_total{plugin="recorder",outcome="ok"}"#;
+    let started = support::eventually(Duration::from_secs(60), async || {
+        metric(&http, &a, handled).await >= 1.0
     })
     .await;
-    let counts = seen_counts(&a, "ev", 0..N).await;
-    let missing: Vec<usize> = counts
-        .iter()
-        .filter(|(_, seen)| seen.is_none())
-        .map(|(i, _)| *i)
-        .collect();
+    assert!(started, "a handles events before it is stopped");
+    a.signal("TERM");
+    assert_eq!(a.wait_exit(Duration::from_secs(20)), 0, "a stops cleanly");
+    let stopped = a
+        .log_lines()
+        .into_iter()
+        .find(|line| line["message"] == "stopped")
+        .expect("a logs its stop");
     assert!(
-        all_seen,
-        "{} events never applied, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
+        stopped["drained"].as_u64().unwrap() >= 1,
+        "the handlers in flight finished: {stopped}"
     );
-    let twice: Vec<&(usize, Option<Value>)> = counts
-        .iter()
-        .filter(|(_, seen)| *seen != Some(json!(1)))
-        .collect();
     assert!(
-        twice.is_empty(),
-        "applied more than once: {:?}",
-        &twice[..twice.len().min(10)]
+        stopped["abandoned"].as_u64().unwrap() >= 1,
+        "a had more than it could drain: {stopped}"
     );
+
+    // What `a` took and did not finish reaches `b` after the ack wait; what `a` finished
+    // is not handled again.
+    let b = start_host(&b_dir.0, &nats, &flags);
+    assert_each_applied_once(&b, "ev", N, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -509,34 +586,7 @@ async fn the_server_killed_and_restarted_mid_stream_loses_nothing_accepted_and_d
     }
     assert!(refused > 0, "publishes were refused while the server was down");
 
-    let all_seen = support::eventually(Duration::from_secs(120), async || {
-        seen_counts(&a, "ev", 0..N)
-            .await
-            .iter()
-            .all(|(_, seen)| seen.is_some())
-    })
-    .await;
-    let counts = seen_counts(&a, "ev", 0..N).await;
-    let missing: Vec<usize> = counts
-        .iter()
-        .filter(|(_, seen)| seen.is_none())
-        .map(|(i, _)| *i)
-        .collect();
-    assert!(
-        all_seen,
-        "{} accepted events never applied, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    let twice: Vec<&(usize, Option<Value>)> = counts
-        .iter()
-        .filter(|(_, seen)| *seen != Some(json!(1)))
-        .collect();
-    assert!(
-        twice.is_empty(),
-        "applied more than once: {:?}",
-        &twice[..twice.len().min(10)]
-    );
+    assert_each_applied_once(&a, "ev", N, Duration::from_secs(120)).await;
     let ready = http.get(format!("{}/readyz", b.url)).send().await.unwrap();
     assert_eq!(ready.status(), 200, "ready again once the server is back");
 }

@@ -256,7 +256,7 @@ pub struct SubscribeOptions {
     pub retry: Option<RetryPolicy>,
     /// On a log shared by several processes ([`Feed::Shared`](crate::store::Feed::Shared)),
     /// keep each ordering key's events in order across all of them (see
-    /// [`EventLog::pending_ordered`](crate::store::EventLog::pending_ordered)). A bus on
+    /// [`EventLog::pull`](crate::store::EventLog::pull)). A bus on
     /// its own log keeps per-key order anyway.
     pub ordered: bool,
 }

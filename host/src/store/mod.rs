@@ -32,6 +32,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize, Serializer};
@@ -252,14 +253,33 @@ pub trait EventLog: Send + Sync + Debug + 'static {
         true
     }
 
-    /// [`EventLog::pending`] for a subscription that needs each ordering key's events one
-    /// at a time, in order, across every process sharing the log. A log that keeps order
-    /// per key anyway (every [`Feed::Local`] log, with the bus's lanes) answers `pending`.
-    fn pending_ordered<'a>(
+    /// What a [`Feed::Shared`] log's subscriber reads: [`EventLog::pending`], taken from
+    /// the log about `batch` at a time — what a process has taken is not offered to the
+    /// others until it finishes it or dies. With `ordered`, each ordering key's events come
+    /// one at a time, in order, across every process sharing the log. A log that keeps
+    /// order per key anyway (every [`Feed::Local`] log, with the bus's lanes) answers
+    /// `pending`.
+    fn pull<'a>(
         &'a self,
         subscription: &'a str,
+        ordered: bool,
+        batch: usize,
     ) -> BoxStream<'a, Result<PendingDelivery, StorageError>> {
+        let _ = (ordered, batch);
         self.pending(subscription)
+    }
+
+    /// Makes `subscription`'s deliveries exist in the log before the bus starts taking
+    /// events, so that every event appended from then on is kept for it (`ordered`: as
+    /// [`EventLog::pull`] reads them). A [`Feed::Shared`] log whose per-subscriber
+    /// state is made when first read needs this; the others have nothing to do.
+    fn prepare<'a>(
+        &'a self,
+        subscription: &'a str,
+        ordered: bool,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let _ = (subscription, ordered);
+        futures::future::ready(Ok(())).boxed()
     }
 
     /// How this log's deliveries reach the bus.
@@ -267,6 +287,13 @@ pub trait EventLog: Send + Sync + Debug + 'static {
         Feed::Local
     }
 }
+
+/// How far ahead a bus pulls from a [`Feed::Shared`] log: a subscription asks for this
+/// many times its concurrency at a time ([`EventLog::pull`]'s `batch`). A delivery sent
+/// ahead may wait for as many handler runs before it starts, so a log that hands
+/// unacknowledged deliveries to another process after a while must wait longer than this
+/// many handler timeouts.
+pub const PULL_AHEAD: u32 = 4;
 
 /// How a log's deliveries reach the bus's subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -147,6 +147,10 @@ impl Inner {
         checkpoint: Option<(String, i64)>,
     ) -> Result<Accepted, BusError> {
         let n = events.len();
+        if let Err(error) = inner.prepared().await {
+            inner.in_flight.release(n);
+            return Err(error.into());
+        }
         let batch = AppendBatch {
             events,
             routes: Vec::new(),
@@ -161,6 +165,28 @@ impl Inner {
             receivers: Vec::new(),
             appended,
         })
+    }
+
+    /// Waits until the shared log keeps every installed subscription's deliveries: an
+    /// event appended before that would not reach a subscription that just subscribed.
+    /// Gives up after a while with a transient error (the log is unreachable).
+    async fn prepared(&self) -> Result<(), StorageError> {
+        const PATIENCE: Duration = Duration::from_secs(10);
+        for lane in self.routing.snapshot().iter() {
+            if lane.prepared.is_cancelled() {
+                continue;
+            }
+            if tokio::time::timeout(PATIENCE, lane.prepared.cancelled())
+                .await
+                .is_err()
+            {
+                return Err(StorageError::transient(format!(
+                    "the log does not keep deliveries for the subscription {:?} yet",
+                    lane.subscription.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The subscription names `routes` give each event, as the log stores them: none for
@@ -295,19 +321,24 @@ impl Inner {
         self.spawn(async move {
             let window = Arc::new(InFlight::new(feed_window(lane.concurrency)));
             let name = &lane.subscription.name;
-            let mut stream = if lane.subscription.ordered {
-                inner.storage.log.pending_ordered(name)
-            } else {
-                inner.storage.log.pending(name)
-            };
+            inner.prepare(&lane).await;
+            let mut stream = inner
+                .storage
+                .log
+                .pull(name, lane.subscription.ordered, pull_batch(lane.concurrency));
             let installed = |inner: &Self| inner.routing.snapshot().iter().any(|l| Arc::ptr_eq(l, &lane));
             while installed(&inner) {
-                let next = tokio::select! {
-                    reserved = window.reserve(1, || inner.stopping.is_cancelled()) => match reserved {
-                        true => stream.next().await,
-                        false => None,
+                let reserved = tokio::select! {
+                    reserved = window.reserve(1, || inner.stopping.is_cancelled()) => reserved,
+                    () = inner.stopping.cancelled() => false,
+                };
+                // An idle log answers nothing: waiting for it must not hold up `stop`.
+                let next = match reserved {
+                    true => tokio::select! {
+                        next = stream.next() => next,
+                        () = inner.stopping.cancelled() => None,
                     },
-                    () = inner.stopping.cancelled() => None,
+                    false => None,
                 };
                 let stored = match next {
                     Some(Ok(stored)) => stored,
@@ -334,6 +365,30 @@ impl Inner {
                 }
             }
         });
+    }
+
+    /// Has the shared log keep `lane`'s deliveries, trying again while it is unreachable,
+    /// then lets publishes through. A permanent error is logged: the feeder then reports
+    /// it again as it pulls.
+    async fn prepare(&self, lane: &Lane) {
+        let subscription = &lane.subscription;
+        loop {
+            match contained(|| self.storage.log.prepare(&subscription.name, subscription.ordered)).await {
+                Ok(()) => break,
+                Err(error) if error.is_transient() && !self.stopping.is_cancelled() => {
+                    tracing::warn!(subscription = %subscription.name, %error, "the log cannot keep the subscription's deliveries yet; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = self.stopping.cancelled() => break,
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(subscription = %subscription.name, %error, "the log cannot keep the subscription's deliveries");
+                    break;
+                }
+            }
+        }
+        lane.prepared.cancel();
     }
 
     /// Acknowledges a delivery of a shared log that the subscription's patterns do not
@@ -411,5 +466,13 @@ impl Inner {
 /// first of them is finished: enough to keep its workers busy between pulls, few enough
 /// that the other processes get the rest.
 fn feed_window(concurrency: usize) -> usize {
-    (concurrency * 4).clamp(16, 512)
+    (concurrency * 8).clamp(32, 1024)
+}
+
+/// How many deliveries the log is asked for at a time ([`PULL_AHEAD`](crate::store::PULL_AHEAD) × the lane's
+/// concurrency). What it sent and the feeder has not taken yet waits for room in the
+/// window, at most `PULL_AHEAD` handler runs (`bench_nats`: batches of 4 × concurrency
+/// measured ~20 % faster than 2 × and ~2× faster than 1 ×).
+fn pull_batch(concurrency: usize) -> usize {
+    crate::store::PULL_AHEAD as usize * concurrency
 }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use tokio_util::sync::CancellationToken;
+
 use super::delivery::Pending;
 use crate::bus::RetryPolicy;
 use crate::bus::Subscription;
@@ -34,6 +36,10 @@ pub(super) struct Lane {
     /// Room for the events this subscription's handler emitted and the bus has not
     /// finished (`emitted_capacity`); kept by a replacement of the same name.
     pub(super) emitted: Arc<InFlight>,
+    /// Cancelled once a shared log keeps this subscription's deliveries (or gave up
+    /// making them): publishes wait for it, so none is appended before the log keeps it
+    /// for the subscription.
+    pub(super) prepared: CancellationToken,
     key_hasher: std::hash::RandomState,
     queue: Mutex<Queue>,
 }
@@ -107,6 +113,7 @@ impl Lane {
             concurrency,
             retry,
             emitted,
+            prepared: CancellationToken::new(),
             key_hasher: std::hash::RandomState::new(),
             queue: Mutex::new(Queue {
                 loading: loading.then(Loading::default),

@@ -140,6 +140,21 @@ impl Inner {
         self.state.load(Ordering::SeqCst) != CREATED
     }
 
+    /// Has a shared log make (or check) every lane's deliveries before the bus starts, so
+    /// that a log that cannot keep them (its settings differ from what the bus needs)
+    /// fails `start` rather than a feeder later. Each feeder makes its lane's too, and
+    /// publishes wait for that.
+    async fn prepare_feeds(&self) -> Result<(), StorageError> {
+        if !self.shared() {
+            return Ok(());
+        }
+        for lane in self.routing.snapshot().iter() {
+            let subscription = &lane.subscription;
+            contained(|| self.storage.log.prepare(&subscription.name, subscription.ordered)).await?;
+        }
+        Ok(())
+    }
+
     /// Whether the log is shared by several processes and feeds every delivery
     /// ([`Feed::Shared`]).
     fn shared(&self) -> bool {
@@ -488,6 +503,9 @@ impl EventBus for AsyncEventBus {
     }
 
     async fn start(&self) -> Result<(), BusError> {
+        if self.inner.state.load(Ordering::SeqCst) == CREATED {
+            self.inner.prepare_feeds().await?;
+        }
         match self
             .inner
             .state

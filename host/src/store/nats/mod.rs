@@ -75,6 +75,29 @@ pub struct NatsOptions {
     pub credentials: Option<PathBuf>,
     /// A token to authenticate with.
     pub token: Option<String>,
+    /// How the event stream's storage is compressed; anything but `None` needs
+    /// nats-server 2.10 or newer (an older server is refused at start).
+    pub compression: Compression,
+}
+
+/// How a stream's storage is compressed on the server (`[nats] compression`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Stored as published.
+    #[default]
+    None,
+    /// S2 (Snappy's successor): less disk for a little CPU. nats-server 2.10 or newer.
+    S2,
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::S2 => "s2",
+        })
+    }
 }
 
 impl NatsOptions {
@@ -89,6 +112,7 @@ impl NatsOptions {
             ack_wait: Duration::from_secs(30),
             credentials: None,
             token: None,
+            compression: Compression::None,
         }
     }
 }
@@ -110,9 +134,14 @@ pub struct NatsStore {
     /// The plugins' buckets, by namespace, once used.
     buckets: Mutex<HashMap<String, jetstream::kv::Store>>,
     /// Deliveries pulled and not yet acknowledged, nak'd or terminated.
-    in_hand: Mutex<HashMap<(Arc<str>, u64), InHand>>,
+    in_hand: Arc<InHandMap>,
+    /// Held shared while a delivery is ended, exclusively while the held ones are
+    /// extended: an extension sent after a delayed nak would cancel the delay.
+    ending: Arc<tokio::sync::RwLock<()>>,
     dead: AtomicU64,
 }
+
+type InHandMap = Mutex<HashMap<(Arc<str>, u64), InHand>>;
 
 /// A delivery this process pulled.
 #[derive(Debug, Clone)]
@@ -139,6 +168,13 @@ impl NatsStore {
         let failures = kv::open_bucket(&js, &options, &format!("{}_failures", options.stream)).await?;
         let checkpoints = kv::open_bucket(&js, &options, &format!("{}_checkpoints", options.stream)).await?;
         let dead = dead_letters.info().await.map(|info| info.state.messages)?;
+        let in_hand = Arc::<InHandMap>::default();
+        let ending = Arc::new(tokio::sync::RwLock::new(()));
+        tokio::spawn(extend_held(
+            Arc::downgrade(&in_hand),
+            Arc::clone(&ending),
+            options.ack_wait / 3,
+        ));
         Ok(Self {
             client,
             js,
@@ -149,7 +185,8 @@ impl NatsStore {
             failures,
             checkpoints,
             buckets: Mutex::default(),
-            in_hand: Mutex::default(),
+            in_hand,
+            ending,
             dead: AtomicU64::new(dead),
         })
     }
@@ -159,10 +196,26 @@ impl NatsStore {
         Storage::of(Arc::clone(self))
     }
 
-    /// Sends what the client still buffers (acknowledgements are sent without waiting for
-    /// an answer): a process that exits right after would otherwise leave deliveries it
-    /// finished to be redelivered.
+    /// Lets go of the deliveries this process pulled and did not finish and sends what the
+    /// client still buffers (acknowledgements are sent without waiting for an answer): a
+    /// process that exits right after would otherwise leave deliveries it finished to be
+    /// redelivered. What it lets go of goes to the other processes after the ack wait. It
+    /// is not nak'd: nats-server 2.9.10, given a plain nak for several deliveries at once,
+    /// was seen here to lose one of them (never offered again) and to offer another twice.
     pub async fn close(&self) {
+        let unfinished = {
+            let _ending = self.ending.write().await;
+            let mut in_hand = self.in_hand.lock();
+            let count = in_hand.len();
+            in_hand.clear();
+            count
+        };
+        if unfinished > 0 {
+            tracing::info!(
+                deliveries = unfinished,
+                "the deliveries not finished here go to the other hosts after the ack wait"
+            );
+        }
         if let Err(error) = self.client.flush().await {
             tracing::warn!(%error, "flushing the NATS connection at close failed");
         }
@@ -308,14 +361,20 @@ impl NatsStore {
     }
 
     /// Ends a delivery this process holds with `kind`.
+    /// Held until the answer is sent: a call given up halfway (the bus stopped) leaves the
+    /// delivery held, for [`NatsStore::close`] to give back, and one that failed can be
+    /// made again.
     async fn settle(&self, key: &(Arc<str>, u64), kind: AckKind) -> Result<(), StorageError> {
-        let Some(held) = self.in_hand.lock().remove(key) else {
+        let _ending = self.ending.read().await;
+        let Some(held) = self.in_hand.lock().get(key).cloned() else {
             return Ok(());
         };
         held.message
             .ack_with(kind)
             .await
-            .map_err(|error| StorageError::transient(format!("acknowledging to NATS: {error}")))
+            .map_err(|error| StorageError::transient(format!("acknowledging to NATS: {error}")))?;
+        self.in_hand.lock().remove(key);
+        Ok(())
     }
 }
 
@@ -344,28 +403,43 @@ impl EventLog for NatsStore {
         .boxed()
     }
 
-    /// Pulls from the subscription's one durable consumer, shared by every process.
     fn pending<'a>(&'a self, subscription: &'a str) -> BoxStream<'a, Result<PendingDelivery, StorageError>> {
-        let durable = names::encode(subscription);
-        let config = setup::consumer_config(&self.options, &self.prefix, &durable, None);
-        self.pull(Arc::from(subscription), config)
+        self.pull(subscription, false, 256)
     }
 
-    /// Pulls from one durable consumer per partition, each letting one delivery out at a
-    /// time (`max_ack_pending` 1): a key's events never overtake each other, in one
-    /// process or across several, and a retried event holds its partition until it is done.
-    fn pending_ordered<'a>(
+    /// Without `ordered`, pulls from the subscription's one durable consumer, shared by
+    /// every process. With it, from one durable consumer per partition, each letting one
+    /// delivery out at a time (`max_ack_pending` 1): a key's events never overtake each
+    /// other, in one process or across several, and a retried event holds its partition
+    /// until it is done.
+    fn pull<'a>(
         &'a self,
         subscription: &'a str,
+        ordered: bool,
+        batch: usize,
     ) -> BoxStream<'a, Result<PendingDelivery, StorageError>> {
         let name: Arc<str> = Arc::from(subscription);
-        // `=P` never occurs in an encoded name (`=` is followed by two hex digits there).
-        let partitions = (0..self.options.partitions.get()).map(|partition| {
-            let durable = format!("{}=P{partition}", names::encode(subscription));
-            let config = setup::consumer_config(&self.options, &self.prefix, &durable, Some(partition));
-            self.pull(Arc::clone(&name), config)
-        });
-        futures::stream::select_all(partitions).boxed()
+        let consumers = self
+            .consumers(subscription, ordered)
+            .into_iter()
+            .map(|config| self.pull_from(Arc::clone(&name), config, batch));
+        futures::stream::select_all(consumers).boxed()
+    }
+
+    /// Makes (or checks) the subscription's consumers: the stream keeps an event only for
+    /// the consumers that exist when it is published.
+    fn prepare<'a>(
+        &'a self,
+        subscription: &'a str,
+        ordered: bool,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        async move {
+            for config in self.consumers(subscription, ordered) {
+                setup::ensure_consumer(&self.events, config).await?;
+            }
+            Ok(())
+        }
+        .boxed()
     }
 
     fn wants_routes(&self) -> bool {
@@ -378,12 +452,34 @@ impl EventLog for NatsStore {
 }
 
 impl NatsStore {
+    /// The durable consumers `subscription` reads from: one, or one per partition if
+    /// `ordered`.
+    fn consumers(&self, subscription: &str, ordered: bool) -> Vec<jetstream::consumer::pull::Config> {
+        let durable = names::encode(subscription);
+        if !ordered {
+            return vec![setup::consumer_config(
+                &self.options,
+                &self.prefix,
+                &durable,
+                None,
+            )];
+        }
+        // `=P` never occurs in an encoded name (`=` is followed by two hex digits there).
+        (0..self.options.partitions.get())
+            .map(|partition| {
+                let durable = format!("{durable}=P{partition}");
+                setup::consumer_config(&self.options, &self.prefix, &durable, Some(partition))
+            })
+            .collect()
+    }
+
     /// The deliveries of the durable consumer `config` describes, made or checked first;
     /// pulling starts again by itself after the connection or the consumer failed.
-    fn pull(
+    fn pull_from(
         &self,
         name: Arc<str>,
         config: jetstream::consumer::pull::Config,
+        batch: usize,
     ) -> BoxStream<'_, Result<PendingDelivery, StorageError>> {
         futures::stream::unfold(None::<jetstream::consumer::pull::Stream>, move |mut messages| {
             let (name, config) = (Arc::clone(&name), config.clone());
@@ -391,7 +487,7 @@ impl NatsStore {
                 loop {
                     let stream = match &mut messages {
                         Some(stream) => stream,
-                        None => match self.messages(config.clone()).await {
+                        None => match self.messages(config.clone(), batch).await {
                             Ok(stream) => messages.insert(stream),
                             Err(error) if error.is_transient() => {
                                 tracing::warn!(subscription = %name, %error, "cannot pull from NATS yet; trying again");
@@ -425,12 +521,13 @@ impl NatsStore {
     async fn messages(
         &self,
         config: jetstream::consumer::pull::Config,
+        batch: usize,
     ) -> Result<jetstream::consumer::pull::Stream, StorageError> {
         let durable = config.durable_name.clone().unwrap_or_default();
         let consumer = setup::ensure_consumer(&self.events, config).await?;
         consumer
             .stream()
-            .max_messages_per_batch(256)
+            .max_messages_per_batch(batch.max(1))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
@@ -526,4 +623,34 @@ impl DeliveryLedger for NatsStore {
 /// is to be made again whole (message ids make that safe).
 fn publish_failed(error: impl std::fmt::Display) -> StorageError {
     StorageError::transient(format!("NATS did not confirm a publish: {error}"))
+}
+
+/// Keeps the deliveries this process holds its own while it lives: every `every` (a
+/// third of the ack wait), each is marked in progress, which restarts its ack wait. A
+/// delivery may wait in a lane behind others longer than the ack wait; without this the
+/// server would give it to another process meanwhile and it would run twice. Once the
+/// process dies the marks stop, and the others get its deliveries after the ack wait;
+/// once the store is dropped, this ends.
+async fn extend_held(
+    in_hand: std::sync::Weak<InHandMap>,
+    ending: Arc<tokio::sync::RwLock<()>>,
+    every: Duration,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(in_hand) = in_hand.upgrade() else { return };
+        // No delivery ends while the marks go out: one sent after a delayed nak would
+        // cancel the delay.
+        let _ending = ending.write().await;
+        let held: Vec<_> = in_hand.lock().values().map(|held| held.message.clone()).collect();
+        drop(in_hand);
+        for message in held {
+            if let Err(error) = message.ack_with(AckKind::Progress).await {
+                tracing::warn!(%error, "marking a delivery in progress failed");
+            }
+        }
+    }
 }

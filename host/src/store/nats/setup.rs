@@ -6,6 +6,7 @@
 //! answers with is compared with the one sent, and any difference refuses the start,
 //! naming the option.
 
+use std::fmt::Debug;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -13,11 +14,14 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, ReplayPolicy, pu
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, context::GetStreamErrorKind, stream};
 
-use super::NatsOptions;
+use super::{Compression, NatsOptions};
 use crate::store::StorageError;
 
 /// The oldest server evhost works with: what this module does was verified on 2.9.10.
 const MIN_VERSION: (u64, u64) = (2, 9);
+
+/// The oldest server that compresses a stream's storage.
+const COMPRESSION_VERSION: (u64, u64) = (2, 10);
 
 /// Connects to the server at `options.url` and checks it can carry evhost: JetStream on,
 /// version 2.9 or newer. Reconnects without limit once connected.
@@ -46,7 +50,8 @@ pub(super) async fn connect(options: &NatsOptions) -> anyhow::Result<async_nats:
             options.url
         );
     }
-    match parse_version(&info.version) {
+    let version = parse_version(&info.version);
+    match version {
         Some((major, minor)) if (major, minor) >= MIN_VERSION => {}
         _ => bail!(
             "the NATS server at {} is version {:?}; evhost needs nats-server {}.{} or newer",
@@ -55,6 +60,17 @@ pub(super) async fn connect(options: &NatsOptions) -> anyhow::Result<async_nats:
             MIN_VERSION.0,
             MIN_VERSION.1
         ),
+    }
+    if options.compression != Compression::None && version < Some(COMPRESSION_VERSION) {
+        bail!(
+            "`[nats] compression = \"{}\"` needs nats-server {}.{} or newer; the server at {} is version {:?}. \
+             Upgrade the server or leave compression out (older servers drop it silently)",
+            options.compression,
+            COMPRESSION_VERSION.0,
+            COMPRESSION_VERSION.1,
+            options.url,
+            info.version
+        );
     }
     Ok(client)
 }
@@ -79,6 +95,10 @@ pub(super) fn events_config(options: &NatsOptions, prefix: &str) -> Config {
         max_bytes: options.max_bytes.map_or(-1, |bytes| bytes as i64),
         duplicate_window: options.duplicate_window,
         num_replicas: 1,
+        compression: match options.compression {
+            Compression::None => None,
+            Compression::S2 => Some(stream::Compression::S2),
+        },
         ..Config::default()
     }
 }
@@ -187,72 +207,46 @@ fn is_not_found(kind: &GetStreamErrorKind) -> bool {
         if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
+/// The options a server answered with otherwise than asked.
+#[derive(Debug, Default)]
+struct Differences(Vec<String>);
+
+impl Differences {
+    /// Notes `option` if `got` is not `wanted` (compared as they print).
+    fn check(&mut self, option: &str, wanted: impl Debug, got: impl Debug) {
+        let (wanted, got) = (format!("{wanted:?}"), format!("{got:?}"));
+        if wanted != got {
+            self.0
+                .push(format!("{option}: wanted {wanted}, the server has {got}"));
+        }
+    }
+}
+
 /// Each option of `wanted` that `got` does not have, as `option: wanted W, the server has G`.
 fn stream_differences(wanted: &Config, got: &Config) -> Vec<String> {
-    let mut differences = Vec::new();
-    let mut check = |option: &str, want: String, have: String| {
-        if want != have {
-            differences.push(format!("{option}: wanted {want}, the server has {have}"));
-        }
-    };
-    check(
-        "description",
-        format!("{:?}", wanted.description),
-        format!("{:?}", got.description),
-    );
-    check(
-        "subjects",
-        format!("{:?}", wanted.subjects),
-        format!("{:?}", got.subjects),
-    );
-    check(
-        "retention",
-        format!("{:?}", wanted.retention),
-        format!("{:?}", got.retention),
-    );
-    check(
-        "storage",
-        format!("{:?}", wanted.storage),
-        format!("{:?}", got.storage),
-    );
-    check(
-        "discard",
-        format!("{:?}", wanted.discard),
-        format!("{:?}", got.discard),
-    );
-    check(
-        "max_bytes",
-        wanted.max_bytes.to_string(),
-        got.max_bytes.to_string(),
-    );
-    check(
-        "duplicate_window",
-        format!("{:?}", wanted.duplicate_window),
-        format!("{:?}", got.duplicate_window),
-    );
+    let mut differences = Differences::default();
+    differences.check("description", &wanted.description, &got.description);
+    differences.check("subjects", &wanted.subjects, &got.subjects);
+    differences.check("retention", wanted.retention, got.retention);
+    differences.check("storage", wanted.storage, got.storage);
+    differences.check("discard", wanted.discard, got.discard);
+    differences.check("max_bytes", wanted.max_bytes, got.max_bytes);
+    differences.check("duplicate_window", wanted.duplicate_window, got.duplicate_window);
     if wanted.max_messages_per_subject != 0 {
-        check(
+        differences.check(
             "max_msgs_per_subject",
-            wanted.max_messages_per_subject.to_string(),
-            got.max_messages_per_subject.to_string(),
+            wanted.max_messages_per_subject,
+            got.max_messages_per_subject,
         );
     }
-    check(
-        "allow_rollup_hdrs",
-        wanted.allow_rollup.to_string(),
-        got.allow_rollup.to_string(),
-    );
-    check(
-        "deny_delete",
-        wanted.deny_delete.to_string(),
-        got.deny_delete.to_string(),
-    );
-    check(
-        "allow_direct",
-        wanted.allow_direct.to_string(),
-        got.allow_direct.to_string(),
-    );
-    differences
+    differences.check("allow_rollup_hdrs", wanted.allow_rollup, got.allow_rollup);
+    differences.check("deny_delete", wanted.deny_delete, got.deny_delete);
+    differences.check("allow_direct", wanted.allow_direct, got.allow_direct);
+    // Only asked of a 2.10 server (`connect` refuses older ones), which keeps it.
+    if wanted.compression.is_some() {
+        differences.check("compression", &wanted.compression, &got.compression);
+    }
+    differences.0
 }
 
 /// The durable consumer `wanted` describes on `stream`: created, or updated to `wanted`
@@ -271,38 +265,14 @@ pub(super) async fn ensure_consumer(
         .map_err(|error| StorageError::transient(format!("reading the JetStream consumer {name}: {error}")))?
         .config
         .clone();
-    let mut differences = Vec::new();
-    let mut check = |option: &str, want: String, have: String| {
-        if want != have {
-            differences.push(format!("{option}: wanted {want}, the server has {have}"));
-        }
-    };
-    check(
-        "filter_subject",
-        wanted.filter_subject.clone(),
-        got.filter_subject.clone(),
-    );
-    check(
-        "ack_policy",
-        format!("{:?}", wanted.ack_policy),
-        format!("{:?}", got.ack_policy),
-    );
-    check(
-        "ack_wait",
-        format!("{:?}", wanted.ack_wait),
-        format!("{:?}", got.ack_wait),
-    );
-    check(
-        "max_deliver",
-        wanted.max_deliver.to_string(),
-        got.max_deliver.to_string(),
-    );
-    check(
-        "max_ack_pending",
-        wanted.max_ack_pending.to_string(),
-        got.max_ack_pending.to_string(),
-    );
-    check("backoff", "[]".to_owned(), format!("{:?}", got.backoff));
+    let mut differences = Differences::default();
+    differences.check("filter_subject", &wanted.filter_subject, &got.filter_subject);
+    differences.check("ack_policy", wanted.ack_policy, got.ack_policy);
+    differences.check("ack_wait", wanted.ack_wait, got.ack_wait);
+    differences.check("max_deliver", wanted.max_deliver, got.max_deliver);
+    differences.check("max_ack_pending", wanted.max_ack_pending, got.max_ack_pending);
+    differences.check("backoff", Vec::<Duration>::new(), &got.backoff);
+    let differences = differences.0;
     if differences.is_empty() {
         Ok(consumer)
     } else {
@@ -335,5 +305,19 @@ mod tests {
         assert_eq!(differences.len(), 2, "{differences:?}");
         assert!(differences[0].starts_with("description: wanted Some(\"evhost events in 16 partitions\")"));
         assert!(differences[1].starts_with("discard"));
+    }
+
+    #[test]
+    fn compression_dropped_by_the_server_is_named() {
+        let mut options = NatsOptions::new("nats://127.0.0.1:4222");
+        options.compression = Compression::S2;
+        let wanted = events_config(&options, "evhost");
+        let mut got = wanted.clone();
+        got.compression = None;
+        assert_eq!(
+            stream_differences(&wanted, &got),
+            ["compression: wanted Some(S2), the server has None"]
+        );
+        assert!(stream_differences(&wanted, &wanted).is_empty());
     }
 }

@@ -3,9 +3,12 @@
 //! For every event it increments `seen:{event id}`, and for the events the payment saga
 //! emits also `emitted:{type}:{subject}`. Each counter is read, incremented and written
 //! back as decimal text: the write commits with the delivery, so a delivery applied twice
-//! leaves a 2, and one never applied leaves no key.
+//! leaves a 2, and one never applied leaves no key. With `millis` in its config it takes
+//! that long per event first (sleeping), so a test can catch it mid-stream.
 
-use evhost_guest::{Event, Handler, HandlerError, Metadata, export_handler, kv};
+use std::time::Duration;
+
+use evhost_guest::{Event, Handler, HandlerError, Metadata, config, export_handler, kv};
 
 /// The payment saga's emitted event types.
 const EMITTED: [&str; 3] = [
@@ -22,6 +25,9 @@ impl Handler for Recorder {
     }
 
     fn handle(event: Event) -> Result<(), HandlerError> {
+        if let Some(millis) = config::get("millis").and_then(|v| v.parse().ok()) {
+            std::thread::sleep(Duration::from_millis(millis));
+        }
         increment(&format!("seen:{}", event.id()))?;
         if EMITTED.contains(&event.event_type()) {
             let subject = event.subject().unwrap_or_default();
