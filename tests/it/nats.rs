@@ -336,6 +336,15 @@ async fn seen_counts(
         .await
 }
 
+/// Whether the recorder at `host` handles `n` events within a minute.
+async fn recorded_at_least(http: &reqwest::Client, host: &Running, n: u32) -> bool {
+    let handled = r#"evhost_deliveries_total{plugin="recorder",outcome="ok"}"#;
+    support::eventually(Duration::from_secs(60), async || {
+        metric(http, host, handled).await >= f64::from(n)
+    })
+    .await
+}
+
 /// Waits up to `patience` until the recorder at `host` has applied each of the events
 /// `{prefix}-0..n`, and asserts that it applied every one exactly once.
 async fn assert_each_applied_once(host: &Running, prefix: &str, n: usize, patience: Duration) {
@@ -390,12 +399,10 @@ async fn a_host_killed_mid_stream_leaves_its_deliveries_to_the_other_and_no_effe
     let http = support::client();
     const N: usize = 3_000;
     publish(&http, &a, "ev", 0..N).await;
-    let handled = r#"evhost_deliveries_total{plugin="recorder",outcome="ok"}"#;
-    let started = support::eventually(Duration::from_secs(60), async || {
-        metric(&http, &b, handled).await >= 200.0
-    })
-    .await;
-    assert!(started, "b takes part before it is killed");
+    assert!(
+        recorded_at_least(&http, &b, 200).await,
+        "b takes part before it is killed"
+    );
     b.signal("KILL");
 
     assert_each_applied_once(&a, "ev", N, Duration::from_secs(90)).await;
@@ -419,12 +426,10 @@ async fn sigterm_drains_the_handlers_in_flight_and_leaves_the_rest_to_the_other_
     let http = support::client();
     const N: usize = 30;
     publish(&http, &a, "ev", 0..N).await;
-    let handled = r#"evhost_deliveries_total{plugin="recorder",outcome="ok"}"#;
-    let started = support::eventually(Duration::from_secs(60), async || {
-        metric(&http, &a, handled).await >= 1.0
-    })
-    .await;
-    assert!(started, "a handles events before it is stopped");
+    assert!(
+        recorded_at_least(&http, &a, 1).await,
+        "a handles events before it is stopped"
+    );
     a.signal("TERM");
     assert_eq!(a.wait_exit(Duration::from_secs(20)), 0, "a stops cleanly");
     let stopped = a
