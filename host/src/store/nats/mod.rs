@@ -6,7 +6,8 @@
 //!   published with `Nats-Msg-Id` derived from its `source` + `id`, so publishing it again
 //!   within the duplicate window stores nothing and answers `duplicate`.
 //! - Deliveries: one durable pull consumer per subscription, shared by every process that
-//!   runs it ([`Feed::Shared`]): each delivery goes to one process. A retry is a nak with
+//!   runs it ([`Feed::Shared`]): each delivery goes to one process, which marks what it
+//!   holds in progress while it lives and so keeps it until done. A retry is a nak with
 //!   the retry policy's delay; a dead letter is published to `<STREAM>_DLQ` with its
 //!   failure history, then the delivery is terminated.
 //! - Plugin key-value data: one KV bucket per plugin (`<STREAM>_kv_<plugin>`); a failed
@@ -360,10 +361,9 @@ impl NatsStore {
         Ok(emitted)
     }
 
-    /// Ends a delivery this process holds with `kind`.
-    /// Held until the answer is sent: a call given up halfway (the bus stopped) leaves the
-    /// delivery held, for [`NatsStore::close`] to give back, and one that failed can be
-    /// made again.
+    /// Ends a delivery this process holds with `kind`. It stays held until the answer is
+    /// sent: a call given up halfway (the bus stopped) leaves it held, so the server offers
+    /// it again once this process lets go of it, and a call that failed can be made again.
     async fn settle(&self, key: &(Arc<str>, u64), kind: AckKind) -> Result<(), StorageError> {
         let _ending = self.ending.read().await;
         let Some(held) = self.in_hand.lock().get(key).cloned() else {
