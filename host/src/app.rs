@@ -128,6 +128,7 @@ impl App {
             PluginFolderOptions {
                 dir: config.plugins_dir.clone(),
                 defaults: config.plugins.clone(),
+                ack_wait: config.nats.as_ref().map(|nats| nats.ack_wait),
                 ..PluginFolderOptions::default()
             },
             Arc::clone(&runtime),

@@ -221,6 +221,41 @@ async fn compression_on_a_server_older_than_2_10_refuses_the_start_naming_the_ve
     drop(start_host(&dir.0, &nats, &["--set", "nats.partitions=4"]));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_whose_timeout_outlasts_a_quarter_of_the_ack_wait_is_refused() {
+    let nats = NatsServer::start();
+    let dir = TempDir::new("nats-timeout");
+    support::install(
+        &dir.0,
+        &[("recorder", wasm::RECORDER), ("healthy", wasm::HEALTHY)],
+        &[("healthy", "[limits]\ntimeout = \"3s\"\n")],
+    );
+    // An ack wait of 9 s: 2 s (the default here) passes, 3 s does not.
+    let host = start_host(&dir.0, &nats, &QUICK_REDELIVERY);
+    let http = support::client();
+    let errors = support::get_json(&http, format!("{}/errors", host.url)).await;
+    let refused = errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|error| error["kind"] == "plugin-load")
+        .unwrap_or_else(|| panic!("the plugin is refused: {errors}"));
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("healthy")
+            && message.contains("its timeout (3s) is too long for the shared log's ack wait (9s)"),
+        "{message}"
+    );
+    let plugins = support::get_json(&http, format!("{}/plugins", host.url)).await;
+    let names: Vec<&str> = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|plugin| plugin["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["recorder"]);
+}
+
 /// The failures `host` reported for `event_id`, oldest first.
 async fn failures(http: &reqwest::Client, host: &Running, event_id: &str) -> Vec<Value> {
     let errors = support::get_json(http, format!("{}/errors", host.url)).await;

@@ -102,6 +102,11 @@ pub struct PluginFolderOptions {
     /// a file being copied in produces a burst of events, and the reload waits for it
     /// to end.
     pub debounce: Duration,
+    /// On a log shared with other hosts: its ack wait, after which a delivery not yet
+    /// acknowledged goes to another host. A plugin whose timeout is not below
+    /// 1/[`PULL_AHEAD`](crate::store::PULL_AHEAD) of it is refused: its deliveries could
+    /// wait that long taken and unstarted, and then run twice.
+    pub ack_wait: Option<Duration>,
 }
 
 impl Default for PluginFolderOptions {
@@ -110,6 +115,7 @@ impl Default for PluginFolderOptions {
             dir: PathBuf::from("plugins"),
             defaults: Manifest::default(),
             debounce: Duration::from_millis(100),
+            ack_wait: None,
         }
     }
 }
@@ -439,7 +445,21 @@ impl PluginFolder {
             Ok(None) => Manifest::default(),
             Err(source) => return Err(ManifestError::Io { path, source }.into()),
         };
-        Ok(own.over(&self.options.defaults))
+        let manifest = own.over(&self.options.defaults);
+        let ahead = crate::store::PULL_AHEAD;
+        let timeout = manifest.plugin_options().limits.timeout;
+        if let Some(ack_wait) = self.options.ack_wait
+            && timeout * ahead >= ack_wait
+        {
+            anyhow::bail!(
+                "its timeout ({}) is too long for the shared log's ack wait ({}): `[nats] ack_wait` must exceed \
+                 {ahead} × the timeout, or the timeout in {} must be shorter",
+                humantime::format_duration(timeout),
+                humantime::format_duration(ack_wait),
+                path.display()
+            );
+        }
+        Ok(manifest)
     }
 
     /// Puts what [`PluginFolder::prepare`] produced into service.
