@@ -75,6 +75,19 @@ impl Drop for NatsServer {
     }
 }
 
+/// Two hosts' directories, `{label}-a` and `{label}-b`, each with `plugins` installed
+/// (and `manifests`).
+fn two_dirs(label: &str, plugins: &[(&str, &str)], manifests: &[(&str, &str)]) -> (TempDir, TempDir) {
+    let dirs = (
+        TempDir::new(&format!("{label}-a")),
+        TempDir::new(&format!("{label}-b")),
+    );
+    for dir in [&dirs.0, &dirs.1] {
+        support::install(&dir.0, plugins, manifests);
+    }
+    dirs
+}
+
 /// `evhost run --nats URL` over `dir/plugins`, with `args` added.
 fn start_host(dir: &Path, nats: &NatsServer, args: &[&str]) -> Running {
     let mut all = vec!["--nats", &*Box::leak(nats.url().into_boxed_str())];
@@ -121,10 +134,7 @@ async fn publish(http: &reqwest::Client, host: &Running, prefix: &str, range: st
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hosts_share_a_plugins_deliveries_and_each_event_is_handled_once() {
     let nats = NatsServer::start();
-    let (a_dir, b_dir) = (TempDir::new("nats-a"), TempDir::new("nats-b"));
-    for dir in [&a_dir, &b_dir] {
-        support::install(&dir.0, &[("recorder", wasm::RECORDER)], &[]);
-    }
+    let (a_dir, b_dir) = two_dirs("nats", &[("recorder", wasm::RECORDER)], &[]);
     let a = start_host(&a_dir.0, &nats, &[]);
     let b = start_host(&b_dir.0, &nats, &[]);
     let http = support::client();
@@ -278,17 +288,14 @@ async fn retries_wait_the_policys_delays_then_dead_letter_and_a_replay_reaches_o
         multiplier = 2.0
         jitter = 0.0
     "#;
-    let (a_dir, b_dir) = (TempDir::new("nats-retry-a"), TempDir::new("nats-retry-b"));
-    for dir in [&a_dir, &b_dir] {
-        support::install(
-            &dir.0,
-            &[
-                ("returns-retry", wasm::RETURNS_RETRY),
-                ("recorder", wasm::RECORDER),
-            ],
-            &[("returns-retry", retry)],
-        );
-    }
+    let (a_dir, b_dir) = two_dirs(
+        "nats-retry",
+        &[
+            ("returns-retry", wasm::RETURNS_RETRY),
+            ("recorder", wasm::RECORDER),
+        ],
+        &[("returns-retry", retry)],
+    );
     let a = start_host(&a_dir.0, &nats, &[]);
     let b = start_host(&b_dir.0, &nats, &[]);
     let http = support::client();
@@ -425,10 +432,7 @@ const QUICK_REDELIVERY: [&str; 4] = ["--set", "nats.ack_wait=9s", "--set", "plug
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_killed_mid_stream_leaves_its_deliveries_to_the_other_and_no_effect_applies_twice() {
     let nats = NatsServer::start();
-    let (a_dir, b_dir) = (TempDir::new("nats-kill-a"), TempDir::new("nats-kill-b"));
-    for dir in [&a_dir, &b_dir] {
-        support::install(&dir.0, &[("recorder", wasm::RECORDER)], &[]);
-    }
+    let (a_dir, b_dir) = two_dirs("nats-kill", &[("recorder", wasm::RECORDER)], &[]);
     let a = start_host(&a_dir.0, &nats, &QUICK_REDELIVERY);
     let b = start_host(&b_dir.0, &nats, &QUICK_REDELIVERY);
     let http = support::client();
@@ -446,14 +450,11 @@ async fn a_host_killed_mid_stream_leaves_its_deliveries_to_the_other_and_no_effe
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_the_handlers_in_flight_and_leaves_the_rest_to_the_other_host() {
     let nats = NatsServer::start();
-    let (a_dir, b_dir) = (TempDir::new("nats-term-a"), TempDir::new("nats-term-b"));
-    for dir in [&a_dir, &b_dir] {
-        support::install(
-            &dir.0,
-            &[("recorder", wasm::RECORDER)],
-            &[("recorder", "[config]\nmillis = \"1000\"\n")],
-        );
-    }
+    let (a_dir, b_dir) = two_dirs(
+        "nats-term",
+        &[("recorder", wasm::RECORDER)],
+        &[("recorder", "[config]\nmillis = \"1000\"\n")],
+    );
     // `a` takes up to 32 deliveries (4 at once, a second each) and has 2 s to drain.
     let mut flags = vec!["--set", "drain_timeout=2s"];
     flags.extend(QUICK_REDELIVERY);
@@ -490,14 +491,11 @@ async fn sigterm_drains_the_handlers_in_flight_and_leaves_the_rest_to_the_other_
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ordered_plugin_on_two_hosts_sees_each_keys_events_in_publish_order() {
     let nats = NatsServer::start();
-    let (a_dir, b_dir) = (TempDir::new("nats-order-a"), TempDir::new("nats-order-b"));
-    for dir in [&a_dir, &b_dir] {
-        support::install(
-            &dir.0,
-            &[("sequence", wasm::SEQUENCE)],
-            &[("sequence", "ordered = true\n[limits]\nconcurrency = 8\n")],
-        );
-    }
+    let (a_dir, b_dir) = two_dirs(
+        "nats-order",
+        &[("sequence", wasm::SEQUENCE)],
+        &[("sequence", "ordered = true\n[limits]\nconcurrency = 8\n")],
+    );
     let a = start_host(&a_dir.0, &nats, &[]);
     let b = start_host(&b_dir.0, &nats, &[]);
     let http = support::client();
@@ -567,10 +565,7 @@ async fn an_ordered_plugin_on_two_hosts_sees_each_keys_events_in_publish_order()
 #[tokio::test(flavor = "multi_thread")]
 async fn the_server_killed_and_restarted_mid_stream_loses_nothing_accepted_and_doubles_no_effect() {
     let mut nats = NatsServer::start();
-    let (a_dir, b_dir) = (TempDir::new("nats-crash-a"), TempDir::new("nats-crash-b"));
-    for dir in [&a_dir, &b_dir] {
-        support::install(&dir.0, &[("recorder", wasm::RECORDER)], &[]);
-    }
+    let (a_dir, b_dir) = two_dirs("nats-crash", &[("recorder", wasm::RECORDER)], &[]);
     let a = start_host(&a_dir.0, &nats, &QUICK_REDELIVERY);
     let b = start_host(&b_dir.0, &nats, &QUICK_REDELIVERY);
     let http = support::client();
