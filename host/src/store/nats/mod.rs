@@ -364,12 +364,17 @@ impl NatsStore {
     /// Ends a delivery this process holds with `kind`. It stays held until the answer is
     /// sent: a call given up halfway (the bus stopped) leaves it held, so the server offers
     /// it again once this process lets go of it, and a call that failed can be made again.
-    async fn settle(&self, key: &(Arc<str>, u64), kind: AckKind) -> Result<(), StorageError> {
+    async fn settle(
+        &self,
+        key: &(Arc<str>, u64),
+        message: &jetstream::Message,
+        kind: AckKind,
+    ) -> Result<(), StorageError> {
         let _ending = self.ending.read().await;
-        let Some(held) = self.in_hand.lock().get(key).cloned() else {
+        if !self.in_hand.lock().contains_key(key) {
             return Ok(());
-        };
-        held.message
+        }
+        message
             .ack_with(kind)
             .await
             .map_err(|error| StorageError::transient(format!("acknowledging to NATS: {error}")))?;
@@ -581,14 +586,14 @@ impl DeliveryLedger for NatsStore {
                         AckKind::Term
                     }
                 };
-                settle.push(Some((key, kind, held.has_history)));
+                settle.push(Some((key, kind, held)));
             }
             let answers = try_join_all(publishes.into_iter().map(IntoFuture::into_future))
                 .await
                 .map_err(publish_failed)?;
             let mut outcomes = Vec::with_capacity(commits.len());
             for ((commit, settle), emitted_at) in commits.iter().zip(settle).zip(emitted_at) {
-                let Some((key, kind, has_history)) = settle else {
+                let Some((key, kind, held)) = settle else {
                     outcomes.push(CommitOutcome::AlreadyDone);
                     continue;
                 };
@@ -596,8 +601,8 @@ impl DeliveryLedger for NatsStore {
                 if matches!(kind, AckKind::Term) {
                     self.dead.fetch_add(1, Ordering::Relaxed);
                 }
-                self.settle(&key, kind).await?;
-                if ended && has_history {
+                self.settle(&key, &held.message, kind).await?;
+                if ended && held.has_history {
                     let history = Self::history_key(&commit.subscription, &commit.event);
                     if let Err(error) = self.failures.delete(&history).await {
                         tracing::warn!(%error, "clearing a finished delivery's failure history failed");
