@@ -354,7 +354,7 @@ impl NatsSettings {
             .timeout
             .unwrap_or(crate::runtime::Limits::default().timeout);
         let ahead = crate::store::PULL_AHEAD;
-        if self.ack_wait <= timeout * ahead {
+        if !crate::store::ack_wait_covers(self.ack_wait, timeout) {
             return Err((
                 "nats.ack_wait",
                 format!(

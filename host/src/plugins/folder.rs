@@ -449,7 +449,7 @@ impl PluginFolder {
         let ahead = crate::store::PULL_AHEAD;
         let timeout = manifest.plugin_options().limits.timeout;
         if let Some(ack_wait) = self.options.ack_wait
-            && timeout * ahead >= ack_wait
+            && !crate::store::ack_wait_covers(ack_wait, timeout)
         {
             anyhow::bail!(
                 "its timeout ({}) is too long for the shared log's ack wait ({}): `[nats] ack_wait` must exceed \

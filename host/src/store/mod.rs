@@ -295,6 +295,12 @@ pub trait EventLog: Send + Sync + Debug + 'static {
 /// many handler timeouts.
 pub const PULL_AHEAD: u32 = 4;
 
+/// Whether a shared log's `ack_wait` outlasts what a delivery of a subscription whose
+/// handler may take `timeout` can spend taken but unfinished: [`PULL_AHEAD`] handler runs.
+pub fn ack_wait_covers(ack_wait: std::time::Duration, timeout: std::time::Duration) -> bool {
+    ack_wait > timeout * PULL_AHEAD
+}
+
 /// How a log's deliveries reach the bus's subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feed {
