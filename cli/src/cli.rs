@@ -662,11 +662,13 @@ pub async fn check_plugin(file: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not a usable evhost plugin", file.display()))?;
     let info = plugin.info();
     println!("{}: ok", file.display());
-    let stem = file.file_stem().map(|s| s.to_string_lossy());
-    if stem.as_deref() != Some(info.name.as_str()) {
+    let stem = file.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
+    if !evhost::runtime::same_name(&stem, &info.name) {
         println!(
-            "note:          a plugins folder serves it only as {}.wasm (a plugin's name is its file name)",
-            info.name
+            "note:          a plugins folder serves it only as {}.wasm or {}.wasm (a plugin's name is its file \
+             name, `-` and `_` counting as the same character)",
+            info.name,
+            info.name.replace('-', "_")
         );
     }
     println!("name:          {}", info.name);
@@ -751,6 +753,59 @@ pub fn new_plugin(args: &NewArgs) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// What to run after `evhost new` made `dir`: the build and install commands, each
+/// runnable as printed from the directory `evhost new` ran in, and what they need first.
+pub fn next_steps(args: &NewArgs, dir: &Path) -> String {
+    let quote = |path: &Path| {
+        let text = path.display().to_string();
+        shlex::try_quote(&text).map_or(text.clone(), |quoted| quoted.into_owned())
+    };
+    let name = args.name.as_str();
+    let (needs, build, built) = match args.lang {
+        Lang::Rust => (
+            "the wasm32-wasip2 target (rustup target add wasm32-wasip2)".to_owned(),
+            format!(
+                "cargo build --manifest-path {} --release --target wasm32-wasip2",
+                quote(&dir.join("Cargo.toml"))
+            ),
+            // cargo names the file after the crate, `-` written as `_`; the host serves it
+            // under the name the plugin declares all the same.
+            dir.join("target/wasm32-wasip2/release")
+                .join(format!("{}.wasm", name.replace('-', "_"))),
+        ),
+        Lang::Python => (
+            "componentize-py 0.25.1 on the PATH (pip install componentize-py==0.25.1, e.g. in a virtual \
+             environment)"
+                .to_owned(),
+            format!(
+                "componentize-py -d {} -w handler componentize app -p {} -o {}",
+                quote(&dir.join("wit")),
+                quote(dir),
+                quote(&dir.join(format!("{name}.wasm")))
+            ),
+            dir.join(format!("{name}.wasm")),
+        ),
+        Lang::Js => (
+            "node 20 with npm (npm install fetches the pinned componentize-js)".to_owned(),
+            format!(
+                "npm --prefix {0} install && npm --prefix {0} run build",
+                quote(dir)
+            ),
+            dir.join(format!("{name}.wasm")),
+        ),
+    };
+    format!(
+        "created {}\n\
+         build it:   {build}\n\
+         install it: mkdir -p plugins && cp {} plugins/\n\
+         \n\
+         The build needs {needs}. `evhost run` watches ./plugins by default (--plugins DIR for \
+         another folder) and serves the plugin as `{name}` within a second of the copy.\n",
+        dir.display(),
+        quote(&built),
+    )
+}
+
 /// Copies the files under `from` to `to` (following links), leaving out `__pycache__`.
 fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
@@ -767,4 +822,72 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every command and every flag of `evhost` is in the book's CLI reference.
+    #[test]
+    fn the_cli_reference_names_every_command_and_flag() {
+        let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/src/running/cli.md");
+        let reference = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+        let mut missing = Vec::new();
+        let mut commands = vec![("evhost".to_owned(), Cli::command())];
+        while let Some((path, command)) = commands.pop() {
+            if !reference.contains(&path) {
+                missing.push(format!("the command `{path}`"));
+            }
+            for arg in command.get_arguments() {
+                if let Some(long) = arg.get_long()
+                    && !["help", "version"].contains(&long)
+                    && !reference.contains(&format!("--{long}"))
+                {
+                    missing.push(format!("`--{long}` of `{path}`"));
+                }
+            }
+            for sub in command.get_subcommands().filter(|sub| sub.get_name() != "help") {
+                commands.push((format!("{path} {}", sub.get_name()), sub.clone()));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "{} does not mention:\n  {}",
+            page.display(),
+            missing.join("\n  ")
+        );
+    }
+
+    /// `evhost new` prints commands that work from where it ran: a crate's file is what
+    /// cargo writes (`-` as `_`), installed as it is.
+    #[test]
+    fn new_prints_the_build_and_install_commands_for_the_file_cargo_writes() {
+        let args = NewArgs {
+            name: "order-projection".to_owned(),
+            lang: Lang::Rust,
+            path: PathBuf::from("."),
+            sdk: None,
+        };
+        let steps = next_steps(&args, Path::new("./order-projection"));
+        assert!(steps.contains(
+            "build it:   cargo build --manifest-path ./order-projection/Cargo.toml --release --target wasm32-wasip2\n"
+        ), "{steps}");
+        assert!(steps.contains(
+            "install it: mkdir -p plugins && cp ./order-projection/target/wasm32-wasip2/release/order_projection.wasm plugins/\n"
+        ), "{steps}");
+        let spaced = next_steps(
+            &NewArgs {
+                lang: Lang::Js,
+                ..args
+            },
+            Path::new("my plugins/order-projection"),
+        );
+        assert!(
+            spaced.contains("npm --prefix 'my plugins/order-projection' install && npm --prefix 'my plugins/order-projection' run build"),
+            "paths are quoted for the shell: {spaced}"
+        );
+    }
 }

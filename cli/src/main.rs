@@ -27,18 +27,7 @@ async fn main() -> ExitCode {
         Command::Plugins(PluginsCommand::Kv { plugin, key }) => cli::read_kv(&cli.host, &plugin, &key).await,
         Command::Dlq(command) => cli::dlq(&cli.host, command).await,
         Command::Outbox(command) => cli::outbox(command).await,
-        Command::New(args) => cli::new_plugin(&args).map(|dir| {
-            println!("created {}", dir.display());
-            let build = match args.lang {
-                cli::Lang::Rust => "cargo build --release --target wasm32-wasip2".to_owned(),
-                cli::Lang::Python => format!(
-                    "componentize-py -d wit -w handler componentize app -p . -o {}.wasm",
-                    args.name
-                ),
-                cli::Lang::Js => "npm install && npm run build".to_owned(),
-            };
-            println!("build it with: cd {} && {build}", dir.display());
-        }),
+        Command::New(args) => cli::new_plugin(&args).map(|dir| print!("{}", cli::next_steps(&args, &dir))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-// Write evhost plugins in JavaScript. Build with componentize-js 0.23.0 (see the README's
+// Write evhost plugins in JavaScript. Build with componentize-js 0.23.0 (see the book's
 // "Plugins in JavaScript"); `evhost.d.ts` declares this module for TypeScript and editors.
 //
 //     import { definePlugin, kv } from "./evhost.js";

@@ -101,6 +101,14 @@ impl App {
         }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+        // A bare `evhost run` in an empty directory starts with an empty `./plugins` to drop
+        // plugins into; a folder that was named explicitly must exist, so a typo is an error
+        // rather than a host watching the wrong place.
+        if config.plugins_dir == Config::default().plugins_dir && !config.plugins_dir.exists() {
+            std::fs::create_dir_all(&config.plugins_dir)
+                .with_context(|| format!("creating the plugins folder {}", config.plugins_dir.display()))?;
+            tracing::info!(folder = %config.plugins_dir.display(), "created the plugins folder");
+        }
         let runtime = Runtime::new(config.runtime_config()).context("starting the Wasm runtime")?;
         let nats = match &config.nats {
             Some(nats) => Some(open_nats(nats).await?),
@@ -417,7 +425,7 @@ fn check_exposure(config: &Config, auth: &Auth) -> anyhow::Result<()> {
     if !loopback && auth.loopback_required() {
         anyhow::bail!(
             "refusing to serve {} without authentication: anyone who reaches it could publish events, \
-             read plugin data and purge the dead-letter queue. Configure [auth] tokens (README: \
+             read plugin data and purge the dead-letter queue. Configure [auth] tokens (the book: \
              \"Securing the API\"), or pass --insecure-no-auth to serve it open",
             config.listen
         );

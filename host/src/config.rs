@@ -236,7 +236,7 @@ fn default_outbox_poll() -> Duration {
 }
 
 /// `[nats]`: keep the log on a NATS JetStream server that several evhost processes
-/// share (see the README's "Several hosts").
+/// share (see the book's "Several hosts", `docs/src/nats.md`).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSettings {
@@ -349,6 +349,20 @@ impl NatsSettings {
         if self.duplicate_window < Duration::from_secs(1) {
             return Err(("nats.duplicate_window", "must be at least 1s".to_owned()));
         }
+        // A delivery can run again once `ack_wait` has passed (its host died before the
+        // acknowledgement); its effects are applied once only while the server still
+        // recognises their message ids.
+        if self.duplicate_window <= self.ack_wait {
+            return Err((
+                "nats.duplicate_window",
+                format!(
+                    "({}) must be longer than `nats.ack_wait` ({}): a handler run again after the ack wait \
+                     would apply its effects a second time",
+                    humantime::format_duration(self.duplicate_window),
+                    humantime::format_duration(self.ack_wait)
+                ),
+            ));
+        }
         let timeout = plugins
             .limits
             .timeout
@@ -388,7 +402,7 @@ fn default_nats_ack_wait() -> Duration {
 /// `[auth]`: who may call the HTTP API.
 ///
 /// With no tokens the API serves only loopback addresses and answers only requests
-/// addressed to a loopback name; see the README's "Securing the API".
+/// addressed to a loopback name; see the book's "Securing the API".
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
@@ -990,6 +1004,13 @@ mod tests {
             "{error}"
         );
         assert!(parse("[nats]\nack_wait = \"21s\"\n").is_ok());
+        // A re-run after the ack wait must still find its effects' message ids recognised.
+        let error = parse("[nats]\nack_wait = \"2m\"\n").unwrap_err().to_string();
+        assert!(
+            error.contains("nats.duplicate_window") && error.contains("longer than `nats.ack_wait` (2m)"),
+            "{error}"
+        );
+        assert!(parse("[nats]\nack_wait = \"2m\"\nduplicate_window = \"5m\"\n").is_ok());
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! concurrently, per-key ordered, with every failure reported to one error monitor, then
 //! retried or dead-lettered. On the durable log an event is accepted once stored, and a
 //! handler's effects commit exactly once with its delivery.
-//! This crate is both the library (native Rust handlers on an embedded bus) and the
-//! `evhost` binary.
+//! This crate is the library: native Rust handlers on an embedded bus, and the parts the
+//! `evhost` binary (the crate `evhost-cli`) assembles into a host.
 //!
 //! # Layout
 //!
@@ -16,12 +16,14 @@
 //! - [`runtime`]: Wasm plugins: the engine, limits, linking and failure classification.
 //! - [`plugins`]: the watched plugins folder: manifests, hot reload.
 //! - [`http`]: the HTTP API.
-//! - [`config`], [`cli`]: `evhost.toml` and the command line.
+//! - [`config`]: `evhost.toml`, its environment variables and validation.
 //! - [`app`]: [`App`], a host assembled from its config and run under one cancellation
 //!   token: what `evhost run` is.
 //! - [`outbox`]: the transactional outbox relay from PostgreSQL.
 //! - [`store`]: the [`EventLog`](store::EventLog) the bus keeps accepted events in, and
-//!   the plugins' [`KeyValueStore`](store::KeyValueStore); [`store::sqlite`] is the durable one.
+//!   the plugins' [`KeyValueStore`](store::KeyValueStore): the storage seam, with
+//!   [`store::sqlite`] (the embedded durable log), [`store::nats`] (a log shared by several
+//!   hosts) and the in-memory backend.
 
 pub mod app;
 pub mod bus;

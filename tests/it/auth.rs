@@ -16,7 +16,7 @@ const READER_SECRET: &str = "reader-secret-0123456789";
 const ADMIN_SECRET: &str = "admin-secret-0123456789";
 const EVERYTHING_SECRET: &str = "everything-secret-0123456789";
 
-/// What a route needs, as a user reads it in the README.
+/// What a route needs, as a user reads it in the book (`docs/src/running/security.md`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Needs {
     Nothing,

@@ -400,103 +400,147 @@ async fn assert_scaffold_handles_an_event(host: &Running, plugin: &str) {
     );
 }
 
-/// Runs `evhost new NAME --lang LANG` in `work`: the plugin's folder and the build command
-/// it printed.
-fn scaffold(work: &Path, name: &str, lang: &str) -> (std::path::PathBuf, String) {
-    let output = Command::new(evhost_bin())
-        .args(["new", name, "--lang", lang, "--path"])
-        .arg(work)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let command = stdout
-        .lines()
-        .find_map(|line| line.split_once(" && ").map(|(_, command)| command.to_owned()))
-        .unwrap_or_else(|| panic!("no build command in {stdout:?}"));
-    (work.join(name), command)
+/// What `evhost new` printed: the plugin's folder and the commands to build and install it.
+struct Scaffold {
+    dir: std::path::PathBuf,
+    build: String,
+    install: String,
+}
+
+impl Scaffold {
+    /// Runs `evhost new NAME --lang LANG --path WORK`.
+    fn new(work: &Path, name: &str, lang: &str) -> Self {
+        let output = Command::new(evhost_bin())
+            .args(["new", name, "--lang", lang, "--path"])
+            .arg(work)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = |label: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(label))
+                .unwrap_or_else(|| panic!("no `{label}` line in {stdout:?}"))
+                .trim()
+                .to_owned()
+        };
+        Self {
+            dir: work.join(name),
+            build: line("build it:"),
+            install: line("install it:"),
+        }
+    }
+
+    /// Runs the printed build command as a user would, in the directory `evhost new` ran
+    /// in, with `path` put first on the `PATH`.
+    fn build(&self, path: Option<&Path>) {
+        let mut paths: Vec<std::path::PathBuf> = path.into_iter().map(Path::to_owned).collect();
+        paths.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&self.build)
+            .current_dir(self.dir.parent().unwrap())
+            .env("PATH", std::env::join_paths(paths).unwrap());
+        // The test's own cargo settings are not the user's.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_") && key != "CARGO_HOME" || key == "RUSTFLAGS" {
+                command.env_remove(key.as_ref());
+            }
+        }
+        let status = command.status().unwrap();
+        assert!(
+            status.success(),
+            "the scaffold builds as printed: `{}`",
+            self.build
+        );
+    }
+
+    /// Runs the printed install command where the host was started, so its `plugins/` is
+    /// the host's plugins folder.
+    fn install(&self, host: &Running) {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(&self.install)
+            .current_dir(host.plugins.parent().unwrap())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "the plugin installs as printed: `{}`",
+            self.install
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scaffolded_python_plugin_builds_with_one_command_and_is_served() {
+async fn a_scaffolded_python_plugin_builds_and_installs_with_the_printed_commands() {
     let work = TempDir::new("new-python");
-    // The printed command, as a user would run it.
-    let (dir, command) = scaffold(&work.0, "py-demo", "python");
-    assert!(command.starts_with("componentize-py "), "{command}");
-    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
-    let status = Command::new(wasm::COMPONENTIZE_PY)
-        .current_dir(&dir)
-        .args(&args)
-        .status()
-        .unwrap();
+    let scaffold = Scaffold::new(&work.0, "py-demo", "python");
     assert!(
-        status.success(),
-        "the scaffolded plugin builds as-is with `{command}`"
+        scaffold.build.starts_with("componentize-py "),
+        "{}",
+        scaffold.build
     );
+    // `componentize-py` on the PATH: the one the tests built with.
+    scaffold.build(Path::new(wasm::COMPONENTIZE_PY).parent());
 
     let host = Running::start(&[], &[]);
-    std::fs::copy(dir.join("py-demo.wasm"), host.plugins.join("py-demo.wasm")).unwrap();
+    scaffold.install(&host);
     assert_scaffold_handles_an_event(&host, "py-demo").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scaffolded_javascript_plugin_builds_with_its_build_script_and_is_served() {
+async fn a_scaffolded_javascript_plugin_builds_and_installs_with_the_printed_commands() {
     let work = TempDir::new("new-js");
-    let (dir, command) = scaffold(&work.0, "js-demo", "js");
-    assert_eq!(command, "npm install && npm run build");
+    let scaffold = Scaffold::new(&work.0, "js-demo", "js");
     let manifest = |path: &Path| -> Value { serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap() };
     let toolchain_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("js-toolchain/package.json");
     assert_eq!(
-        manifest(&dir.join("package.json"))["devDependencies"],
+        manifest(&scaffold.dir.join("package.json"))["devDependencies"],
         manifest(&toolchain_manifest)["dependencies"],
         "the scaffold pins the toolchain the tests build with"
     );
-    // What `npm install` would fetch, from the toolchain the tests installed with the
-    // same pins; then the scaffold's own build script.
-    let toolchain = Path::new(wasm::COMPONENTIZE_JS).ancestors().nth(2).unwrap();
-    std::os::unix::fs::symlink(toolchain, dir.join("node_modules")).unwrap();
-    let status = Command::new("npm")
-        .current_dir(&dir)
-        .args(["run", "build", "--silent"])
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "the scaffolded plugin builds as-is with `npm run build`"
-    );
+    // `npm install` fetches the pinned componentize-js (from npm's cache, which the
+    // tests' own install of the same pins filled).
+    scaffold.build(None);
 
     let host = Running::start(&[], &[]);
-    std::fs::copy(dir.join("js-demo.wasm"), host.plugins.join("js-demo.wasm")).unwrap();
+    scaffold.install(&host);
     assert_scaffold_handles_an_event(&host, "js-demo").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scaffolded_plugin_builds_and_is_served() {
+async fn a_scaffolded_rust_plugin_builds_and_installs_with_the_printed_commands() {
     let work = TempDir::new("new");
-    let status = Command::new(evhost_bin())
-        .args(["new", "demo-handler", "--path"])
-        .arg(&work.0)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let crate_dir = work.0.join("demo-handler");
+    let scaffold = Scaffold::new(&work.0, "demo-handler", "rust");
+    assert!(
+        scaffold.build.starts_with("cargo build --manifest-path "),
+        "{}",
+        scaffold.build
+    );
+    // cargo writes `demo_handler.wasm`, which is installed as it is.
+    assert!(
+        scaffold.install.contains("/demo_handler.wasm plugins/"),
+        "{}",
+        scaffold.install
+    );
+    // The crate's target folder is the one the test plugins were built in, so the SDK's
+    // dependencies are not compiled again.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&crate_dir)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
-        .arg(root.join("target/wasm-plugins"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "the scaffolded plugin builds as-is");
-    let built = root.join("target/wasm-plugins/wasm32-wasip2/release/demo_handler.wasm");
+    std::os::unix::fs::symlink(root.join("target/wasm-plugins"), scaffold.dir.join("target")).unwrap();
+    scaffold.build(None);
 
     let host = Running::start(&[], &[]);
-    std::fs::copy(&built, host.plugins.join("demo-handler.wasm")).unwrap();
+    scaffold.install(&host);
     assert_scaffold_handles_an_event(&host, "demo-handler").await;
 }
 
@@ -997,4 +1041,44 @@ fn evhost_run_refuses_a_missing_plugins_folder_with_an_error_naming_it() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_evhost_run_in_an_empty_directory_serves_what_is_dropped_into_plugins() {
+    let dir = TempDir::new("bare");
+    let mut command = Command::new(evhost_bin());
+    command
+        .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .current_dir(&dir.0)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let host = Running::spawn(command, &dir.0);
+    assert!(dir.0.join("plugins").is_dir(), "./plugins was made");
+    assert!(
+        dir.0.join(".evhost/evhost.db").exists(),
+        "the durable log is in ./.evhost"
+    );
+    std::fs::copy(wasm::HEALTHY, dir.0.join("plugins/healthy.wasm")).unwrap();
+    let http = client();
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            get_json(&http, format!("{}/plugins", host.url))
+                .await
+                .as_array()
+                .is_some_and(|plugins| plugins.iter().any(|p| p["name"] == "healthy"))
+        })
+        .await,
+        "the plugin dropped into ./plugins is served"
+    );
+    let response = post_events(
+        &http,
+        &host.url,
+        "/events?wait=true",
+        "application/cloudevents+json",
+        structured("Hello", "h1", "k", json!({})).to_string(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(kv(&host, "healthy", "seen:h1").await, Some(json!(true)));
 }

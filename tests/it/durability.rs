@@ -73,7 +73,7 @@ async fn without_the_durable_log_nothing_is_written_to_the_data_directory() {
 }
 
 fn database_url() -> String {
-    std::env::var("EVHOST_TEST_POSTGRES")
+    std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 

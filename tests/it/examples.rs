@@ -73,6 +73,31 @@ fn payment(ty: &str, data: Value) -> Event {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_greeter_of_the_rust_walkthrough_stores_and_emits_what_the_book_says() {
+    let host = Host::new().await;
+    let mut errors = host.bus.errors().unwrap();
+    let emitted = recorder(&host.bus, "UserGreeted");
+    host.load(wasm::GREETER, PluginOptions::default()).await;
+    let created = user_event("UserCreated", "u1", json!({"id": "u1", "name": "Ada"}));
+    host.publish_and_wait(vec![created.clone()]).await;
+    assert_eq!(
+        host.kv_bytes("greeter", "greeted:u1").as_deref(),
+        Some(&b"yes"[..])
+    );
+    let greeted = find(&emitted, "UserGreeted");
+    assert_eq!(greeted.subject.as_deref(), Some("u1"));
+    assert_eq!(greeted.causation_id(), Some(created.id.as_str()));
+
+    // Data that does not decode is rejected, and nothing is stored or emitted.
+    host.publish_and_wait(vec![user_event("UserCreated", "u2", json!({"id": "u2"}))])
+        .await;
+    let record = errors.recv().await.unwrap();
+    assert_eq!(record.kind, FailureKind::Reject, "{record}");
+    assert!(host.kv_bytes("greeter", "greeted:u2").is_none());
+    assert_eq!(emitted.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payment_saga_requests_inventory_then_shipment_with_correlation() {
     let host = Host::new().await;
     let emitted = recorder(&host.bus, "*");
@@ -202,7 +227,7 @@ async fn user_created_versions_upcasts_v1_and_rejects_unknown_versions() {
 }
 
 /// The pinned cargo-component, installed under `target/` the first time (about five
-/// minutes), so that the README's second way of building a plugin cannot rot.
+/// minutes), so that the book's second way of building a plugin cannot rot.
 const CARGO_COMPONENT_VERSION: &str = "0.21.1";
 
 fn cargo_with_component(root: &std::path::Path) -> std::process::Command {
@@ -270,8 +295,12 @@ async fn an_example_built_with_cargo_component_is_served() {
     );
     let wasm = target.join("wasm32-wasip1/release/user_projection.wasm");
 
-    let host = Host::new().await;
-    host.load(wasm.to_str().unwrap(), PluginOptions::default()).await;
+    // Dropped into a plugins folder as cargo wrote it, it serves as `user-projection`.
+    let plugins = crate::support::TempDir::new("cargo-component");
+    std::fs::copy(&wasm, plugins.0.join("user_projection.wasm")).unwrap();
+    let host = Host::with_plugins(&plugins.0).await;
+    let names: Vec<String> = host.app.folder().statuses().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["user-projection"]);
     host.publish_and_wait(vec![user_event(
         "UserCreated",
         "u1",

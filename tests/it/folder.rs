@@ -644,3 +644,124 @@ async fn compiled_code_is_cached_across_restarts() {
     );
     assert!(Path::new(&cache.0).read_dir().unwrap().next().is_some());
 }
+
+/// A `UserCreated` for the user projection.
+fn user_created(id: &str) -> Event {
+    Event::new(
+        "UserCreated",
+        "folder-test",
+        json!({"id": id, "name": "Ada", "email": "ada@example.com"}),
+    )
+    .with_subject(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_named_as_cargo_writes_it_is_served_under_the_name_its_plugin_declares() {
+    // cargo writes the crate `user-projection` to `user_projection.wasm`; its manifest is
+    // spelled after the plugin's name.
+    let fixture = Fixture::open("cargo-name", |dir| {
+        dir.copy(wasm::USER_PROJECTION, "user_projection.wasm");
+        dir.write("user-projection.toml", "[limits]\nfuel = 1500000000\n");
+    })
+    .await;
+    let status = fixture
+        .folder
+        .status("user-projection")
+        .expect("served as user-projection");
+    assert_eq!(status.name, "user-projection");
+    assert_eq!(status.file, fixture.dir.path("user_projection.wasm"));
+    assert_eq!(status.limits.fuel, 1_500_000_000, "its manifest applies");
+    assert_eq!(
+        fixture.folder.status("user_projection").map(|s| s.name),
+        Some("user-projection".to_owned()),
+        "either spelling finds it"
+    );
+    let names: Vec<String> = fixture.folder.statuses().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["user-projection"]);
+
+    fixture.host.publish_and_wait(vec![user_created("u1")]).await;
+    assert_eq!(
+        fixture.host.kv_json("user-projection", "user:u1").unwrap()["name"],
+        "Ada",
+        "its data is under the name it declares"
+    );
+    assert!(fixture.host.kv_bytes("user_projection", "user:u1").is_none());
+    let metrics = fixture.host.bus.metrics();
+    assert_eq!(metrics.subscriptions.len(), 1);
+    assert_eq!(metrics.subscriptions[0].name, "user-projection");
+    assert!(fixture.records(FailureKind::PluginLoad).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_files_naming_one_plugin_serve_the_first_in_byte_order_and_refuse_the_other() {
+    // Present at start: the first in byte order (`-` before `_`) is served.
+    let fixture = Fixture::open("name-conflict", |dir| {
+        dir.copy(wasm::USER_PROJECTION, "user_projection.wasm");
+        dir.copy(wasm::USER_PROJECTION, "user-projection.wasm");
+    })
+    .await;
+    let served = |fixture: &Fixture| fixture.folder.status("user-projection").map(|s| s.file);
+    assert_eq!(served(&fixture), Some(fixture.dir.path("user-projection.wasm")));
+    let refused = fixture
+        .load_failure("user_projection.wasm", |m| m.contains("both name the plugin"))
+        .await;
+    assert!(
+        refused
+            .message
+            .contains("user_projection.wasm and user-projection.wasm both name the plugin `user-projection`")
+            && refused.message.contains("user-projection.wasm is served"),
+        "{}",
+        refused.message
+    );
+    assert_eq!(fixture.host.bus.metrics().subscriptions.len(), 1);
+    let again = fixture
+        .folder
+        .sync_file(&fixture.dir.path("user_projection.wasm"))
+        .await;
+    assert!(again.is_err(), "the other file stays refused");
+    assert_eq!(
+        fixture.records(FailureKind::PluginLoad).len(),
+        1,
+        "the same conflict is reported once"
+    );
+
+    // The served file goes: the other one takes over, and nothing is in conflict.
+    std::fs::remove_file(fixture.dir.path("user-projection.wasm")).unwrap();
+    fixture
+        .folder
+        .sync_file(&fixture.dir.path("user-projection.wasm"))
+        .await
+        .unwrap();
+    assert_eq!(served(&fixture), Some(fixture.dir.path("user_projection.wasm")));
+
+    // Arriving second makes no difference: the first in byte order is served.
+    fixture.dir.copy(wasm::USER_PROJECTION, "user-projection.wasm");
+    fixture
+        .folder
+        .sync_file(&fixture.dir.path("user-projection.wasm"))
+        .await
+        .unwrap();
+    assert_eq!(served(&fixture), Some(fixture.dir.path("user-projection.wasm")));
+    assert_eq!(fixture.folder.statuses().len(), 1);
+    assert_eq!(fixture.host.bus.metrics().subscriptions.len(), 1);
+    fixture.host.publish_and_wait(vec![user_created("u2")]).await;
+    assert!(fixture.host.kv_json("user-projection", "user:u2").is_some());
+
+    // Two manifests of one plugin are refused too, naming both; the version served stays.
+    fixture
+        .dir
+        .write("user-projection.toml", "[limits]\nfuel = 1000000000\n");
+    fixture
+        .dir
+        .write("user_projection.toml", "[limits]\nfuel = 2000000000\n");
+    let error = fixture
+        .folder
+        .sync_file(&fixture.dir.path("user_projection.toml"))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("user-projection.toml and user_projection.toml are both manifests"),
+        "{error:#}"
+    );
+    assert_eq!(served(&fixture), Some(fixture.dir.path("user-projection.wasm")));
+}

@@ -5,6 +5,7 @@ mod auth;
 mod binary;
 mod conformance;
 mod crash;
+mod docs;
 mod durability;
 mod examples;
 mod folder;
@@ -13,6 +14,7 @@ mod languages;
 mod loading;
 mod nats;
 mod python;
+mod quickstart;
 mod reuse;
 #[path = "../support/mod.rs"]
 #[allow(dead_code, reason = "each test binary uses some of the helpers")]

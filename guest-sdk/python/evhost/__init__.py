@@ -14,7 +14,7 @@ A plugin is a module (``app.py``) that defines ``EventHandler``, a subclass of
             user = event.json()
             evhost.kv.set_json(f"greeted:{event.subject}", {"name": user["name"]})
 
-Build it into a component with ``componentize-py`` (see the README's "Plugins in
+Build it into a component with ``componentize-py`` (see the book's "Plugins in
 Python"). Each event runs in a fresh instance: nothing survives between calls except
 what the plugin writes to its key-value store.
 

@@ -1,6 +1,6 @@
 //! Who may call the API: bearer tokens with scopes, or — with no tokens — loopback only.
 //!
-//! Every request passes [`authorize`] after routing, so the route it matched decides what it
+//! Every request passes `authorize` after routing, so the route it matched decides what it
 //! needs ([`Need`]). A token's secret is kept only as its SHA-256; a presented token is
 //! hashed and compared with every known digest in constant time. Refusals and admin
 //! actions are logged under the `evhost::audit` target with the token's name, never its

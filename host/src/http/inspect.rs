@@ -124,11 +124,12 @@ pub(crate) async fn kv_value(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((plugin, key)) = path.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-    if state.plugins.plugin(&plugin).is_none() {
+    // Either spelling of the name finds the plugin; its data is under the name it declares.
+    let Some(plugin) = state.plugins.plugin(&plugin).map(|view| view.name) else {
         return Err(ApiError::NotFound(format!(
             "no plugin named {plugin:?} is loaded"
         )));
-    }
+    };
     // A durable store reads on a blocking thread of its own.
     let value = state.kv.get(&plugin, &key).await.map_err(|error| {
         ApiError::Internal(

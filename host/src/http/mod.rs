@@ -33,6 +33,9 @@
 //! | `GET /plugins` | the loaded plugins with their delivery counters |
 //! | `GET /errors?limit=N` | the latest failure records, newest first |
 //! | `GET /plugins/{name}/kv/{key}` | one value of a plugin's key-value store |
+//! | `GET /dlq?plugin=P`, `GET /dlq/{id}` | dead letters with their event and every failure |
+//! | `POST /dlq/replay?id=N` or `?all=true[&plugin=P]` | deliver dead letters again, to the plugin's current version |
+//! | `DELETE /dlq?id=N`, `?plugin=P` or `?all=true` | drop dead letters |
 //!
 //! Who may call what is [`auth::Auth`]'s to say ([`AppState::auth`]): with no tokens only
 //! requests addressed to a loopback name are served; with tokens each request carries one
@@ -45,9 +48,11 @@
 //!
 //! - `events`: `POST /events`, the CloudEvents HTTP binding.
 //! - `inspect`: health, readiness, `/plugins`, `/errors` and the key-value reader.
+//! - `dlq`: the dead-letter queue's endpoints.
 //! - `prometheus`: the bus's and the catalog's collectors, the request counter, rendering.
 //! - `recent`: [`RecentErrors`], the ring buffer behind `/errors`.
 //! - `error`: the one error type every endpoint answers with.
+//! - [`auth`]: who may call what; [`tls`]: the HTTPS listener.
 
 pub mod auth;
 mod dlq;
@@ -99,10 +104,12 @@ pub trait PluginCatalog: Send + Sync + 'static {
     /// Every plugin currently serving, one entry per plugin name.
     fn plugins(&self) -> Vec<PluginView>;
 
-    /// The plugin named `name`, if it is serving. Override it when a lookup is cheaper
-    /// than listing everything.
+    /// The plugin named `name` (`-` and `_` counting as one character), if it is serving.
+    /// Override it when a lookup is cheaper than listing everything.
     fn plugin(&self, name: &str) -> Option<PluginView> {
-        self.plugins().into_iter().find(|plugin| plugin.name == name)
+        self.plugins()
+            .into_iter()
+            .find(|plugin| crate::runtime::same_name(&plugin.name, name))
     }
 
     /// Successful reloads of changed plugin files since startup.

@@ -11,6 +11,14 @@
 //! Loads are serialized: two quick changes of one file are applied in order, never
 //! overtaking one another.
 //!
+//! Identity: a plugin is named by its file, `NAME.wasm`, with `-` and `_` counting as one
+//! character ([`same_name`]), because cargo writes the crate `user-projection` to
+//! `user_projection.wasm`. The plugin is served under the name it declares, which must be
+//! its file name in that sense. Two files that name one plugin (`a-b.wasm` and
+//! `a_b.wasm`) conflict: the first in byte order (`a-b.wasm`) is served and the other is
+//! refused, naming both, whichever arrived first. A manifest is the `.toml` of the same
+//! identity, spelled either way; two of them are refused.
+//!
 //! Half-written files: changes are applied once the folder has been quiet for the
 //! debounce period; a file (component or manifest) is then read only when it has not
 //! been modified for [`SETTLE`] and its length and modification time are the same
@@ -43,7 +51,7 @@ use super::slot::Slot;
 use super::{Manifest, ManifestError};
 use crate::bus::{AsyncEventBus, EventBus, EventHandler, SubscriptionId};
 use crate::monitor::{FailureKind, FailureRecord};
-use crate::runtime::{Limits, Plugin, PluginOptions, Runtime, content_hash};
+use crate::runtime::{Limits, Plugin, PluginOptions, Runtime, content_hash, name_identity, same_name};
 use crate::store::KeyValueStore;
 
 /// How long a file must have gone unmodified before it is read, so that a writer that
@@ -144,14 +152,24 @@ impl std::fmt::Debug for PluginFolder {
 
 #[derive(Default)]
 struct State {
-    /// Loaded plugins by name, which is their file stem (`NAME` of `NAME.wasm`).
+    /// Loaded plugins by the identity of their file stem ([`name_identity`]).
     entries: BTreeMap<String, Entry>,
     /// The last failure reported per file stem, so that one is reported once.
     reported: HashMap<String, String>,
 }
 
+/// The plugin files of one identity in the folder: the stems of its components and of its
+/// manifests, each sorted (so the first component is the one served).
+#[derive(Debug, Default, Clone)]
+struct Files {
+    wasm: Vec<String>,
+    toml: Vec<String>,
+}
+
 /// One loaded file.
 struct Entry {
+    /// The stem of the file it was loaded from (`NAME` of `NAME.wasm`).
+    stem: String,
     plugin: Arc<Plugin>,
     /// The effective manifest (own over defaults) it was loaded with.
     manifest: Manifest,
@@ -230,8 +248,10 @@ impl PluginFolder {
     /// logged, reported to the bus's monitor as a
     /// [`PluginLoad`](FailureKind::PluginLoad) failure and skipped.
     ///
-    /// A plugin's name is its file name: a component whose metadata declares another name
-    /// is refused, so no file can take over another plugin's key-value data. A file
+    /// A plugin's name is its file name (`-` and `_` counting as one character): a
+    /// component whose metadata declares another name is refused, so no file can take
+    /// over another plugin's key-value data. Of two files naming one plugin, the first in
+    /// byte order is loaded and the other refused (see the module documentation). A file
     /// larger than the runtime's
     /// [`max_component_bytes`](crate::RuntimeConfig::max_component_bytes) is refused
     /// without being read.
@@ -261,27 +281,26 @@ impl PluginFolder {
             load_failures: AtomicU64::new(0),
         });
         let loading = folder.loading.lock().await;
-        let stems = folder.list().await?;
+        let groups = folder.scan().await?;
         let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // Compile in parallel (each compile is a blocking task), install in name order so
-        // that which of two same-named files wins does not depend on timing.
+        // Compile in parallel (each compile is a blocking task), install in name order.
         // Owned values in the stream keep this future `Send` (borrowed ones trip the
         // compiler's higher-ranked lifetime check when the future is spawned).
-        let prepared: Vec<_> = futures::stream::iter(stems.clone())
-            .map(|stem| {
+        let prepared: Vec<_> = futures::stream::iter(groups)
+            .filter(|(_, files)| std::future::ready(!files.wasm.is_empty()))
+            .map(|(identity, files)| {
                 let folder = Arc::clone(&folder);
                 async move {
-                    let result = folder.prepare(&stem).await;
-                    (stem, result)
+                    let result = folder.prepare(&identity, &files).await;
+                    (identity, files, result)
                 }
             })
             .buffered(parallelism)
             .collect()
             .await;
-        for (stem, result) in prepared {
-            if let Err(error) = result.and_then(|prepared| folder.apply(&stem, prepared, true)) {
-                folder.reject(&stem, &error);
-            }
+        for (identity, files, result) in prepared {
+            let outcome = result.and_then(|prepared| folder.apply(&identity, &files.wasm[0], prepared, true));
+            folder.settle_reports(&identity, &files, outcome.as_ref().err());
         }
         let state = folder.lock_state();
         tracing::info!(
@@ -351,9 +370,12 @@ impl PluginFolder {
         statuses
     }
 
-    /// The plugin called `name`, if loaded.
+    /// The plugin called `name` (`-` and `_` counting as one character), if loaded.
     pub fn status(&self, name: &str) -> Option<PluginStatus> {
-        self.lock_state().entries.get_mut(name).map(Entry::status)
+        self.lock_state()
+            .entries
+            .get_mut(&name_identity(name))
+            .map(Entry::status)
     }
 
     /// Successful loads after the initial ones: replaced versions and new files.
@@ -368,29 +390,68 @@ impl PluginFolder {
     }
 
     /// Brings one plugin in line with the folder — what the watcher does on a change:
-    /// (re)loads `NAME.wasm` if it exists (unless neither it nor its manifest changed),
+    /// (re)loads its `NAME.wasm` if it exists (unless neither it nor its manifest changed),
     /// unsubscribes the plugin if it is gone. Only the file stem of `wasm_path` matters,
-    /// so the path of the plugin's `NAME.toml` works too.
+    /// so the path of the plugin's `NAME.toml` works too, and so does either spelling of
+    /// the name (`-` or `_`).
     ///
     /// # Errors
-    /// When the file could not be loaded; this is already logged and reported to the
-    /// monitor, and the version loaded before (if any) keeps serving.
+    /// When the file could not be loaded, or another file names the same plugin and was
+    /// preferred (see the module documentation); this is already logged and reported to
+    /// the monitor, and the version loaded before (if any) keeps serving.
     pub async fn sync_file(&self, wasm_path: &Path) -> anyhow::Result<()> {
         let stem = plugin_stem(wasm_path)
             .with_context(|| format!("{} does not name a plugin file", wasm_path.display()))?;
+        let identity = name_identity(&stem);
         let _loading = self.loading.lock().await;
-        let outcome = match self.prepare(&stem).await {
-            Ok(prepared) => self.apply(&stem, prepared, false),
+        let files = self.scan().await?.remove(&identity).unwrap_or_default();
+        let outcome = self.sync(&identity, &files).await;
+        match outcome {
+            Ok(()) if files.wasm.contains(&stem) && files.wasm[0] != stem => {
+                Err(conflict(&stem, &files.wasm[0], &identity))
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// Loads, reloads or unloads the plugin `identity` to match `files`, and reports what
+    /// could not be loaded. Called with `loading` held.
+    async fn sync(&self, identity: &str, files: &Files) -> anyhow::Result<()> {
+        let Some(stem) = files.wasm.first() else {
+            self.unload(identity);
+            self.settle_reports(identity, files, None);
+            return Ok(());
+        };
+        let outcome = match self.prepare(identity, files).await {
+            Ok(prepared) => self.apply(identity, stem, prepared, false),
             Err(error) => Err(error),
         };
-        if let Err(error) = &outcome {
-            self.reject(&stem, error);
-        }
+        self.settle_reports(identity, files, outcome.as_ref().err());
         outcome
     }
 
-    /// Reads the plugin's files and compiles its component, unless nothing changed.
-    async fn prepare(&self, stem: &str) -> anyhow::Result<Prepared> {
+    /// After a sync of `identity`: reports the failure of the file served (if `error`) and
+    /// every other file of the identity as a conflict, and forgets what was reported of
+    /// files that are gone.
+    fn settle_reports(&self, identity: &str, files: &Files, error: Option<&anyhow::Error>) {
+        self.lock_state()
+            .reported
+            .retain(|stem, _| name_identity(stem) != identity || files.wasm.contains(stem));
+        let Some((served, others)) = files.wasm.split_first() else {
+            return;
+        };
+        if let Some(error) = error {
+            self.reject(served, error);
+        }
+        for other in others {
+            self.reject(other, &conflict(other, served, identity));
+        }
+    }
+
+    /// Reads the plugin's files and compiles its component (the first of `files.wasm`),
+    /// unless nothing changed.
+    async fn prepare(&self, identity: &str, files: &Files) -> anyhow::Result<Prepared> {
+        let stem = files.wasm.first().map_or(identity, String::as_str);
         let file = self.wasm_path(stem);
         let max = self.runtime.config().max_component_bytes;
         let bytes = match read_settled(&file, max, "`runtime.max_component_mb`")
@@ -402,17 +463,16 @@ impl PluginFolder {
             Some(bytes) => bytes,
         };
         let load = async {
-            let manifest = self.manifest(stem).await?;
+            let manifest = self.manifest(identity, &files.toml).await?;
             let hash = content_hash(&bytes);
-            let unchanged = self
-                .lock_state()
-                .entries
-                .get(stem)
-                .is_some_and(|entry| entry.plugin.info().hash == hash && entry.manifest == manifest);
+            let unchanged = self.lock_state().entries.get(identity).is_some_and(|entry| {
+                entry.stem == stem && entry.plugin.info().hash == hash && entry.manifest == manifest
+            });
             if unchanged {
                 return Ok::<_, anyhow::Error>(Prepared::Unchanged);
             }
-            // The file name is the plugin's identity; the metadata must agree.
+            // The file name is the plugin's identity; the metadata must agree (`-` and `_`
+            // counting as one), and the plugin is served under the name it declares.
             let options = PluginOptions {
                 name: Some(stem.to_owned()),
                 ..manifest.plugin_options()
@@ -429,8 +489,17 @@ impl PluginFolder {
         load.await.with_context(|| format!("loading {}", file.display()))
     }
 
-    /// The plugin's effective manifest: its `NAME.toml`, if any, over the defaults.
-    async fn manifest(&self, stem: &str) -> anyhow::Result<Manifest> {
+    /// The plugin's effective manifest: its `NAME.toml` (the one of `tomls`, the manifest
+    /// stems of its identity), if any, over the defaults.
+    async fn manifest(&self, identity: &str, tomls: &[String]) -> anyhow::Result<Manifest> {
+        let stem = match tomls {
+            [] => identity,
+            [stem] => stem,
+            [first, second, ..] => anyhow::bail!(
+                "{first}.toml and {second}.toml are both manifests of the plugin `{identity}` (`-` and `_` \
+                 count as the same character in a plugin's name): keep one"
+            ),
+        };
         let path = self.options.dir.join(format!("{stem}.toml"));
         // Settled like the component: a manifest caught between being truncated and
         // written would otherwise pass for an empty one, i.e. the defaults.
@@ -462,11 +531,12 @@ impl PluginFolder {
         Ok(manifest)
     }
 
-    /// Puts what [`PluginFolder::prepare`] produced into service.
-    fn apply(&self, stem: &str, prepared: Prepared, initial: bool) -> anyhow::Result<()> {
+    /// Puts what [`PluginFolder::prepare`] produced from the file `stem` into service as
+    /// the plugin `identity`.
+    fn apply(&self, identity: &str, stem: &str, prepared: Prepared, initial: bool) -> anyhow::Result<()> {
         match prepared {
             Prepared::Gone => {
-                self.unload(stem);
+                self.unload(identity);
                 Ok(())
             }
             Prepared::Empty => {
@@ -479,18 +549,26 @@ impl PluginFolder {
                 self.lock_state().reported.remove(stem);
                 Ok(())
             }
-            Prepared::Compiled { plugin, manifest } => self.install(stem, plugin, *manifest, initial),
+            Prepared::Compiled { plugin, manifest } => {
+                self.install(identity, stem, plugin, *manifest, initial)
+            }
         }
     }
 
-    /// Subscribes a newly compiled plugin, or swaps it in for the version its file served.
+    /// Subscribes a newly compiled plugin, or swaps it in for the version its identity
+    /// served.
     fn install(
         &self,
+        identity: &str,
         stem: &str,
         plugin: Arc<Plugin>,
         manifest: Manifest,
         initial: bool,
     ) -> anyhow::Result<()> {
+        debug_assert!(
+            same_name(identity, &plugin.info().name),
+            "the runtime checked the name"
+        );
         let file = self.wasm_path(stem);
         let name = plugin.info().name.clone();
         let mut state = self.lock_state();
@@ -499,7 +577,7 @@ impl PluginFolder {
         let handler = Arc::clone(&plugin) as Arc<dyn EventHandler>;
         let patterns = plugin.info().subscriptions.clone();
         let now = Utc::now();
-        match state.entries.get_mut(stem) {
+        match state.entries.get_mut(identity) {
             Some(entry) if same_subscription(&entry.plugin, &plugin) => {
                 entry.slot.swap(handler);
                 let old = std::mem::replace(&mut entry.plugin, Arc::clone(&plugin));
@@ -508,6 +586,7 @@ impl PluginFolder {
                 entry.manifest = manifest;
                 entry.loaded_at = now;
                 entry.reloads += 1;
+                (entry.stem, entry.file) = (stem.to_owned(), file);
             }
             Some(entry) => {
                 let slot = Slot::new(&name, handler);
@@ -531,6 +610,7 @@ impl PluginFolder {
                 entry.manifest = manifest;
                 entry.loaded_at = now;
                 entry.reloads += 1;
+                (entry.stem, entry.file) = (stem.to_owned(), file);
             }
             None => {
                 let slot = Slot::new(&name, handler);
@@ -547,8 +627,9 @@ impl PluginFolder {
                     subscriptions = ?patterns, "plugin loaded"
                 );
                 state.entries.insert(
-                    stem.to_owned(),
+                    identity.to_owned(),
                     Entry {
+                        stem: stem.to_owned(),
                         plugin,
                         manifest,
                         slot,
@@ -569,10 +650,9 @@ impl PluginFolder {
     }
 
     /// Unsubscribes the plugin of a removed file.
-    fn unload(&self, stem: &str) {
+    fn unload(&self, identity: &str) {
         let mut state = self.lock_state();
-        state.reported.remove(stem);
-        let Some(entry) = state.entries.remove(stem) else {
+        let Some(entry) = state.entries.remove(identity) else {
             return;
         };
         let name = entry.plugin.info().name.clone();
@@ -590,7 +670,7 @@ impl PluginFolder {
         let file = self.wasm_path(stem);
         let message = {
             let mut state = self.lock_state();
-            let message = match state.entries.get(stem) {
+            let message = match state.entries.get(&name_identity(stem)) {
                 Some(entry) => format!("{error:#} (version {} keeps serving)", entry.plugin.info().hash),
                 None => format!("{error:#}"),
             };
@@ -630,43 +710,64 @@ impl PluginFolder {
         if events.iter().any(|event| event.need_rescan()) {
             return self.rescan().await;
         }
-        for stem in changed_stems(&events) {
-            // A failure is already reported; the other files still get their turn.
-            let _ = self.sync_file(&self.wasm_path(&stem)).await;
+        let identities: BTreeSet<String> = changed_stems(&events)
+            .iter()
+            .map(|stem| name_identity(stem))
+            .collect();
+        for identity in identities {
+            let _loading = self.loading.lock().await;
+            let files = match self.scan().await {
+                Ok(mut groups) => groups.remove(&identity).unwrap_or_default(),
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    return;
+                }
+            };
+            // A failure is already reported; the other plugins still get their turn.
+            let _ = self.sync(&identity, &files).await;
         }
     }
 
-    /// Syncs every file in the folder and every plugin loaded.
+    /// Syncs every plugin in the folder and every plugin loaded.
     async fn rescan(&self) {
-        let mut stems: BTreeSet<String> = match self.list().await {
-            Ok(stems) => stems.into_iter().collect(),
+        let _loading = self.loading.lock().await;
+        let mut groups = match self.scan().await {
+            Ok(groups) => groups,
             Err(error) => {
                 tracing::error!("rescanning the plugins folder: {error:#}");
                 return;
             }
         };
-        stems.extend(self.lock_state().entries.keys().cloned());
-        for stem in stems {
-            let _ = self.sync_file(&self.wasm_path(&stem)).await;
+        let loaded: Vec<String> = self.lock_state().entries.keys().cloned().collect();
+        for identity in loaded {
+            groups.entry(identity).or_default();
+        }
+        for (identity, files) in groups {
+            let _ = self.sync(&identity, &files).await;
         }
     }
 
-    /// The stems of the `.wasm` files in the folder, sorted.
-    async fn list(&self) -> anyhow::Result<Vec<String>> {
+    /// The plugin files in the folder (`.wasm` and `.toml`) by identity.
+    async fn scan(&self) -> anyhow::Result<BTreeMap<String, Files>> {
         let dir = &self.options.dir;
         let context = || format!("reading the plugins folder {}", dir.display());
         let mut entries = tokio::fs::read_dir(dir).await.with_context(context)?;
-        let mut stems = Vec::new();
+        let mut groups = BTreeMap::<String, Files>::new();
         while let Some(entry) = entries.next_entry().await.with_context(context)? {
             let path = entry.path();
-            if path.extension().is_some_and(|ext| ext == "wasm")
-                && let Some(stem) = plugin_stem(&path)
-            {
-                stems.push(stem);
+            let Some(stem) = plugin_stem(&path) else { continue };
+            let files = groups.entry(name_identity(&stem));
+            match path.extension().and_then(|ext| ext.to_str()) {
+                Some("wasm") => files.or_default().wasm.push(stem),
+                Some("toml") => files.or_default().toml.push(stem),
+                _ => {}
             }
         }
-        stems.sort();
-        Ok(stems)
+        for files in groups.values_mut() {
+            files.wasm.sort();
+            files.toml.sort();
+        }
+        Ok(groups)
     }
 
     fn wasm_path(&self, stem: &str) -> PathBuf {
@@ -714,6 +815,14 @@ fn changed_stems(events: &[DebouncedEvent]) -> BTreeSet<String> {
         .filter(|path| path.extension().is_some_and(|ext| ext == "wasm" || ext == "toml"))
         .filter_map(|path| plugin_stem(path))
         .collect()
+}
+
+/// Why the file `stem` is not loaded: `served` names the same plugin and comes first.
+fn conflict(stem: &str, served: &str, identity: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{stem}.wasm and {served}.wasm both name the plugin `{identity}` (`-` and `_` count as the same \
+         character in a plugin's name): {served}.wasm is served and {stem}.wasm is not loaded; remove one"
+    )
 }
 
 /// `NAME` of `dir/NAME.wasm`.

@@ -106,10 +106,12 @@ pub enum LoadError {
     #[error("the plugin's metadata is unusable: {0}")]
     Metadata(String),
     /// The component declares another name than the identity the host gave it (its file
-    /// name): a plugin's name is its key-value namespace, so no file may claim another's.
+    /// name, `-` and `_` counting as one character; see [`same_name`]): a plugin's name is
+    /// its key-value namespace, so no file may claim another's.
     #[error(
         "the plugin declares the name `{declared}`, but it is loaded as `{expected}`: a plugin's name is \
-         its file name (`{expected}.wasm`); rename the file or the plugin"
+         its file name (`{expected}.wasm`, where `-` and `_` count as the same character); rename the \
+         file or the plugin"
     )]
     NameMismatch {
         /// The name the host expects (the file name).
@@ -326,7 +328,7 @@ impl Runtime {
         };
         let metadata = plugin.call_metadata().await.map_err(LoadError::Metadata)?;
         if let Some(expected) = options.name
-            && metadata.name != expected
+            && !same_name(&metadata.name, &expected)
         {
             return Err(LoadError::NameMismatch {
                 expected,
@@ -432,6 +434,19 @@ const MAX_VERSION_BYTES: usize = 128;
 const MAX_SUBSCRIPTIONS: usize = 64;
 /// Longest subscription pattern, in bytes.
 const MAX_PATTERN_BYTES: usize = 256;
+
+/// Whether two plugin names name the same plugin: equal, with `-` and `_` counting as one
+/// character. cargo writes the crate `user-projection` to `user_projection.wasm`, so a file
+/// name and the name its plugin declares may differ in just that way.
+pub fn same_name(a: &str, b: &str) -> bool {
+    name_identity(a) == name_identity(b)
+}
+
+/// The form of a plugin name that [`same_name`] compares: `_` read as `-`. Two names with
+/// the same identity name one plugin.
+pub fn name_identity(name: &str) -> String {
+    name.replace('_', "-")
+}
 
 /// Checks a plugin name: 1 to [`MAX_NAME_BYTES`] ASCII letters, digits, `-`, `_` or `.`,
 /// starting with a letter or digit. Names are key-value namespaces, URL path segments and

@@ -1,4 +1,4 @@
-//! The PostgreSQL outbox relay, against the real server: `EVHOST_TEST_POSTGRES`, by default
+//! The PostgreSQL outbox relay, against the real server: `TEST_POSTGRES_URL`, by default
 //! `postgres://postgres@127.0.0.1:5432/test`. Every test installs the outbox in a schema of its
 //! own, dropped when the test ends, and relays into [`MemoryTarget`] — or, end to end, into
 //! an `AsyncEventBus` over the SQLite log.
@@ -29,7 +29,7 @@ const FAST: Duration = Duration::from_secs(2);
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn database_url() -> String {
-    std::env::var("EVHOST_TEST_POSTGRES")
+    std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 

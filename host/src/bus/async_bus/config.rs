@@ -11,17 +11,17 @@ pub enum Backpressure {
     /// Wait until enough events finish.
     #[default]
     Wait,
-    /// Fail at once with [`BusError::Full`].
+    /// Fail at once with [`BusError::Full`](crate::BusError::Full).
     Reject,
 }
 
-/// Settings of an [`AsyncEventBus`].
+/// Settings of an [`AsyncEventBus`](crate::AsyncEventBus).
 #[derive(Debug, Clone)]
 pub struct AsyncBusConfig {
     /// Handler invocations running at once across all subscriptions.
     pub max_concurrency: usize,
     /// Default limit of concurrent invocations per subscription (never above
-    /// `max_concurrency`); [`SubscribeOptions::concurrency`] overrides it.
+    /// `max_concurrency`); [`SubscribeOptions::concurrency`](crate::SubscribeOptions::concurrency) overrides it.
     pub subscription_concurrency: usize,
     /// Default per-invocation timeout.
     pub handler_timeout: Duration,
@@ -37,9 +37,9 @@ pub struct AsyncBusConfig {
     pub backpressure: Backpressure,
     /// Unconsumed failure records the error monitor keeps before counting overflow.
     pub monitor_capacity: usize,
-    /// How long [`EventBus::stop`] waits for in-flight events.
+    /// How long [`EventBus::stop`](crate::EventBus::stop) waits for in-flight events.
     pub drain_timeout: Duration,
-    /// Default retry policy ([`SubscribeOptions::retry`] overrides it). The default makes
+    /// Default retry policy ([`SubscribeOptions::retry`](crate::SubscribeOptions::retry) overrides it). The default makes
     /// one attempt: a failure is dead-lettered at once.
     pub retry: RetryPolicy,
     /// The tokio runtime handlers run on (the bus's workers and retry timers); the runtime
