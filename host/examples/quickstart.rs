@@ -8,6 +8,7 @@ use evhost::bus::{Effects, from_fn};
 use evhost::{AsyncEventBus, Event, EventBus, EventHandler, HandlerError};
 use serde_json::json;
 
+// ANCHOR: handler
 /// Sends a welcome mail for every new user; a user without an email is rejected for good.
 struct WelcomeMailer;
 
@@ -26,9 +27,11 @@ impl EventHandler for WelcomeMailer {
         Ok(Effects::none())
     }
 }
+// ANCHOR_END: handler
 
 #[tokio::main]
 async fn main() -> Result<(), evhost::BusError> {
+    // ANCHOR: main
     let bus = AsyncEventBus::new();
     // Every failure (error, panic, timeout) is logged; use `bus.errors()` to consume them yourself.
     tracing_subscriber::fmt().init();
@@ -77,5 +80,6 @@ async fn main() -> Result<(), evhost::BusError> {
             subscription.failed_total()
         );
     }
+    // ANCHOR_END: main
     Ok(())
 }

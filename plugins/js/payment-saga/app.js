@@ -225,6 +225,7 @@ function step(event, input, paymentId, saga) {
   }
 }
 
+// ANCHOR: handler
 export const eventHandler = definePlugin({
   name: "payment-saga",
   version: "0.1.0",
@@ -243,3 +244,4 @@ export const eventHandler = definePlugin({
     log.info(`payment ${paymentId}: emitted ${outcome.type} \`${id}\``);
   },
 });
+// ANCHOR_END: handler

@@ -133,6 +133,7 @@ function decode(event) {
   }
 }
 
+// ANCHOR: handler
 export const eventHandler = definePlugin({
   name: "user-projection",
   version: "0.1.0",
@@ -177,3 +178,4 @@ export const eventHandler = definePlugin({
     kv.setJson(key, user);
   },
 });
+// ANCHOR_END: handler

@@ -43,6 +43,7 @@
 use evhost_guest::serde::{Deserialize, Serialize};
 use evhost_guest::{Event, Handler, HandlerError, Metadata, OutgoingEvent, export_handler, kv, log, publish};
 
+// ANCHOR: handler
 /// The plugin.
 struct PaymentSaga;
 
@@ -72,6 +73,7 @@ impl Handler for PaymentSaga {
 }
 
 export_handler!(PaymentSaga);
+// ANCHOR_END: handler
 
 /// The key-value key of a payment's saga state.
 fn saga_key(payment_id: &str) -> String {

@@ -181,6 +181,7 @@ def _step(event: Event, data: Dict[str, Any], payment_id: str, saga: Optional[Di
     return saga, "PaymentCancelled", emit
 
 
+# ANCHOR: handler
 class EventHandler(evhost.Plugin):
     name = "payment-saga"
     version = "0.1.0"
@@ -198,3 +199,4 @@ class EventHandler(evhost.Plugin):
         evhost.kv.set_json(key, saga)
         emitted = evhost.publish(event_type, emit, subject=payment_id)
         evhost.log.info(f"payment {payment_id}: emitted {event_type} `{emitted}`")
+# ANCHOR_END: handler

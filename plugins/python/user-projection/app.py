@@ -98,6 +98,7 @@ def _nothing_to_change(event: Event, expected: str) -> Reject:
     return Reject(f"{event.type} event `{event.id}` changes nothing: its data has neither {expected}")
 
 
+# ANCHOR: handler
 class EventHandler(evhost.Plugin):
     name = "user-projection"
     version = "0.1.0"
@@ -164,3 +165,4 @@ class EventHandler(evhost.Plugin):
         user["last_event_id"] = event.id
         user["updated_at"] = event.time
         evhost.kv.set_json(key, user)
+# ANCHOR_END: handler

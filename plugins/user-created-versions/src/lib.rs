@@ -29,6 +29,7 @@ use evhost_guest::serde::{Deserialize, Serialize};
 use evhost_guest::serde_json::Value;
 use evhost_guest::{Event, Handler, HandlerError, Metadata, export_handler, kv, log};
 
+// ANCHOR: handler
 /// The plugin.
 struct UserCreatedVersions;
 
@@ -46,6 +47,7 @@ impl Handler for UserCreatedVersions {
 }
 
 export_handler!(UserCreatedVersions);
+// ANCHOR_END: handler
 
 /// `UserCreated` v1 data.
 #[derive(Debug, Deserialize)]

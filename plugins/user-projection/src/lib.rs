@@ -38,6 +38,7 @@
 use evhost_guest::serde::{Deserialize, Deserializer, Serialize};
 use evhost_guest::{Event, Handler, HandlerError, Metadata, export_handler, kv, log};
 
+// ANCHOR: handler
 /// The plugin.
 struct UserProjection;
 
@@ -70,6 +71,7 @@ impl Handler for UserProjection {
 }
 
 export_handler!(UserProjection);
+// ANCHOR_END: handler
 
 /// The key-value key of a user.
 fn user_key(user_id: &str) -> String {

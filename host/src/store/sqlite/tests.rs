@@ -870,9 +870,11 @@ async fn reads_do_not_wait_for_the_writer() {
     within(held).await.unwrap().unwrap();
 }
 
+// ANCHOR: contract
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_keeps_the_whole_contract_of_the_storage_seam() {
     let dirs = std::sync::Mutex::new(Vec::new());
+    // Every check gets a storage of its own.
     let fresh = || {
         let dir = TempDir::new();
         let store = open(&dir);
@@ -881,6 +883,7 @@ async fn the_store_keeps_the_whole_contract_of_the_storage_seam() {
     };
     crate::store::contract::check_all(fresh, crate::store::contract::Claims::DURABLE).await;
 }
+// ANCHOR_END: contract
 
 #[tokio::test]
 async fn a_ledger_request_applies_all_of_its_commits_or_none() {
