@@ -51,14 +51,17 @@ export interface PluginDefinition {
   version?: string;
   /** Event-type patterns: an exact type (`UserCreated`), a prefix (`User*`) or `*`. */
   subscriptions: string[];
-  /** Handles one event; throw `Retry` or `Reject` to fail it. */
-  handle(event: Event): void;
+  /**
+   * Handles one event; throw `Retry` or `Reject` to fail it. An `async` handler's promise
+   * is awaited: rejecting it fails the event as throwing does.
+   */
+  handle(event: Event): void | Promise<void>;
 }
 
 /** What the host calls: export it as `eventHandler`. */
 export interface EventHandlerExport {
   metadata(): { name: string; version: string; subscriptions: string[] };
-  handle(event: unknown): void;
+  handle(event: unknown): void | Promise<void>;
 }
 
 export function definePlugin(definition: PluginDefinition): EventHandlerExport;

@@ -178,8 +178,26 @@ function describe(error) {
 }
 
 /**
+ * What the host receives for an error `handle` threw or its promise rejected with: a
+ * `handler-error` for `Retry`, `KvError` and `Reject`; anything else traps, after the
+ * log says what it was (the trap itself says only `unreachable`).
+ */
+function failure(error) {
+  if (error instanceof Retry || error instanceof KvError) {
+    return { tag: "retry", val: error.message };
+  }
+  if (error instanceof Reject) {
+    return { tag: "reject", val: error.message };
+  }
+  wasiLog("error", "", `uncaught exception: ${describe(error)}`);
+  return error;
+}
+
+/**
  * The `eventHandler` export of a plugin: `name` (its file name without `.wasm`), `version`,
- * `subscriptions` (exact types, prefixes such as `User*`, or `*`) and `handle(event)`.
+ * `subscriptions` (exact types, prefixes such as `User*`, or `*`) and `handle(event)`, which
+ * may be `async`: its promise is awaited, and a rejection fails the event exactly as a
+ * thrown error does.
  */
 export function definePlugin({ name, version = "0.0.0", subscriptions, handle }) {
   if (typeof name !== "string" || name === "") {
@@ -196,18 +214,21 @@ export function definePlugin({ name, version = "0.0.0", subscriptions, handle })
       return { name, version, subscriptions: [...subscriptions] };
     },
     handle(event) {
+      let result;
       try {
-        handle(new Event(event));
+        result = handle(new Event(event));
       } catch (error) {
-        if (error instanceof Retry || error instanceof KvError) {
-          throw { tag: "retry", val: error.message };
-        }
-        if (error instanceof Reject) {
-          throw { tag: "reject", val: error.message };
-        }
-        // The trap says only `unreachable`: the log says what was thrown.
-        wasiLog("error", "", `uncaught exception: ${describe(error)}`);
-        throw error;
+        throw failure(error);
+      }
+      // An async handler: componentize-js awaits the promise the export returns, so its
+      // outcome, not the call's, is the event's.
+      if (typeof result?.then === "function") {
+        return result.then(
+          () => undefined,
+          (error) => {
+            throw failure(error);
+          },
+        );
       }
     },
   };

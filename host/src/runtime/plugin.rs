@@ -99,10 +99,11 @@ fn deserialize_millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Resu
 /// How a plugin is run: its limits, config values and optional overrides.
 #[derive(Debug, Clone, Default)]
 pub struct PluginOptions {
-    /// The plugin's identity: its subscription name and key-value namespace. When set, the
-    /// component's metadata must declare exactly this name or the load is refused, so no
-    /// component can take over another plugin's data (a plugins folder sets it to the file
-    /// name). `None` takes the name the metadata declares.
+    /// The name the plugin must declare. When set, the component's metadata must declare
+    /// this name, `-` and `_` counting as one character ([`same_name`](super::same_name)),
+    /// or the load is refused, so no component can take over another plugin's data (a
+    /// plugins folder sets it to the file name). Either way the plugin is known by the name
+    /// it declares: its subscription name and key-value namespace.
     pub name: Option<String>,
     /// Per-invocation budgets.
     pub limits: Limits,

@@ -11,11 +11,33 @@ function attempt(action) {
   }
 }
 
+// The same failures from an async handler, after an `await`: the promise's outcome is the
+// event's.
+async function later(event) {
+  await Promise.resolve();
+  switch (event.type) {
+    case "LaterRetry":
+      throw new Retry("not yet, after an await");
+    case "LaterReject":
+      throw new Reject("never, after an await");
+    case "LaterRaise":
+      throw new TypeError("an uncaught exception after an await");
+    case "LaterWrite":
+      kv.set("later", "written after an await");
+      return;
+    default:
+      throw new Reject(`js-faults does not know \`${event.type}\``);
+  }
+}
+
 export const eventHandler = definePlugin({
   name: "js-faults",
   version: "0.1.0",
   subscriptions: ["*"],
   handle(event) {
+    if (event.type.startsWith("Later")) {
+      return later(event);
+    }
     switch (event.type) {
       case "Retry":
         throw new Retry("not yet");
