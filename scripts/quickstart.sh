@@ -55,6 +55,12 @@ cp "$built"/{user_projection,payment_saga,user_created_versions}.wasm "$work/plu
 port=${QUICKSTART_PORT:-8080}
 export EVHOST_URL="http://127.0.0.1:$port"
 
+# Whatever listens there already would keep the host from binding, and could be mistaken
+# for it.
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    fail "something already listens on 127.0.0.1:$port: stop it, or set QUICKSTART_PORT to a free port"
+fi
+
 say "Starting evhost on $EVHOST_URL with the plugins in $work/plugins"
 ls "$work/plugins"
 "$evhost" run --plugins "$work/plugins" --data-dir "$work/data" --listen "127.0.0.1:$port" \
@@ -62,8 +68,8 @@ ls "$work/plugins"
 host=$!
 ready=
 for _ in $(seq 1 600); do
-    if curl -fsS "$EVHOST_URL/readyz" >/dev/null 2>&1; then ready=1; break; fi
     kill -0 "$host" 2>/dev/null || fail "evhost exited before it was ready"
+    if curl -fsS "$EVHOST_URL/readyz" >/dev/null 2>&1; then ready=1; break; fi
     sleep 0.1
 done
 [ -n "$ready" ] || fail "evhost did not answer $EVHOST_URL/readyz within a minute"

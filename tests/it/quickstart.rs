@@ -27,14 +27,10 @@ fn section<'a>(sections: &[(&str, &'a str)], title: &str) -> &'a str {
         .1
 }
 
-#[test]
-fn the_quick_start_shows_the_read_model_and_what_the_saga_did() {
+/// `scripts/quickstart.sh` as a newcomer runs it, but on `port` and with the test
+/// command's build of the host.
+fn quickstart(port: u16) -> std::process::Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut command = Command::new("bash");
     command
         .arg(root.join("scripts/quickstart.sh"))
@@ -51,7 +47,17 @@ fn the_quick_start_shows_the_read_model_and_what_the_saga_did() {
             command.env_remove(key.as_ref());
         }
     }
-    let output = command.output().expect("running scripts/quickstart.sh");
+    command.output().expect("running scripts/quickstart.sh")
+}
+
+#[test]
+fn the_quick_start_shows_the_read_model_and_what_the_saga_did() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = quickstart(port);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -95,5 +101,18 @@ fn the_quick_start_shows_the_read_model_and_what_the_saga_did() {
     assert!(
         section(&sections, "Stopping evhost").contains("stopped"),
         "the host drained and stopped:\n{stdout}"
+    );
+}
+
+#[test]
+fn the_quick_start_refuses_a_port_something_else_listens_on() {
+    // Another host answering there would otherwise be mistaken for the quick start's.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = quickstart(taken.local_addr().unwrap().port());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("something already listens on 127.0.0.1:") && stderr.contains("QUICKSTART_PORT"),
+        "{stderr}"
     );
 }
