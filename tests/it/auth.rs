@@ -296,6 +296,110 @@ async fn without_tokens_only_requests_addressed_to_loopback_are_served() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_origin_cannot_change_the_hosts_state_through_a_browser() {
+    // What a page on any web site could make its visitor's browser send to a loopback
+    // host: a form or a no-cors fetch carries no token and needs none here.
+    let host = Running::start(&[("returns-reject", wasm::RETURNS_REJECT)], &[]);
+    let http = client();
+    let publish = |id: &str, headers: &[(&str, &str)]| {
+        let mut request = http
+            .post(format!("{}/events?wait=true", host.url))
+            .header("content-type", "application/cloudevents+json")
+            .body(json!({"specversion": "1.0", "id": id, "source": "page", "type": "Ping"}).to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    assert_eq!(publish("direct", &[]).await.unwrap().status(), StatusCode::OK);
+    let dead_letters = async || -> Vec<Value> {
+        let list: Value = http
+            .get(format!("{}/dlq", host.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list.as_array().unwrap().clone()
+    };
+    assert_eq!(dead_letters().await.len(), 1, "the reject is dead-lettered");
+
+    let own = host.url.clone();
+    let foreign = [
+        ("origin", "https://attacker.example"),
+        ("origin", "null"),
+        ("origin", "http://localhost.attacker.example"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ];
+    for (name, value) in foreign {
+        for path in ["/dlq/replay?all=true", "/dlq?all=true"] {
+            let method = if path.starts_with("/dlq?") {
+                Method::DELETE
+            } else {
+                Method::POST
+            };
+            let response = http
+                .request(method.clone(), format!("{}{path}", host.url))
+                .header(name, value)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::FORBIDDEN,
+                "{method} {path} with {name}: {value}"
+            );
+            let body: Value = response.json().await.unwrap();
+            assert!(
+                body["error"].as_str().unwrap().contains("another origin"),
+                "the refusal says why: {body}"
+            );
+        }
+        let refused = publish("from-a-page", &[(name, value)]).await.unwrap();
+        assert_eq!(
+            refused.status(),
+            StatusCode::FORBIDDEN,
+            "POST /events with {name}: {value}"
+        );
+    }
+    assert_eq!(dead_letters().await.len(), 1, "nothing was replayed or purged");
+    assert!(
+        dead_letters().await[0]["event"]["id"] == "direct",
+        "and nothing was published"
+    );
+    assert!(
+        host.log_lines()
+            .iter()
+            .any(|line| line["message"] == "request refused"
+                && line["path"] == "/dlq/replay"
+                && line["reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.contains("attacker.example"))),
+        "a refusal is audited"
+    );
+
+    // The host's own pages, reads from anywhere and clients outside a browser still work.
+    let read = http
+        .get(format!("{}/dlq", host.url))
+        .header("origin", "https://attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK, "a read changes nothing");
+    let same_origin = http
+        .post(format!("{}/dlq/replay?all=true", host.url))
+        .header("origin", &own)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same_origin.status(), StatusCode::OK);
+    assert_eq!(same_origin.json::<Value>().await.unwrap()["replayed"], 1);
+}
+
 #[test]
 fn a_non_loopback_address_without_tokens_refuses_to_start_unless_told() {
     let dir = TempDir::new("auth-exposed");

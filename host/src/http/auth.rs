@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::http::{HeaderMap, HeaderName, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use serde::{Deserialize, Serialize};
@@ -339,14 +339,61 @@ fn is_loopback_name(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Refuses a request that would change the host's state and that a browser says comes
+/// from a page of another origin (`Sec-Fetch-Site`, or an `Origin` other than the address
+/// the request was sent to): a web page a user visits must not be able to replay or purge
+/// dead letters, or publish, through the user's browser — loopback-only hosts included,
+/// which a page reaches as easily as any. Reads are left alone (the browser keeps their
+/// answers from the page), and so are clients that send neither header (the CLI, curl,
+/// SDKs).
+fn cross_site(method: &Method, headers: &HeaderMap, uri: &Uri) -> Result<(), Refusal> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let text = |name: &HeaderName| {
+        headers
+            .get(name)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+    };
+    // `none`: the user typed or bookmarked the URL, no page asked for it.
+    if let Some(site) = text(&SEC_FETCH_SITE)
+        && !matches!(site.as_str(), "same-origin" | "none")
+    {
+        return Err(Refusal::CrossSite(format!("Sec-Fetch-Site: {site}")));
+    }
+    let Some(origin) = text(&header::ORIGIN) else {
+        return Ok(());
+    };
+    // The page's origin must be the address the request was sent to: scheme aside (one
+    // listener serves one), the same host and port.
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let addressed =
+        text(&header::HOST).or_else(|| uri.authority().map(|authority| authority.as_str().to_owned()));
+    match (authority, addressed) {
+        (Some(authority), Some(addressed)) if authority.eq_ignore_ascii_case(&addressed) => Ok(()),
+        _ => Err(Refusal::CrossSite(format!("Origin: {origin}"))),
+    }
+}
+
+/// `Sec-Fetch-Site`, which browsers send with every request: whether the page that made it
+/// shares the target's origin.
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
 /// Why a request is refused.
 #[derive(Debug)]
 enum Refusal {
     MissingToken,
     Malformed,
     UnknownToken,
-    LacksScope { token: String, scope: Scope },
+    LacksScope {
+        token: String,
+        scope: Scope,
+    },
     ForeignHost(String),
+    /// The header that showed a browser sent it from another origin.
+    CrossSite(String),
 }
 
 impl Refusal {
@@ -375,6 +422,13 @@ impl Refusal {
             Self::LacksScope { token, scope } => ApiError::Forbidden(format!(
                 "token `{token}` lacks the `{scope}` scope that `{method} {path}` needs"
             )),
+            Self::CrossSite(header) => {
+                let header: String = header.chars().take(200).collect();
+                ApiError::Forbidden(format!(
+                    "`{method} {path}` changes the host's state and was sent by a page of another origin \
+                     ({header}): only the host's own pages and clients outside a browser may"
+                ))
+            }
             Self::ForeignHost(host) => {
                 let host: String = host.chars().take(100).collect();
                 ApiError::Forbidden(format!(
@@ -399,7 +453,9 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
         .extensions()
         .get::<ConnectInfo<Peer>>()
         .map(|ConnectInfo(Peer(addr))| addr.to_string());
-    let token = match state.auth.admit(request.headers(), request.uri(), need) {
+    let admitted = cross_site(&method, request.headers(), request.uri())
+        .and_then(|()| state.auth.admit(request.headers(), request.uri(), need));
+    let token = match admitted {
         Ok(token) => token.map(str::to_owned),
         Err(refusal) => {
             let token = refusal.token().map(str::to_owned);
@@ -443,7 +499,7 @@ mod tests {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
             map.append(
-                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
                 value.parse().unwrap(),
             );
         }
