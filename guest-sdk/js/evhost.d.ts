@@ -15,13 +15,18 @@ export class Reject extends Error {
   constructor(message: string);
 }
 
-/** The key-value store failed; a handler that lets it propagate is retried. */
+/** The host's key-value storage failed; a handler that lets it propagate is retried. */
 export class KvError extends Error {
   constructor(message: string);
 }
 
-/** The host refused an event to emit. */
-export class PublishError extends Error {
+/** The host has no such store or refuses it: a handler that lets it propagate is rejected. */
+export class KvRefused extends Reject {
+  constructor(message: string);
+}
+
+/** The host refused an event to emit: a handler that lets it propagate is rejected. */
+export class PublishError extends Reject {
   constructor(message: string);
 }
 
@@ -83,7 +88,11 @@ export interface PublishOptions {
   extensions?: Record<string, ExtensionValue>;
 }
 
-/** Emits a follow-up event (published only if the handler succeeds); returns its id. */
+/**
+ * Emits a follow-up event (published only if the handler succeeds); returns its id. `data`:
+ * a Uint8Array as is, a string as `text/plain`, `undefined` or `null` as no data, anything
+ * else as JSON (`Reject` if JSON cannot encode it).
+ */
 export function publish(type: string, data?: unknown, options?: PublishOptions): string;
 
 export const log: {

@@ -41,7 +41,7 @@ export class Reject extends Error {
   }
 }
 
-/** The key-value store failed; a handler that lets it propagate is retried. */
+/** The host's key-value storage failed; a handler that lets it propagate is retried. */
 export class KvError extends Error {
   constructor(message) {
     super(message);
@@ -49,8 +49,22 @@ export class KvError extends Error {
   }
 }
 
-/** The host refused an event to emit. */
-export class PublishError extends Error {
+/**
+ * The host has no such store or refuses it to the plugin: retrying cannot help, so a
+ * handler that lets it propagate is rejected.
+ */
+export class KvRefused extends Reject {
+  constructor(message) {
+    super(message);
+    this.name = "KvRefused";
+  }
+}
+
+/**
+ * The host refused an event to emit (e.g. an empty type): the same handler would build the
+ * same event again, so a handler that lets it propagate is rejected.
+ */
+export class PublishError extends Reject {
   constructor(message) {
     super(message);
     this.name = "PublishError";
@@ -62,7 +76,21 @@ function isJson(mediaType) {
     return true;
   }
   const essence = mediaType.split(";", 1)[0].trim().toLowerCase();
-  return essence === "application/json" || essence.endsWith("+json");
+  return essence === "application/json" || essence === "text/json" || essence.endsWith("+json");
+}
+
+/** `value` as JSON; `Reject` if JSON cannot encode it (the same handler would fail again). */
+function encodeJson(value, what) {
+  let text;
+  try {
+    text = JSON.stringify(value);
+  } catch (error) {
+    throw new Reject(`cannot encode ${what} as JSON: ${error.message}`);
+  }
+  if (text === undefined) {
+    throw new Reject(`cannot encode ${what} as JSON: ${typeof value} has no JSON form`);
+  }
+  return text;
 }
 
 function toWitValue(name, value) {
@@ -241,7 +269,11 @@ function store(operation) {
     bucket ??= open("");
     return operation(bucket);
   } catch (error) {
-    const reason = error?.payload?.tag === "other" ? error.payload.val : (error?.payload?.tag ?? String(error));
+    const tag = error?.payload?.tag;
+    if (tag === "no-such-store" || tag === "access-denied") {
+      throw new KvRefused(`the plugin's key-value store: ${tag.replace(/-/g, " ")}`);
+    }
+    const reason = tag === "other" ? error.payload.val : (tag ?? String(error));
     throw new KvError(`the plugin's key-value store: ${reason}`);
   }
 }
@@ -252,9 +284,20 @@ export const kv = {
   get(key) {
     return store((b) => b.get(key));
   },
-  /** Stores `value` (a Uint8Array, or a string as UTF-8) under `key`. */
+  /**
+   * Stores `value` (a Uint8Array, or a string as UTF-8) under `key`. Any other value is a
+   * mistake in the plugin (`setJson` stores the rest): a `TypeError`, which traps.
+   */
   set(key, value) {
-    const bytes = typeof value === "string" ? encoder.encode(value) : value;
+    let bytes;
+    if (typeof value === "string") {
+      bytes = encoder.encode(value);
+    } else if (value instanceof Uint8Array) {
+      bytes = value;
+    } else {
+      const kind = value === null ? "null" : (value?.constructor?.name ?? typeof value);
+      throw new TypeError(`kv.set(${JSON.stringify(key)}, …) takes a Uint8Array or a string, not ${kind}: use kv.setJson to store other values`);
+    }
     store((b) => b.set(key, bytes));
   },
   /** Removes `key`; removing an absent key is not an error. */
@@ -276,20 +319,28 @@ export const kv = {
     } while (cursor !== undefined);
     return keys;
   },
-  /** The JSON value stored under `key`, or undefined. */
+  /** The JSON value stored under `key`, or undefined; `Reject` if what is stored there is not JSON. */
   getJson(key) {
     const value = kv.get(key);
-    return value === undefined ? undefined : JSON.parse(decoder.decode(value));
+    if (value === undefined) {
+      return undefined;
+    }
+    try {
+      return JSON.parse(decoder.decode(value));
+    } catch (error) {
+      throw new Reject(`the value of key \`${key}\` is not valid JSON: ${error.message}`);
+    }
   },
-  /** Stores `value` as compact JSON under `key`. */
+  /** Stores `value` as compact JSON under `key`; `Reject` if JSON cannot encode it. */
   setJson(key, value) {
-    kv.set(key, JSON.stringify(value));
+    kv.set(key, encodeJson(value, `the value for key \`${key}\``));
   },
 };
 
 /**
  * Emits a follow-up event and returns its id. `data` as a Uint8Array is sent as is, a string
- * as `text/plain`, anything else as JSON. Published only if the handler succeeds.
+ * as `text/plain`, `undefined` or `null` as no data, anything else as JSON. Published only if
+ * the handler succeeds.
  */
 export function publish(type, data, { subject, datacontenttype, dataschema, extensions = {} } = {}) {
   let payload;
@@ -298,8 +349,8 @@ export function publish(type, data, { subject, datacontenttype, dataschema, exte
   } else if (typeof data === "string") {
     payload = encoder.encode(data);
     datacontenttype ??= "text/plain";
-  } else if (data !== undefined) {
-    payload = encoder.encode(JSON.stringify(data));
+  } else if (data !== undefined && data !== null) {
+    payload = encoder.encode(encodeJson(data, `the data of a ${type} event`));
     datacontenttype ??= "application/json";
   }
   const attributes = Object.entries(extensions).map(([name, value]) => [name, toWitValue(name, value)]);
@@ -321,12 +372,13 @@ export const log = {
 
 /** The plugin's settings: the `[config]` table of its `NAME.toml`. */
 export const config = {
-  /** One value, or undefined. */
+  /** One value, or undefined when it is not set or cannot be read (logged as a warning). */
   get(key) {
     try {
       return configGet(key);
     } catch (error) {
-      throw new Retry(`reading config \`${key}\`: ${String(error?.payload?.val ?? error)}`);
+      wasiLog("warn", "", `reading config \`${key}\`: ${String(error?.payload?.val ?? error)}`);
+      return undefined;
     }
   },
   /** Every value as an object. */

@@ -363,3 +363,97 @@ pub(crate) async fn assert_failures_classified_and_contained(path: &str, name: &
     assert!(errors.try_recv().is_err(), "the probe did not fail");
     (plugin, probe)
 }
+
+/// The cases of the `sdk-faults` plugins, each an event type they know.
+const SDK_CASES: [&str; 6] = [
+    "PublishInvalid",
+    "CorruptJson",
+    "EncodeFailure",
+    "TextJson",
+    "PublishNoData",
+    "ConfigMissing",
+];
+
+/// Runs every case of [`SDK_CASES`] through one language's `sdk-faults`, each on its own:
+/// per case, the outcome (`ok` or the failure's kind), what it stored and what it emitted.
+async fn sdk_outcomes(plugin: &str) -> BTreeMap<&'static str, Value> {
+    let host = Host::new().await;
+    let mut errors = host.bus.errors().unwrap();
+    let emitted = recorder(&host.bus, "Empty");
+    host.load(plugin, one_attempt()).await;
+    let mut outcomes = BTreeMap::new();
+    for case in SDK_CASES {
+        let mut event = Event::new(case, "tests", json!({"a": 1}));
+        if case == "TextJson" {
+            event.datacontenttype = Some("text/json".to_owned());
+        }
+        host.publish_and_wait(vec![event]).await;
+        let outcome = match errors.try_recv() {
+            Ok(record) => record.kind.as_str().to_owned(),
+            Err(_) => "ok".to_owned(),
+        };
+        let stored: BTreeMap<&str, Value> = ["corrupt", "unencodable", "text-json", "config-missing"]
+            .into_iter()
+            .filter_map(|key| {
+                let bytes = host.kv_bytes("sdk-faults", key)?;
+                Some((key, json!(String::from_utf8_lossy(&bytes))))
+            })
+            .collect();
+        let events: Vec<Value> = std::mem::take(&mut *emitted.lock().unwrap())
+            .iter()
+            .map(|event| json!({"type": event.ty, "datacontenttype": event.datacontenttype, "data": event.data.is_some()}))
+            .collect();
+        outcomes.insert(
+            case,
+            json!({"outcome": outcome, "stored": stored, "emitted": events}),
+        );
+    }
+    outcomes
+}
+
+/// One failure taxonomy, Rust's: the same case fails the same way — or succeeds with the
+/// same effects — whichever SDK the plugin is written with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_three_sdks_fail_or_succeed_alike_case_by_case() {
+    let rust = sdk_outcomes(wasm::SDK_FAULTS).await;
+    let expected = |case: &str| rust[case]["outcome"].as_str().unwrap().to_owned();
+    // The reference: what Rust's `?` makes of each.
+    assert_eq!(expected("PublishInvalid"), "reject", "{rust:#?}");
+    assert_eq!(expected("CorruptJson"), "reject", "{rust:#?}");
+    assert_eq!(expected("EncodeFailure"), "reject", "{rust:#?}");
+    assert_eq!(rust["TextJson"]["stored"]["text-json"], r#"{"a":1}"#, "{rust:#?}");
+    assert_eq!(
+        rust["PublishNoData"]["emitted"],
+        json!([{"type": "Empty", "datacontenttype": null, "data": false}])
+    );
+    assert_eq!(rust["ConfigMissing"]["stored"]["config-missing"], "none");
+    // A failed case keeps nothing, not even a write made before it failed.
+    assert_eq!(rust["CorruptJson"]["stored"], json!({}), "{rust:#?}");
+
+    for (language, plugin) in [
+        ("Python", wasm::PY_SDK_FAULTS),
+        ("JavaScript", wasm::JS_SDK_FAULTS),
+    ] {
+        let outcomes = sdk_outcomes(plugin).await;
+        for case in SDK_CASES {
+            assert_eq!(outcomes[case], rust[case], "{case} in {language} as in Rust");
+        }
+    }
+}
+
+/// A value `kv.set` cannot take is a mistake in the plugin, not data: it traps, and stores
+/// nothing (Python's `bytes(5)` would have stored five NUL bytes, and JavaScript's store
+/// error was retried as if the host had failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_kv_set_cannot_take_traps_in_python_and_javascript() {
+    for plugin in [wasm::PY_SDK_FAULTS, wasm::JS_SDK_FAULTS] {
+        let host = Host::new().await;
+        let mut errors = host.bus.errors().unwrap();
+        host.load(plugin, one_attempt()).await;
+        host.publish_and_wait(vec![Event::new("KvSetBadValue", "tests", Value::Null)])
+            .await;
+        let record = errors.try_recv().expect("the bad value failed the event");
+        assert_eq!(record.kind, FailureKind::Trap, "{plugin}: {record}");
+        assert!(host.kv_bytes("sdk-faults", "bad").is_none());
+    }
+}

@@ -441,10 +441,10 @@ async fn a_host_killed_mid_stream_leaves_its_deliveries_to_the_other_and_no_effe
     const CHUNK: usize = 500;
     let handled_by_b = r#"evhost_deliveries_total{plugin="recorder",outcome="ok"}"#;
     let mut published = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(180);
     while metric(&http, &b, handled_by_b).await < 200.0 {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "b takes part before it is killed ({published} events published to a)"
         );
         publish(&http, &a, "ev", published..published + CHUNK).await;

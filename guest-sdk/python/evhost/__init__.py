@@ -61,11 +61,21 @@ class Reject(Exception):
 
 
 def _is_json(media_type: Optional[str]) -> bool:
-    """Whether ``media_type`` is JSON (absent means JSON, as for evhost's events)."""
+    """Whether ``media_type`` is JSON: ``application/json``, ``text/json`` or a ``+json``
+    type, with or without parameters (absent means JSON, as for evhost's events)."""
     if media_type is None:
         return True
     essence = media_type.split(";", 1)[0].strip().lower()
-    return essence == "application/json" or essence.endswith("+json")
+    return essence in ("application/json", "text/json") or essence.endswith("+json")
+
+
+def _encode_json(value: Any, what: str) -> bytes:
+    """``value`` as compact JSON; :class:`Reject` if JSON cannot encode it (the same
+    handler would fail the same way again)."""
+    try:
+        return _json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as error:
+        raise Reject(f"cannot encode {what} as JSON: {error}") from None
 
 
 def _from_wit_value(value: _types.ExtensionValue) -> ExtensionValue:
@@ -204,12 +214,12 @@ class Plugin(exports.EventHandler):
     def handle(self, event: _types.Event) -> None:
         try:
             self.on_event(Event(event))
-        except Retry as error:
-            raise Err(_types.HandlerError_Retry(str(error))) from None
+        # `Reject` covers the SDK's own permanent failures too: an outgoing event the host
+        # refuses (`PublishError`), a value that is not JSON, a store that is refused.
         except Reject as error:
             raise Err(_types.HandlerError_Reject(str(error))) from None
-        except kv.Error as error:
-            # The host's storage failed: worth another attempt.
+        except (Retry, kv.Error) as error:
+            # A transient failure, or the host's storage failed: worth another attempt.
             raise Err(_types.HandlerError_Retry(str(error))) from None
 
 
@@ -221,7 +231,11 @@ class kv:
     """
 
     class Error(Exception):
-        """The store failed; a handler that lets it propagate is retried."""
+        """The host's storage failed; a handler that lets it propagate is retried."""
+
+    class Refused(Reject):
+        """The host has no such store or refuses it to the plugin; retrying cannot help,
+        so a handler that lets it propagate is rejected."""
 
     _bucket: ClassVar[Optional[_store.Bucket]] = None
 
@@ -236,7 +250,10 @@ class kv:
         try:
             return operation()
         except Err as error:
-            raise kv.Error(f"the plugin's key-value store: {_describe_store_error(error.value)}") from None
+            reason = f"the plugin's key-value store: {_describe_store_error(error.value)}"
+            if isinstance(error.value, (_store.Error_NoSuchStore, _store.Error_AccessDenied)):
+                raise kv.Refused(reason) from None
+            raise kv.Error(reason) from None
 
     @classmethod
     def get(cls, key: str) -> Optional[bytes]:
@@ -246,8 +263,18 @@ class kv:
 
     @classmethod
     def set(cls, key: str, value: Union[bytes, str]) -> None:
-        """Stores ``value`` (bytes, or text as UTF-8) under ``key``."""
-        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        """Stores ``value`` (bytes, or text as UTF-8) under ``key``. Any other value is a
+        mistake in the plugin (:func:`set_json` stores the rest) and raises ``TypeError``,
+        which traps."""
+        if isinstance(value, str):
+            data = value.encode("utf-8")
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            data = bytes(value)
+        else:
+            raise TypeError(
+                f"kv.set({key!r}, …) takes bytes or str, not {type(value).__name__}: "
+                "use kv.set_json to store other values"
+            )
         bucket = cls._open()
         cls._call(lambda: bucket.set(key, data))
 
@@ -278,14 +305,21 @@ class kv:
 
     @classmethod
     def get_json(cls, key: str) -> Any:
-        """The JSON value stored under ``key``, or ``None``."""
+        """The JSON value stored under ``key``, or ``None``; :class:`Reject` if what is
+        stored there is not JSON."""
         value = cls.get(key)
-        return None if value is None else _json.loads(value)
+        if value is None:
+            return None
+        try:
+            return _json.loads(value)
+        except ValueError as error:
+            raise Reject(f"the value of key `{key}` is not valid JSON: {error}") from None
 
     @classmethod
     def set_json(cls, key: str, value: Any) -> None:
-        """Stores ``value`` as compact JSON under ``key``."""
-        cls.set(key, _json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+        """Stores ``value`` as compact JSON under ``key``; :class:`Reject` if JSON cannot
+        encode it."""
+        cls.set(key, _encode_json(value, f"the value for key `{key}`"))
 
 
 def _describe_store_error(error: Any) -> str:
@@ -296,8 +330,9 @@ def _describe_store_error(error: Any) -> str:
     return getattr(error, "value", repr(error))
 
 
-class PublishError(Exception):
-    """The host refused an event to emit (e.g. an invalid type or a budget spent)."""
+class PublishError(Reject):
+    """The host refused an event to emit (e.g. an empty type): the same handler would
+    build the same event again, so a handler that lets it propagate is rejected."""
 
 
 def publish(
@@ -325,7 +360,7 @@ def publish(
         payload = data.encode("utf-8")
         datacontenttype = datacontenttype or "text/plain"
     else:
-        payload = _json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        payload = _encode_json(data, f"the data of a {type} event")
         datacontenttype = datacontenttype or "application/json"
     attributes: List[Tuple[str, _types.ExtensionValue]] = [
         (name, _to_wit_value(name, value)) for name, value in (extensions or {}).items()
@@ -370,11 +405,13 @@ class config:
 
     @staticmethod
     def get(key: str) -> Optional[str]:
-        """One value, or ``None``."""
+        """One value, or ``None`` when it is not set or cannot be read (which is logged as
+        a warning)."""
         try:
             return _config.get(key)
         except Err as error:
-            raise Retry(f"reading config `{key}`: {error.value}") from None
+            log.warn(f"reading config `{key}`: {error.value}")
+            return None
 
     @staticmethod
     def all() -> Dict[str, str]:
