@@ -24,6 +24,12 @@ async fn main() -> ExitCode {
         Command::Publish(args) => cli::publish(&cli.host, args).await,
         Command::Plugins(PluginsCommand::List) => cli::list_plugins(&cli.host).await,
         Command::Plugins(PluginsCommand::Check { file }) => cli::check_plugin(&file).await,
+        Command::Plugins(PluginsCommand::Call {
+            file,
+            event,
+            kv,
+            config,
+        }) => cli::call_plugin(&file, &event, &kv, &config).await,
         Command::Plugins(PluginsCommand::Kv { plugin, key }) => cli::read_kv(&cli.host, &plugin, &key).await,
         Command::Dlq(command) => cli::dlq(&cli.host, command).await,
         Command::Outbox(command) => cli::outbox(command).await,

@@ -3,6 +3,7 @@
 mod adversarial;
 mod auth;
 mod binary;
+mod call;
 mod conformance;
 mod crash;
 mod docs;
