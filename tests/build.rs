@@ -154,9 +154,12 @@ fn build(workspace: &Path, target_dir: &Path) {
 
 /// The pinned Python component toolchain.
 const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+/// The pinned pytest the Python SDK's and plugins' own tests run with.
+const PYTEST_VERSION: &str = "8.3.4";
 
 /// `componentize-py`: `$COMPONENTIZE_PY`, or the pinned version in a virtual environment
-/// under `target/`, created (with `python3 -m venv` and `pip`) the first time.
+/// under `target/` (with pytest beside it), created (with `python3 -m venv` and `pip`) the
+/// first time.
 fn componentize_py(root: &Path) -> PathBuf {
     println!("cargo:rerun-if-env-changed=COMPONENTIZE_PY");
     if let Some(path) = std::env::var_os("COMPONENTIZE_PY") {
@@ -166,7 +169,8 @@ fn componentize_py(root: &Path) -> PathBuf {
         .join("target")
         .join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
     let tool = venv.join("bin").join("componentize-py");
-    if tool.exists() {
+    let pytest = venv.join("bin").join("pytest");
+    if tool.exists() && pytest.exists() {
         return tool;
     }
     let run = |command: &mut Command, what: &str| {
@@ -185,8 +189,9 @@ fn componentize_py(root: &Path) -> PathBuf {
             "--quiet",
             "--disable-pip-version-check",
             &format!("componentize-py=={COMPONENTIZE_PY_VERSION}"),
+            &format!("pytest=={PYTEST_VERSION}"),
         ]),
-        "installing componentize-py",
+        "installing componentize-py and pytest",
     );
     tool
 }
@@ -194,7 +199,7 @@ fn componentize_py(root: &Path) -> PathBuf {
 /// Builds every Python plugin (a directory with an `app.py`) into `built/NAME.wasm`,
 /// working on copies in `out_dir`.
 fn python_components(root: &Path, out_dir: &Path, built: &Path) -> Vec<(String, PathBuf)> {
-    let sdk = root.join("guest-sdk").join("python");
+    let sdk = root.join("guest-sdk").join("python").join("evhost");
     println!("cargo:rerun-if-changed={}", sdk.display());
     let plugins = apps(
         &[
@@ -211,7 +216,9 @@ fn python_components(root: &Path, out_dir: &Path, built: &Path) -> Vec<(String, 
     // (a change there would make cargo run this script again).
     let sources = out_dir.join("python");
     let _ = std::fs::remove_dir_all(&sources);
-    copy_python(&sdk, &sources.join("sdk"));
+    // The `evhost` package as pip installs it: its `componentize-py.toml` points
+    // componentize-py at its `wit/` (a link to the workspace's), so no `-d` is needed.
+    copy_python(&sdk, &sources.join("sdk").join("evhost"));
     plugins
         .into_iter()
         .map(|app| {
@@ -222,8 +229,6 @@ fn python_components(root: &Path, out_dir: &Path, built: &Path) -> Vec<(String, 
             copy_python(&app, &copy);
             let status = Command::new(&tool)
                 .current_dir(&copy)
-                .arg("-d")
-                .arg(root.join("wit"))
                 .args(["-w", "handler", "componentize", "app", "-p", "."])
                 .arg("-p")
                 .arg(sources.join("sdk"))
@@ -241,7 +246,9 @@ fn python_components(root: &Path, out_dir: &Path, built: &Path) -> Vec<(String, 
         .collect()
 }
 
-/// Copies the `.py` files under `from` to `to`, keeping the layout.
+/// Copies what a Python package is made of under `from` to `to` (its `.py` files, a
+/// `py.typed`, a `componentize-py.toml` and WIT files, following links), keeping the
+/// layout and leaving out tests.
 fn copy_python(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -251,7 +258,16 @@ fn copy_python(from: &Path, to: &Path) {
             if path.file_name().is_some_and(|name| name != "__pycache__") {
                 copy_python(&path, &target);
             }
-        } else if path.extension().is_some_and(|ext| ext == "py" || ext == "typed") {
+        } else if path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("test_"))
+        {
+            continue;
+        } else if path
+            .extension()
+            .is_some_and(|ext| ext == "py" || ext == "typed" || ext == "toml" || ext == "wit")
+        {
             std::fs::copy(&path, &target).unwrap();
         }
     }
@@ -285,9 +301,11 @@ fn componentize_js(root: &Path, manifest_dir: &Path) -> PathBuf {
 }
 
 /// Builds every JavaScript plugin (a directory with an `app.js`, which imports the SDK as
-/// `./evhost.js`) into `built/NAME.wasm`, working on copies in `out_dir`.
+/// the package `evhost`) into `built/NAME.wasm`, as a user's build does: esbuild bundles
+/// `app.js` with the packages it imports, componentize-js makes the bundle a component.
+/// It works on copies in `out_dir`, where `node_modules/evhost` is the SDK.
 fn js_components(root: &Path, manifest_dir: &Path, out_dir: &Path, built: &Path) -> Vec<(String, PathBuf)> {
-    let sdk = root.join("guest-sdk").join("js").join("evhost.js");
+    let sdk = root.join("guest-sdk").join("js");
     println!("cargo:rerun-if-changed={}", sdk.display());
     let plugins = apps(
         &[
@@ -300,6 +318,7 @@ fn js_components(root: &Path, manifest_dir: &Path, out_dir: &Path, built: &Path)
         return Vec::new();
     }
     let tool = componentize_js(root, manifest_dir);
+    let esbuild = tool.with_file_name("esbuild");
     plugins
         .into_iter()
         .map(|app| {
@@ -308,37 +327,58 @@ fn js_components(root: &Path, manifest_dir: &Path, out_dir: &Path, built: &Path)
             let wasm = built.join(format!("{name}.wasm"));
             let copy = out_dir.join("js").join(&name);
             let _ = std::fs::remove_dir_all(&copy);
-            std::fs::create_dir_all(&copy).unwrap();
+            std::fs::create_dir_all(copy.join("node_modules")).unwrap();
             for entry in std::fs::read_dir(&app).unwrap() {
                 let path = entry.unwrap().path();
                 if path.extension().is_some_and(|ext| ext == "js") {
                     std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
                 }
             }
-            std::fs::copy(&sdk, copy.join("evhost.js")).unwrap();
-            let status = Command::new(&tool)
-                .current_dir(&copy)
-                .arg("app.js")
-                .arg("-w")
-                .arg(root.join("wit"))
-                .args(["-n", "handler", "-o"])
-                .arg(&wasm)
-                .args(JS_DISABLED_FEATURES)
-                .status()
-                .unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
-            assert!(
-                status.success(),
-                "building the JavaScript plugin {} failed",
-                app.display()
+            std::os::unix::fs::symlink(&sdk, copy.join("node_modules").join("evhost")).unwrap();
+            run(
+                Command::new(&esbuild)
+                    .current_dir(&copy)
+                    .arg("app.js")
+                    .args(JS_BUNDLE)
+                    .arg("--outfile=bundle.js"),
+                &format!("bundling the JavaScript plugin {}", app.display()),
+            );
+            run(
+                Command::new(&tool)
+                    .current_dir(&copy)
+                    .arg("bundle.js")
+                    .arg("-w")
+                    .arg(root.join("wit"))
+                    .args(["-n", "handler", "-o"])
+                    .arg(&wasm)
+                    .args(JS_DISABLED_FEATURES),
+                &format!("building the JavaScript plugin {}", app.display()),
             );
             (name, wasm)
         })
         .collect()
 }
 
-/// What componentize-js would otherwise import (stdio, randomness, clocks, HTTP): the
-/// `handler` world offers none of it.
-const JS_DISABLED_FEATURES: [&str; 6] = ["-d", "stdio", "random", "clocks", "http", "fetch-event"];
+/// Runs `command`, panicking with `what` if it cannot start or fails.
+fn run(command: &mut Command, what: &str) {
+    let status = command.status().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(status.success(), "{what} failed");
+}
+
+/// esbuild's options for a plugin, as the `evhost new` templates have them: one ES module,
+/// the host's interfaces left as imports for componentize-js.
+const JS_BUNDLE: [&str; 6] = [
+    "--bundle",
+    "--format=esm",
+    "--platform=neutral",
+    "--main-fields=module,main",
+    "--external:wasi:*",
+    "--external:evhost:*",
+];
+
+/// What componentize-js would otherwise import that the host does not provide: HTTP. (It
+/// provides stdio, which goes to the plugin's log, randomness and clocks.)
+const JS_DISABLED_FEATURES: [&str; 3] = ["-d", "http", "fetch-event"];
 
 /// The plugin directories under `dirs` (those that exist) holding a `file`, sorted.
 fn apps(dirs: &[PathBuf], file: &str) -> Vec<PathBuf> {

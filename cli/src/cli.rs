@@ -360,8 +360,11 @@ pub struct NewArgs {
     /// Where to create the folder (default: the current directory).
     #[arg(long, default_value = ".")]
     pub path: PathBuf,
-    /// The guest SDK (`guest-sdk` of evhost's source tree, the default): a Rust plugin
-    /// depends on it, a Python or JavaScript plugin gets a copy of its SDK and `wit`.
+    /// The guest SDKs: `guest-sdk` of an evhost source tree. A Rust plugin depends on the
+    /// crate there (by default the source tree this binary was built from); a Python,
+    /// JavaScript or TypeScript plugin on the package in its `python/` or `js/` (by
+    /// default the one this binary carries, written to
+    /// ~/.local/share/evhost/sdk/VERSION).
     #[arg(long)]
     pub sdk: Option<PathBuf>,
 }
@@ -373,8 +376,11 @@ pub enum Lang {
     Rust,
     /// An `app.py` built with `componentize-py`.
     Python,
-    /// An `app.js` built with `componentize-js`.
+    /// An `app.js` bundled with esbuild and built with `componentize-js`.
     Js,
+    /// An `app.ts`, type-checked with `tsc`, bundled with esbuild and built with
+    /// `componentize-js`.
+    Ts,
 }
 
 impl RunArgs {
@@ -489,18 +495,23 @@ pub async fn publish(host: &HostArgs, args: PublishArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bytes of the file `path`, or of standard input when it is `-`.
+fn read_file_or_stdin(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading standard input")?;
+        Ok(bytes)
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
 /// Reads a JSON array of events or NDJSON into the body of a batch request, checking every
 /// event first so a mistake is reported with its line.
 fn read_events(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let text = if path == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading standard input")?;
-        text
-    } else {
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-    };
+    let text = String::from_utf8(read_file_or_stdin(path)?).context("the events are not UTF-8 text")?;
     let events: Vec<Value> = if text.trim_start().starts_with('[') {
         serde_json::from_str(&text).with_context(|| format!("{} is not a JSON array", path.display()))?
     } else {
@@ -731,16 +742,8 @@ pub async fn call_plugin(file: &Path, event: &Path, kv: &[String], config: &[Str
     use evhost::store::KeyValueStore as _;
 
     init_logging(LogFormat::Text);
-    let event = if event == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("reading the event from standard input")?;
-        bytes
-    } else {
-        std::fs::read(event).with_context(|| format!("reading {}", event.display()))?
-    };
-    let event = Event::from_json(&event).context("the event is not a valid CloudEvent")?;
+    let event =
+        Event::from_json(&read_file_or_stdin(event)?).context("the event is not a valid CloudEvent")?;
     let values = kv
         .iter()
         .map(|item| key_value("--kv", item))
@@ -816,9 +819,10 @@ pub async fn call_plugin(file: &Path, event: &Path, kv: &[String], config: &[Str
 }
 
 /// `evhost new`: writes `NAME/Cargo.toml`, `NAME/src/lib.rs` and `NAME/.gitignore` for
-/// Rust; `NAME/app.py`, `NAME/evhost/` (the SDK), `NAME/wit/` and `NAME/.gitignore` for
-/// Python; `NAME/app.js`, `NAME/evhost.js` and `.d.ts` (the SDK), `NAME/package.json`,
-/// `NAME/wit/` and `NAME/.gitignore` for JavaScript.
+/// Rust; `NAME/app.py`, `NAME/test_app.py` and `NAME/requirements.txt` (the SDK package,
+/// componentize-py and pytest) for Python; `NAME/app.js` (or `.ts`), its test and
+/// `NAME/package.json` (the SDK package, esbuild and componentize-js) for JavaScript and
+/// TypeScript.
 pub fn new_plugin(args: &NewArgs) -> anyhow::Result<PathBuf> {
     let name = args.name.as_str();
     let valid = !name.is_empty()
@@ -831,59 +835,117 @@ pub fn new_plugin(args: &NewArgs) -> anyhow::Result<PathBuf> {
             "`{name}` is not a valid plugin name: use lower-case letters, digits, `-` and `_`, starting with a letter"
         );
     }
-    let sdk = match &args.sdk {
-        Some(sdk) => sdk.clone(),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk"),
-    };
-    let sdk = sdk
-        .canonicalize()
-        .with_context(|| format!("the guest SDK is not at {} (pass --sdk)", sdk.display()))?;
     let dir = args.path.join(name);
     if dir.exists() {
         bail!("{} already exists", dir.display());
     }
-    if args.lang == Lang::Python {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let app = include_str!("../templates/python/app.py.in").replace("@NAME@", name);
-        std::fs::write(dir.join("app.py"), app)?;
-        copy_tree(&sdk.join("python").join("evhost"), &dir.join("evhost"))?;
-        copy_tree(&sdk.join("wit"), &dir.join("wit"))?;
-        std::fs::write(dir.join(".gitignore"), "*.wasm\n__pycache__/\n")?;
-        return Ok(dir);
-    }
-    if args.lang == Lang::Js {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let fill = |template: &str| template.replace("@NAME@", name);
-        std::fs::write(
-            dir.join("app.js"),
-            fill(include_str!("../templates/js/app.js.in")),
-        )?;
-        std::fs::write(
-            dir.join("package.json"),
-            fill(include_str!("../templates/js/package.json.in")),
-        )?;
-        for file in ["evhost.js", "evhost.d.ts"] {
-            let from = sdk.join("js").join(file);
-            std::fs::copy(&from, dir.join(file)).with_context(|| format!("copying {}", from.display()))?;
-        }
-        copy_tree(&sdk.join("wit"), &dir.join("wit"))?;
-        std::fs::write(dir.join(".gitignore"), "*.wasm\nnode_modules/\n")?;
-        return Ok(dir);
-    }
-    std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
-    let sdk_path = sdk.display().to_string().replace('\\', "/");
-    let fill = |template: &str| {
-        template
-            .replace("@NAME@", name)
-            .replace("@SDK_PATH@", &sdk_path)
-            .replace("@CRATE_NAME@", &name.replace('-', "_"))
+    // The SDK package a Python or JavaScript plugin depends on, by absolute path.
+    let package = |sdk: crate::sdk::Sdk| -> anyhow::Result<PathBuf> {
+        let package = match &args.sdk {
+            Some(tree) => tree.join(match sdk {
+                crate::sdk::Sdk::Python => "python",
+                crate::sdk::Sdk::Js => "js",
+            }),
+            None => crate::sdk::install(sdk, &crate::sdk::default_root()?)?,
+        };
+        package
+            .canonicalize()
+            .with_context(|| format!("the {sdk:?} SDK is not at {}", package.display()))
     };
-    let cargo_toml = fill(include_str!("../templates/rust/Cargo.toml.in"));
-    let lib_rs = fill(include_str!("../templates/rust/lib.rs.in"));
-    std::fs::write(dir.join("Cargo.toml"), cargo_toml)?;
-    std::fs::write(dir.join("src/lib.rs"), lib_rs)?;
-    std::fs::write(dir.join(".gitignore"), "/target\n")?;
+    let write = |file: &str, contents: String| -> anyhow::Result<()> {
+        let path = dir.join(file);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
+    };
+    let fill = |template: &str| template.replace("@NAME@", name);
+    match args.lang {
+        Lang::Python => {
+            let package = package(crate::sdk::Sdk::Python)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            write("app.py", fill(include_str!("../templates/python/app.py.in")))?;
+            write(
+                "test_app.py",
+                fill(include_str!("../templates/python/test_app.py.in")),
+            )?;
+            write(
+                "requirements.txt",
+                include_str!("../templates/python/requirements.txt.in").replace("@SDK@", &file_url(&package)),
+            )?;
+            write(".gitignore", "*.wasm\n__pycache__/\n.venv/\n".to_owned())?;
+        }
+        Lang::Js | Lang::Ts => {
+            let package = package(crate::sdk::Sdk::Js)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let fill =
+                |template: &str| fill(template).replace("@SDK@", &format!("file:{}", package.display()));
+            if args.lang == Lang::Js {
+                write("app.js", fill(include_str!("../templates/js/app.js.in")))?;
+                write(
+                    "app.test.js",
+                    fill(include_str!("../templates/js/app.test.js.in")),
+                )?;
+                write(
+                    "package.json",
+                    fill(include_str!("../templates/js/package.json.in")),
+                )?;
+            } else {
+                write("app.ts", fill(include_str!("../templates/ts/app.ts.in")))?;
+                write(
+                    "app.test.ts",
+                    fill(include_str!("../templates/ts/app.test.ts.in")),
+                )?;
+                write(
+                    "package.json",
+                    fill(include_str!("../templates/ts/package.json.in")),
+                )?;
+                write(
+                    "tsconfig.json",
+                    fill(include_str!("../templates/ts/tsconfig.json.in")),
+                )?;
+            }
+            write(".gitignore", "*.wasm\nnode_modules/\ndist/\n".to_owned())?;
+        }
+        Lang::Rust => {
+            let sdk = match &args.sdk {
+                Some(sdk) => sdk.clone(),
+                None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk"),
+            };
+            let sdk = sdk.canonicalize().with_context(|| {
+                format!(
+                    "the Rust guest SDK is not at {} (pass --sdk with the guest-sdk folder of evhost's source tree)",
+                    sdk.display()
+                )
+            })?;
+            std::fs::create_dir_all(dir.join("src"))
+                .with_context(|| format!("creating {}", dir.display()))?;
+            let sdk_path = sdk.display().to_string().replace('\\', "/");
+            let fill = |template: &str| {
+                fill(template)
+                    .replace("@SDK_PATH@", &sdk_path)
+                    .replace("@CRATE_NAME@", &name.replace('-', "_"))
+            };
+            write(
+                "Cargo.toml",
+                fill(include_str!("../templates/rust/Cargo.toml.in")),
+            )?;
+            write("src/lib.rs", fill(include_str!("../templates/rust/lib.rs.in")))?;
+            write(".gitignore", "/target\n".to_owned())?;
+        }
+    }
     Ok(dir)
+}
+
+/// `path` (absolute) as a `file://` URL, as pip takes a local package in a requirements
+/// file: every byte outside the unreserved set and `/` percent-encoded.
+fn file_url(path: &Path) -> String {
+    let mut url = String::from("file://");
+    for byte in path.display().to_string().bytes() {
+        if byte.is_ascii_alphanumeric() || b"/-._~".contains(&byte) {
+            url.push(byte as char);
+        } else {
+            url.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    url
 }
 
 /// What to run after `evhost new` made `dir`: the build and install commands, each
@@ -907,19 +969,21 @@ pub fn next_steps(args: &NewArgs, dir: &Path) -> String {
                 .join(format!("{}.wasm", name.replace('-', "_"))),
         ),
         Lang::Python => (
-            "componentize-py 0.25.1 on the PATH (pip install componentize-py==0.25.1, e.g. in a virtual \
-             environment)"
+            "python3 with venv: it makes `.venv` and installs componentize-py, pytest and the evhost \
+             package there (requirements.txt)"
                 .to_owned(),
             format!(
-                "componentize-py -d {} -w handler componentize app -p {} -o {}",
-                quote(&dir.join("wit")),
-                quote(dir),
-                quote(&dir.join(format!("{name}.wasm")))
+                "(cd {} && python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt && \
+                 VIRTUAL_ENV=\"$PWD/.venv\" .venv/bin/componentize-py -w handler componentize app -o {name}.wasm)",
+                quote(dir)
             ),
             dir.join(format!("{name}.wasm")),
         ),
-        Lang::Js => (
-            "node 20 with npm (npm install fetches the pinned componentize-js)".to_owned(),
+        Lang::Js | Lang::Ts => (
+            format!(
+                "node 20 with npm (npm install fetches the pinned {}esbuild and componentize-js)",
+                if args.lang == Lang::Ts { "TypeScript, " } else { "" }
+            ),
             format!(
                 "npm --prefix {0} install && npm --prefix {0} run build",
                 quote(dir)
@@ -927,9 +991,15 @@ pub fn next_steps(args: &NewArgs, dir: &Path) -> String {
             dir.join(format!("{name}.wasm")),
         ),
     };
+    let test = match args.lang {
+        Lang::Rust => String::new(),
+        Lang::Python => format!("test it:    (cd {} && .venv/bin/pytest)\n", quote(dir)),
+        Lang::Js | Lang::Ts => format!("test it:    npm --prefix {} test\n", quote(dir)),
+    };
     format!(
         "created {}\n\
          build it:   {build}\n\
+         {test}\
          install it: mkdir -p plugins && cp {} plugins/\n\
          \n\
          The build needs {needs}. `evhost run` watches ./plugins by default (--plugins DIR for \
@@ -937,24 +1007,6 @@ pub fn next_steps(args: &NewArgs, dir: &Path) -> String {
         dir.display(),
         quote(&built),
     )
-}
-
-/// Copies the files under `from` to `to` (following links), leaving out `__pycache__`.
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-    let entries = std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))?;
-    for entry in entries {
-        let path = entry?.path();
-        let target = to.join(path.file_name().unwrap_or_default());
-        if path.is_dir() {
-            if path.file_name().is_some_and(|name| name != "__pycache__") {
-                copy_tree(&path, &target)?;
-            }
-        } else {
-            std::fs::copy(&path, &target).with_context(|| format!("copying {}", path.display()))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

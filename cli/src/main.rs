@@ -1,6 +1,7 @@
 //! The `evhost` binary: parses the command line and calls the library.
 
 mod cli;
+mod sdk;
 
 use std::process::ExitCode;
 

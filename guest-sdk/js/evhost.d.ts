@@ -1,4 +1,4 @@
-// TypeScript declarations of `evhost.js`, the JavaScript plugin SDK: what a plugin sees.
+// TypeScript declarations of the `evhost` package, the JavaScript plugin SDK: what a plugin sees.
 // (The WIT imports behind it are `evhost.js`'s business; `jco types` 1.x, which would
 // generate theirs, fails to read a WIT directory with "failed to read path for WIT".)
 
@@ -30,6 +30,29 @@ export class PublishError extends Reject {
   constructor(message: string);
 }
 
+/** A value of an event's data that is not what its validator expects; `path` names it. */
+export class DecodeError extends Error {
+  constructor(path: string, message: string);
+  readonly path: string;
+}
+
+/** Returns `value` when it has the expected shape; throws a `DecodeError` naming `path` when not. */
+export type Validator<T> = ((value: unknown, path?: string) => T) & { optional?: boolean };
+
+/** What a validator returns. */
+export type Infer<V> = V extends Validator<infer T> ? T : never;
+
+export const string: Validator<string>;
+export const number: Validator<number>;
+export const integer: Validator<number>;
+export const boolean: Validator<boolean>;
+export const any: Validator<unknown>;
+export function optional<T>(validator: Validator<T>): Validator<T | undefined>;
+export function nullable<T>(validator: Validator<T>): Validator<T | null>;
+export function arrayOf<T>(validator: Validator<T>): Validator<T[]>;
+export function oneOf<const T extends readonly (string | number | boolean)[]>(...values: T): Validator<T[number]>;
+export function fields<S extends Record<string, Validator<unknown>>>(shape: S): Validator<{ [K in keyof S]: Infer<S[K]> }>;
+
 /** A CloudEvents 1.0 event as the host delivered it. */
 export class Event {
   readonly id: string;
@@ -48,6 +71,8 @@ export class Event {
   text(): string;
   /** The payload decoded as JSON; throws `Reject` if absent, not JSON or invalid. */
   json<T = unknown>(): T;
+  /** The payload decoded as JSON and checked by `validator`; throws `Reject` naming what is wrong. */
+  json<T>(validator: Validator<T>): T;
 }
 
 export interface PluginDefinition {

@@ -1,14 +1,18 @@
-// Write evhost plugins in JavaScript. Build with componentize-js 0.23.0 (see the book's
-// "Plugins in JavaScript"); `evhost.d.ts` declares this module for TypeScript and editors.
+// Write evhost plugins in JavaScript or TypeScript: the `evhost` package. A plugin
+// imports it, a bundler (esbuild) puts both into one module and componentize-js 0.23.0
+// builds that into a component (see the book's "Plugins in JavaScript"). `evhost.d.ts`
+// declares this module; `evhost/testing` runs a handler under node.
 //
-//     import { definePlugin, kv } from "./evhost.js";
+//     import { definePlugin, fields, string, kv } from "evhost";
+//
+//     const UserCreated = fields({ name: string });
 //
 //     export const eventHandler = definePlugin({
 //       name: "greeter",
 //       version: "0.1.0",
 //       subscriptions: ["UserCreated"],
 //       handle(event) {
-//         const user = event.json();
+//         const user = event.json(UserCreated);
 //         kv.setJson(`greeted:${event.subject}`, { name: user.name });
 //       },
 //     });
@@ -17,10 +21,9 @@
 // survives. Throw `Retry` for a transient failure and `Reject` for a permanent one; any
 // other exception is logged and traps the instance (recorded as `trap`, like a Rust panic).
 
-import { log as wasiLog } from "wasi:logging/logging@0.1.0-draft";
-import { open } from "wasi:keyvalue/store@0.2.0-draft";
-import { get as configGet, getAll as configGetAll } from "wasi:config/store@0.2.0-rc.1";
-import { publish as wasiPublish } from "evhost:plugin/publisher@0.1.0";
+// In a component `#host` is the WIT imports; under node, the in-memory host of
+// `evhost/testing` (package.json's `imports` chooses).
+import { log as wasiLog, open, configGet, configGetAll, publish as wasiPublish } from "#host";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
@@ -69,6 +72,104 @@ export class PublishError extends Reject {
     super(message);
     this.name = "PublishError";
   }
+}
+
+/**
+ * A value of an event's data that is not what its validator expects; `path` names it
+ * (`data.items[2].sku`). `event.json(validator)` turns it into a `Reject`.
+ */
+export class DecodeError extends Error {
+  constructor(path, message) {
+    super(`${path}: ${message}`);
+    this.name = "DecodeError";
+    this.path = path;
+  }
+}
+
+function kindOf(value) {
+  if (value === null) {
+    return "null";
+  }
+  if (Array.isArray(value)) {
+    return "an array";
+  }
+  return typeof value === "object" ? "an object" : `a ${typeof value}`;
+}
+
+function expected(ok, value, path, what) {
+  if (!ok) {
+    throw new DecodeError(path, `expected ${what}, got ${kindOf(value)}`);
+  }
+  return value;
+}
+
+// Validators: functions `(value, path) => value` that return the value when it has the
+// expected shape and throw a `DecodeError` naming `path` when not. `fields`, `arrayOf`,
+// `optional` and `oneOf` build larger ones; any function of that form is one.
+
+/** A string. */
+export const string = (value, path = "data") => expected(typeof value === "string", value, path, "a string");
+/** A finite number. */
+export const number = (value, path = "data") =>
+  expected(typeof value === "number" && Number.isFinite(value), value, path, "a number");
+/** A whole number within JavaScript's safe range. */
+export const integer = (value, path = "data") =>
+  expected(Number.isSafeInteger(value), value, path, "an integer");
+/** `true` or `false`. */
+export const boolean = (value, path = "data") => expected(typeof value === "boolean", value, path, "a boolean");
+/** Any JSON value, unchecked. */
+export const any = (value) => value;
+
+/** `validator`'s value, or `undefined` when the field is absent or `null`. */
+export function optional(validator) {
+  const check = (value, path = "data") => (value === undefined || value === null ? undefined : validator(value, path));
+  check.optional = true;
+  return check;
+}
+
+/** `validator`'s value, or `null` when the field is absent or `null`. */
+export function nullable(validator) {
+  const check = (value, path = "data") => (value === undefined || value === null ? null : validator(value, path));
+  check.optional = true;
+  return check;
+}
+
+/** An array whose every item passes `validator`. */
+export function arrayOf(validator) {
+  return (value, path = "data") => {
+    expected(Array.isArray(value), value, path, "an array");
+    return value.map((item, index) => validator(item, `${path}[${index}]`));
+  };
+}
+
+/** One of the given values (compared with `===`), e.g. `oneOf("card", "invoice")`. */
+export function oneOf(...values) {
+  return (value, path = "data") => {
+    if (!values.includes(value)) {
+      throw new DecodeError(path, `expected one of ${values.map((v) => JSON.stringify(v)).join(", ")}, got ${JSON.stringify(value) ?? kindOf(value)}`);
+    }
+    return value;
+  };
+}
+
+/**
+ * An object with the given fields, each checked by its validator; a field that is absent
+ * is an error unless its validator is `optional(...)`. Returns an object of the declared
+ * fields only (others are ignored, so a producer may add fields).
+ */
+export function fields(shape) {
+  return (value, path = "data") => {
+    expected(value !== null && typeof value === "object" && !Array.isArray(value), value, path, "an object");
+    const result = {};
+    for (const [name, validator] of Object.entries(shape)) {
+      const at = `${path}.${name}`;
+      if (!Object.hasOwn(value, name) && !validator.optional) {
+        throw new DecodeError(at, "is missing");
+      }
+      result[name] = validator(value[name], at);
+    }
+    return result;
+  };
 }
 
 function isJson(mediaType) {
@@ -179,8 +280,12 @@ export class Event {
     }
   }
 
-  /** The payload decoded as JSON; `Reject` if absent, of another media type or invalid. */
-  json() {
+  /**
+   * The payload decoded as JSON, checked by `validator` when one is given (see `fields`);
+   * `Reject`, naming what is wrong, if the data is absent, of another media type, invalid
+   * JSON or refused by the validator.
+   */
+  json(validator) {
     if (this.data === undefined) {
       throw new Reject(`${this.type} event \`${this.id}\`: has no data`);
     }
@@ -190,10 +295,22 @@ export class Event {
       );
     }
     const text = this.text();
+    let value;
     try {
-      return JSON.parse(text);
+      value = JSON.parse(text);
     } catch (error) {
       throw new Reject(`${this.type} event \`${this.id}\`: data is not valid JSON: ${error.message}`);
+    }
+    if (validator === undefined) {
+      return value;
+    }
+    try {
+      return validator(value, "data");
+    } catch (error) {
+      if (error instanceof Retry || error instanceof Reject) {
+        throw error;
+      }
+      throw new Reject(`${this.type} event \`${this.id}\`: ${error instanceof Error ? error.message : String(error)}`);
     }
   }
 }

@@ -404,6 +404,7 @@ async fn assert_serves_and_handles(host: &Running, plugin: &str, stored: Value) 
 struct Scaffold {
     dir: std::path::PathBuf,
     build: String,
+    test: Option<String>,
     install: String,
 }
 
@@ -432,8 +433,29 @@ impl Scaffold {
         Self {
             dir: work.join(name),
             build: line("build it:"),
+            test: stdout
+                .lines()
+                .find_map(|line| line.strip_prefix("test it:"))
+                .map(|line| line.trim().to_owned()),
             install: line("install it:"),
         }
+    }
+
+    /// Runs the printed test command as a user would, in the directory `evhost new` ran in.
+    fn test(&self) {
+        let test = self.test.as_deref().expect("a `test it:` line");
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(test)
+            .current_dir(self.dir.parent().unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "the scaffold's tests pass as printed: `{test}`\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// Runs the printed build command as a user would, in the directory `evhost new` ran
@@ -482,40 +504,96 @@ impl Scaffold {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scaffolded_python_plugin_builds_and_installs_with_the_printed_commands() {
+async fn a_scaffolded_python_plugin_builds_tests_and_installs_with_the_printed_commands() {
     let work = TempDir::new("new-python");
     let scaffold = Scaffold::new(&work.0, "py-demo", "python");
-    assert!(
-        scaffold.build.starts_with("componentize-py "),
-        "{}",
-        scaffold.build
-    );
-    // `componentize-py` on the PATH: the one the tests built with.
-    scaffold.build(Path::new(wasm::COMPONENTIZE_PY).parent());
+    // It depends on the SDK package, which it does not copy.
+    assert!(!scaffold.dir.join("evhost").exists() && !scaffold.dir.join("wit").exists());
+    let requirements = std::fs::read_to_string(scaffold.dir.join("requirements.txt")).unwrap();
+    assert!(requirements.contains("componentize-py==0.25.1"), "{requirements}");
+    assert!(requirements.contains("evhost @ file:///"), "{requirements}");
+    // The build makes `.venv` and installs componentize-py and pytest into it (from pip's
+    // cache, which the tests' own install of the same pins filled).
+    scaffold.build(None);
+    scaffold.test();
 
     let host = Running::start(&[], &[]);
     scaffold.install(&host);
     assert_serves_and_handles(&host, "py-demo", json!("Hello")).await;
 }
 
+/// The JavaScript toolchain pins of the tests, by package.
+fn toolchain_pins() -> serde_json::Map<String, Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("js-toolchain/package.json");
+    let manifest: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    manifest["dependencies"].as_object().unwrap().clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scaffolded_javascript_plugin_builds_and_installs_with_the_printed_commands() {
+async fn a_scaffolded_javascript_plugin_builds_tests_and_installs_with_the_printed_commands() {
     let work = TempDir::new("new-js");
     let scaffold = Scaffold::new(&work.0, "js-demo", "js");
-    let manifest = |path: &Path| -> Value { serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap() };
-    let toolchain_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("js-toolchain/package.json");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(scaffold.dir.join("package.json")).unwrap()).unwrap();
     assert_eq!(
-        manifest(&scaffold.dir.join("package.json"))["devDependencies"],
-        manifest(&toolchain_manifest)["dependencies"],
+        manifest["devDependencies"].as_object().unwrap(),
+        &toolchain_pins(),
         "the scaffold pins the toolchain the tests build with"
     );
-    // `npm install` fetches the pinned componentize-js (from npm's cache, which the
-    // tests' own install of the same pins filled).
+    assert!(
+        manifest["dependencies"]["evhost"]
+            .as_str()
+            .unwrap()
+            .starts_with("file:/"),
+        "{manifest}"
+    );
+    // `npm install` fetches the pinned esbuild and componentize-js (from npm's cache,
+    // which the tests' own install of the same pins filled).
     scaffold.build(None);
+    scaffold.test();
 
     let host = Running::start(&[], &[]);
     scaffold.install(&host);
     assert_serves_and_handles(&host, "js-demo", json!("Hello")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaffolded_typescript_plugin_type_checks_builds_tests_and_installs_with_the_printed_commands() {
+    let work = TempDir::new("new-ts");
+    let scaffold = Scaffold::new(&work.0, "ts-demo", "ts");
+    assert!(scaffold.dir.join("app.ts").exists() && scaffold.dir.join("tsconfig.json").exists());
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(scaffold.dir.join("package.json")).unwrap()).unwrap();
+    for (package, version) in toolchain_pins() {
+        assert_eq!(manifest["devDependencies"][&package], version, "{package}");
+    }
+    scaffold.build(None);
+    scaffold.test();
+    // The build type-checks: a type error in the handler fails it, naming the line.
+    let app = std::fs::read_to_string(scaffold.dir.join("app.ts")).unwrap();
+    std::fs::write(
+        scaffold.dir.join("app.ts"),
+        app.replace("kv.setJson(`greeted:", "kv.set(42, `greeted:"),
+    )
+    .unwrap();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(&scaffold.build)
+        .current_dir(&work.0)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a type error fails the build");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("app.ts("),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    std::fs::write(scaffold.dir.join("app.ts"), app).unwrap();
+    scaffold.build(None);
+
+    let host = Running::start(&[], &[]);
+    scaffold.install(&host);
+    assert_serves_and_handles(&host, "ts-demo", json!("Hello")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

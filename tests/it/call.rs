@@ -123,3 +123,16 @@ fn a_call_reads_the_store_seeded_with_kv_in_every_language() {
     }
     assert_eq!(reports[0], reports[1], "the same write in Rust and Python");
 }
+
+#[test]
+fn a_javascript_plugin_has_console_output_randomness_and_a_clock() {
+    let event = json!({"specversion": "1.0", "id": "c1", "source": "t", "type": "Console"});
+    let (code, report, stderr) = call(wasm::JS_FAULTS, &event, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    for line in ["console.log reached the host", "console.error reached the host"] {
+        assert!(stderr.contains(line), "{line} in the plugin's log: {stderr}");
+    }
+    let value = &report["kv_writes"][0]["value"];
+    assert_eq!(value["random"], true, "{value}");
+    assert!(value["year"].as_i64().unwrap() >= 2026, "{value}");
+}

@@ -17,6 +17,7 @@ mod nats;
 mod python;
 mod quickstart;
 mod reuse;
+mod sdks;
 #[path = "../support/mod.rs"]
 #[allow(dead_code, reason = "each test binary uses some of the helpers")]
 mod support;

@@ -3,7 +3,16 @@
 A plugin is a module (``app.py``) that defines ``EventHandler``, a subclass of
 :class:`Plugin`::
 
+    from dataclasses import dataclass
+
     import evhost
+    from evhost import kv
+
+
+    @dataclass
+    class UserCreated:
+        name: str
+
 
     class EventHandler(evhost.Plugin):
         name = "greeter"
@@ -11,12 +20,17 @@ A plugin is a module (``app.py``) that defines ``EventHandler``, a subclass of
         subscriptions = ["UserCreated"]
 
         def on_event(self, event: evhost.Event) -> None:
-            user = event.json()
-            evhost.kv.set_json(f"greeted:{event.subject}", {"name": user["name"]})
+            user = event.json(UserCreated)  # Reject, naming the field, if it does not fit
+            kv.set_json(f"greeted:{event.subject}", {"name": user.name})
 
-Build it into a component with ``componentize-py`` (see the book's "Plugins in
-Python"). Each event runs in a fresh instance: nothing survives between calls except
-what the plugin writes to its key-value store.
+Build it into a component with ``componentize-py -w handler componentize app -o
+greeter.wasm`` in a virtual environment where this package is installed (see the book's
+"Plugins in Python"); :mod:`evhost.testing` runs it under pytest without building.
+
+The module's top-level code runs once, when the component is built (componentize-py
+snapshots it): do not read the clock or random numbers there. Each event then runs in a
+fresh instance, unless the plugin's ``NAME.toml`` sets ``reuse``: nothing survives
+between calls except what the plugin writes to its key-value store.
 
 Raise :class:`Retry` for a transient failure (the host delivers the event again, up
 to the plugin's retry policy) and :class:`Reject` for a permanent one (the event goes
@@ -27,19 +41,20 @@ records as a ``trap``, as it does for a panic in Rust.
 from __future__ import annotations
 
 import json as _json
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar, Union, overload
 
-from componentize_py_types import Err
-from wit_world import exports
-from wit_world.imports import logging as _logging
-from wit_world.imports import publisher as _publisher
-from wit_world.imports import types as _types
-from wit_world.imports import wasi_config_store as _config
-from wit_world.imports import wasi_keyvalue_store as _store
+from evhost import config, kv, log
+from evhost._encoding import encode_json
+from evhost._decode import DecodeError, decode as _decode
+from evhost._errors import PublishError, Reject, Retry
+from evhost._host import Err, exports as _exports, publisher as _publisher, types as _types
 
 __all__ = [
+    "DecodeError",
     "Event",
+    "ExtensionValue",
     "Plugin",
+    "PublishError",
     "Reject",
     "Retry",
     "config",
@@ -48,16 +63,10 @@ __all__ = [
     "publish",
 ]
 
+T = TypeVar("T")
+
 #: The value of a CloudEvents extension attribute.
 ExtensionValue = Union[str, bool, int]
-
-
-class Retry(Exception):
-    """A transient failure: the host delivers the event again later."""
-
-
-class Reject(Exception):
-    """A permanent failure: the event goes to the dead-letter queue."""
 
 
 def _is_json(media_type: Optional[str]) -> bool:
@@ -69,20 +78,11 @@ def _is_json(media_type: Optional[str]) -> bool:
     return essence in ("application/json", "text/json") or essence.endswith("+json")
 
 
-def _encode_json(value: Any, what: str) -> bytes:
-    """``value`` as compact JSON; :class:`Reject` if JSON cannot encode it (the same
-    handler would fail the same way again)."""
-    try:
-        return _json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    except (TypeError, ValueError) as error:
-        raise Reject(f"cannot encode {what} as JSON: {error}") from None
-
-
-def _from_wit_value(value: _types.ExtensionValue) -> ExtensionValue:
+def _from_wit_value(value: Any) -> ExtensionValue:
     return value.value
 
 
-def _to_wit_value(name: str, value: ExtensionValue) -> _types.ExtensionValue:
+def _to_wit_value(name: str, value: ExtensionValue) -> Any:
     # bool first: in Python a bool is also an int.
     if isinstance(value, bool):
         return _types.ExtensionValue_Boolean(value)
@@ -98,7 +98,7 @@ class Event:
 
     __slots__ = ("_event", "_extensions")
 
-    def __init__(self, event: _types.Event) -> None:
+    def __init__(self, event: Any) -> None:
         self._event = event
         self._extensions = {name: _from_wit_value(value) for name, value in event.extensions}
 
@@ -172,33 +172,67 @@ class Event:
         except UnicodeDecodeError as error:
             raise Reject(f"{self.type} event `{self.id}`: data is not UTF-8: {error}") from None
 
-    def json(self) -> Any:
-        """The payload decoded as JSON; :class:`Reject` if it is absent, of a media type
-        other than JSON, or not valid JSON."""
+    @overload
+    def json(self) -> Any: ...
+
+    @overload
+    def json(self, into: Type[T]) -> T: ...
+
+    def json(self, into: Any = None) -> Any:
+        """The payload decoded as JSON; with ``into`` (a dataclass, or ``list[...]``,
+        ``Optional[...]``, ``str`` …) checked against it and returned as it. Raises
+        :class:`Reject`, naming what is wrong, if the data is absent, of a media type other
+        than JSON, not valid JSON, or not what ``into`` describes (a missing field, a wrong
+        type)."""
         if self._event.data is None:
             raise Reject(f"{self.type} event `{self.id}`: has no data")
         if not _is_json(self.datacontenttype):
             raise Reject(f"{self.type} event `{self.id}`: data has content type `{self.datacontenttype}`, not JSON")
         try:
-            return _json.loads(self._event.data)
+            value = _json.loads(self._event.data)
         except ValueError as error:
             raise Reject(f"{self.type} event `{self.id}`: data is not valid JSON: {error}") from None
+        if into is None:
+            return value
+        try:
+            return _decode(into, value)
+        except DecodeError as error:
+            raise Reject(f"{self.type} event `{self.id}`: {error}") from None
 
     def __repr__(self) -> str:
         return f"Event(type={self.type!r}, id={self.id!r}, source={self.source!r}, subject={self.subject!r})"
 
 
-class Plugin(exports.EventHandler):
+class Plugin(_exports.EventHandler):
     """The base class of a plugin's ``EventHandler``.
 
     Set :attr:`name` (the plugin's file name without ``.wasm``), :attr:`version` and
     :attr:`subscriptions` (exact types, prefixes such as ``User*``, or ``*``) and
-    override :meth:`on_event`.
+    override :meth:`on_event`. The class is checked when it is defined, which for a
+    component is at build time: a missing name or subscriptions, or a ``handle`` or
+    ``metadata`` of its own (the names of what the host calls, which would bypass the
+    SDK), fail the build with a ``TypeError`` saying so.
     """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "0.0.0"
     subscriptions: ClassVar[List[str]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for reserved in ("handle", "metadata"):
+            if reserved in cls.__dict__:
+                raise TypeError(
+                    f"{cls.__name__} defines `{reserved}`, which the host calls and the SDK "
+                    f"provides: handle events in `on_event` instead"
+                )
+        if not isinstance(cls.name, str) or not cls.name:
+            raise TypeError(f"{cls.__name__}.name must be the plugin's name (its file name without .wasm)")
+        subscriptions = cls.subscriptions
+        if isinstance(subscriptions, str) or not all(isinstance(s, str) and s for s in subscriptions):
+            raise TypeError(f"{cls.__name__}.subscriptions must be a list of event-type patterns, e.g. [\"UserCreated\"]")
+        if not subscriptions:
+            raise TypeError(f"{cls.__name__}.subscriptions is empty: name the event types to handle, or [\"*\"]")
 
     def on_event(self, event: Event) -> None:
         """Handles one event. Raise :class:`Retry` or :class:`Reject` to fail it."""
@@ -206,12 +240,10 @@ class Plugin(exports.EventHandler):
 
     # The `event-handler` export: what the host calls.
 
-    def metadata(self) -> _types.Metadata:
-        if not self.name:
-            raise ValueError(f"{type(self).__name__}.name must be the plugin's name")
+    def metadata(self) -> Any:
         return _types.Metadata(self.name, self.version, list(self.subscriptions))
 
-    def handle(self, event: _types.Event) -> None:
+    def handle(self, event: Any) -> None:
         try:
             self.on_event(Event(event))
         # `Reject` covers the SDK's own permanent failures too: an outgoing event the host
@@ -221,118 +253,6 @@ class Plugin(exports.EventHandler):
         except (Retry, kv.Error) as error:
             # A transient failure, or the host's storage failed: worth another attempt.
             raise Err(_types.HandlerError_Retry(str(error))) from None
-
-
-class kv:
-    """The plugin's key-value store. Keys are strings, values bytes (or JSON).
-
-    Writes apply only if the handler succeeds, together with the acknowledgement of
-    the event.
-    """
-
-    class Error(Exception):
-        """The host's storage failed; a handler that lets it propagate is retried."""
-
-    class Refused(Reject):
-        """The host has no such store or refuses it to the plugin; retrying cannot help,
-        so a handler that lets it propagate is rejected."""
-
-    _bucket: ClassVar[Optional[_store.Bucket]] = None
-
-    @classmethod
-    def _open(cls) -> _store.Bucket:
-        if cls._bucket is None:
-            cls._bucket = cls._call(lambda: _store.open(""))
-        return cls._bucket
-
-    @staticmethod
-    def _call(operation: Any) -> Any:
-        try:
-            return operation()
-        except Err as error:
-            reason = f"the plugin's key-value store: {_describe_store_error(error.value)}"
-            if isinstance(error.value, (_store.Error_NoSuchStore, _store.Error_AccessDenied)):
-                raise kv.Refused(reason) from None
-            raise kv.Error(reason) from None
-
-    @classmethod
-    def get(cls, key: str) -> Optional[bytes]:
-        """The bytes stored under ``key``, or ``None``."""
-        bucket = cls._open()
-        return cls._call(lambda: bucket.get(key))
-
-    @classmethod
-    def set(cls, key: str, value: Union[bytes, str]) -> None:
-        """Stores ``value`` (bytes, or text as UTF-8) under ``key``. Any other value is a
-        mistake in the plugin (:func:`set_json` stores the rest) and raises ``TypeError``,
-        which traps."""
-        if isinstance(value, str):
-            data = value.encode("utf-8")
-        elif isinstance(value, (bytes, bytearray, memoryview)):
-            data = bytes(value)
-        else:
-            raise TypeError(
-                f"kv.set({key!r}, …) takes bytes or str, not {type(value).__name__}: "
-                "use kv.set_json to store other values"
-            )
-        bucket = cls._open()
-        cls._call(lambda: bucket.set(key, data))
-
-    @classmethod
-    def delete(cls, key: str) -> None:
-        """Removes ``key``; removing an absent key is not an error."""
-        bucket = cls._open()
-        cls._call(lambda: bucket.delete(key))
-
-    @classmethod
-    def exists(cls, key: str) -> bool:
-        """Whether ``key`` holds a value."""
-        bucket = cls._open()
-        return cls._call(lambda: bucket.exists(key))
-
-    @classmethod
-    def keys(cls) -> List[str]:
-        """Every key, in the store's order."""
-        bucket = cls._open()
-        keys: List[str] = []
-        cursor: Optional[int] = None
-        while True:
-            page = cls._call(lambda: bucket.list_keys(cursor))
-            keys.extend(page.keys)
-            if page.cursor is None:
-                return keys
-            cursor = page.cursor
-
-    @classmethod
-    def get_json(cls, key: str) -> Any:
-        """The JSON value stored under ``key``, or ``None``; :class:`Reject` if what is
-        stored there is not JSON."""
-        value = cls.get(key)
-        if value is None:
-            return None
-        try:
-            return _json.loads(value)
-        except ValueError as error:
-            raise Reject(f"the value of key `{key}` is not valid JSON: {error}") from None
-
-    @classmethod
-    def set_json(cls, key: str, value: Any) -> None:
-        """Stores ``value`` as compact JSON under ``key``; :class:`Reject` if JSON cannot
-        encode it."""
-        cls.set(key, _encode_json(value, f"the value for key `{key}`"))
-
-
-def _describe_store_error(error: Any) -> str:
-    if isinstance(error, _store.Error_NoSuchStore):
-        return "no such store"
-    if isinstance(error, _store.Error_AccessDenied):
-        return "access denied"
-    return getattr(error, "value", repr(error))
-
-
-class PublishError(Reject):
-    """The host refused an event to emit (e.g. an empty type): the same handler would
-    build the same event again, so a handler that lets it propagate is rejected."""
 
 
 def publish(
@@ -360,9 +280,9 @@ def publish(
         payload = data.encode("utf-8")
         datacontenttype = datacontenttype or "text/plain"
     else:
-        payload = _encode_json(data, f"the data of a {type} event")
+        payload = encode_json(data, f"the data of a {type} event")
         datacontenttype = datacontenttype or "application/json"
-    attributes: List[Tuple[str, _types.ExtensionValue]] = [
+    attributes: List[Tuple[str, Any]] = [
         (name, _to_wit_value(name, value)) for name, value in (extensions or {}).items()
     ]
     outgoing = _publisher.OutgoingEvent(type, subject, datacontenttype, dataschema, payload, attributes)
@@ -370,53 +290,3 @@ def publish(
         return _publisher.publish(outgoing)
     except Err as error:
         raise PublishError(str(error.value)) from None
-
-
-class log:
-    """Log lines the host writes with the plugin's name (``wasi:logging``)."""
-
-    @staticmethod
-    def _write(level: _logging.Level, message: str) -> None:
-        _logging.log(level, "", message)
-
-    @classmethod
-    def trace(cls, message: str) -> None:
-        cls._write(_logging.Level.TRACE, message)
-
-    @classmethod
-    def debug(cls, message: str) -> None:
-        cls._write(_logging.Level.DEBUG, message)
-
-    @classmethod
-    def info(cls, message: str) -> None:
-        cls._write(_logging.Level.INFO, message)
-
-    @classmethod
-    def warn(cls, message: str) -> None:
-        cls._write(_logging.Level.WARN, message)
-
-    @classmethod
-    def error(cls, message: str) -> None:
-        cls._write(_logging.Level.ERROR, message)
-
-
-class config:
-    """The plugin's settings: the ``[config]`` table of its ``NAME.toml``."""
-
-    @staticmethod
-    def get(key: str) -> Optional[str]:
-        """One value, or ``None`` when it is not set or cannot be read (which is logged as
-        a warning)."""
-        try:
-            return _config.get(key)
-        except Err as error:
-            log.warn(f"reading config `{key}`: {error.value}")
-            return None
-
-    @staticmethod
-    def all() -> Dict[str, str]:
-        """Every value."""
-        try:
-            return dict(_config.get_all())
-        except Err as error:
-            raise Retry(f"reading the config: {error.value}") from None

@@ -13,112 +13,60 @@
 // emits nothing. Fails with `Reject` for a payload that does not decode, a missing payment
 // or order id, or contradictory news; with `Retry` when the store fails.
 //
-// Build: `evhost.js` beside this file (the tests copy it; `evhost new --lang js` does for
-// a new plugin), then `componentize-js app.js -w wit -n handler -o payment-saga.wasm
-// -d stdio random clocks http fetch-event`.
+// Build it as an `evhost new --lang js` plugin is built: esbuild bundles it with the
+// `evhost` package, componentize-js makes the bundle a component (tests/build.rs does).
 
-import { definePlugin, kv, log, publish, Reject } from "./evhost.js";
+import { arrayOf, DecodeError, definePlugin, fields, kv, log, nullable, publish, Reject, string } from "evhost";
 
 const MAX_U32 = 2 ** 32 - 1;
 
-/** Reads a JSON object field by field with the Rust plugin's rules: unknown fields are
- *  ignored, `null` is an absent optional value, a wrong type is refused. */
-class Data {
-  constructor(event, target) {
-    this.event = event;
-    this.target = target;
-    this.data = event.json();
-    if (this.data === null || typeof this.data !== "object" || Array.isArray(this.data)) {
-      throw this.error("expected a JSON object");
-    }
+/** A whole number from 0 to `max`. */
+const unsigned = (max) => (value, path) => {
+  if (!Number.isInteger(value) || value < 0 || value > max) {
+    throw new DecodeError(path, `expected an unsigned integer up to ${max}`);
   }
+  return value;
+};
 
-  error(message) {
-    return new Reject(
-      `${this.event.type} event \`${this.event.id}\`: data does not decode as \`${this.target}\`: ${message}`,
-    );
-  }
-
-  has(name) {
-    return Object.hasOwn(this.data, name);
-  }
-
-  string(name) {
-    if (!this.has(name)) {
-      throw this.error(`missing field \`${name}\``);
-    }
-    const value = this.data[name];
-    if (typeof value !== "string") {
-      throw this.error(`\`${name}\` must be a string`);
-    }
-    return value;
-  }
-
-  optionalString(name) {
-    const value = this.data[name];
-    if (value === undefined || value === null) {
-      return null;
-    }
-    if (typeof value !== "string") {
-      throw this.error(`\`${name}\` must be a string`);
-    }
-    return value;
-  }
-
-  unsigned(name, value, max) {
-    if (!Number.isInteger(value) || value < 0 || value > max) {
-      throw this.error(`\`${name}\` must be an unsigned integer`);
-    }
-    return value;
-  }
-
-  items() {
-    if (!this.has("items")) {
-      throw this.error("missing field `items`");
-    }
-    const items = this.data.items;
-    if (!Array.isArray(items)) {
-      throw this.error("`items` must be a sequence");
-    }
-    return items.map((item) => {
-      if (item === null || typeof item !== "object" || Array.isArray(item)) {
-        throw this.error("an item must be an object");
-      }
-      if (typeof item.sku !== "string") {
-        throw this.error("`items.sku` must be a string");
-      }
-      return { sku: item.sku, quantity: this.unsigned("items.quantity", item.quantity, MAX_U32) };
-    });
-  }
-}
+// The payloads, checked field by field with the Rust plugin's rules: unknown fields are
+// ignored, `null` is an absent optional value, a wrong type or a missing field rejects.
+const PaymentCreated = fields({
+  payment_id: nullable(string),
+  order_id: string,
+  amount: unsigned(Number.MAX_SAFE_INTEGER),
+  currency: string,
+  items: arrayOf(fields({ sku: string, quantity: unsigned(MAX_U32) })),
+});
+const InventoryReserved = fields({
+  payment_id: nullable(string),
+  order_id: nullable(string),
+  reservation_id: nullable(string),
+});
+const InventoryReservationFailed = fields({
+  payment_id: nullable(string),
+  order_id: nullable(string),
+  reason: nullable(string),
+});
 
 function decode(event) {
   switch (event.type) {
     case "PaymentCreated": {
-      const data = new Data(event, "payment_saga::PaymentCreated");
+      const data = event.json(PaymentCreated);
       return {
-        paymentId: data.optionalString("payment_id"),
-        orderId: data.string("order_id"),
-        amount: data.unsigned("amount", data.data.amount, Number.MAX_SAFE_INTEGER),
-        currency: data.string("currency"),
-        items: data.items(),
+        paymentId: data.payment_id,
+        orderId: data.order_id,
+        amount: data.amount,
+        currency: data.currency,
+        items: data.items,
       };
     }
     case "InventoryReserved": {
-      const data = new Data(event, "payment_saga::InventoryReserved");
-      return {
-        paymentId: data.optionalString("payment_id"),
-        orderId: data.optionalString("order_id"),
-        reservationId: data.optionalString("reservation_id"),
-      };
+      const data = event.json(InventoryReserved);
+      return { paymentId: data.payment_id, orderId: data.order_id, reservationId: data.reservation_id };
     }
     case "InventoryReservationFailed": {
-      const data = new Data(event, "payment_saga::InventoryReservationFailed");
-      return {
-        paymentId: data.optionalString("payment_id"),
-        orderId: data.optionalString("order_id"),
-        reason: data.optionalString("reason"),
-      };
+      const data = event.json(InventoryReservationFailed);
+      return { paymentId: data.payment_id, orderId: data.order_id, reason: data.reason };
     }
     default:
       throw new Reject(`payment-saga does not handle \`${event.type}\` events`);

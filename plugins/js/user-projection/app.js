@@ -11,72 +11,36 @@
 // a missing or conflicting user id, or an unknown type; with `Retry` for an update to a
 // user not created yet, and when the store fails.
 
-import { definePlugin, kv, log, Reject, Retry } from "./evhost.js";
+import { definePlugin, fields, kv, log, nullable, Reject, Retry, string } from "evhost";
 
 const MISSING = Symbol("missing");
-const ADDRESS_PARTS = ["street", "city", "postal_code", "country"];
 
-/** Reads a JSON object field by field with the Rust plugin's rules. */
-class Data {
-  constructor(event, target) {
-    this.event = event;
-    this.target = target;
-    this.data = event.json();
-    if (this.data === null || typeof this.data !== "object" || Array.isArray(this.data)) {
-      throw this.error("expected a JSON object");
-    }
-  }
-
-  error(message) {
-    return new Reject(
-      `${this.event.type} event \`${this.event.id}\`: data does not decode as \`${this.target}\`: ${message}`,
-    );
-  }
-
-  check(name, value) {
-    if (typeof value !== "string") {
-      throw this.error(`\`${name}\` must be a string`);
-    }
-    return value;
-  }
-
-  required(name) {
-    if (!Object.hasOwn(this.data, name)) {
-      throw this.error(`missing field \`${name}\``);
-    }
-    return this.check(name, this.data[name]);
-  }
-
-  /** Absent and `null` are both `null`. */
-  optional(name) {
-    const value = this.data[name];
-    return value === undefined || value === null ? null : this.check(name, value);
-  }
-
-  /** `MISSING` when absent, `null` for `null`, the string otherwise. */
-  present(name) {
-    return Object.hasOwn(this.data, name) ? this.optional(name) : MISSING;
-  }
-
-  address(value) {
-    if (value === undefined || value === null) {
-      return null;
-    }
-    if (typeof value !== "object" || Array.isArray(value)) {
-      throw this.error("`address` must be an object");
-    }
-    const address = {};
-    for (const part of ADDRESS_PARTS) {
-      const item = value[part];
-      address[part] = item === undefined || item === null ? null : this.check(`address.${part}`, item);
-    }
-    return address;
-  }
-
-  presentAddress() {
-    return Object.hasOwn(this.data, "address") ? this.address(this.data.address) : MISSING;
-  }
+/** A field an update may leave out: `MISSING` when absent, `null` for `null`, else the value. */
+function presence(validator) {
+  const check = (value, path) => (value === undefined ? MISSING : value === null ? null : validator(value, path));
+  check.optional = true;
+  return check;
 }
+
+const Address = fields({
+  street: nullable(string),
+  city: nullable(string),
+  postal_code: nullable(string),
+  country: nullable(string),
+});
+
+// The payloads, checked field by field with the Rust plugin's rules: a missing required
+// field or a wrong type rejects the event, naming the field; unknown fields are ignored.
+const UserCreated = fields({
+  id: nullable(string),
+  name: string,
+  email: string,
+  phone: nullable(string),
+  address: nullable(Address),
+});
+const ProfileUpdated = fields({ id: nullable(string), name: presence(string), address: presence(Address) });
+const ContactUpdated = fields({ id: nullable(string), email: presence(string), phone: presence(string) });
+const UserDeleted = fields({ id: nullable(string) });
 
 function userIdOf(event, dataId) {
   const subject = event.subject;
@@ -99,33 +63,28 @@ function nothingToChange(event, expected) {
 function decode(event) {
   switch (event.type) {
     case "UserCreated": {
-      const data = new Data(event, "user_projection::UserCreated");
-      const change = {
-        name: data.required("name"),
-        email: data.required("email"),
-        phone: data.optional("phone"),
-        address: data.address(data.data.address),
-      };
-      return { change, dataId: data.optional("id") };
+      const { id, ...change } = event.json(UserCreated);
+      return { change, dataId: id };
     }
     case "UserProfileUpdated": {
-      const data = new Data(event, "user_projection::ProfileUpdated");
-      const change = { name: data.optional("name") ?? MISSING, address: data.presentAddress() };
+      const { id, ...change } = event.json(ProfileUpdated);
+      // A `"name": null` leaves the name alone, as an absent one does.
+      change.name ??= MISSING;
       if (change.name === MISSING && change.address === MISSING) {
         throw nothingToChange(event, "`name` or `address`");
       }
-      return { change, dataId: data.optional("id") };
+      return { change, dataId: id };
     }
     case "UserContactUpdated": {
-      const data = new Data(event, "user_projection::ContactUpdated");
-      const change = { email: data.optional("email") ?? MISSING, phone: data.present("phone") };
+      const { id, ...change } = event.json(ContactUpdated);
+      change.email ??= MISSING;
       if (change.email === MISSING && change.phone === MISSING) {
         throw nothingToChange(event, "`email` or `phone`");
       }
-      return { change, dataId: data.optional("id") };
+      return { change, dataId: id };
     }
     case "UserDeleted": {
-      const dataId = event.data === undefined ? null : new Data(event, "user_projection::UserDeleted").optional("id");
+      const dataId = event.data === undefined ? null : event.json(UserDeleted).id;
       return { change: {}, dataId };
     }
     default:

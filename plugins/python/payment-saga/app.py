@@ -14,94 +14,76 @@ nothing. Fails with ``Reject`` for a payload that does not decode, a missing pay
 order id, or contradictory news; with ``Retry`` when the store fails.
 """
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import evhost
-from evhost import Event, Reject
+from evhost import DecodeError, Event, Reject
 
 _MAX_U32 = 2**32 - 1
 _MAX_U64 = 2**64 - 1
 
 
-class _Data:
-    """A JSON object read field by field with the Rust plugin's rules: unknown fields are
-    ignored, ``null`` is an absent optional value, a wrong type is refused."""
+def _unsigned(name: str, value: int, most: int) -> None:
+    if not 0 <= value <= most:
+        raise DecodeError(f"data.{name}", f"expected an unsigned integer up to {most}, got {value}")
 
-    def __init__(self, event: Event, target: str) -> None:
-        self.event = event
-        self.target = target
-        data = event.json()
-        if not isinstance(data, dict):
-            raise self.error("expected a JSON object")
-        self.data: Dict[str, Any] = data
 
-    def error(self, message: str) -> Reject:
-        return Reject(
-            f"{self.event.type} event `{self.event.id}`: data does not decode as `{self.target}`: {message}"
-        )
+# The payloads, decoded by `event.json(...)` with the Rust plugin's rules: unknown fields
+# are ignored, `null` is an absent optional value, a wrong type or a missing field rejects
+# the event naming it.
 
-    def string(self, name: str) -> str:
-        if name not in self.data:
-            raise self.error(f"missing field `{name}`")
-        value = self.data[name]
-        if not isinstance(value, str):
-            raise self.error(f"`{name}` must be a string")
-        return value
 
-    def optional_string(self, name: str) -> Optional[str]:
-        value = self.data.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self.error(f"`{name}` must be a string")
-        return value
+@dataclass
+class Item:
+    sku: str
+    quantity: int
 
-    def unsigned(self, name: str, value: Any, most: int) -> int:
-        # bool is an int in Python, not in JSON.
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
-            raise self.error(f"`{name}` must be an unsigned integer")
-        return value
+    def __post_init__(self) -> None:
+        _unsigned("items.quantity", self.quantity, _MAX_U32)
 
-    def items(self) -> List[Dict[str, Any]]:
-        if "items" not in self.data:
-            raise self.error("missing field `items`")
-        items = self.data["items"]
-        if not isinstance(items, list):
-            raise self.error("`items` must be a sequence")
-        decoded = []
-        for item in items:
-            if not isinstance(item, dict):
-                raise self.error("an item must be an object")
-            if not isinstance(item.get("sku"), str):
-                raise self.error("`items.sku` must be a string")
-            decoded.append({"sku": item["sku"], "quantity": self.unsigned("items.quantity", item.get("quantity"), _MAX_U32)})
-        return decoded
+
+@dataclass
+class PaymentCreated:
+    order_id: str
+    amount: int
+    currency: str
+    items: List[Item]
+    payment_id: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _unsigned("amount", self.amount, _MAX_U64)
+
+
+@dataclass
+class InventoryReserved:
+    payment_id: Optional[str] = None
+    order_id: Optional[str] = None
+    reservation_id: Optional[str] = None
+
+
+@dataclass
+class InventoryReservationFailed:
+    payment_id: Optional[str] = None
+    order_id: Optional[str] = None
+    reason: Optional[str] = None
 
 
 def _decode(event: Event) -> Dict[str, Any]:
     if event.type == "PaymentCreated":
-        data = _Data(event, "payment_saga::PaymentCreated")
+        created = event.json(PaymentCreated)
         return {
-            "payment_id": data.optional_string("payment_id"),
-            "order_id": data.string("order_id"),
-            "amount": data.unsigned("amount", data.data.get("amount"), _MAX_U64),
-            "currency": data.string("currency"),
-            "items": data.items(),
+            "payment_id": created.payment_id,
+            "order_id": created.order_id,
+            "amount": created.amount,
+            "currency": created.currency,
+            "items": [dataclasses.asdict(item) for item in created.items],
         }
     if event.type == "InventoryReserved":
-        data = _Data(event, "payment_saga::InventoryReserved")
-        return {
-            "payment_id": data.optional_string("payment_id"),
-            "order_id": data.optional_string("order_id"),
-            "reservation_id": data.optional_string("reservation_id"),
-        }
+        return dataclasses.asdict(event.json(InventoryReserved))
     if event.type == "InventoryReservationFailed":
-        data = _Data(event, "payment_saga::InventoryReservationFailed")
-        return {
-            "payment_id": data.optional_string("payment_id"),
-            "order_id": data.optional_string("order_id"),
-            "reason": data.optional_string("reason"),
-        }
+        return dataclasses.asdict(event.json(InventoryReservationFailed))
     raise Reject(f"payment-saga does not handle `{event.type}` events")
 
 

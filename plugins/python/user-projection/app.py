@@ -12,74 +12,65 @@ Fails with ``Reject`` for a payload that does not decode, an update that changes
 nothing, a missing or conflicting user id, or an unknown event type; with ``Retry``
 for an update to a user not created yet, and when the store fails.
 
-Build: ``componentize-py -d ../../../wit -w handler componentize app
--p . -p ../../../guest-sdk/python -o user-projection.wasm``.
+Build it as an ``evhost new --lang python`` plugin is built, with the ``evhost`` package
+installed: ``componentize-py -w handler componentize app -o user-projection.wasm``.
 """
 
-from typing import Any, Dict, Optional
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import evhost
 from evhost import Event, Reject, Retry
 
-#: What a payload field must be, by the name the Rust plugin gives its type.
-_MISSING = object()
+#: The default of a field an update may leave out: absent leaves the value alone, while
+#: ``null`` clears it.
+_MISSING: Any = object()
 
 
-def _decode_error(event: Event, target: str, message: str) -> Reject:
-    return Reject(f"{event.type} event `{event.id}`: data does not decode as `{target}`: {message}")
+# The payloads, decoded by `event.json(...)` with the Rust plugin's rules: unknown fields
+# are ignored, `null` is an absent optional value, a wrong type or a missing field rejects
+# the event naming it.
 
 
-class _Data:
-    """A JSON object read field by field with the Rust plugin's rules: unknown fields
-    are ignored, `null` is an absent optional value, a wrong type is refused."""
+@dataclass
+class Address:
+    street: Optional[str] = None
+    city: Optional[str] = None
+    postal_code: Optional[str] = None
+    country: Optional[str] = None
 
-    def __init__(self, event: Event, target: str) -> None:
-        self.event = event
-        self.target = target
-        data = event.json()
-        if not isinstance(data, dict):
-            raise _decode_error(event, target, f"expected a JSON object, got {type(data).__name__}")
-        self.data: Dict[str, Any] = data
 
-    def error(self, message: str) -> Reject:
-        return _decode_error(self.event, self.target, message)
+@dataclass
+class UserCreated:
+    name: str
+    email: str
+    id: Optional[str] = None
+    phone: Optional[str] = None
+    address: Optional[Address] = None
 
-    def string(self, name: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self.error(f"`{name}` must be a string")
-        return value
 
-    def required(self, name: str) -> str:
-        if name not in self.data:
-            raise self.error(f"missing field `{name}`")
-        return self.string(name, self.data[name])
+@dataclass
+class ProfileUpdated:
+    id: Optional[str] = None
+    name: Optional[str] = None
+    address: Optional[Address] = _MISSING
 
-    def optional(self, name: str) -> Optional[str]:
-        """Absent and `null` are both `None`."""
-        value = self.data.get(name)
-        return None if value is None else self.string(name, value)
 
-    def present(self, name: str) -> Any:
-        """`_MISSING` when absent; `None` for `null`; the string otherwise."""
-        if name not in self.data:
-            return _MISSING
-        return self.optional(name)
+@dataclass
+class ContactUpdated:
+    id: Optional[str] = None
+    email: Optional[str] = None
+    phone: Optional[str] = _MISSING
 
-    def address(self, value: Any) -> Optional[Dict[str, Optional[str]]]:
-        if value is None:
-            return None
-        if not isinstance(value, dict):
-            raise self.error("`address` must be an object")
-        address: Dict[str, Optional[str]] = {}
-        for part in ("street", "city", "postal_code", "country"):
-            item = value.get(part)
-            address[part] = None if item is None else self.string(f"address.{part}", item)
-        return address
 
-    def present_address(self) -> Any:
-        if "address" not in self.data:
-            return _MISSING
-        return self.address(self.data["address"])
+@dataclass
+class UserDeleted:
+    id: Optional[str] = None
+
+
+def _address(address: Any) -> Any:
+    return dataclasses.asdict(address) if isinstance(address, Address) else address
 
 
 def _user_id(event: Event, data_id: Optional[str]) -> str:
@@ -107,30 +98,28 @@ class EventHandler(evhost.Plugin):
     def on_event(self, event: Event) -> None:
         kind = event.type
         if kind == "UserCreated":
-            data = _Data(event, "user_projection::UserCreated")
+            created = event.json(UserCreated)
             change = {
-                "name": data.required("name"),
-                "email": data.required("email"),
-                "phone": data.optional("phone"),
-                "address": data.address(data.data.get("address")),
+                "name": created.name,
+                "email": created.email,
+                "phone": created.phone,
+                "address": _address(created.address),
             }
-            data_id = data.optional("id")
+            data_id = created.id
         elif kind == "UserProfileUpdated":
-            data = _Data(event, "user_projection::ProfileUpdated")
-            change = {"name": data.optional("name"), "address": data.present_address()}
+            profile = event.json(ProfileUpdated)
+            change = {"name": profile.name, "address": _address(profile.address)}
             if change["name"] is None and change["address"] is _MISSING:
                 raise _nothing_to_change(event, "`name` or `address`")
-            data_id = data.optional("id")
+            data_id = profile.id
         elif kind == "UserContactUpdated":
-            data = _Data(event, "user_projection::ContactUpdated")
-            change = {"email": data.optional("email"), "phone": data.present("phone")}
+            contact = event.json(ContactUpdated)
+            change = {"email": contact.email, "phone": contact.phone}
             if change["email"] is None and change["phone"] is _MISSING:
                 raise _nothing_to_change(event, "`email` or `phone`")
-            data_id = data.optional("id")
+            data_id = contact.id
         elif kind == "UserDeleted":
-            data_id = None
-            if event.data is not None:
-                data_id = _Data(event, "user_projection::UserDeleted").optional("id")
+            data_id = None if event.data is None else event.json(UserDeleted).id
             change = {}
         else:
             raise Reject(f"user-projection does not handle `{kind}` events")

@@ -1,7 +1,7 @@
 // Fails as the event's type says, and probes the sandbox, so tests can check that a
 // JavaScript plugin's failures are classified and contained as a Rust plugin's are.
 
-import { definePlugin, kv, Reject, Retry } from "./evhost.js";
+import { definePlugin, kv, Reject, Retry } from "evhost";
 
 function attempt(action) {
   try {
@@ -52,6 +52,18 @@ export const eventHandler = definePlugin({
         for (;;) {
           hoard.push(new Uint8Array(1 << 20).fill(1));
         }
+      }
+      case "Console": {
+        // What the build keeps: console output goes to the plugin's log, randomness
+        // differs between calls, the clock tells the time.
+        console.log("console.log reached the host");
+        console.error("console.error reached the host");
+        const random = crypto.getRandomValues(new Uint32Array(4));
+        kv.setJson("console", {
+          random: random.some((n) => n !== random[0]) && Math.random() !== Math.random(),
+          year: new Date().getFullYear(),
+        });
+        return;
       }
       case "Probe":
         kv.setJson("probe", {

@@ -1,6 +1,6 @@
 // Accepts every event and does nothing: the cost of a JavaScript invocation itself.
 
-import { definePlugin } from "./evhost.js";
+import { definePlugin } from "evhost";
 
 export const eventHandler = definePlugin({
   name: "noop",

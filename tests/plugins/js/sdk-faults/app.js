@@ -2,7 +2,7 @@
 // tests hold the JavaScript SDK to the Rust one's outcome for each. `KvSetBadValue` is
 // JavaScript's own: a value `kv.set` cannot take is a programming error.
 
-import { config, definePlugin, kv, publish, Reject } from "./evhost.js";
+import { config, definePlugin, kv, publish, Reject } from "evhost";
 
 export const eventHandler = definePlugin({
   name: "sdk-faults",
