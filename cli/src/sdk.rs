@@ -62,6 +62,7 @@ const JS: &[File] = files!("../../guest-sdk/js/";
     "host-wasi.js",
     "testing.js",
     "testing.d.ts",
+    "wit-value.js",
 );
 
 /// Which SDK.

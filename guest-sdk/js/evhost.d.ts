@@ -37,21 +37,33 @@ export class DecodeError extends Error {
 }
 
 /** Returns `value` when it has the expected shape; throws a `DecodeError` naming `path` when not. */
-export type Validator<T> = ((value: unknown, path?: string) => T) & { optional?: boolean };
+export type Validator<T> = (value: unknown, path: string) => T;
+
+/** A validator of a field that may be absent (`optional`, `nullable`). */
+export type OptionalValidator<T> = Validator<T> & { readonly optional: true };
 
 /** What a validator returns. */
 export type Infer<V> = V extends Validator<infer T> ? T : never;
+
+type Simplify<T> = { [K in keyof T]: T[K] } & {};
+
+/** The object `fields(shape)` returns: a key whose validator is optional may be left out. */
+export type FieldsOf<S extends Record<string, Validator<unknown>>> = Simplify<
+  { [K in keyof S as S[K] extends OptionalValidator<unknown> ? never : K]: Infer<S[K]> } & {
+    [K in keyof S as S[K] extends OptionalValidator<unknown> ? K : never]?: Infer<S[K]>;
+  }
+>;
 
 export const string: Validator<string>;
 export const number: Validator<number>;
 export const integer: Validator<number>;
 export const boolean: Validator<boolean>;
 export const any: Validator<unknown>;
-export function optional<T>(validator: Validator<T>): Validator<T | undefined>;
-export function nullable<T>(validator: Validator<T>): Validator<T | null>;
+export function optional<T>(validator: Validator<T>): OptionalValidator<T | undefined>;
+export function nullable<T>(validator: Validator<T>): OptionalValidator<T | null>;
 export function arrayOf<T>(validator: Validator<T>): Validator<T[]>;
 export function oneOf<const T extends readonly (string | number | boolean)[]>(...values: T): Validator<T[number]>;
-export function fields<S extends Record<string, Validator<unknown>>>(shape: S): Validator<{ [K in keyof S]: Infer<S[K]> }>;
+export function fields<S extends Record<string, Validator<unknown>>>(shape: S): Validator<FieldsOf<S>>;
 
 /** A CloudEvents 1.0 event as the host delivered it. */
 export class Event {
@@ -80,7 +92,7 @@ export interface PluginDefinition {
   name: string;
   version?: string;
   /** Event-type patterns: an exact type (`UserCreated`), a prefix (`User*`) or `*`. */
-  subscriptions: string[];
+  subscriptions: readonly string[];
   /**
    * Handles one event; throw `Retry` or `Reject` to fail it. An `async` handler's promise
    * is awaited: rejecting it fails the event as throwing does.

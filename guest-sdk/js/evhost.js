@@ -24,6 +24,7 @@
 // In a component `#host` is the WIT imports; under node, the in-memory host of
 // `evhost/testing` (package.json's `imports` chooses).
 import { log as wasiLog, open, configGet, configGetAll, publish as wasiPublish } from "#host";
+import { toWitValue } from "./wit-value.js";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
@@ -158,6 +159,13 @@ export function oneOf(...values) {
  * fields only (others are ignored, so a producer may add fields).
  */
 export function fields(shape) {
+  for (const [name, validator] of Object.entries(shape)) {
+    if (typeof validator !== "function") {
+      throw new TypeError(
+        `fields(): \`${name}\` must be a validator (string, integer, fields({...}), …), not ${kindOf(validator)}`,
+      );
+    }
+  }
   return (value, path = "data") => {
     expected(value !== null && typeof value === "object" && !Array.isArray(value), value, path, "an object");
     const result = {};
@@ -192,21 +200,6 @@ function encodeJson(value, what) {
     throw new Reject(`cannot encode ${what} as JSON: ${typeof value} has no JSON form`);
   }
   return text;
-}
-
-function toWitValue(name, value) {
-  switch (typeof value) {
-    case "string":
-      return { tag: "string", val: value };
-    case "boolean":
-      return { tag: "boolean", val: value };
-    case "number":
-      if (Number.isInteger(value) && value >= -(2 ** 31) && value < 2 ** 31) {
-        return { tag: "integer", val: value };
-      }
-      break;
-  }
-  throw new TypeError(`extension ${name} must be a string, a boolean or a 32-bit integer`);
 }
 
 /** A CloudEvents 1.0 event as the host delivered it. */
@@ -307,10 +300,12 @@ export class Event {
     try {
       return validator(value, "data");
     } catch (error) {
-      if (error instanceof Retry || error instanceof Reject) {
-        throw error;
+      // Data that does not fit is the event's fault; any other error is the plugin's (a
+      // bug in a validator), which traps like any other exception.
+      if (error instanceof DecodeError) {
+        throw new Reject(`${this.type} event \`${this.id}\`: ${error.message}`);
       }
-      throw new Reject(`${this.type} event \`${this.id}\`: ${error instanceof Error ? error.message : String(error)}`);
+      throw error;
     }
   }
 }
@@ -348,8 +343,11 @@ export function definePlugin({ name, version = "0.0.0", subscriptions, handle })
   if (typeof name !== "string" || name === "") {
     throw new TypeError("definePlugin needs the plugin's name");
   }
-  if (!Array.isArray(subscriptions)) {
-    throw new TypeError("definePlugin needs subscriptions: an array of event-type patterns");
+  if (!Array.isArray(subscriptions) || !subscriptions.every((s) => typeof s === "string" && s !== "")) {
+    throw new TypeError('definePlugin needs subscriptions: an array of event-type patterns, e.g. ["UserCreated"]');
+  }
+  if (subscriptions.length === 0) {
+    throw new TypeError('definePlugin: subscriptions is empty: name the event types to handle, or ["*"]');
   }
   if (typeof handle !== "function") {
     throw new TypeError("definePlugin needs a handle(event) function");

@@ -4,6 +4,14 @@
 // names are lower-case letters and digits) and raises errors the way componentize-js
 // does (an `Error` whose `payload` is the WIT error).
 
+// Bundled into a component by mistake (esbuild with `--platform=node` picks this file for
+// `#host`), the plugin would write to memory and never to the host: refuse at build time.
+if (typeof process === "undefined") {
+  throw new Error(
+    "evhost: the in-memory host for node was bundled into a component; bundle with --platform=neutral (as `evhost new` does)",
+  );
+}
+
 /** The state of the one in-memory host: reset by `evhost/testing` before each run. */
 export const host = {
   /** key → Uint8Array */
@@ -33,7 +41,8 @@ export function log(level, _context, message) {
 const bucket = {
   get(key) {
     fail();
-    return host.kv.get(key);
+    // A copy, as the host's is: changing it changes nothing stored.
+    return host.kv.get(key)?.slice();
   },
   set(key, value) {
     fail();
@@ -72,6 +81,20 @@ export function configGetAll() {
   return [...host.config.entries()];
 }
 
+/** Attribute names an extension may not take (`host/src/event.rs`). */
+const RESERVED = new Set([
+  "id",
+  "source",
+  "type",
+  "specversion",
+  "subject",
+  "time",
+  "datacontenttype",
+  "dataschema",
+  "data",
+  "data_base64",
+]);
+
 const JSON_TYPE = /^(application\/json|text\/json|[^;]*\+json)\s*(;|$)/i;
 
 export function publish(outgoing) {
@@ -82,8 +105,10 @@ export function publish(outgoing) {
     throw witError("the event's `type` is empty");
   }
   for (const [name] of outgoing.extensions) {
-    if (!/^[a-z0-9]+$/.test(name)) {
-      throw witError(`extension attribute name \`${name}\` must be lower-case letters and digits`);
+    if (!/^[a-z0-9]+$/.test(name) || RESERVED.has(name)) {
+      throw witError(
+        `invalid extension attribute name \`${name}\`: lower-case letters and digits, and not a CloudEvents attribute`,
+      );
     }
   }
   const jsonData =

@@ -18,13 +18,14 @@
 // real host.
 
 import { host } from "#host";
+import { toWitValue } from "./wit-value.js";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 function toBytes(value) {
   if (value instanceof Uint8Array) {
-    return value;
+    return value.slice();
   }
   if (typeof value === "string") {
     return encoder.encode(value);
@@ -32,25 +33,11 @@ function toBytes(value) {
   return encoder.encode(JSON.stringify(value));
 }
 
-function toWitValue(name, value) {
-  switch (typeof value) {
-    case "string":
-      return { tag: "string", val: value };
-    case "boolean":
-      return { tag: "boolean", val: value };
-    case "number":
-      if (Number.isInteger(value)) {
-        return { tag: "integer", val: value };
-      }
-  }
-  throw new TypeError(`extension ${name} must be a string, a boolean or a 32-bit integer`);
-}
-
 let counter = 0;
 
 /**
- * An event as the host delivers it. `data`: a Uint8Array as is, `undefined` as none,
- * anything else as JSON (`application/json` unless `datacontenttype` says otherwise).
+ * An event as the host delivers it. `data`: a Uint8Array as is, `undefined` or `null` as
+ * none, anything else as JSON (`application/json` unless `datacontenttype` says otherwise).
  */
 export function event(
   type,
@@ -61,7 +48,7 @@ export function event(
   let payload;
   if (data instanceof Uint8Array) {
     payload = data;
-  } else if (data !== undefined) {
+  } else if (data !== undefined && data !== null) {
     payload = encoder.encode(JSON.stringify(data));
     datacontenttype ??= "application/json";
   }

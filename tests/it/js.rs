@@ -28,7 +28,7 @@ async fn javascript_failures_are_classified_and_contained_like_rust_ones() {
     );
     assert_eq!(
         probe,
-        json!({"fetch": "function", "process": "undefined", "require": "undefined", "eval": "allowed: 2"}),
+        json!({"fetch": "function", "process": "undefined", "require": "denied: Error", "eval": "allowed: 2"}),
         "no node globals"
     );
 }

@@ -167,3 +167,38 @@ test("metadata is what definePlugin was given", () => {
   assert.deepEqual(handler.metadata(), { name: "n", version: "1.2.3", subscriptions: ["User*"] });
   assert.throws(() => definePlugin({ subscriptions: [], handle() {} }), /name/);
 });
+
+test("a validator that fails for another reason than the data is a bug in the plugin: a trap", async () => {
+  const buggy = (value) => value.missing.field;
+  const result = await run(plugin((e) => e.json(buggy)), event("T", {}));
+  assert.equal(result.outcome, "trap");
+  assert.match(result.reason, /TypeError/);
+  assert.throws(() => fields({ address: { city: string } }), /`address` must be a validator/);
+});
+
+test("an extension named like a CloudEvents attribute is refused, as the host refuses it", async () => {
+  const result = await run(plugin(() => publish("Y", { a: 1 }, { extensions: { subject: "s" } })), event("T", {}));
+  assert.equal(result.outcome, "reject");
+  assert.match(result.reason, /subject/);
+});
+
+test("changing bytes read from the store changes nothing stored", async () => {
+  const result = await run(
+    plugin(() => {
+      kv.get("k")[0] = 65;
+      throw new Reject("no");
+    }),
+    event("T", {}),
+    { kv: { k: "zz" } },
+  );
+  assert.equal(result.kvText("k"), "zz");
+});
+
+test("subscriptions must name event types", () => {
+  assert.throws(() => definePlugin({ name: "n", subscriptions: [], handle() {} }), /subscriptions is empty/);
+  assert.throws(() => definePlugin({ name: "n", subscriptions: [7], handle() {} }), /event-type patterns/);
+});
+
+test("an event built with null data has no data", () => {
+  assert.equal(event("T", null).data, undefined);
+});

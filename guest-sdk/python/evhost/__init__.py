@@ -178,6 +178,9 @@ class Event:
     @overload
     def json(self, into: Type[T]) -> T: ...
 
+    @overload
+    def json(self, into: Any) -> Any: ...
+
     def json(self, into: Any = None) -> Any:
         """The payload decoded as JSON; with ``into`` (a dataclass, or ``list[...]``,
         ``Optional[...]``, ``str`` …) checked against it and returned as it. Raises

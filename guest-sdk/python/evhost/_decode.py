@@ -112,7 +112,15 @@ def decode(target: Any, value: Any, path: str = "data") -> Any:
 def _decode_dataclass(target: Type[T], value: Any, path: str) -> T:
     if not isinstance(value, dict):
         raise DecodeError(path, f"expected an object, got {_kind(value)}")
-    hints = typing.get_type_hints(target)
+    try:
+        hints = typing.get_type_hints(target)
+    except NameError as error:
+        # String annotations (`from __future__ import annotations`) name types that must be
+        # found from the module: those of a function's own classes are not.
+        raise TypeError(
+            f"evhost cannot read the annotations of {target.__name__}: {error}; "
+            "define the dataclasses it uses at module level"
+        ) from None
     arguments: Dict[str, Any] = {}
     for field in dataclasses.fields(target):
         if not field.init:

@@ -203,6 +203,25 @@ class OutgoingEvent:
     extensions: List[Tuple[str, Any]]
 
 
+#: Attribute names an extension may not take (``host/src/event.rs``).
+_RESERVED = {
+    "id",
+    "source",
+    "type",
+    "specversion",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+}
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 _JSON_TYPE = re.compile(r"^(application/json|text/json|[^;]*\+json)\s*(;|$)", re.IGNORECASE)
 
 
@@ -212,13 +231,16 @@ def _publish(event: OutgoingEvent) -> str:
     if not event.type:
         raise Err("the event's `type` is empty")
     for name, _ in event.extensions:
-        if not re.fullmatch(r"[a-z0-9]+", name):
-            raise Err(f"extension attribute name `{name}` must be lower-case letters and digits")
+        if not re.fullmatch(r"[a-z0-9]+", name) or name in _RESERVED:
+            raise Err(
+                f"invalid extension attribute name `{name}`: lower-case letters and digits, "
+                "and not a CloudEvents attribute"
+            )
     if event.data is not None and (
         event.datacontenttype is None or _JSON_TYPE.match(event.datacontenttype.strip())
     ):
         try:
-            json.loads(event.data)
+            json.loads(event.data, parse_constant=_no_constant)
         except ValueError as error:
             raise Err(f"data is declared JSON but does not parse: {error}") from None
     id = f"emitted-{len(host.published)}"

@@ -54,7 +54,7 @@ def event(
     elif isinstance(data, (bytes, bytearray)):
         payload = bytes(data)
     else:
-        payload = json.dumps(data, separators=(",", ":")).encode("utf-8")
+        payload = json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8")
         datacontenttype = datacontenttype or "application/json"
     record = _native.Event(
         id=id or f"test-{next(_ids)}",
@@ -118,7 +118,7 @@ def _to_bytes(value: Any) -> bytes:
         return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8")
-    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def run(

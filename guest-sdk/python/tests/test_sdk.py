@@ -198,3 +198,28 @@ def test_metadata_is_what_the_class_says():
 
     metadata = EventHandler().metadata()
     assert (metadata.name, metadata.version, metadata.subscriptions) == ("n", "1.2.3", ["User*"])
+
+
+def test_an_extension_named_like_a_cloudevents_attribute_is_refused_as_the_host_refuses_it():
+    result = run(plugin(lambda e: evhost.publish("Y", {"a": 1}, extensions={"subject": "s"})), event("T", {}))
+    assert result.outcome == "reject"
+    assert "subject" in result.reason
+
+
+def test_nan_and_infinity_are_stored_as_null_as_rust_and_javascript_write_them():
+    result = run(plugin(lambda e: kv.set_json("k", {"a": float("nan"), "b": [float("inf"), 1.5]})), event("T", {}))
+    assert result.outcome == "ok"
+    assert result.kv["k"] == b'{"a":null,"b":[null,1.5]}'
+
+
+def test_a_dataclass_whose_annotations_cannot_be_resolved_is_a_clear_mistake():
+    def handle(e):
+        @dataclass
+        class Local:
+            items: "List[Unresolvable]"  # noqa: F821
+
+        e.json(Local)
+
+    result = run(plugin(handle), event("T", {"items": []}))
+    assert result.outcome == "trap"
+    assert "define the dataclasses it uses at module level" in result.reason

@@ -69,7 +69,12 @@ export const eventHandler = definePlugin({
         kv.setJson("probe", {
           fetch: typeof fetch,
           process: typeof process,
-          require: typeof require,
+          // The bundler's stand-in for `require` (a name it cannot resolve stays a call),
+          // which loads nothing.
+          require: attempt(() => {
+            const module = "fs";
+            return typeof require(module);
+          }),
           eval: attempt(() => eval("1 + 1")),
         });
         return;
