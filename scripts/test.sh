@@ -4,8 +4,9 @@
 # tool a developer can install without root; then it runs every test suite, builds the
 # book and checks its links, and documents the crates with warnings as errors.
 #
-# Set EVHOST_TEST_SKIP_SETUP=1 to skip the checks and installs on a machine that has
-# passed them once (the cargo steps still run).
+# Set TEST_SKIP_SETUP=1 to skip the checks and installs on a machine that has
+# passed them once (the cargo steps still run). Not EVHOST_*: the host reads every such
+# variable as a configuration key, and the configuration tests would refuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -90,7 +91,7 @@ check_book() {
         --no-status target/book/index.html
 }
 
-if [ -z "${EVHOST_TEST_SKIP_SETUP:-}" ]; then
+if [ -z "${TEST_SKIP_SETUP:-}" ]; then
     step "Checking the system"
     check_system
     step "Installing the tools"
