@@ -842,10 +842,7 @@ pub fn new_plugin(args: &NewArgs) -> anyhow::Result<PathBuf> {
     // The SDK package a Python or JavaScript plugin depends on, by absolute path.
     let package = |sdk: crate::sdk::Sdk| -> anyhow::Result<PathBuf> {
         let package = match &args.sdk {
-            Some(tree) => tree.join(match sdk {
-                crate::sdk::Sdk::Python => "python",
-                crate::sdk::Sdk::Js => "js",
-            }),
+            Some(tree) => tree.join(sdk.folder()),
             None => crate::sdk::install(sdk, &crate::sdk::default_root()?)?,
         };
         package

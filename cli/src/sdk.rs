@@ -60,9 +60,9 @@ const JS: &[File] = files!("../../guest-sdk/js/";
     "evhost.d.ts",
     "host-native.js",
     "host-wasi.js",
+    "shared.js",
     "testing.js",
     "testing.d.ts",
-    "wit-value.js",
 );
 
 /// Which SDK.
@@ -73,7 +73,8 @@ pub enum Sdk {
 }
 
 impl Sdk {
-    fn folder(self) -> &'static str {
+    /// Its folder in `guest-sdk/` (and in the folder `install` writes).
+    pub fn folder(self) -> &'static str {
         match self {
             Self::Python => "python",
             Self::Js => "js",

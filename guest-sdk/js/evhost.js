@@ -24,7 +24,7 @@
 // In a component `#host` is the WIT imports; under node, the in-memory host of
 // `evhost/testing` (package.json's `imports` chooses).
 import { log as wasiLog, open, configGet, configGetAll, publish as wasiPublish } from "#host";
-import { toWitValue } from "./wit-value.js";
+import { isJson, toWitValue } from "./shared.js";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
@@ -178,14 +178,6 @@ export function fields(shape) {
     }
     return result;
   };
-}
-
-function isJson(mediaType) {
-  if (mediaType === undefined) {
-    return true;
-  }
-  const essence = mediaType.split(";", 1)[0].trim().toLowerCase();
-  return essence === "application/json" || essence === "text/json" || essence.endsWith("+json");
 }
 
 /** `value` as JSON; `Reject` if JSON cannot encode it (the same handler would fail again). */

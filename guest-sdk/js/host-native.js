@@ -4,6 +4,8 @@
 // names are lower-case letters and digits) and raises errors the way componentize-js
 // does (an `Error` whose `payload` is the WIT error).
 
+import { isJson } from "./shared.js";
+
 // Bundled into a component by mistake (esbuild with `--platform=node` picks this file for
 // `#host`), the plugin would write to memory and never to the host: refuse at build time.
 if (typeof process === "undefined") {
@@ -95,8 +97,6 @@ const RESERVED = new Set([
   "data_base64",
 ]);
 
-const JSON_TYPE = /^(application\/json|text\/json|[^;]*\+json)\s*(;|$)/i;
-
 export function publish(outgoing) {
   if (!host.handling) {
     throw witError("events can only be published while handling an event");
@@ -111,10 +111,7 @@ export function publish(outgoing) {
       );
     }
   }
-  const jsonData =
-    outgoing.data !== undefined &&
-    (outgoing.datacontenttype === undefined || JSON_TYPE.test(outgoing.datacontenttype.trim()));
-  if (jsonData) {
+  if (outgoing.data !== undefined && isJson(outgoing.datacontenttype)) {
     try {
       JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(outgoing.data));
     } catch (error) {

@@ -18,7 +18,7 @@
 // real host.
 
 import { host } from "#host";
-import { toWitValue } from "./wit-value.js";
+import { toWitValue } from "./shared.js";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

@@ -44,7 +44,7 @@ import json as _json
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar, Union, overload
 
 from evhost import config, kv, log
-from evhost._encoding import encode_json
+from evhost._encoding import encode_json, is_json
 from evhost._decode import DecodeError, decode as _decode
 from evhost._errors import PublishError, Reject, Retry
 from evhost._host import Err, exports as _exports, publisher as _publisher, types as _types
@@ -67,15 +67,6 @@ T = TypeVar("T")
 
 #: The value of a CloudEvents extension attribute.
 ExtensionValue = Union[str, bool, int]
-
-
-def _is_json(media_type: Optional[str]) -> bool:
-    """Whether ``media_type`` is JSON: ``application/json``, ``text/json`` or a ``+json``
-    type, with or without parameters (absent means JSON, as for evhost's events)."""
-    if media_type is None:
-        return True
-    essence = media_type.split(";", 1)[0].strip().lower()
-    return essence in ("application/json", "text/json") or essence.endswith("+json")
 
 
 def _from_wit_value(value: Any) -> ExtensionValue:
@@ -189,7 +180,7 @@ class Event:
         type)."""
         if self._event.data is None:
             raise Reject(f"{self.type} event `{self.id}`: has no data")
-        if not _is_json(self.datacontenttype):
+        if not is_json(self.datacontenttype):
             raise Reject(f"{self.type} event `{self.id}`: data has content type `{self.datacontenttype}`, not JSON")
         try:
             value = _json.loads(self._event.data)

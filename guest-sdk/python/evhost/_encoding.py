@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json as _json
 import math
-from typing import Any
+from typing import Any, Optional
 
 from evhost._errors import Reject
 
@@ -32,3 +32,12 @@ def encode_json(value: Any, what: str) -> bytes:
     except (TypeError, ValueError) as error:
         raise Reject(f"cannot encode {what} as JSON: {error}") from None
     return text.encode("utf-8")
+
+
+def is_json(media_type: Optional[str]) -> bool:
+    """Whether ``media_type`` is JSON: ``application/json``, ``text/json`` or a ``+json``
+    type, with or without parameters (absent means JSON, as for evhost's events)."""
+    if media_type is None:
+        return True
+    essence = media_type.split(";", 1)[0].strip().lower()
+    return essence in ("application/json", "text/json") or essence.endswith("+json")

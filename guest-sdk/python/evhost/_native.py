@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from evhost._encoding import is_json
+
 
 class Err(Exception):
     """A WIT ``result`` error, as componentize-py raises it: the error is ``value``."""
@@ -222,9 +224,6 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_JSON_TYPE = re.compile(r"^(application/json|text/json|[^;]*\+json)\s*(;|$)", re.IGNORECASE)
-
-
 def _publish(event: OutgoingEvent) -> str:
     if not host.handling:
         raise Err("events can only be published while handling an event")
@@ -236,9 +235,7 @@ def _publish(event: OutgoingEvent) -> str:
                 f"invalid extension attribute name `{name}`: lower-case letters and digits, "
                 "and not a CloudEvents attribute"
             )
-    if event.data is not None and (
-        event.datacontenttype is None or _JSON_TYPE.match(event.datacontenttype.strip())
-    ):
+    if event.data is not None and is_json(event.datacontenttype):
         try:
             json.loads(event.data, parse_constant=_no_constant)
         except ValueError as error:

@@ -1,5 +1,4 @@
-// An extension attribute's value as the WIT `extension-value` variant (shared by the SDK
-// and `evhost/testing`).
+// What the SDK shares with its in-memory host and `evhost/testing`.
 
 /** `value` as a WIT `extension-value`; a `TypeError` for anything else. */
 export function toWitValue(name, value) {
@@ -15,4 +14,16 @@ export function toWitValue(name, value) {
       break;
   }
   throw new TypeError(`extension ${name} must be a string, a boolean or a 32-bit integer`);
+}
+
+/**
+ * Whether `mediaType` is JSON: `application/json`, `text/json` or a `+json` type, with or
+ * without parameters (absent means JSON, as for evhost's events).
+ */
+export function isJson(mediaType) {
+  if (mediaType === undefined) {
+    return true;
+  }
+  const essence = mediaType.split(";", 1)[0].trim().toLowerCase();
+  return essence === "application/json" || essence === "text/json" || essence.endsWith("+json");
 }
