@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use evhost::config::{Config, ConfigError, LogFormat, TlsSettings, TokenSettings};
+use evhost::config::{Config, ConfigError, LogFormat, Source, TlsSettings, TokenSettings};
 use evhost::event::Event;
 use evhost::http::{Purged, Replayed};
 use evhost::plugins::PluginStatus;
@@ -50,6 +50,10 @@ pub enum Command {
     /// Inspect and act on the dead-letter queue of a running host.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Look stored events up on a running host: where each delivery stands, and the saga
+    /// an event belongs to.
+    #[command(subcommand)]
+    Events(crate::events::EventsCommand),
     /// Set up the PostgreSQL transactional outbox the host relays.
     #[command(subcommand)]
     Outbox(OutboxCommand),
@@ -316,12 +320,29 @@ pub struct PublishArgs {
 pub enum PluginsCommand {
     /// List the plugins a running host serves.
     List,
-    /// Print one value of a plugin's key-value store (its read model) from a running host.
+    /// Print one value of a plugin's key-value store (its read model) from a running host,
+    /// or with --list its keys and values.
     Kv {
         /// The plugin's name.
         plugin: String,
         /// The key, e.g. `user:u1`.
-        key: String,
+        #[arg(required_unless_present = "list", conflicts_with = "list")]
+        key: Option<String>,
+        /// List the keys (in order) with their values instead.
+        #[arg(long)]
+        list: bool,
+        /// With --list: only keys starting with this.
+        #[arg(long, requires = "list")]
+        prefix: Option<String>,
+        /// With --list: at most this many keys.
+        #[arg(long, requires = "list", default_value_t = 100)]
+        limit: usize,
+    },
+    /// What happened to a plugin on a running host: loaded, swapped (old → new hash),
+    /// refused (why), removed, with times.
+    History {
+        /// The plugin's name (a refused file's stem works too).
+        plugin: String,
     },
     /// Check a component offline: its world, metadata, subscriptions and imports.
     Check {
@@ -387,44 +408,73 @@ impl RunArgs {
     /// The configuration file with flags and environment applied over it.
     pub fn config(&self) -> Result<Config, ConfigError> {
         let mut config = Config::layered(self.config.as_deref(), &self.set)?;
+        let flag = |name: &str| {
+            Source::Flag(format!(
+                "--{name} (or EVHOST_{})",
+                name.replace('-', "_").to_ascii_uppercase()
+            ))
+        };
         if let Some(plugins) = &self.plugins {
             config.plugins_dir.clone_from(plugins);
+            config.sources.set("plugins_dir", flag("plugins"));
         }
         if let Some(data_dir) = &self.data_dir {
             config.data_dir.clone_from(data_dir);
+            config.sources.set("data_dir", flag("data-dir"));
         }
         if let Some(listen) = self.listen {
             config.listen = listen;
+            config.sources.set("listen", flag("listen"));
         }
         if self.no_durable {
             config.durable = false;
+            config.sources.set("durable", flag("no-durable"));
         }
         if let Some(url) = &self.outbox {
             match &mut config.outbox {
                 Some(outbox) => outbox.url.clone_from(url),
                 None => config.outbox = Some(evhost::config::OutboxSettings::new(url.clone())),
             }
+            config.sources.set("outbox.url", flag("outbox"));
         }
         if let Some(url) = &self.nats {
             match &mut config.nats {
                 Some(nats) => nats.url.clone_from(url),
                 None => config.nats = Some(evhost::config::NatsSettings::new(url.clone())),
             }
+            config.sources.set("nats.url", flag("nats"));
         }
-        config.auth.tokens.extend(self.auth_tokens.iter().cloned());
-        config.auth.metrics_open |= self.metrics_open;
-        config.auth.insecure_no_auth |= self.insecure_no_auth;
+        if !self.auth_tokens.is_empty() {
+            config.auth.tokens.extend(self.auth_tokens.iter().cloned());
+            config.sources.set(
+                "auth.tokens",
+                Source::Flag("--auth-token (or EVHOST_AUTH_TOKENS)".into()),
+            );
+        }
+        if self.metrics_open {
+            config.auth.metrics_open = true;
+            config.sources.set("auth.metrics_open", flag("metrics-open"));
+        }
+        if self.insecure_no_auth {
+            config.auth.insecure_no_auth = true;
+            config
+                .sources
+                .set("auth.insecure_no_auth", flag("insecure-no-auth"));
+        }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.tls = Some(TlsSettings {
                 cert: cert.clone(),
                 key: key.clone(),
             });
+            config.sources.set("tls", flag("tls-cert"));
         }
         if let Some(format) = self.log_format {
             config.log_format = format;
+            config.sources.set("log_format", flag("log-format"));
         }
         if let Some(timeout) = self.drain_timeout {
             config.drain_timeout = timeout;
+            config.sources.set("drain_timeout", flag("drain-timeout"));
         }
         config.validate(Path::new("<flags>"))?;
         Ok(config)
@@ -626,7 +676,7 @@ pub async fn dlq(host: &HostArgs, command: DlqCommand) -> anyhow::Result<()> {
 }
 
 /// The host's answer as the server's own type, or its error message.
-async fn answer<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
+pub(crate) async fn answer<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
     let status = response.status();
     if !status.is_success() {
         let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -640,7 +690,7 @@ async fn answer<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> 
 
 /// Every byte but the URL path's unreserved characters percent-encoded: a key is an
 /// arbitrary string (`count:x?y`, `#`, `%25`, `a/b` all reach the host as they are).
-fn path_segment(text: &str) -> String {
+pub(crate) fn path_segment(text: &str) -> String {
     const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'_')
@@ -648,6 +698,77 @@ fn path_segment(text: &str) -> String {
         .remove(b'~')
         .remove(b':');
     percent_encoding::utf8_percent_encode(text, RESERVED).to_string()
+}
+
+/// `evhost plugins history NAME`: one change per line, oldest first.
+pub async fn plugin_history(host: &HostArgs, plugin: &str) -> anyhow::Result<()> {
+    let client = host.client()?;
+    let path = format!("/plugins/{}/history", path_segment(plugin));
+    let response = client.send(client.request(reqwest::Method::GET, &path)).await?;
+    let history: Value = answer(response).await?;
+    match history["serving"].as_str() {
+        Some(hash) => println!("{} serves {hash}", history["plugin"].as_str().unwrap_or(plugin)),
+        None => println!("{} is not loaded", history["plugin"].as_str().unwrap_or(plugin)),
+    }
+    let changes: Vec<evhost::http::PluginEvent> =
+        serde_json::from_value(history["changes"].clone()).context("reading the host's answer")?;
+    for event in changes {
+        let what = match event.change {
+            evhost::http::PluginChange::Loaded { hash, version } => {
+                format!("loaded {hash} (version {version})")
+            }
+            evhost::http::PluginChange::Swapped { from, to, version } => {
+                format!("swapped {from} → {to} (version {version})")
+            }
+            evhost::http::PluginChange::Refused { reason } => format!("refused: {reason}"),
+            evhost::http::PluginChange::Removed => "removed: its file is gone".to_owned(),
+        };
+        println!(
+            "{}  {what}",
+            event.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+    }
+    Ok(())
+}
+
+/// `evhost plugins kv NAME --list`: every page of the plugin's keys (of `prefix`), up
+/// to `limit` keys, one per line with its value.
+pub async fn list_kv(
+    host: &HostArgs,
+    plugin: &str,
+    prefix: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let client = host.client()?;
+    let path = format!("/plugins/{}/kv", path_segment(plugin));
+    let mut after: Option<String> = None;
+    let mut listed = 0;
+    while listed < limit {
+        let mut query = vec![("limit", (limit - listed).min(1000).to_string())];
+        query.extend(prefix.map(|prefix| ("prefix", prefix.to_owned())));
+        query.extend(after.take().map(|after| ("after", after)));
+        let response = client
+            .send(client.request(reqwest::Method::GET, &path).query(&query))
+            .await?;
+        let page: Value = answer(response).await?;
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        for entry in &entries {
+            let value = match (&entry["json"], &entry["base64"]) {
+                (Value::Null, Value::String(bytes)) => format!("(base64) {bytes}"),
+                (json, _) => json.to_string(),
+            };
+            println!("{}  {value}", entry["key"].as_str().unwrap_or_default());
+        }
+        listed += entries.len();
+        match page["next_after"].as_str() {
+            Some(next) if !entries.is_empty() => after = Some(next.to_owned()),
+            _ => break,
+        }
+    }
+    if listed == 0 {
+        println!("no keys");
+    }
+    Ok(())
 }
 
 /// `evhost plugins kv`.

@@ -1,6 +1,7 @@
 //! The `evhost` binary: parses the command line and calls the library.
 
 mod cli;
+mod events;
 mod sdk;
 
 use std::process::ExitCode;
@@ -25,13 +26,25 @@ async fn main() -> ExitCode {
         Command::Publish(args) => cli::publish(&cli.host, args).await,
         Command::Plugins(PluginsCommand::List) => cli::list_plugins(&cli.host).await,
         Command::Plugins(PluginsCommand::Check { file }) => cli::check_plugin(&file).await,
+        Command::Plugins(PluginsCommand::History { plugin }) => cli::plugin_history(&cli.host, &plugin).await,
         Command::Plugins(PluginsCommand::Call {
             file,
             event,
             kv,
             config,
         }) => cli::call_plugin(&file, &event, &kv, &config).await,
-        Command::Plugins(PluginsCommand::Kv { plugin, key }) => cli::read_kv(&cli.host, &plugin, &key).await,
+        Command::Plugins(PluginsCommand::Kv {
+            plugin,
+            key: Some(key),
+            ..
+        }) => cli::read_kv(&cli.host, &plugin, &key).await,
+        Command::Plugins(PluginsCommand::Kv {
+            plugin,
+            prefix,
+            limit,
+            ..
+        }) => cli::list_kv(&cli.host, &plugin, prefix.as_deref(), limit).await,
+        Command::Events(command) => events::run(&cli.host, command).await,
         Command::Dlq(command) => cli::dlq(&cli.host, command).await,
         Command::Outbox(command) => cli::outbox(command).await,
         Command::New(args) => cli::new_plugin(&args).map(|dir| print!("{}", cli::next_steps(&args, &dir))),

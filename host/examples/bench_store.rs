@@ -148,8 +148,10 @@ async fn delivery_commits() -> Run {
     let offsets = Arc::new(offsets);
     let store = Arc::clone(&fresh.store);
     let before = store.stats().unwrap();
+    let version: Arc<str> = Arc::from("8d53dee065694865");
     let (elapsed, latencies) = drive(COMMITTERS, COMMITS, move |i| {
         let (store, offsets, emitted) = (Arc::clone(&store), Arc::clone(&offsets), Arc::clone(&emitted));
+        let version = Arc::clone(&version);
         async move {
             let commit = DeliveryCommit {
                 subscription: "projection".into(),
@@ -160,6 +162,8 @@ async fn delivery_commits() -> Run {
                 kv_namespace: "projection".into(),
                 kv_writes: vec![(format!("order:{i}"), Some(b"placed".to_vec()))],
                 emitted: vec![(Arc::clone(&emitted[i]), vec!["mailer".into()])],
+                // As a Wasm plugin's acknowledgement carries it.
+                handler_version: Some(Arc::clone(&version)),
             };
             store.commit(commit).await.expect("commit");
         }

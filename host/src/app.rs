@@ -181,6 +181,8 @@ impl App {
             state.metrics.register_collector(relay.metrics_collector());
         }
         state.max_body_bytes = config.max_body_bytes.get();
+        state.config = Some(Arc::new(crate::config::effective(&config)));
+        state.live = Arc::new(crate::http::Live::new(config.max_stream_clients.get()));
         state.request_timeout = config.request_timeout;
         state.auth = auth;
         let listener = TcpListener::bind(config.listen)
@@ -300,6 +302,7 @@ impl App {
             "evhost is ready"
         );
         self.state.set_ready(true);
+        let sampler = self.state.live.spawn_sampler(self.bus.clone());
 
         let failed = tokio::select! {
             () = shutdown => None,
@@ -317,6 +320,8 @@ impl App {
             "shutting down: refusing new events, draining"
         );
         self.state.set_accepting(false);
+        self.state.live.close();
+        sampler.abort();
         relay_stop.cancel();
         let report = self.bus.stop().await?;
         tracing::info!(drained = report.drained, abandoned = report.abandoned, "stopped");

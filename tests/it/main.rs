@@ -10,6 +10,7 @@ mod docs;
 mod durability;
 mod examples;
 mod folder;
+mod inspect;
 mod js;
 mod languages;
 mod loading;

@@ -635,3 +635,45 @@ async fn the_server_killed_and_restarted_mid_stream_loses_nothing_accepted_and_d
     let ready = http.get(format!("{}/readyz", b.url)).send().await.unwrap();
     assert_eq!(ready.status(), 200, "ready again once the server is back");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_nats_the_event_lookup_says_it_cannot_answer_and_the_other_reads_do() {
+    let nats = NatsServer::start();
+    let dir = TempDir::new("nats-inspect");
+    support::install(&dir.0, &[("healthy", wasm::HEALTHY)], &[]);
+    let host = start_host(&dir.0, &nats, &[]);
+    let http = support::client();
+    publish(&http, &host, "look", 0..3).await;
+    for path in ["/events/look-1", "/events/look-1/trace", "/events?limit=5"] {
+        let response = http.get(format!("{}{path}", host.url)).send().await.unwrap();
+        assert_eq!(response.status(), 501, "{path}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"].as_str().unwrap();
+        assert!(
+            message.contains("NATS") && message.contains("embedded log"),
+            "{message}"
+        );
+    }
+    let history = support::get_json(&http, format!("{}/plugins/healthy/history", host.url)).await;
+    assert_eq!(history["changes"][0]["change"], "loaded");
+    let config = support::get_json(&http, format!("{}/config", host.url)).await;
+    let nats_url = config["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "nats.url")
+        .unwrap()
+        .clone();
+    assert_eq!(nats_url["value"], nats.url());
+    assert_eq!(nats_url["source"], "flag");
+    let mut sampled = false;
+    for _ in 0..100 {
+        let samples = support::get_json(&http, format!("{}/metrics/history", host.url)).await;
+        if samples["samples"].as_array().is_some_and(|s| !s.is_empty()) {
+            sampled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sampled, "the history fills on NATS too");
+}

@@ -160,6 +160,7 @@ impl InMemoryEventBus {
             kv_namespace,
             kv_writes,
             emitted: events,
+            version: _,
         } = effects;
         if let Some(invalid) = events.iter().find_map(|e| e.validate().err()) {
             let error = HandlerError::new(

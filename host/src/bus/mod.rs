@@ -122,6 +122,9 @@ pub struct Effects {
     pub kv_writes: Vec<(String, Option<Vec<u8>>)>,
     /// Events to publish, in order.
     pub emitted: Vec<Event>,
+    /// The handler version that produced them (a plugin's content hash), if it has one:
+    /// a durable log records it with the acknowledgement (`GET /events/{id}`).
+    pub version: Option<Arc<str>>,
 }
 
 impl Effects {

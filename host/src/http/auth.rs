@@ -219,7 +219,21 @@ impl Auth {
             Some("/healthz" | "/readyz") => Need::Nothing,
             Some("/metrics") if self.metrics_open => Need::Nothing,
             Some(
-                "/metrics" | "/plugins" | "/errors" | "/dlq" | "/dlq/{id}" | "/plugins/{name}/kv/{*key}",
+                "/metrics"
+                | "/metrics/history"
+                | "/stream"
+                | "/config"
+                | "/plugins"
+                | "/errors"
+                | "/dlq"
+                | "/dlq/{id}"
+                | "/dlq/preview"
+                | "/events"
+                | "/events/{id}"
+                | "/events/{id}/trace"
+                | "/plugins/{name}/kv"
+                | "/plugins/{name}/kv/{*key}"
+                | "/plugins/{name}/history",
             ) if read => Need::Scope(Scope::Read),
             Some("/events") if method == Method::POST => Need::Scope(Scope::Publish),
             Some("/dlq/replay") if method == Method::POST => Need::Scope(Scope::Admin),
@@ -228,12 +242,20 @@ impl Auth {
             None
             | Some(
                 "/metrics"
+                | "/metrics/history"
+                | "/stream"
+                | "/config"
                 | "/plugins"
                 | "/errors"
                 | "/dlq"
                 | "/dlq/{id}"
+                | "/dlq/preview"
+                | "/plugins/{name}/kv"
                 | "/plugins/{name}/kv/{*key}"
+                | "/plugins/{name}/history"
                 | "/events"
+                | "/events/{id}"
+                | "/events/{id}/trace"
                 | "/dlq/replay",
             ) => Need::Token,
             // A route added to the router without an entry here: admin-only until it gets one.
@@ -480,12 +502,17 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
         None => format!("{method} {path}"),
     };
     let response = next.run(request).await;
+    let count = response
+        .extensions()
+        .get::<super::dlq::AuditCount>()
+        .map(|count| count.0);
     tracing::info!(
         target: AUDIT_TARGET,
         token = token.as_deref().unwrap_or("-"),
         action = %action,
         peer = peer.as_deref().unwrap_or("-"),
         status = response.status().as_u16(),
+        count,
         "admin action"
     );
     response
@@ -530,7 +557,7 @@ mod tests {
             "no route: 404 to any token"
         );
         assert_eq!(
-            auth.need(&Method::GET, Some("/events")),
+            auth.need(&Method::PUT, Some("/events")),
             Need::Token,
             "405 to any token"
         );

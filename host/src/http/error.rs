@@ -37,6 +37,12 @@ pub(crate) enum ApiError {
     /// A CloudEvents format other than JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request is ambiguous as asked (several events share an id).
+    #[error("{0}")]
+    Conflict(String),
+    /// The log in use cannot answer this endpoint; the message says why.
+    #[error("{0}")]
+    NotImplemented(String),
     /// Not accepting right now: shutting down, or full.
     #[error("{message}")]
     Unavailable {
@@ -62,6 +68,8 @@ impl ApiError {
             Self::MethodNotAllowed(message) => (StatusCode::METHOD_NOT_ALLOWED, message, None),
             Self::PayloadTooLarge(message) => (StatusCode::PAYLOAD_TOO_LARGE, message, None),
             Self::UnsupportedMediaType(message) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, message, None),
+            Self::Conflict(message) => (StatusCode::CONFLICT, message, None),
+            Self::NotImplemented(message) => (StatusCode::NOT_IMPLEMENTED, message, None),
             Self::Unavailable { message, retry_after } => {
                 (StatusCode::SERVICE_UNAVAILABLE, message, retry_after)
             }

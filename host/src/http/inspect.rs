@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::{AppState, PluginView, prometheus};
+use super::{AppState, PluginEvent, PluginView, prometheus};
 use crate::monitor::FailureRecord;
 use crate::store::Versioned;
 
@@ -124,12 +124,7 @@ pub(crate) async fn kv_value(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((plugin, key)) = path.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-    // Either spelling of the name finds the plugin; its data is under the name it declares.
-    let Some(plugin) = state.plugins.plugin(&plugin).map(|view| view.name) else {
-        return Err(ApiError::NotFound(format!(
-            "no plugin named {plugin:?} is loaded"
-        )));
-    };
+    let plugin = namespace(&state, &plugin)?;
     // A durable store reads on a blocking thread of its own.
     let value = state.kv.get(&plugin, &key).await.map_err(|error| {
         ApiError::Internal(
@@ -156,6 +151,187 @@ pub(crate) async fn kv_value(
         Body::from(value),
     )
         .into_response())
+}
+
+/// Keys `GET /plugins/{name}/kv` returns when the client gives no `limit`.
+const DEFAULT_KEYS_LIMIT: usize = 50;
+
+/// The most keys one page holds.
+const MAX_KEYS_LIMIT: usize = 1000;
+
+/// `?prefix=P&after=K&limit=N`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeysQuery {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One key of `GET /plugins/{name}/kv` with its value: `json` when the value is JSON,
+/// else `base64` of its bytes.
+#[derive(Debug, Serialize)]
+pub(crate) struct KeyEntry {
+    key: String,
+    revision: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base64: Option<String>,
+}
+
+/// One page of `GET /plugins/{name}/kv`.
+#[derive(Debug, Serialize)]
+pub(crate) struct KeysPage {
+    entries: Vec<KeyEntry>,
+    /// The `after` of the next page, when there is one.
+    next_after: Option<String>,
+}
+
+/// `GET /plugins/{name}/kv?prefix=P&after=K&limit=N`: a page of the plugin's keys in
+/// order, with their values; only keys starting with `prefix`, after `after`.
+pub(crate) async fn kv_keys(
+    State(state): State<Arc<AppState>>,
+    plugin: Result<Path<String>, PathRejection>,
+    params: Result<Query<KeysQuery>, QueryRejection>,
+) -> Result<Json<KeysPage>, ApiError> {
+    let Path(plugin) = plugin.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let Query(params) = params.map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "{}; the parameters are `prefix`, `after` (a key) and `limit` (at most {MAX_KEYS_LIMIT})",
+            rejection.body_text()
+        ))
+    })?;
+    let limit = params.limit.unwrap_or(DEFAULT_KEYS_LIMIT);
+    if limit == 0 || limit > MAX_KEYS_LIMIT {
+        return Err(ApiError::BadRequest(format!(
+            "`limit` must be between 1 and {MAX_KEYS_LIMIT}"
+        )));
+    }
+    let namespace = namespace(&state, &plugin)?;
+    let prefix = params.prefix.unwrap_or_default();
+    let read_error = |error| {
+        ApiError::Internal(
+            anyhow::Error::new(error).context(format!("listing the keys of plugin {namespace:?}")),
+        )
+    };
+    let mut keys = Vec::new();
+    // Keys come after `after`; the prefix itself is a key too, so without `after` it is
+    // looked up first and the listing starts after it.
+    let after = match params.after {
+        Some(after) if after >= prefix => after,
+        _ => {
+            if !prefix.is_empty()
+                && state
+                    .kv
+                    .get(&namespace, &prefix)
+                    .await
+                    .map_err(read_error)?
+                    .is_some()
+            {
+                keys.push(prefix.clone());
+            }
+            prefix.clone()
+        }
+    };
+    let page = state
+        .kv
+        .list_keys(
+            &namespace,
+            (!after.is_empty()).then_some(after.as_str()),
+            limit + 1 - keys.len(),
+        )
+        .await
+        .map_err(read_error)?;
+    let past_prefix = page.keys.iter().any(|key| !key.starts_with(&prefix));
+    keys.extend(page.keys.into_iter().take_while(|key| key.starts_with(&prefix)));
+    let more = keys.len() > limit || (page.more && !past_prefix);
+    keys.truncate(limit);
+    let mut entries = Vec::with_capacity(keys.len());
+    for key in keys {
+        // A key deleted since it was listed is left out.
+        let Some(Versioned { value, revision }) = state.kv.get(&namespace, &key).await.map_err(read_error)?
+        else {
+            continue;
+        };
+        let (json, base64) = match serde_json::from_slice(&value) {
+            Ok(json) => (Some(json), None),
+            Err(_) => (
+                None,
+                Some(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    &value,
+                )),
+            ),
+        };
+        entries.push(KeyEntry {
+            key,
+            revision,
+            json,
+            base64,
+        });
+    }
+    let next_after = more
+        .then(|| entries.last().map(|entry| entry.key.clone()))
+        .flatten();
+    Ok(Json(KeysPage { entries, next_after }))
+}
+
+/// The namespace of the plugin `plugin` names (either spelling finds it; its data is
+/// under the name it declares), or `404`.
+fn namespace(state: &AppState, plugin: &str) -> Result<String, ApiError> {
+    state
+        .plugins
+        .plugin(plugin)
+        .map(|view| view.name)
+        .ok_or_else(|| ApiError::NotFound(format!("no plugin named {plugin:?} is loaded")))
+}
+
+/// The answer of `GET /config`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ConfigView {
+    settings: Arc<Vec<crate::config::Setting>>,
+}
+
+/// `GET /config`: the effective configuration, each setting with its source.
+pub(crate) async fn config(State(state): State<Arc<AppState>>) -> Result<Json<ConfigView>, ApiError> {
+    let settings = state
+        .config
+        .clone()
+        .ok_or_else(|| ApiError::NotFound("this host was not started from a configuration".to_owned()))?;
+    Ok(Json(ConfigView { settings }))
+}
+
+/// The answer of `GET /plugins/{name}/history`.
+#[derive(Debug, Serialize)]
+pub(crate) struct PluginHistoryView {
+    plugin: String,
+    /// The hash serving now; absent when the plugin is not loaded (removed, or refused
+    /// before it ever loaded).
+    serving: Option<String>,
+    /// Oldest first; the latest [`crate::plugins::PluginHistory`] keeps.
+    changes: Vec<PluginEvent>,
+}
+
+/// `GET /plugins/{name}/history`: what happened to a plugin, oldest first. Answers for a
+/// plugin no longer loaded too (removed, or refused), as long as its changes are kept.
+pub(crate) async fn plugin_history(
+    State(state): State<Arc<AppState>>,
+    plugin: Result<Path<String>, PathRejection>,
+) -> Result<Json<PluginHistoryView>, ApiError> {
+    let Path(plugin) = plugin.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let serving = state.plugins.plugin(&plugin);
+    let changes = state.plugins.history(&plugin);
+    if serving.is_none() && changes.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no plugin named {plugin:?} is loaded or has a history"
+        )));
+    }
+    Ok(Json(PluginHistoryView {
+        plugin: serving.as_ref().map_or(plugin, |view| view.name.clone()),
+        serving: serving.map(|view| view.hash),
+        changes,
+    }))
 }
 
 /// Any path no route matches.

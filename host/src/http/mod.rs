@@ -30,11 +30,21 @@
 //! | `GET /healthz` | `200 {"status":"ok"}` while the process serves HTTP |
 //! | `GET /readyz` | `200` once [`AppState::ready`] is set and until shutdown begins, `503` otherwise |
 //! | `GET /metrics` | the [`AppState::metrics`] registry in the OpenMetrics text format |
+//! | `GET /metrics/history` | the last 20 minutes of one-second samples: accepted, in flight, dead letters, and per plugin handled/s, failed/s, p50/p99 latency |
+//! | `GET /stream` | Server-Sent Events: `metrics` every second, `failure`, `plugin` and `dlq` as they happen, `lagged` when the client fell behind |
 //! | `GET /plugins` | the loaded plugins with their delivery counters |
+//! | `GET /config` | the effective configuration: each setting's value and source (default, file, env, `--set`, flag), secrets left out |
 //! | `GET /errors?limit=N` | the latest failure records, newest first |
+//! | `GET /events?type=&subject=&before=&after=&limit=` | stored events, newest first (or oldest first after an offset), each with its deliveries |
+//! | `GET /events/{id}[?source=S]` | one stored event and where each of its deliveries stands |
+//! | `GET /events/{id}/trace` | every event of the event's correlation, each with its parent and emitting plugin |
+//! | `GET /plugins/{name}/kv?prefix=&after=&limit=` | a page of a plugin's keys with their values |
 //! | `GET /plugins/{name}/kv/{key}` | one value of a plugin's key-value store |
+//! | `GET /plugins/{name}/history` | what happened to a plugin: loaded, swapped (old → new hash), refused (why), removed |
 //! | `GET /dlq?plugin=P`, `GET /dlq/{id}` | dead letters with their event and every failure |
-//! | `POST /dlq/replay?id=N` or `?all=true[&plugin=P]` | deliver dead letters again, to the plugin's current version |
+//! | `GET /dlq?plugin=P&after=ID&limit=N` | a page of dead letters (after the letter `ID`) |
+//! | `GET /dlq/preview?ids=1,2` or `?all=true[&plugin=P]` | what a replay would run: each letter's failed version next to the loaded one |
+//! | `POST /dlq/replay?id=N`, `?all=true[&plugin=P]` or body `{"ids": [..]}` | deliver dead letters again, to the plugin's current version |
 //! | `DELETE /dlq?id=N`, `?plugin=P` or `?all=true` | drop dead letters |
 //!
 //! Who may call what is [`auth::Auth`]'s to say ([`AppState::auth`]): with no tokens only
@@ -48,6 +58,7 @@
 //!
 //! - `events`: `POST /events`, the CloudEvents HTTP binding.
 //! - `inspect`: health, readiness, `/plugins`, `/errors` and the key-value reader.
+//! - `lookup`: `/events` reads — an event, a page of them, a correlation's trace.
 //! - `dlq`: the dead-letter queue's endpoints.
 //! - `prometheus`: the bus's and the catalog's collectors, the request counter, rendering.
 //! - `recent`: [`RecentErrors`], the ring buffer behind `/errors`.
@@ -59,6 +70,8 @@ mod dlq;
 mod error;
 mod events;
 mod inspect;
+mod live;
+mod lookup;
 mod prometheus;
 mod recent;
 #[cfg(test)]
@@ -81,6 +94,7 @@ use crate::bus::AsyncEventBus;
 use crate::store::KeyValueStore;
 
 pub use dlq::{Purged, Replayed};
+pub use live::{DEFAULT_STREAM_CLIENTS, HISTORY_SECONDS, Live, PluginSample, Sample};
 pub use recent::RecentErrors;
 
 /// Largest request body `POST /events` accepts unless configured otherwise (1 MiB).
@@ -117,10 +131,24 @@ pub trait PluginCatalog: Send + Sync + 'static {
 
     /// Plugin files that failed to load (compile, validate or subscribe) since startup.
     fn load_failures(&self) -> u64;
+
+    /// What happened to the plugin `name` (`-` and `_` counting as one), oldest first:
+    /// loaded, swapped, refused, removed. A catalog that keeps no history answers nothing.
+    fn history(&self, name: &str) -> Vec<PluginEvent> {
+        let _ = name;
+        Vec::new()
+    }
+
+    /// Every plugin change from now on, for `GET /stream`; `None` when the catalog
+    /// reports none.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<PluginEvent>> {
+        None
+    }
 }
 
 /// One loaded plugin as `GET /plugins` shows it.
 pub use crate::plugins::PluginStatus as PluginView;
+pub use crate::plugins::{PluginChange, PluginEvent};
 
 impl PluginCatalog for crate::plugins::PluginFolder {
     fn plugins(&self) -> Vec<PluginView> {
@@ -137,6 +165,14 @@ impl PluginCatalog for crate::plugins::PluginFolder {
 
     fn load_failures(&self) -> u64 {
         crate::plugins::PluginFolder::load_failures(self)
+    }
+
+    fn history(&self, name: &str) -> Vec<PluginEvent> {
+        crate::plugins::PluginFolder::history(self).of(name)
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<PluginEvent>> {
+        Some(crate::plugins::PluginFolder::history(self).subscribe())
     }
 }
 
@@ -161,6 +197,9 @@ pub struct AppState {
     http_metrics: prometheus::HttpMetrics,
     /// Recent failures for `GET /errors`; feed it with [`RecentErrors::spawn_consumer`].
     pub errors: Arc<RecentErrors>,
+    /// Samples for `GET /metrics/history` and the feeds of `GET /stream`; start its
+    /// sampler with [`Live::spawn_sampler`].
+    pub live: Arc<Live>,
     /// `GET /readyz` answers `200` once this is true (set it when the plugins are loaded).
     /// Starts false.
     pub ready: AtomicBool,
@@ -177,6 +216,9 @@ pub struct AppState {
     /// Whether the log's server is reachable, for a log on a server (NATS): while it is
     /// not, `/readyz` and `POST /events` answer `503`.
     pub log_reachable: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// The effective configuration `GET /config` shows ([`crate::config::effective`]);
+    /// `None` answers `404` (a host not started from a configuration).
+    pub config: Option<Arc<Vec<crate::config::Setting>>>,
 }
 
 impl AppState {
@@ -196,11 +238,13 @@ impl AppState {
             metrics,
             http_metrics,
             errors: Arc::new(RecentErrors::new(DEFAULT_RECENT_ERRORS)),
+            live: Arc::new(Live::new(DEFAULT_STREAM_CLIENTS)),
             ready: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             log_reachable: None,
+            config: None,
         }
     }
 
@@ -248,16 +292,24 @@ pub fn router(state: Arc<AppState>) -> Router {
     // `?wait=true` answers with what it knows before the layer gives up on it.
     let timeout = state.request_timeout + WAIT_MARGIN;
     Router::new()
-        .route("/events", post(events::publish))
+        .route("/events", post(events::publish).get(lookup::list))
+        .route("/events/{id}", get(lookup::show))
+        .route("/events/{id}/trace", get(lookup::trace))
         .route("/healthz", get(inspect::healthz))
         .route("/readyz", get(inspect::readyz))
         .route("/metrics", get(inspect::metrics))
+        .route("/metrics/history", get(live::history))
+        .route("/stream", get(live::stream))
         .route("/plugins", get(inspect::plugins))
+        .route("/config", get(inspect::config))
         .route("/errors", get(inspect::errors))
         .route("/dlq", get(dlq::list).delete(dlq::purge))
         .route("/dlq/replay", post(dlq::replay))
+        .route("/dlq/preview", get(dlq::preview))
         .route("/dlq/{id}", get(dlq::show))
         // A catch-all, so keys may contain `/` as well as `:`.
+        .route("/plugins/{name}/kv", get(inspect::kv_keys))
+        .route("/plugins/{name}/history", get(inspect::plugin_history))
         .route("/plugins/{name}/kv/{*key}", get(inspect::kv_value))
         .fallback(inspect::not_found)
         .method_not_allowed_fallback(inspect::method_not_allowed)

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tokio::sync::broadcast;
 
 use crate::monitor::{ErrorStream, FailureRecord};
 
@@ -19,7 +20,13 @@ pub struct RecentErrors {
     capacity: usize,
     /// Oldest first; bounded by `capacity`.
     records: Mutex<VecDeque<FailureRecord>>,
+    /// Each record as it arrives, for `GET /stream` (the monitor's stream keeps its one
+    /// consumer: this).
+    live: broadcast::Sender<FailureRecord>,
 }
+
+/// Records a stream client may fall behind by before it is told it lagged.
+const LIVE_CAPACITY: usize = 1024;
 
 impl RecentErrors {
     /// Keeps up to `capacity` records (`0` only logs).
@@ -27,12 +34,17 @@ impl RecentErrors {
         Self {
             capacity,
             records: Mutex::new(VecDeque::with_capacity(capacity)),
+            live: broadcast::channel(LIVE_CAPACITY).0,
         }
     }
 
     /// Logs `record` and keeps it, forgetting the oldest one when full.
     pub fn push(&self, record: FailureRecord) {
         crate::monitor::log_record(&record);
+        if self.live.receiver_count() > 0 {
+            // Never waits: a listener that falls behind is told it lagged.
+            let _ = self.live.send(record.clone());
+        }
         if self.capacity == 0 {
             return;
         }
@@ -41,6 +53,11 @@ impl RecentErrors {
             records.pop_front();
         }
         records.push_back(record);
+    }
+
+    /// Every record from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<FailureRecord> {
+        self.live.subscribe()
     }
 
     /// Up to `limit` records, newest first.

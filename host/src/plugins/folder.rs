@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::history::{PluginChange, PluginHistory};
 use super::slot::Slot;
 use super::{Manifest, ManifestError};
 use crate::bus::{AsyncEventBus, EventBus, EventHandler, SubscriptionId};
@@ -139,6 +140,7 @@ pub struct PluginFolder {
     state: Mutex<State>,
     reloads: AtomicU64,
     load_failures: AtomicU64,
+    history: PluginHistory,
 }
 
 impl std::fmt::Debug for PluginFolder {
@@ -278,6 +280,7 @@ impl PluginFolder {
             loading: tokio::sync::Mutex::new(()),
             state: Mutex::default(),
             reloads: AtomicU64::new(0),
+            history: PluginHistory::default(),
             load_failures: AtomicU64::new(0),
         });
         let loading = folder.loading.lock().await;
@@ -378,7 +381,12 @@ impl PluginFolder {
             .map(Entry::status)
     }
 
-    /// Successful loads after the initial ones: replaced versions and new files.
+    /// What happened to each plugin: loaded, swapped, refused, removed.
+    pub fn history(&self) -> &PluginHistory {
+        &self.history
+    }
+
+    /// Successful reloads of changed plugin files since startup.
     pub fn reloads(&self) -> u64 {
         self.reloads.load(Ordering::Relaxed)
     }
@@ -582,6 +590,7 @@ impl PluginFolder {
                 entry.slot.swap(handler);
                 let old = std::mem::replace(&mut entry.plugin, Arc::clone(&plugin));
                 tracing::info!(plugin = %name, file = %file.display(), from = %old.info().hash, to = %plugin.info().hash, "plugin reloaded");
+                self.history.record(&name, swapped(&old, &plugin));
                 entry.retire(old);
                 entry.manifest = manifest;
                 entry.loaded_at = now;
@@ -604,6 +613,7 @@ impl PluginFolder {
                     plugin = %name, file = %file.display(), from = %old.info().hash, to = %plugin.info().hash,
                     subscriptions = ?patterns, "plugin reloaded with a new subscription"
                 );
+                self.history.record(&name, swapped(&old, &plugin));
                 entry.retire(old);
                 entry.slot = slot;
                 entry.subscription = subscription;
@@ -625,6 +635,13 @@ impl PluginFolder {
                 tracing::info!(
                     plugin = %name, file = %file.display(), hash = %plugin.info().hash,
                     subscriptions = ?patterns, "plugin loaded"
+                );
+                self.history.record(
+                    &name,
+                    PluginChange::Loaded {
+                        hash: plugin.info().hash.clone(),
+                        version: plugin.info().version.clone(),
+                    },
                 );
                 state.entries.insert(
                     identity.to_owned(),
@@ -661,6 +678,8 @@ impl PluginFolder {
             tracing::warn!(plugin = %name, "unsubscribing a removed plugin: {error}");
         }
         tracing::info!(plugin = %name, file = %entry.file.display(), "plugin unloaded: its file was removed");
+        drop(state);
+        self.history.record(&name, PluginChange::Removed);
     }
 
     /// Logs a file that could not be loaded and reports it to the monitor — once: the
@@ -683,6 +702,12 @@ impl PluginFolder {
         };
         self.load_failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(file = %file.display(), "plugin rejected: {message}");
+        self.history.record(
+            stem,
+            PluginChange::Refused {
+                reason: message.clone(),
+            },
+        );
         self.bus.monitor().report(FailureRecord {
             subscription: format!("{stem}.wasm"),
             handler_version: None,
@@ -890,5 +915,14 @@ async fn metadata(path: &Path) -> std::io::Result<Option<std::fs::Metadata>> {
         Ok(metadata) => Ok(Some(metadata)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error),
+    }
+}
+
+/// The history entry of `new` replacing `old`.
+fn swapped(old: &Plugin, new: &Plugin) -> PluginChange {
+    PluginChange::Swapped {
+        from: old.info().hash.clone(),
+        to: new.info().hash.clone(),
+        version: new.info().version.clone(),
     }
 }

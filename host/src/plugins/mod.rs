@@ -10,8 +10,10 @@
 //! cached on disk, so a restart does not compile again.
 
 mod folder;
+mod history;
 pub(crate) mod manifest;
 mod slot;
 
 pub use folder::{PluginFolder, PluginFolderOptions, PluginStatus, WatchGuard};
+pub use history::{PluginChange, PluginEvent, PluginHistory};
 pub use manifest::{LimitSettings, Manifest, ManifestError, RetryPolicy, RetrySettings};

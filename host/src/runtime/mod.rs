@@ -310,6 +310,7 @@ impl Runtime {
                 limits: options.limits,
                 config: options.config,
                 kv,
+                hash: Arc::from(hash.as_str()),
             }),
             pre,
             info: PluginInfo {

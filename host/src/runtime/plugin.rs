@@ -155,6 +155,8 @@ pub(crate) struct PluginShared {
     pub(crate) limits: Limits,
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) kv: Arc<dyn KeyValueReader>,
+    /// The component's content hash, named with every success's effects.
+    pub(crate) hash: Arc<str>,
 }
 
 /// A loaded plugin. It is an [`EventHandler`]: subscribe it to a bus with
@@ -376,6 +378,7 @@ impl Plugin {
                     kv_namespace: self.shared.name.to_string(),
                     kv_writes: std::mem::take(&mut state.call.kv_writes).into_iter().collect(),
                     emitted: std::mem::take(&mut state.call.emitted),
+                    version: Some(Arc::clone(&self.shared.hash)),
                 };
                 if served < self.reuse.get() {
                     self.warm.lock().push(WarmInstance {

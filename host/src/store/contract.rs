@@ -117,6 +117,7 @@ fn commit(
         kv_namespace: String::new(),
         kv_writes: Vec::new(),
         emitted: Vec::new(),
+        handler_version: None,
     }
 }
 

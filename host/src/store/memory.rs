@@ -69,6 +69,7 @@ impl MemoryLog {
             kv_namespace,
             kv_writes,
             emitted,
+            handler_version: _,
         } = commit;
         match outcome {
             DeliveryOutcome::Acked => {

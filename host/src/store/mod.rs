@@ -11,6 +11,9 @@
 //!   backend's documented contract.
 //! - [`DeadLetters`]: lists, replays and purges the dead-letter queue.
 //! - [`Checkpoints`]: where a relay (the outbox) left off.
+//! - [`EventLookup`]: finds stored events by id, lists them and follows a correlation,
+//!   each with where its deliveries stand (what `GET /events/{id}` answers). Optional: a
+//!   backend that keeps no such index leaves [`Storage::lookup`] empty.
 //! - [`KeyValueStore`] (a [`KeyValueReader`] plugins read through): the plugins' data,
 //!   with a revision per value.
 //!
@@ -144,6 +147,9 @@ pub struct DeliveryCommit {
     /// Events the handler emitted, each with the subscriptions it must reach; appended
     /// like [`EventLog::append`]. Only with [`DeliveryOutcome::Acked`].
     pub emitted: Vec<(Arc<Event>, Vec<Arc<str>>)>,
+    /// The handler version that ran (a plugin's content hash), when it has one; a log
+    /// that answers [`EventLookup`] keeps it with an acknowledgement.
+    pub handler_version: Option<Arc<str>>,
 }
 
 /// What a delivery commit did.
@@ -359,6 +365,104 @@ pub trait Checkpoints: Send + Sync + Debug + 'static {
     fn checkpoint<'a>(&'a self, relay: &'a str) -> BoxFuture<'a, Result<Option<i64>, StorageError>>;
 }
 
+/// Where one delivery of a stored event stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum DeliveryState {
+    /// Waiting for its first delivery (`attempt` 0) or for a retry.
+    Pending {
+        /// Failed attempts so far.
+        attempt: u32,
+        /// Not to be delivered before this (set by a retry).
+        not_before: Option<DateTime<Utc>>,
+    },
+    /// Handled; its effects are committed.
+    Handled {
+        /// When. Absent for deliveries handled before the log recorded it.
+        at: Option<DateTime<Utc>>,
+        /// The handler version that ran. Absent when the handler has none, or the
+        /// delivery was handled before the log recorded it.
+        version: Option<String>,
+    },
+    /// In the dead-letter queue.
+    DeadLettered {
+        /// When it got there.
+        dead_at: DateTime<Utc>,
+        /// Its id in the dead-letter queue (`GET /dlq/{id}`).
+        dead_letter_id: u64,
+    },
+    /// Removed from the dead-letter queue by a purge; never delivered again.
+    Purged,
+}
+
+/// One subscription's delivery of a stored event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryView {
+    /// The subscription (plugin).
+    pub subscription: String,
+    /// Where it stands.
+    #[serde(flatten)]
+    pub state: DeliveryState,
+    /// Failed attempts recorded, across replays.
+    pub failures: u32,
+    /// The latest of them.
+    pub last_failure: Option<FailureRecord>,
+}
+
+/// A stored event and where each of its deliveries stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Its position in the log.
+    pub offset: Offset,
+    /// The event as stored.
+    #[serde(serialize_with = "serialize_event")]
+    pub event: Arc<Event>,
+    /// The plugin whose handler emitted it; `None` for an event published to the log.
+    pub emitted_by: Option<String>,
+    /// One entry per subscription it was routed to, by name.
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// Which events [`EventLookup::page`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only events of this `type`.
+    pub event_type: Option<String>,
+    /// Only events with this `subject`.
+    pub subject: Option<String>,
+    /// Oldest first, starting after this offset; without it (and without `before`),
+    /// newest first from the end of the log.
+    pub after: Option<Offset>,
+    /// Newest first, starting before this offset.
+    pub before: Option<Offset>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Finding stored events: what the operator's reads (`GET /events`, `/events/{id}`,
+/// `/events/{id}/trace`) ask of a log.
+pub trait EventLookup: Send + Sync + Debug + 'static {
+    /// The events with this `id` (of this `source` when given): one normally, several
+    /// when sources reuse an id.
+    fn find<'a>(
+        &'a self,
+        id: &'a str,
+        source: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StorageError>>;
+
+    /// A page of events matching `query`, in the order it asks for.
+    fn page(&self, query: EventQuery) -> BoxFuture<'_, Result<Vec<StoredEvent>, StorageError>>;
+
+    /// Every event of the correlation `correlation`, in offset order: the events whose
+    /// `correlationid` is `correlation`, and the event with that id which started it.
+    /// At most `limit`.
+    fn correlated<'a>(
+        &'a self,
+        correlation: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StorageError>>;
+}
+
 /// One backend's parts of the storage seam.
 #[derive(Debug, Clone)]
 pub struct Storage {
@@ -372,6 +476,8 @@ pub struct Storage {
     pub checkpoints: Arc<dyn Checkpoints>,
     /// The plugins' key-value data.
     pub kv: Arc<dyn KeyValueStore>,
+    /// Looking events up, when the backend keeps what it needs; `None` otherwise.
+    pub lookup: Option<Arc<dyn EventLookup>>,
 }
 
 impl Storage {
@@ -386,7 +492,14 @@ impl Storage {
             dead_letters: Arc::clone(&backend) as Arc<dyn DeadLetters>,
             checkpoints: Arc::clone(&backend) as Arc<dyn Checkpoints>,
             kv: backend as Arc<dyn KeyValueStore>,
+            lookup: None,
         }
+    }
+
+    /// These parts, and `lookup` to find events by.
+    pub fn with_lookup(mut self, lookup: Arc<dyn EventLookup>) -> Self {
+        self.lookup = Some(lookup);
+        self
     }
 
     /// A fresh [`MemoryLog`].

@@ -47,6 +47,7 @@ impl EventHandler for Counter {
             kv_namespace: "counter".into(),
             kv_writes: vec![(format!("last:{subject}"), Some(event.id.as_bytes().to_vec()))],
             emitted: vec![Event::new("Counted", "counter", json!({ "of": event.id })).caused_by(&event)],
+            version: Some("counter-v1".into()),
         })
     }
 }
@@ -162,9 +163,10 @@ async fn effects_commit_with_the_acknowledgement() {
     let counted = follower.seen.lock().unwrap().clone();
     assert_eq!(counted.len(), 1, "the emitted event was delivered");
     assert_eq!(counted[0].json_data(), Some(&json!({ "of": placed.id })));
-    assert_eq!(
-        store.delivery_state("counter", appended[0].offset).unwrap(),
-        Some(DeliveryState::Acked)
+    let state = store.delivery_state("counter", appended[0].offset).unwrap();
+    assert!(
+        matches!(&state, Some(DeliveryState::Handled { at: Some(_), version: Some(v) }) if v == "counter-v1"),
+        "the acknowledgement records when and by which version: {state:?}"
     );
     assert_eq!(
         store.stats().unwrap().events,

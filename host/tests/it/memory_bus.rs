@@ -135,6 +135,7 @@ impl evhost::EventHandler for Counting {
             kv_namespace: String::new(),
             kv_writes: vec![("last".into(), Some(event.id.as_bytes().to_vec()))],
             emitted: vec![evhost::Event::new("Counted", "counting", serde_json::json!({})).caused_by(&event)],
+            version: None,
         })
     }
 }

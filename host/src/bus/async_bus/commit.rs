@@ -86,6 +86,7 @@ impl Inner {
             kv_namespace,
             kv_writes,
             emitted,
+            version,
         } = effects;
         for event in &emitted {
             validate(event).map_err(|e| {
@@ -97,6 +98,7 @@ impl Inner {
         }
         let emitted: Vec<Arc<Event>> = emitted.into_iter().map(Arc::new).collect();
         let mut commit = delivery_commit(lane, delivery, DeliveryOutcome::Acked);
+        commit.handler_version = version;
         if !kv_writes.is_empty() {
             commit.kv_namespace = if kv_namespace.is_empty() {
                 lane.subscription.name.to_string()
@@ -384,6 +386,7 @@ fn delivery_commit(lane: &Lane, delivery: &Delivery, outcome: DeliveryOutcome) -
         kv_namespace: String::new(),
         kv_writes: Vec::new(),
         emitted: Vec::new(),
+        handler_version: None,
     }
 }
 

@@ -402,6 +402,7 @@ impl Inner {
             kv_namespace: String::new(),
             kv_writes: Vec::new(),
             emitted: Vec::new(),
+            handler_version: None,
         };
         if let Err(error) = contained(|| self.storage.ledger.commit(std::slice::from_ref(&commit))).await {
             // Not acknowledged: the log offers it again after its ack wait.

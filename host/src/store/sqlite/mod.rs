@@ -80,7 +80,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use chrono::{DateTime, Utc};
 use futures::TryStreamExt as _;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -89,11 +88,11 @@ use tokio::sync::oneshot;
 
 pub use super::{
     AppendBatch, Appended, CommitOutcome, DeadLetter, DeadLetterFilter, DeliveryCommit, DeliveryOutcome,
-    PendingDelivery, Replayed,
+    DeliveryState, PendingDelivery, Replayed,
 };
 use super::{
-    Checkpoints, DeadLetters, DeliveryLedger, EventLog, KeyPage, KeyValueReader, KeyValueStore, Storage,
-    StorageError, Versioned,
+    Checkpoints, DeadLetters, DeliveryLedger, EventLog, EventLookup, EventQuery, KeyPage, KeyValueReader,
+    KeyValueStore, Storage, StorageError, StoredEvent, Versioned,
 };
 use read::Readers;
 use writer::{Answer, Message, Op, Reply, Request, Writer};
@@ -120,28 +119,6 @@ impl Default for StoreOptions {
             idle_readers: 4,
         }
     }
-}
-
-/// Where one delivery stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "kebab-case")]
-pub enum DeliveryState {
-    /// Waiting for (another) delivery.
-    Pending {
-        /// Failed attempts so far.
-        attempt: u32,
-        /// Not to be delivered before this.
-        not_before: Option<DateTime<Utc>>,
-    },
-    /// Handled; its effects are committed.
-    Acked,
-    /// In the dead-letter queue.
-    DeadLettered {
-        /// When it got there.
-        dead_at: DateTime<Utc>,
-    },
-    /// Removed from the dead-letter queue by a purge; never delivered again.
-    Purged,
 }
 
 /// Counts for metrics; see [`SqliteStore::stats`].
@@ -434,7 +411,7 @@ impl SqliteStore {
 
     /// Every part of the storage seam, from this store.
     pub fn storage(self: &Arc<Self>) -> Storage {
-        Storage::of(Arc::clone(self))
+        Storage::of(Arc::clone(self)).with_lookup(Arc::clone(self) as Arc<dyn EventLookup>)
     }
 
     /// The database file.
@@ -903,6 +880,44 @@ impl KeyValueStore for SqliteStore {
                 Answer::Done => Ok(()),
                 other => Err(unexpected(&other).into()),
             }
+        })
+    }
+}
+
+/// Finds events by `(id, source)` (the idempotency index, id first) and a correlation by
+/// its partial index; a delivery's state is a primary-key read per subscription.
+impl EventLookup for SqliteStore {
+    fn find<'a>(
+        &'a self,
+        id: &'a str,
+        source: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StorageError>> {
+        let (id, source) = (id.to_owned(), source.map(str::to_owned));
+        Box::pin(async move {
+            Ok(self
+                .read_off_thread(move |conn, path| read::find_events(conn, path, &id, source.as_deref()))
+                .await?)
+        })
+    }
+
+    fn page(&self, query: EventQuery) -> BoxFuture<'_, Result<Vec<StoredEvent>, StorageError>> {
+        Box::pin(async move {
+            Ok(self
+                .read_off_thread(move |conn, path| read::list_events(conn, path, &query))
+                .await?)
+        })
+    }
+
+    fn correlated<'a>(
+        &'a self,
+        correlation: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StorageError>> {
+        let correlation = correlation.to_owned();
+        Box::pin(async move {
+            Ok(self
+                .read_off_thread(move |conn, path| read::correlated_events(conn, path, &correlation, limit))
+                .await?)
         })
     }
 }

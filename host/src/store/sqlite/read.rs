@@ -15,6 +15,7 @@ use super::schema::{self, ACKED, DEAD, PENDING, PURGED};
 use super::{DeadLetter, DeadLetterFilter, DeliveryState, PendingDelivery, StoreError};
 use crate::event::Event;
 use crate::monitor::FailureRecord;
+use crate::store::{DeliveryView, EventQuery, StoredEvent};
 use crate::store::{KeyPage, Versioned};
 
 /// Read-only connections, opened on demand and kept for reuse.
@@ -208,33 +209,149 @@ pub(super) fn delivery_state(
     subscription: &str,
     offset: u64,
 ) -> Result<Option<DeliveryState>, StoreError> {
-    let row: Option<(i64, i64, Option<String>, Option<String>)> = conn
-        .prepare_cached(
-            "SELECT state, attempt, not_before, dead_at FROM deliveries
-             WHERE sub = (SELECT id FROM subscriptions WHERE name = ?1) AND pos = ?2",
-        )?
-        .query_row(params![subscription, to_pos(offset)], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-        })
-        .optional()?;
-    let Some((state, attempts, not_before, dead_at)) = row else {
-        return Ok(None);
-    };
-    let state = match state {
-        PENDING => DeliveryState::Pending {
-            attempt: attempt(attempts),
-            not_before: not_before
-                .map(|t| parse_time(path, "not_before", &t))
+    Ok(deliveries(conn, path, to_pos(offset))?
+        .into_iter()
+        .find(|delivery| delivery.subscription == subscription)
+        .map(|delivery| delivery.state))
+}
+
+/// Every delivery of the event at `pos`, by subscription name.
+fn deliveries(conn: &Connection, path: &Path, pos: i64) -> Result<Vec<DeliveryView>, StoreError> {
+    // Driven by the few subscriptions, each a primary-key read of `deliveries`.
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.name, d.state, d.attempt, d.not_before, d.dead_at, d.done_at, v.version,
+                (SELECT count(*) FROM failures f WHERE f.sub = d.sub AND f.pos = d.pos),
+                (SELECT f.id FROM failures f WHERE f.sub = d.sub AND f.pos = d.pos ORDER BY f.id DESC LIMIT 1),
+                (SELECT f.record FROM failures f WHERE f.sub = d.sub AND f.pos = d.pos ORDER BY f.id DESC LIMIT 1)
+         FROM subscriptions s JOIN deliveries d ON d.sub = s.id AND d.pos = ?1
+         LEFT JOIN versions v ON v.id = d.version
+         ORDER BY s.name",
+    )?;
+    let mut rows = stmt.query([pos])?;
+    let mut views = Vec::new();
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let not_before: Option<String> = row.get(3)?;
+        let dead_at: Option<String> = row.get(4)?;
+        let done_at: Option<i64> = row.get(5)?;
+        let last_id: Option<i64> = row.get(8)?;
+        let last: Option<String> = row.get(9)?;
+        let state = match row.get::<_, i64>(1)? {
+            PENDING => DeliveryState::Pending {
+                attempt: attempt(row.get(2)?),
+                not_before: not_before
+                    .map(|t| parse_time(path, "not_before", &t))
+                    .transpose()?,
+            },
+            ACKED => DeliveryState::Handled {
+                at: done_at.and_then(DateTime::from_timestamp_millis),
+                version: row.get(6)?,
+            },
+            DEAD => DeliveryState::DeadLettered {
+                dead_at: parse_time(path, "dead_at", dead_at.as_deref().unwrap_or_default())?,
+                dead_letter_id: last_id.map_or(0, to_offset),
+            },
+            PURGED => DeliveryState::Purged,
+            other => return Err(corrupt(path, format!("delivery state {other}"))),
+        };
+        views.push(DeliveryView {
+            state,
+            failures: attempt(row.get(7)?),
+            last_failure: last
+                .map(|record| parse_failure(path, &name, pos, &record))
                 .transpose()?,
-        },
-        ACKED => DeliveryState::Acked,
-        DEAD => DeliveryState::DeadLettered {
-            dead_at: parse_time(path, "dead_at", dead_at.as_deref().unwrap_or_default())?,
-        },
-        PURGED => DeliveryState::Purged,
-        other => return Err(corrupt(path, format!("delivery state {other}"))),
+            subscription: name,
+        });
+    }
+    Ok(views)
+}
+
+/// The columns an event is read with, from `events e` joined to its emitter's name.
+const EVENT_COLUMNS: &str =
+    "SELECT e.pos, e.event, s.name FROM events e LEFT JOIN subscriptions s ON s.id = e.emitter";
+
+/// Reads the events `stmt` selects (with [`EVENT_COLUMNS`]), each with its deliveries, in
+/// one transaction so that they agree.
+fn stored_events(
+    conn: &Connection,
+    path: &Path,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let mut found = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(sql)?;
+        let mut rows = stmt.query(params)?;
+        while let Some(row) = rows.next()? {
+            let pos: i64 = row.get(0)?;
+            let json: String = row.get(1)?;
+            found.push(StoredEvent {
+                offset: to_offset(pos),
+                event: parse_event(path, pos, &json)?,
+                emitted_by: row.get(2)?,
+                deliveries: deliveries(&tx, path, pos)?,
+            });
+        }
+    }
+    tx.commit()?;
+    Ok(found)
+}
+
+/// The events with `id` (and `source`, when given), by offset.
+pub(super) fn find_events(
+    conn: &Connection,
+    path: &Path,
+    id: &str,
+    source: Option<&str>,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let sql = format!("{EVENT_COLUMNS} WHERE e.id = ?1 AND (?2 IS NULL OR e.source = ?2) ORDER BY e.pos");
+    stored_events(conn, path, &sql, params![id, source])
+}
+
+/// A page of events as `query` asks: by offset after `after`, else newest first before
+/// `before` (or from the end). The type and subject filters read each event's JSON.
+pub(super) fn list_events(
+    conn: &Connection,
+    path: &Path,
+    query: &EventQuery,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let filters = "(?2 IS NULL OR json_extract(e.event, '$.type') = ?2)
+         AND (?3 IS NULL OR json_extract(e.event, '$.subject') = ?3)";
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+    let (sql, from) = match query.after {
+        Some(after) => (
+            format!("{EVENT_COLUMNS} WHERE e.pos > ?1 AND {filters} ORDER BY e.pos LIMIT ?4"),
+            to_pos(after),
+        ),
+        None => (
+            format!("{EVENT_COLUMNS} WHERE e.pos < ?1 AND {filters} ORDER BY e.pos DESC LIMIT ?4"),
+            query.before.map_or(i64::MAX, to_pos),
+        ),
     };
-    Ok(Some(state))
+    stored_events(
+        conn,
+        path,
+        &sql,
+        params![from, query.event_type, query.subject, limit],
+    )
+}
+
+/// The events of `correlation`, by offset: those carrying it and the one it is the id of.
+pub(super) fn correlated_events(
+    conn: &Connection,
+    path: &Path,
+    correlation: &str,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let sql = format!(
+        "SELECT * FROM (
+            {EVENT_COLUMNS} WHERE e.correlation = ?1
+            UNION {EVENT_COLUMNS} WHERE e.id = ?1 AND e.correlation IS NULL
+         ) ORDER BY 1 LIMIT ?2"
+    );
+    stored_events(conn, path, &sql, params![correlation, limit])
 }
 
 /// The id of the dead letter of delivery `d` (SQL over `d.sub`, `d.pos`): the id of its

@@ -1,16 +1,19 @@
 //! Opening the file: WAL mode, the integrity check, the schema and its migrations.
 //!
-//! # Schema (version 2)
+//! # Schema (version 4)
 //!
-//! - `events(pos, source, id, event)`: the log. `pos` is the offset (the rowid; events
-//!   are never deleted, so an offset is never handed out twice); `event` is the
-//!   CloudEvents JSON; `(source, id)` is unique, which is
-//!   what makes publishing idempotent.
+//! - `events(pos, source, id, event, correlation, emitter)`: the log. `pos` is the offset
+//!   (the rowid; events are never deleted, so an offset is never handed out twice);
+//!   `event` is the CloudEvents JSON; `(id, source)` is unique, which is what makes
+//!   publishing idempotent, and its index finds an event by id. `correlation` copies the
+//!   event's `correlationid` (indexed where set: a saga's events); `emitter` is the
+//!   subscription whose handler emitted the event, `NULL` for a published one.
 //! - `subscriptions(id, name)`: subscription names, so each delivery row stores a small
 //!   integer instead of the name.
-//! - `deliveries(sub, pos, state, attempt, not_before, dead_at)`: one row per event and
-//!   subscription it must reach. `state` is 0 pending, 1 acked, 2 dead-lettered, 3
-//!   purged. Partial indexes over pending and dead rows keep redelivery and DLQ queries
+//! - `deliveries(sub, pos, state, attempt, not_before, dead_at, done_at, version)`: one
+//!   row per event and subscription it must reach. `state` is 0 pending, 1 acked, 2
+//!   dead-lettered, 3 purged; an acknowledgement sets `done_at` (Unix milliseconds) and
+//!   `version` (a row of `versions(id, version)`: the handler version that ran). Partial indexes over pending and dead rows keep redelivery and DLQ queries
 //!   proportional to what they return, not to the history.
 //! - `failures(id, sub, pos, record)`: every failure of a delivery, in order, as the
 //!   `FailureRecord` JSON.
@@ -110,6 +113,27 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // Version 3: a revision per key-value entry, counting its writes.
     r"
     ALTER TABLE kv ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;
+",
+    // Version 4: what the operator's reads need. The idempotency index puts `id` first so
+    // that it also finds an event by id alone; a correlation's events are found through a
+    // partial index (an event that starts a saga has no correlation and costs it nothing);
+    // an emitted event names the subscription that emitted it; an acknowledgement records
+    // when, and which handler version ran (interned).
+    r"
+    DROP INDEX events_by_source_id;
+    CREATE UNIQUE INDEX events_by_id_source ON events (id, source);
+    ALTER TABLE events ADD COLUMN correlation TEXT;
+    ALTER TABLE events ADD COLUMN emitter INTEGER;
+    UPDATE events SET correlation = json_extract(event, '$.correlationid')
+        WHERE json_type(event, '$.correlationid') = 'text';
+    CREATE INDEX events_by_correlation ON events (correlation) WHERE correlation IS NOT NULL;
+
+    CREATE TABLE versions (
+        id      INTEGER PRIMARY KEY,
+        version TEXT NOT NULL UNIQUE
+    ) STRICT;
+    ALTER TABLE deliveries ADD COLUMN done_at INTEGER;
+    ALTER TABLE deliveries ADD COLUMN version INTEGER;
 ",
 ];
 

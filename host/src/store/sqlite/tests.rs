@@ -14,6 +14,7 @@ use super::*;
 use crate::event::Event;
 use crate::monitor::{FailureKind, FailureRecord};
 use crate::store::contract::batch;
+use crate::store::{DeliveryView, EventLookup as _, EventQuery};
 
 /// A directory removed when the test ends.
 struct TempDir(PathBuf);
@@ -75,6 +76,7 @@ fn ack(subscription: &str, offset: u64) -> DeliveryCommit {
         kv_namespace: subscription.to_owned(),
         kv_writes: Vec::new(),
         emitted: Vec::new(),
+        handler_version: None,
     }
 }
 
@@ -212,9 +214,10 @@ async fn an_abandoned_store_keeps_every_answered_write() {
         pending.iter().map(|p| p.offset).collect::<Vec<_>>(),
         vec![second.offset]
     );
-    assert_eq!(
-        store.delivery_state("s", first.offset).unwrap(),
-        Some(DeliveryState::Acked)
+    let state = store.delivery_state("s", first.offset).unwrap();
+    assert!(
+        matches!(state, Some(DeliveryState::Handled { at: Some(_), .. })),
+        "{state:?}"
     );
 }
 
@@ -400,9 +403,10 @@ async fn an_ack_applies_kv_writes_and_emitted_events_exactly_once() {
     assert_eq!((mailer.len(), mailer[0].offset), (1, appended[0].offset));
     assert_eq!(mailer[0].event, emitted);
     assert!(store.pending("projection").unwrap().is_empty());
-    assert_eq!(
-        store.delivery_state("projection", delivered.offset).unwrap(),
-        Some(DeliveryState::Acked)
+    let state = store.delivery_state("projection", delivered.offset).unwrap();
+    assert!(
+        matches!(state, Some(DeliveryState::Handled { at: Some(_), .. })),
+        "{state:?}"
     );
 
     // A redelivery that raced the commit above: refused, and none of it applied.
@@ -491,7 +495,7 @@ async fn a_retry_keeps_the_delivery_pending_and_the_dead_letter_keeps_every_fail
     assert_eq!(letter.event, e);
     assert!(matches!(
         store.delivery_state("s", offset).unwrap(),
-        Some(DeliveryState::DeadLettered { dead_at }) if dead_at == letter.dead_at
+        Some(DeliveryState::DeadLettered { dead_at, dead_letter_id }) if dead_at == letter.dead_at && dead_letter_id == letter.id
     ));
     let stats = store.stats().unwrap();
     assert_eq!((stats.pending, stats.dead_letters), (0, 1));
@@ -1033,4 +1037,206 @@ async fn a_version_1_store_is_migrated_and_keeps_its_events_and_offsets() {
     );
     let next = append_one(&store, &event(2), &["s"]).await;
     assert_eq!(next.offset, 8, "offsets go on after the migrated ones");
+}
+
+#[tokio::test]
+async fn events_are_found_by_id_with_each_deliverys_state_and_a_saga_by_its_correlation() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let placed = Arc::new(Event::new("OrderPlaced", "shop", json!({ "order": 1 })).with_id("o-1"));
+    let placed_at = append_one(&store, &placed, &["billing", "mailer"]).await;
+    // Another source reusing the id, and an unrelated event.
+    let other = Arc::new(Event::new("OrderPlaced", "elsewhere", json!({})).with_id("o-1"));
+    append_one(&store, &other, &[]).await;
+    append_one(&store, &event(9), &["mailer"]).await;
+
+    // billing handles it (version b1) and emits a request; mailer fails, then dies.
+    let requested = Arc::new(Event::new("InvoiceRequested", "billing", json!({})).caused_by(&placed));
+    let outcome = store
+        .commit(DeliveryCommit {
+            emitted: vec![(Arc::clone(&requested), vec!["invoicer".into()])],
+            handler_version: Some("b1".into()),
+            ..ack("billing", placed_at.offset)
+        })
+        .await
+        .unwrap();
+    let CommitOutcome::Committed { emitted } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let not_before = Utc::now() + chrono::Duration::minutes(5);
+    store
+        .commit(retry(
+            "mailer",
+            placed_at.offset,
+            1,
+            not_before,
+            failure("mailer", &placed, 1, "smtp down"),
+        ))
+        .await
+        .unwrap();
+    let invoiced = Arc::new(Event::new("InvoiceSent", "invoicer", json!({})).caused_by(&requested));
+    store
+        .commit(DeliveryCommit {
+            emitted: vec![(Arc::clone(&invoiced), Vec::new())],
+            ..ack("invoicer", emitted[0].offset)
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.find("o-1", None).await.unwrap().len(),
+        2,
+        "two sources share the id"
+    );
+    let found = store.find("o-1", Some("shop")).await.unwrap();
+    assert_eq!(found.len(), 1);
+    let found = &found[0];
+    assert_eq!(
+        (found.offset, found.event.ty.as_str()),
+        (placed_at.offset, "OrderPlaced")
+    );
+    assert_eq!(found.emitted_by, None, "published, not emitted");
+    let states: Vec<(&str, &DeliveryState)> = found
+        .deliveries
+        .iter()
+        .map(|d| (d.subscription.as_str(), &d.state))
+        .collect();
+    let [
+        (
+            "billing",
+            DeliveryState::Handled {
+                at: Some(at),
+                version,
+            },
+        ),
+        (
+            "mailer",
+            DeliveryState::Pending {
+                attempt: 1,
+                not_before: Some(retry_at),
+            },
+        ),
+    ] = states.as_slice()
+    else {
+        panic!("{states:?}")
+    };
+    assert!((Utc::now() - *at).num_seconds() < 60, "{at}");
+    assert_eq!(version.as_deref(), Some("b1"));
+    assert_eq!(retry_at.timestamp_millis(), not_before.timestamp_millis());
+    let mailer = &found.deliveries[1];
+    assert_eq!(mailer.failures, 1);
+    assert_eq!(mailer.last_failure.as_ref().unwrap().message, "smtp down");
+
+    let emitted_one = &store.find(&requested.id, None).await.unwrap()[0];
+    assert_eq!(emitted_one.emitted_by.as_deref(), Some("billing"));
+    assert!(matches!(
+        emitted_one.deliveries[..],
+        [DeliveryView { ref subscription, state: DeliveryState::Handled { version: None, .. }, .. }] if subscription == "invoicer"
+    ));
+
+    // The saga, from any of its events' correlation: the root and what followed, in order.
+    let saga = store.correlated(&placed.id, 100).await.unwrap();
+    let types: Vec<&str> = saga.iter().map(|e| e.event.ty.as_str()).collect();
+    assert_eq!(
+        types,
+        ["OrderPlaced", "OrderPlaced", "InvoiceRequested", "InvoiceSent"],
+        "both o-1s start it"
+    );
+    assert_eq!(
+        store.correlated(&placed.id, 2).await.unwrap().len(),
+        2,
+        "the limit holds"
+    );
+
+    // Lists: newest first, by type, oldest first after an offset.
+    let newest = store
+        .page(EventQuery {
+            limit: 2,
+            ..EventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.iter().map(|e| e.event.ty.as_str()).collect::<Vec<_>>(),
+        ["InvoiceSent", "InvoiceRequested"]
+    );
+    let older = store
+        .page(EventQuery {
+            before: Some(newest[1].offset),
+            limit: 10,
+            ..EventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(older.len(), 3);
+    let placed_only = store
+        .page(EventQuery {
+            event_type: Some("OrderPlaced".into()),
+            after: Some(0),
+            limit: 10,
+            ..EventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        placed_only
+            .iter()
+            .map(|e| e.event.source.as_str())
+            .collect::<Vec<_>>(),
+        ["shop", "elsewhere"]
+    );
+    let by_subject = store
+        .page(EventQuery {
+            subject: Some("user-9".into()),
+            limit: 10,
+            ..EventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_subject.len(), 1);
+}
+
+#[tokio::test]
+async fn a_version_3_store_is_migrated_and_its_sagas_are_found() {
+    let dir = TempDir::new();
+    let path = dir.path().join(FILE_NAME);
+    let root = Event::new("OrderPlaced", "shop", json!({})).with_id("root");
+    let child = Event::new("Invoiced", "billing", json!({})).caused_by(&root);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; {} {} {}
+             PRAGMA application_id = {}; PRAGMA user_version = 3;",
+            schema::MIGRATIONS[0],
+            schema::MIGRATIONS[1],
+            schema::MIGRATIONS[2],
+            schema::APPLICATION_ID
+        ))
+        .unwrap();
+        for (pos, e) in [(1, &root), (2, &child)] {
+            conn.execute(
+                "INSERT INTO events (pos, source, id, event) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![pos, e.source, e.id, serde_json::to_string(e).unwrap()],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO subscriptions (id, name) VALUES (1, 'billing');
+             INSERT INTO deliveries (sub, pos, state) VALUES (1, 1, 1);",
+        )
+        .unwrap();
+    }
+    let store = open(&dir);
+    let saga = store.correlated("root", 10).await.unwrap();
+    assert_eq!(saga.iter().map(|e| e.offset).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        saga[0].deliveries[0].state,
+        DeliveryState::Handled {
+            at: None,
+            version: None
+        },
+        "handled before the store recorded when and by which version"
+    );
+    let again = append_one(&store, &Arc::new(root.clone()), &[]).await;
+    assert!(again.duplicate, "the id index still makes publishing idempotent");
 }

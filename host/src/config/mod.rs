@@ -15,6 +15,10 @@ use crate::http::auth::Scope;
 use crate::plugins::{Manifest, ManifestError};
 use crate::runtime::RuntimeConfig;
 
+mod effective;
+
+pub use effective::{Setting, Source, Sources, effective};
+
 /// The file `evhost run` reads from the working directory when no `--config` is given.
 pub const DEFAULT_FILE: &str = "evhost.toml";
 
@@ -585,6 +589,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: NonZeroUsize,
+    /// How many `GET /stream` clients (operator pages) may be connected at once; the next
+    /// gets `503`.
+    pub max_stream_clients: NonZeroUsize,
     /// How long an HTTP request may take, e.g. `"30s"`; `POST /events?wait=true` answers
     /// `504` with what it knows by then.
     #[serde(with = "humantime_serde")]
@@ -597,6 +604,10 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     /// Defaults for every plugin (the same keys as a plugin's `NAME.toml`).
     pub plugins: Manifest,
+    /// Where each setting came from, for `GET /config`: filled by [`Config::layered`],
+    /// and by whoever applies flags over it ([`Sources::set`]).
+    #[serde(skip)]
+    pub sources: Sources,
 }
 
 impl Default for Config {
@@ -613,11 +624,13 @@ impl Default for Config {
             log_format: LogFormat::Text,
             drain_timeout: Duration::from_secs(30),
             max_body_bytes: NonZeroUsize::new(1 << 20).expect("non-zero"),
+            max_stream_clients: NonZeroUsize::new(crate::http::DEFAULT_STREAM_CLIENTS).expect("non-zero"),
             request_timeout: Duration::from_secs(30),
             compile_cache: true,
             bus: BusSettings::default(),
             runtime: RuntimeSettings::default(),
             plugins: Manifest::default(),
+            sources: Sources::default(),
         }
     }
 }
@@ -720,9 +733,27 @@ impl Config {
 
         let file = file_to_read(path);
         let mut figment = Figment::new();
+        let mut sources = Sources::default();
         if let Some(file) = &file {
             // Read first: a missing or unreadable file is an error, not an empty layer.
-            figment = figment.merge(Toml::string(&read_file(file)?));
+            let text = read_file(file)?;
+            // A file TOML cannot parse is reported by the extraction below.
+            if let Ok(table) = text.parse::<toml::Table>() {
+                sources.set_table("", &table, &Source::File(file.display().to_string()));
+            }
+            figment = figment.merge(Toml::string(&text));
+        }
+        for (variable, _) in std::env::vars_os() {
+            let Some(key) = variable.to_str().and_then(|v| v.strip_prefix(ENV_PREFIX)) else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            if !FLAG_VARIABLES.contains(&key.as_str()) {
+                sources.set(
+                    key.replace("__", "."),
+                    Source::Env(variable.to_string_lossy().into_owned()),
+                );
+            }
         }
         let env = Env::prefixed(ENV_PREFIX).ignore(&FLAG_VARIABLES).split("__");
         figment = figment.merge(env);
@@ -738,6 +769,7 @@ impl Config {
             let value: figment::value::Value = value.parse().unwrap_or_else(|never| match never {});
             figment = figment.merge((key, value));
             set_keys.push(key.to_owned());
+            sources.set(key, Source::Set(key.to_owned()));
         }
         // Which layer set `key` last: a message names it.
         let source_of = |key: &str| -> PathBuf {
@@ -750,7 +782,7 @@ impl Config {
             }
             file.clone().unwrap_or_else(|| PathBuf::from("<defaults>"))
         };
-        let config: Self = figment.extract().map_err(|error| {
+        let mut config: Self = figment.extract().map_err(|error| {
             let mut key = error.path.join(".");
             if let figment::error::Kind::UnknownField(field, _) = &error.kind
                 && !key.ends_with(field.as_str())
@@ -775,6 +807,7 @@ impl Config {
             },
             other => other,
         })?;
+        config.sources = sources;
         Ok(config)
     }
 
@@ -798,8 +831,9 @@ impl Config {
         };
         // (key, value, most): zero is ruled out by the types; the upper bounds keep sizes
         // far from overflowing what the host computes with them.
-        let sizes: [(&'static str, u64, u64); 8] = [
+        let sizes: [(&'static str, u64, u64); 9] = [
             ("max_body_bytes", self.max_body_bytes.get() as u64, 1 << 30),
+            ("max_stream_clients", self.max_stream_clients.get() as u64, 10_000),
             (
                 "bus.max_concurrency",
                 self.bus.max_concurrency.get() as u64,
