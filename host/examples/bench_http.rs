@@ -13,6 +13,14 @@
 //!   of 100) while posting at half that event rate, paced.
 //! - `reload_ms`: median time from a changed 2 MB component being renamed into the plugins
 //!   folder to `GET /plugins` showing the new version.
+//! - `http_events_per_s_watched` and `watched_ratio`: the same throughput (median of 3) with
+//!   8 `GET /stream` clients reading every event of the stream and an operator's page
+//!   polling `/metrics/history`, `/plugins` and `/errors` every second; the ratio to the
+//!   unwatched median.
+//! - `lookup_events`, `event_lookup_p50_ms` / `_p99_ms`, `trace_p50_ms` / `_p99_ms`:
+//!   `GET /events/{id}` of random stored events and `GET /events/{id}/trace` of random
+//!   sagas (10 events each) once the log holds `lookup_events` events (1,000,000; set
+//!   `BENCH_LOOKUP_EVENTS` to change it), 500 requests each, one at a time.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,6 +37,10 @@ const REQUESTS_PER_CLIENT: usize = 60;
 const RUNS: usize = 3;
 const LATENCY_SECONDS: u64 = 4;
 const RELOADS: usize = 5;
+const STREAM_CLIENTS: usize = 8;
+const LOOKUPS: usize = 500;
+/// Events per saga in the lookup log: a root and its correlated followers.
+const SAGA: usize = 10;
 
 fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -189,6 +201,102 @@ async fn reload_times(http: &reqwest::Client, url: &str, plugins_dir: &Path, big
     times
 }
 
+/// `STREAM_CLIENTS` readers of `GET /stream` and a page polling the operator's reads once
+/// a second, until the returned sender is dropped.
+fn watchers(http: &reqwest::Client, url: &str) -> tokio::sync::watch::Sender<()> {
+    use futures::StreamExt as _;
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    for _ in 0..STREAM_CLIENTS {
+        let (http, url, mut stopped) = (http.clone(), url.to_owned(), stopped.clone());
+        tokio::spawn(async move {
+            let response = http.get(format!("{url}/stream")).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut body = response.bytes_stream();
+            loop {
+                tokio::select! {
+                    chunk = body.next() => if chunk.is_none() { break },
+                    _ = stopped.changed() => break,
+                }
+            }
+        });
+    }
+    let (http, url, mut stopped) = (http.clone(), url.to_owned(), stopped);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    for path in ["/metrics/history", "/plugins", "/errors?limit=100"] {
+                        let response = http.get(format!("{url}{path}")).send().await.unwrap();
+                        assert_eq!(response.status(), 200, "{path}");
+                        response.bytes().await.unwrap();
+                    }
+                }
+                _ = stopped.changed() => break,
+            }
+        }
+    });
+    stop
+}
+
+/// Fills the log with `total` events: sagas of [`SAGA`] events (a root `l{n}` and followers
+/// carrying its id as `correlationid`), posted in batches by [`CLIENTS`] clients.
+async fn fill(http: &reqwest::Client, url: &str, total: usize) {
+    let requests = total.div_ceil(BATCH);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (http, url, next) = (http.clone(), url.to_owned(), std::sync::Arc::clone(&next));
+        clients.push(tokio::spawn(async move {
+            loop {
+                let request = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if request >= requests {
+                    break;
+                }
+                let events: Vec<Value> = (request * BATCH..(request + 1) * BATCH)
+                    .map(|n| {
+                        let root = n - n % SAGA;
+                        let mut event = json!({
+                            "specversion": "1.0", "id": format!("l{n}"), "source": "bench",
+                            "type": "OrderPlaced", "data": {"order": n}
+                        });
+                        if n != root {
+                            event["correlationid"] = json!(format!("l{root}"));
+                            event["causationid"] = json!(format!("l{}", n - 1));
+                        }
+                        event
+                    })
+                    .collect();
+                post(&http, &url, Value::Array(events).to_string()).await;
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+}
+
+/// One-at-a-time latencies of `GET {url}{path(n)}` for `LOOKUPS` random `n` below `total`,
+/// sorted.
+async fn lookups(
+    http: &reqwest::Client,
+    url: &str,
+    total: usize,
+    path: impl Fn(usize) -> String,
+) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(LOOKUPS);
+    for _ in 0..LOOKUPS {
+        let path = path(fastrand::usize(..total));
+        let started = Instant::now();
+        let response = http.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.bytes().await.unwrap();
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    samples
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index].as_secs_f64() * 1000.0
@@ -236,6 +344,16 @@ async fn main() {
     let rate = rates[rates.len() / 2];
     eprintln!("throughput runs (events/s): {rates:.0?}");
 
+    let watching = watchers(&http, &url);
+    let mut watched = Vec::new();
+    for run in 0..RUNS {
+        watched.push(throughput(&http, &url, RUNS + run).await);
+    }
+    drop(watching);
+    watched.sort_by(f64::total_cmp);
+    let watched_rate = watched[watched.len() / 2];
+    eprintln!("throughput with {STREAM_CLIENTS} stream clients and a polling page (events/s): {watched:.0?}");
+
     let mut samples = latencies(&http, &url, rate / 2.0).await;
     samples.sort();
     let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
@@ -250,6 +368,23 @@ async fn main() {
     let reload = reloads[reloads.len() / 2].as_secs_f64() * 1000.0;
     eprintln!("reloads of a {} byte component (ms): {:.1?}", big.len(), reloads);
 
+    let total: usize = std::env::var("BENCH_LOOKUP_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let filling = Instant::now();
+    fill(&http, &url, total).await;
+    eprintln!("filled the log with {total} events in {:.1?}", filling.elapsed());
+    let event = lookups(&http, &url, total, |n| format!("/events/l{n}")).await;
+    let trace = lookups(&http, &url, total, |n| format!("/events/l{}/trace", n - n % SAGA)).await;
+    eprintln!(
+        "GET /events/{{id}} p50 {:.2} ms p99 {:.2} ms; /trace p50 {:.2} ms p99 {:.2} ms",
+        percentile(&event, 0.5),
+        percentile(&event, 0.99),
+        percentile(&trace, 0.5),
+        percentile(&trace, 0.99)
+    );
+
     let _ = stop.send(());
     server.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&work);
@@ -262,6 +397,14 @@ async fn main() {
             "latency_load_events_per_s": (rate / 2.0).round(),
             "reload_ms": (reload * 10.0).round() / 10.0,
             "reload_component_bytes": big.len(),
+            "http_events_per_s_watched": watched_rate.round(),
+            "watched_ratio": (watched_rate / rate * 100.0).round() / 100.0,
+            "stream_clients": STREAM_CLIENTS,
+            "lookup_events": total,
+            "event_lookup_p50_ms": (percentile(&event, 0.5) * 100.0).round() / 100.0,
+            "event_lookup_p99_ms": (percentile(&event, 0.99) * 100.0).round() / 100.0,
+            "trace_p50_ms": (percentile(&trace, 0.5) * 100.0).round() / 100.0,
+            "trace_p99_ms": (percentile(&trace, 0.99) * 100.0).round() / 100.0,
             "clients": CLIENTS,
             "batch": BATCH,
         })

@@ -476,7 +476,11 @@ async fn read_events(
 async fn the_stream_carries_samples_failures_and_plugin_changes_to_a_bounded_number_of_clients() {
     let dir = TempDir::new("inspect-stream");
     install(&dir.0, &[("returns-reject", wasm::RETURNS_REJECT)], &[]);
-    let host = Running::start_in_with(&dir.0, &["--set", "max_stream_clients=1"]);
+    // A stream outlives `request_timeout`: the timeout is for answering, not for streaming.
+    let mut host = Running::start_in_with(
+        &dir.0,
+        &["--set", "max_stream_clients=1", "--set", "request_timeout=1s"],
+    );
     let http = client();
     let stream = http.get(format!("{}/stream", host.url)).send().await.unwrap();
     assert_eq!(stream.status(), StatusCode::OK);
@@ -538,10 +542,38 @@ async fn the_stream_carries_samples_failures_and_plugin_changes_to_a_bounded_num
     // The place the first client held is free once it hung up.
     let again = http.get(format!("{}/stream", host.url)).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     std::fs::remove_file(host.plugins.join("returns-reject.wasm")).unwrap();
     let names = read_events(again, Duration::from_secs(15), |name, data| {
         name == "plugin" && data["change"] == "removed"
     })
     .await;
-    assert!(names.is_some(), "the removal reaches the stream");
+    assert!(
+        names.is_some(),
+        "the removal reaches the stream, past the request timeout"
+    );
+
+    // A connected page does not hold the shutdown up: its stream ends.
+    let open = http.get(format!("{}/stream", host.url)).send().await.unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    let stopping = std::time::Instant::now();
+    host.signal("TERM");
+    let mut body = open.bytes_stream();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends when the host stops");
+    assert_eq!(host.wait_exit(Duration::from_secs(10)), 0);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "not held up by the open stream: {:?}",
+        stopping.elapsed()
+    );
+    let held = host.log_lines().into_iter().find(|line| {
+        line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not all stop"))
+    });
+    assert!(held.is_none(), "{held:?}");
 }

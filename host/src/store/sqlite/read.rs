@@ -215,18 +215,21 @@ pub(super) fn delivery_state(
         .map(|delivery| delivery.state))
 }
 
-/// Every delivery of the event at `pos`, by subscription name.
-fn deliveries(conn: &Connection, path: &Path, pos: i64) -> Result<Vec<DeliveryView>, StoreError> {
-    // Driven by the few subscriptions, each a primary-key read of `deliveries`.
-    let mut stmt = conn.prepare_cached(
-        "SELECT s.name, d.state, d.attempt, d.not_before, d.dead_at, d.done_at, v.version,
+/// The deliveries of the event at `?1` with their failures' count and the last one.
+/// Driven by the few subscriptions, each a primary-key read of `deliveries`: CROSS JOIN
+/// keeps that order (without statistics the planner would scan every delivery for the
+/// position).
+pub(super) const DELIVERIES: &str = "SELECT s.name, d.state, d.attempt, d.not_before, d.dead_at, d.done_at, v.version,
                 (SELECT count(*) FROM failures f WHERE f.sub = d.sub AND f.pos = d.pos),
                 (SELECT f.id FROM failures f WHERE f.sub = d.sub AND f.pos = d.pos ORDER BY f.id DESC LIMIT 1),
                 (SELECT f.record FROM failures f WHERE f.sub = d.sub AND f.pos = d.pos ORDER BY f.id DESC LIMIT 1)
-         FROM subscriptions s JOIN deliveries d ON d.sub = s.id AND d.pos = ?1
+         FROM subscriptions s CROSS JOIN deliveries d ON d.sub = s.id AND d.pos = ?1
          LEFT JOIN versions v ON v.id = d.version
-         ORDER BY s.name",
-    )?;
+         ORDER BY s.name";
+
+/// Every delivery of the event at `pos`, by subscription name.
+fn deliveries(conn: &Connection, path: &Path, pos: i64) -> Result<Vec<DeliveryView>, StoreError> {
+    let mut stmt = conn.prepare_cached(DELIVERIES)?;
     let mut rows = stmt.query([pos])?;
     let mut views = Vec::new();
     while let Some(row) = rows.next()? {
@@ -298,6 +301,21 @@ fn stored_events(
     Ok(found)
 }
 
+/// The query of [`find_events`].
+pub(super) fn find_sql() -> String {
+    format!("{EVENT_COLUMNS} WHERE e.id = ?1 AND (?2 IS NULL OR e.source = ?2) ORDER BY e.pos")
+}
+
+/// The query of [`correlated_events`].
+pub(super) fn correlated_sql() -> String {
+    format!(
+        "SELECT * FROM (
+            {EVENT_COLUMNS} WHERE e.correlation = ?1
+            UNION {EVENT_COLUMNS} WHERE e.id = ?1 AND e.correlation IS NULL
+         ) ORDER BY 1 LIMIT ?2"
+    )
+}
+
 /// The events with `id` (and `source`, when given), by offset.
 pub(super) fn find_events(
     conn: &Connection,
@@ -305,8 +323,7 @@ pub(super) fn find_events(
     id: &str,
     source: Option<&str>,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let sql = format!("{EVENT_COLUMNS} WHERE e.id = ?1 AND (?2 IS NULL OR e.source = ?2) ORDER BY e.pos");
-    stored_events(conn, path, &sql, params![id, source])
+    stored_events(conn, path, &find_sql(), params![id, source])
 }
 
 /// A page of events as `query` asks: by offset after `after`, else newest first before
@@ -345,13 +362,7 @@ pub(super) fn correlated_events(
     limit: usize,
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let sql = format!(
-        "SELECT * FROM (
-            {EVENT_COLUMNS} WHERE e.correlation = ?1
-            UNION {EVENT_COLUMNS} WHERE e.id = ?1 AND e.correlation IS NULL
-         ) ORDER BY 1 LIMIT ?2"
-    );
-    stored_events(conn, path, &sql, params![correlation, limit])
+    stored_events(conn, path, &correlated_sql(), params![correlation, limit])
 }
 
 /// The id of the dead letter of delivery `d` (SQL over `d.sub`, `d.pos`): the id of its

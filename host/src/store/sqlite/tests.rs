@@ -1240,3 +1240,38 @@ async fn a_version_3_store_is_migrated_and_its_sagas_are_found() {
     let again = append_one(&store, &Arc::new(root.clone()), &[]).await;
     assert!(again.duplicate, "the id index still makes publishing idempotent");
 }
+
+#[tokio::test]
+async fn an_event_and_a_saga_are_read_through_indexes_however_long_the_log() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let events: Vec<Arc<Event>> = (0..100)
+        .map(|n| Arc::new(event(n).as_ref().clone().with_id(format!("e{n}"))))
+        .collect();
+    let routes: Vec<&[&str]> = (0..100).map(|_| &["a", "b"][..]).collect();
+    store.append(batch(&events, &routes)).await.unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(FILE_NAME)).unwrap();
+    for sql in [
+        read::find_sql(),
+        read::correlated_sql(),
+        read::DELIVERIES.to_owned(),
+    ] {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let params = vec![rusqlite::types::Value::Integer(1); stmt.parameter_count()];
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(params), |row| row.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // Scanning is fine only for the subscriptions (a handful) and a subquery's rows.
+        let scans: Vec<&String> = plan
+            .iter()
+            .filter(|step| {
+                step.starts_with("SCAN")
+                    && !step.starts_with("SCAN s ")
+                    && !step.starts_with("SCAN (subquery")
+            })
+            .collect();
+        assert!(scans.is_empty(), "{sql}\n{plan:#?}");
+    }
+}
