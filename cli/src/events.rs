@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use anyhow::Context as _;
 use chrono::SecondsFormat;
 use clap::Subcommand;
 use serde::Deserialize;
@@ -99,34 +100,43 @@ pub async fn run(host: &HostArgs, command: EventsCommand) -> anyhow::Result<()> 
         }
         EventsCommand::Show { id, source, json } => {
             let path = format!("/events/{}", path_segment(&id));
-            let request = client
-                .request(reqwest::Method::GET, &path)
-                .query(&source.iter().map(|s| ("source", s)).collect::<Vec<_>>());
-            let response = client.send(request).await?;
-            if json {
-                let value: serde_json::Value = answer(response).await?;
-                println!("{}", serde_json::to_string_pretty(&value)?);
-            } else {
-                let stored: StoredEvent = answer(response).await?;
+            let answer = event_read(host, &path, source.as_deref(), json).await?;
+            if let Some(value) = answer {
+                let stored: StoredEvent =
+                    serde_json::from_value(value).context("reading the host's answer")?;
                 print!("{}", details(&stored)?);
             }
         }
         EventsCommand::Trace { id, source, json } => {
             let path = format!("/events/{}/trace", path_segment(&id));
-            let request = client
-                .request(reqwest::Method::GET, &path)
-                .query(&source.iter().map(|s| ("source", s)).collect::<Vec<_>>());
-            let response = client.send(request).await?;
-            if json {
-                let value: serde_json::Value = answer(response).await?;
-                println!("{}", serde_json::to_string_pretty(&value)?);
-            } else {
-                let trace: Trace = answer(response).await?;
+            let answer = event_read(host, &path, source.as_deref(), json).await?;
+            if let Some(value) = answer {
+                let trace: Trace = serde_json::from_value(value).context("reading the host's answer")?;
                 print!("{}", tree(&trace));
             }
         }
     }
     Ok(())
+}
+
+/// GETs `path` (with `?source=`): with `json`, prints the answer as it is and returns
+/// `None`; otherwise returns it to be printed for a person.
+async fn event_read(
+    host: &HostArgs,
+    path: &str,
+    source: Option<&str>,
+    json: bool,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let client = host.client()?;
+    let request = client
+        .request(reqwest::Method::GET, path)
+        .query(&source.map(|s| ("source", s)).into_iter().collect::<Vec<_>>());
+    let value: serde_json::Value = answer(client.send(request).await?).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(None);
+    }
+    Ok(Some(value))
 }
 
 /// `offset  type  id  [subject]  plugin:state …`.

@@ -145,6 +145,28 @@ impl Default for Auth {
     }
 }
 
+/// The routes a `read` token may `GET` (as registered).
+const READ_ROUTES: [&str; 15] = [
+    "/metrics",
+    "/metrics/history",
+    "/stream",
+    "/config",
+    "/plugins",
+    "/errors",
+    "/dlq",
+    "/dlq/{id}",
+    "/dlq/preview",
+    "/events",
+    "/events/{id}",
+    "/events/{id}/trace",
+    "/plugins/{name}/kv",
+    "/plugins/{name}/kv/{*key}",
+    "/plugins/{name}/history",
+];
+
+/// The routes that change state, besides the methods of [`READ_ROUTES`] that do.
+const WRITE_ROUTES: [&str; 1] = ["/dlq/replay"];
+
 impl Auth {
     /// No tokens: every endpoint is served, but only to requests addressed to `localhost`
     /// or a loopback address, so a web page cannot reach the API through DNS rebinding.
@@ -218,46 +240,13 @@ impl Auth {
         match path {
             Some("/healthz" | "/readyz") => Need::Nothing,
             Some("/metrics") if self.metrics_open => Need::Nothing,
-            Some(
-                "/metrics"
-                | "/metrics/history"
-                | "/stream"
-                | "/config"
-                | "/plugins"
-                | "/errors"
-                | "/dlq"
-                | "/dlq/{id}"
-                | "/dlq/preview"
-                | "/events"
-                | "/events/{id}"
-                | "/events/{id}/trace"
-                | "/plugins/{name}/kv"
-                | "/plugins/{name}/kv/{*key}"
-                | "/plugins/{name}/history",
-            ) if read => Need::Scope(Scope::Read),
+            Some(route) if read && READ_ROUTES.contains(&route) => Need::Scope(Scope::Read),
             Some("/events") if method == Method::POST => Need::Scope(Scope::Publish),
             Some("/dlq/replay") if method == Method::POST => Need::Scope(Scope::Admin),
             Some("/dlq") if method == Method::DELETE => Need::Scope(Scope::Admin),
             // A known route asked with another method: the `405` is told to any token.
-            None
-            | Some(
-                "/metrics"
-                | "/metrics/history"
-                | "/stream"
-                | "/config"
-                | "/plugins"
-                | "/errors"
-                | "/dlq"
-                | "/dlq/{id}"
-                | "/dlq/preview"
-                | "/plugins/{name}/kv"
-                | "/plugins/{name}/kv/{*key}"
-                | "/plugins/{name}/history"
-                | "/events"
-                | "/events/{id}"
-                | "/events/{id}/trace"
-                | "/dlq/replay",
-            ) => Need::Token,
+            None => Need::Token,
+            Some(route) if READ_ROUTES.contains(&route) || WRITE_ROUTES.contains(&route) => Need::Token,
             // A route added to the router without an entry here: admin-only until it gets one.
             Some(_) => Need::Scope(Scope::Admin),
         }

@@ -467,6 +467,7 @@ impl Writer {
         Ok(id)
     }
 
+    /// The id of the handler version `version`, added if new.
     fn version_id(&mut self, version: &Arc<str>) -> Result<i64, StoreError> {
         if let Some(id) = self.versions.get(version) {
             return Ok(*id);
