@@ -252,6 +252,15 @@ pub trait EventLog: Send + Sync + Debug + 'static {
     /// retry — in offset order, read a page at a time as the stream is polled.
     fn pending<'a>(&'a self, subscription: &'a str) -> BoxStream<'a, Result<PendingDelivery, StorageError>>;
 
+    /// The offset of the last event the log has stored, read without I/O, or `None` when
+    /// the log keeps no such mark. A subscription installed after reading it finds every
+    /// delivery routed to it *above* it (those appends commit later), so its backlog is what
+    /// lies at or below: the bus reads no further, and a delivery routed to the lane while
+    /// its backlog loads is never queued twice.
+    fn horizon(&self) -> Option<Offset> {
+        None
+    }
+
     /// Whether [`AppendBatch::routes`] is of use: a log that creates pending deliveries
     /// from them wants them; one that does not (it keeps no deliveries, or its
     /// subscribers read the log themselves) lets the bus skip naming them.

@@ -453,3 +453,83 @@ async fn publishers_go_on_while_a_subscription_with_a_large_backlog_subscribes()
         );
     }
 }
+
+/// The embedded log, with its `append` answering only once the backlog read it released
+/// has yielded a delivery: the moment between an append's commit and its publisher queueing
+/// the events, which a subscription loading its backlog must not mistake for backlog.
+#[derive(Debug)]
+struct HeldLog {
+    inner: Arc<SqliteStore>,
+    appended: tokio::sync::Notify,
+    read: tokio::sync::Notify,
+}
+
+impl evhost::store::EventLog for HeldLog {
+    fn append(
+        &self,
+        batch: evhost::store::AppendBatch,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<evhost::store::Appended>, evhost::store::StorageError>>
+    {
+        Box::pin(async move {
+            let appended = evhost::store::EventLog::append(&*self.inner, batch).await;
+            self.appended.notify_one();
+            self.read.notified().await;
+            appended
+        })
+    }
+
+    fn pending<'a>(
+        &'a self,
+        subscription: &'a str,
+    ) -> futures::stream::BoxStream<'a, Result<evhost::store::PendingDelivery, evhost::store::StorageError>>
+    {
+        use futures::StreamExt as _;
+        futures::stream::once(self.appended.notified())
+            .flat_map(move |()| evhost::store::EventLog::pending(&*self.inner, subscription))
+            .inspect(|_| self.read.notify_one())
+            .boxed()
+    }
+
+    fn horizon(&self) -> Option<evhost::store::Offset> {
+        evhost::store::EventLog::horizon(&*self.inner)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_while_a_subscription_loads_its_backlog_is_handled_once() {
+    let dir = TempDir::new("backlog-race");
+    let store = dir.open();
+    let log = Arc::new(HeldLog {
+        inner: Arc::clone(&store),
+        appended: tokio::sync::Notify::new(),
+        read: tokio::sync::Notify::new(),
+    });
+    let storage = evhost::store::Storage {
+        log: log as Arc<dyn evhost::store::EventLog>,
+        ..store.storage()
+    };
+    let bus = AsyncEventBus::with_storage(AsyncBusConfig::default(), storage);
+    bus.start().await.unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&runs);
+    // Its backlog read waits for the append below, and the append for that read.
+    bus.subscribe_with(
+        "*",
+        from_fn("late", move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, HandlerError>(()) }
+        }),
+        named("late"),
+    )
+    .unwrap();
+    bus.publish(event("T")).await.unwrap();
+    // A second copy would hold a place in the bus too: `wait` waits for it.
+    settle(&bus).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "queued once: live, not again as backlog"
+    );
+    let report = bus.stop().await.unwrap();
+    assert_eq!(report.abandoned, 0);
+}

@@ -421,6 +421,14 @@ impl Inner {
                 () = self.cancel.cancelled() => None,
             };
             let Some(stored) = stored else { break };
+            // Appended after the lane was installed: routed to it live, not backlog. The
+            // log reads in offset order, so nothing further is backlog either.
+            if lane
+                .backlog_horizon
+                .is_some_and(|horizon| stored.offset > horizon)
+            {
+                break;
+            }
             // Routed to the lane after it was installed: it waits with the live events.
             if lane.routed_while_loading(stored.offset) {
                 continue;

@@ -40,6 +40,9 @@ pub(super) struct Lane {
     /// making them): publishes wait for it, so none is appended before the log keeps it
     /// for the subscription.
     pub(super) prepared: CancellationToken,
+    /// The log's [`horizon`](crate::store::EventLog::horizon) read before the lane could
+    /// be routed to: its backlog lies at or below it, every delivery routed to it above.
+    pub(super) backlog_horizon: Option<Offset>,
     key_hasher: std::hash::RandomState,
     queue: Mutex<Queue>,
 }
@@ -114,6 +117,7 @@ impl Lane {
             retry,
             emitted,
             prepared: CancellationToken::new(),
+            backlog_horizon: None,
             key_hasher: std::hash::RandomState::new(),
             queue: Mutex::new(Queue {
                 loading: loading.then(Loading::default),

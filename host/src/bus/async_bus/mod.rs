@@ -358,13 +358,12 @@ impl AsyncEventBus {
             // name leaves them to the old lane, which has them queued already.
             // A shared log feeds every lane itself.
             let loading = !same_name && !inner.shared();
-            Ok(Some(Arc::new(Lane::new(
-                subscription,
-                concurrency,
-                retry,
-                emitted,
-                loading,
-            ))))
+            let mut lane = Lane::new(subscription, concurrency, retry, emitted, loading);
+            // Read before the lane is routable: whatever is routed to it comes above.
+            if loading {
+                lane.backlog_horizon = inner.storage.log.horizon();
+            }
+            Ok(Some(Arc::new(lane)))
         })?;
         if let Some(old) = edited.removed {
             inner.retire(old);

@@ -92,7 +92,7 @@ pub use super::{
 };
 use super::{
     Checkpoints, DeadLetters, DeliveryLedger, EventLog, EventLookup, EventQuery, KeyPage, KeyValueReader,
-    KeyValueStore, Storage, StorageError, StoredEvent, Versioned,
+    KeyValueStore, Offset, Storage, StorageError, StoredEvent, Versioned,
 };
 use read::Readers;
 use writer::{Answer, Message, Op, Reply, Request, Writer};
@@ -242,6 +242,8 @@ struct Shared {
     events: AtomicU64,
     pending: AtomicU64,
     dead_letters: AtomicU64,
+    /// The offset of the last event committed (0 for none): [`EventLog::horizon`].
+    last_offset: AtomicU64,
     writes: AtomicU64,
     /// Transactions by how many write requests they committed, per [`GROUP_SIZE_BUCKETS`]
     /// bucket plus one for larger groups; together, every transaction committed.
@@ -758,6 +760,10 @@ const PENDING_PAGE: usize = 1_000;
 /// The durable event log. An append is one transaction: events, their deliveries and the
 /// checkpoint land together; duplicates (by `source` + `id`) are recognised.
 impl EventLog for SqliteStore {
+    fn horizon(&self) -> Option<Offset> {
+        Some(self.shared.last_offset.load(Ordering::Acquire))
+    }
+
     fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<Vec<Appended>, StorageError>> {
         Box::pin(async move { Ok(SqliteStore::append(self, batch).await?) })
     }

@@ -291,6 +291,10 @@ pub(super) fn load_counts(conn: &Connection, shared: &Shared) -> rusqlite::Resul
         count(&format!("SELECT count(*) FROM deliveries WHERE state = {DEAD}"))?,
         Ordering::Relaxed,
     );
+    shared.last_offset.store(
+        count("SELECT coalesce(max(pos), 0) FROM events")?,
+        Ordering::Relaxed,
+    );
     Ok(())
 }
 

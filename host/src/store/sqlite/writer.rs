@@ -132,6 +132,8 @@ pub(super) enum Answer {
 #[derive(Default)]
 struct Delta {
     events: u64,
+    /// The largest offset the transaction gave an event (0 for none).
+    last_offset: u64,
     pending: i64,
     dead_letters: i64,
 }
@@ -284,6 +286,8 @@ impl Writer {
         }
         let s = &self.shared;
         s.events.fetch_add(delta.events, Ordering::Relaxed);
+        // After COMMIT: a reader of the horizon finds these events in the log.
+        s.last_offset.fetch_max(delta.last_offset, Ordering::Release);
         // Two's complement: adding a negative delta as u64 subtracts it.
         s.pending.fetch_add(delta.pending as u64, Ordering::Relaxed);
         s.dead_letters
@@ -419,6 +423,7 @@ impl Writer {
         }
         let pos = self.conn.last_insert_rowid();
         delta.events += 1;
+        delta.last_offset = delta.last_offset.max(to_offset(pos));
         for route in routes {
             let sub = self.subscription_id(route)?;
             // DO NOTHING: a subscription listed twice still gets one delivery.
