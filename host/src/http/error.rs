@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::bus::BusError;
+use crate::store::StorageError;
 
 /// Seconds a client is told to wait when the bus is full.
 const RETRY_AFTER_FULL_SECS: u32 = 1;
@@ -103,6 +104,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// A store failure while `doing` something: `503` with `Retry-After` when trying
+    /// again may work (the log's server unreachable, its disk busy), else ours to fix.
+    pub(crate) fn storage(error: StorageError, doing: &str) -> Self {
+        if error.is_transient() {
+            Self::Unavailable {
+                message: format!("the event log is unavailable ({}); retry later", error.message()),
+                retry_after: Some(1),
+            }
+        } else {
+            Self::Internal(anyhow::Error::new(error).context(doing.to_owned()))
+        }
+    }
+}
+
 impl From<BusError> for ApiError {
     fn from(error: BusError) -> Self {
         match error {
@@ -123,12 +139,9 @@ impl From<BusError> for ApiError {
                  handlers may run on any of them"
                     .to_owned(),
             ),
-            // Nothing of the request was accepted, and trying again may work (the log's
-            // server is unreachable, its disk busy): the client retries safely.
-            BusError::Storage(error) if error.is_transient() => Self::Unavailable {
-                message: format!("the event log is unavailable ({}); retry later", error.message()),
-                retry_after: Some(1),
-            },
+            // Nothing of the request was accepted, and trying again may work: the client
+            // retries safely.
+            BusError::Storage(error) if error.is_transient() => Self::storage(error, "publishing to the bus"),
             // The log failing, or a bus error the ingest path cannot cause: ours to fix.
             other => Self::Internal(anyhow::Error::new(other).context("publishing to the bus")),
         }

@@ -202,12 +202,7 @@ pub(crate) async fn kv_keys(
             rejection.body_text()
         ))
     })?;
-    let limit = params.limit.unwrap_or(DEFAULT_KEYS_LIMIT);
-    if limit == 0 || limit > MAX_KEYS_LIMIT {
-        return Err(ApiError::BadRequest(format!(
-            "`limit` must be between 1 and {MAX_KEYS_LIMIT}"
-        )));
-    }
+    let limit = super::page_limit(params.limit, DEFAULT_KEYS_LIMIT, MAX_KEYS_LIMIT)?;
     let namespace = namespace(&state, &plugin)?;
     let prefix = params.prefix.unwrap_or_default();
     let read_error = |error| {

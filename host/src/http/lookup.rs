@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::store::{EventLookup, EventQuery, Offset, StorageError, StoredEvent};
+use crate::store::{EventLookup, EventQuery, Offset, StoredEvent};
 
 /// Events `GET /events` returns when the client gives no `limit`.
 const DEFAULT_LIMIT: usize = 50;
@@ -59,12 +59,7 @@ pub(crate) async fn list(
             "give `after` (oldest first) or `before` (newest first), not both".to_owned(),
         ));
     }
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::BadRequest(format!(
-            "`limit` must be between 1 and {MAX_LIMIT}"
-        )));
-    }
+    let limit = super::page_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let query = EventQuery {
         event_type: params.event_type,
         subject: params.subject,
@@ -75,7 +70,7 @@ pub(crate) async fn list(
     let events = lookup(&state)?
         .page(query.clone())
         .await
-        .map_err(|error| storage_error(error, "listing events"))?;
+        .map_err(|error| ApiError::storage(error, "listing events"))?;
     let next = (events.len() == limit)
         .then(|| events.last())
         .flatten()
@@ -150,7 +145,7 @@ pub(crate) async fn trace(
     let mut events = lookup
         .correlated(&correlation, MAX_TRACE + 1)
         .await
-        .map_err(|error| storage_error(error, "reading a trace"))?;
+        .map_err(|error| ApiError::storage(error, "reading a trace"))?;
     let truncated = events.len() > MAX_TRACE;
     events.truncate(MAX_TRACE);
     Ok(Json(Trace {
@@ -197,7 +192,7 @@ async fn find_one(
     let mut found = lookup
         .find(&id, params.source.as_deref())
         .await
-        .map_err(|error| storage_error(error, "looking an event up"))?;
+        .map_err(|error| ApiError::storage(error, "looking an event up"))?;
     match found.len() {
         0 => Err(ApiError::NotFound(match params.source {
             Some(source) => format!("no event with id {id:?} and source {source:?}"),
@@ -222,16 +217,4 @@ fn lookup(state: &AppState) -> Result<Arc<dyn EventLookup>, ApiError> {
                 .to_owned(),
         )
     })
-}
-
-/// A store failure: `503` when it may pass, else ours to fix.
-pub(crate) fn storage_error(error: StorageError, doing: &str) -> ApiError {
-    if error.is_transient() {
-        ApiError::Unavailable {
-            message: format!("the event log is unavailable ({}); retry later", error.message()),
-            retry_after: Some(1),
-        }
-    } else {
-        ApiError::Internal(anyhow::Error::new(error).context(doing.to_owned()))
-    }
 }

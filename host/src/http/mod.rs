@@ -286,6 +286,16 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+/// The `limit` of a paged read: `default` when absent, else between 1 and `max`.
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, error::ApiError> {
+    match limit.unwrap_or(default) {
+        limit @ 1.. if limit <= max => Ok(limit),
+        _ => Err(error::ApiError::BadRequest(format!(
+            "`limit` must be between 1 and {max}"
+        ))),
+    }
+}
+
 /// The HTTP API over `state`; serve it with `axum::serve`.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.max_body_bytes;
