@@ -104,6 +104,10 @@ for emitted in InventoryReservationRequested ShipmentRequested; do
         || fail "the saga did not emit $emitted"
 done
 
+say "The web UI: $EVHOST_URL/ui/ (open it in a browser while a host runs)"
+curl -fsS "$EVHOST_URL/ui/" | grep -q '<title>evhost</title>' || fail "GET /ui/ did not serve the web UI"
+echo "served"
+
 say "Stopping evhost (SIGTERM drains in-flight events)"
 kill -TERM "$host"
 status=0

@@ -37,6 +37,10 @@ check_system() {
     elif [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
         missing+=("node 20 or newer (componentize-js); this is node $(node --version)")
     fi
+    local chromium=${UI_CHROMIUM:-/usr/bin/chromium}
+    if [ ! -x "$chromium" ]; then
+        missing+=("Chromium at $chromium (the web UI's browser tests): apt-get install chromium, or set UI_CHROMIUM")
+    fi
     # The outbox relay's tests: PostgreSQL with a database `test` the user `postgres`
     # reaches without a password (or the server TEST_POSTGRES_URL names).
     local postgres=${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}

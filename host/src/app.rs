@@ -90,7 +90,9 @@ impl App {
     /// cannot be used; the message names which.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         log_settings(&config);
-        let auth = Auth::from_settings(&config.auth).context("reading [auth]")?;
+        let auth = Auth::from_settings(&config.auth)
+            .context("reading [auth]")?
+            .with_secure_cookies(config.tls.is_some());
         check_exposure(&config, &auth)?;
         let tls = match &config.tls {
             Some(tls) => Some(crate::http::tls::server_config(&tls.cert, &tls.key)?),

@@ -31,6 +31,10 @@ fn routes() -> Vec<(Method, &'static str, Needs)> {
     vec![
         (Method::GET, "/healthz", Needs::Nothing),
         (Method::GET, "/readyz", Needs::Nothing),
+        (Method::GET, "/", Needs::Nothing),
+        (Method::GET, "/ui/", Needs::Nothing),
+        (Method::GET, "/ui/app.js", Needs::Nothing),
+        (Method::GET, "/ui/session", Needs::Nothing),
         (Method::POST, "/events", Needs::Publish),
         (Method::GET, "/metrics", Needs::Read),
         (Method::GET, "/plugins", Needs::Read),
@@ -108,6 +112,177 @@ async fn call(host: &Running, method: &Method, path: &str, token: Option<&str>) 
         request = request.bearer_auth(token);
     }
     request.send().await.unwrap()
+}
+
+/// The session cookie of a `POST /ui/session` answer (`name=value`).
+fn session_cookie(response: &reqwest::Response) -> String {
+    let set = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ui_session_stands_for_its_token_acts_only_with_the_csrf_header_and_ends_on_sign_out() {
+    let dir = TempDir::new("auth-session");
+    let host = start_with_tokens(&dir.0);
+    let http = client();
+    let url = |path: &str| format!("{}{path}", host.url);
+    let sign_in = async |token: &str| {
+        http.post(url("/ui/session"))
+            .json(&json!({ "token": token }))
+            .send()
+            .await
+            .unwrap()
+    };
+
+    let refused = sign_in("not-a-token-of-this-host").await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(refused.headers().get("set-cookie").is_none());
+    let anonymous: Value = http
+        .get(url("/ui/session"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(anonymous["mode"], "tokens");
+    assert_eq!(anonymous["token"], Value::Null, "signed out: {anonymous}");
+
+    // A reader's session reads, and cannot act, with or without the header.
+    let response = sign_in(READER_SECRET).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let reader = session_cookie(&response);
+    let view: Value = response.json().await.unwrap();
+    assert_eq!(view["token"], "reader");
+    assert_eq!(view["scopes"], json!(["read"]));
+    assert!(view["expires_at"].is_string(), "{view}");
+    let dlq = http
+        .get(url("/dlq"))
+        .header("cookie", &reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dlq.status(), StatusCode::OK);
+    let replay = http
+        .post(url("/dlq/replay?all=true"))
+        .header("cookie", &reader)
+        .header("x-evhost-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::FORBIDDEN);
+
+    // An admin's session acts only with the header a foreign page cannot send.
+    let root = session_cookie(&sign_in(EVERYTHING_SECRET).await);
+    let without = http
+        .post(url("/dlq/replay?all=true"))
+        .header("cookie", &root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without.status(), StatusCode::FORBIDDEN);
+    let body: Value = without.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("x-evhost-csrf"),
+        "{body}"
+    );
+    let with = http
+        .post(url("/dlq/replay?all=true"))
+        .header("cookie", &root)
+        .header("x-evhost-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with.status(), StatusCode::OK);
+
+    // A bearer token is judged alone: a session cookie beside a bad token does not help.
+    let mixed = http
+        .get(url("/dlq"))
+        .header("cookie", &root)
+        .bearer_auth("not-a-token-of-this-host")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mixed.status(), StatusCode::UNAUTHORIZED);
+
+    // Signing out ends the session and clears the cookie.
+    let out = http
+        .delete(url("/ui/session"))
+        .header("cookie", &root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let after = http
+        .get(url("/dlq"))
+        .header("cookie", &root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = after.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("sign in again"),
+        "{body}"
+    );
+    // The other session lives on.
+    let dlq = http
+        .get(url("/dlq"))
+        .header("cookie", &reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dlq.status(), StatusCode::OK);
+
+    let opened = host
+        .log_lines()
+        .into_iter()
+        .filter(|line| line["message"] == "UI session opened")
+        .map(|line| line["token"].as_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(opened, ["reader", "root"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_is_served_from_the_binary_with_a_strict_content_security_policy() {
+    let host = Running::start(&[("healthy", wasm::HEALTHY)], &[]);
+    let http = client();
+    let page = http.get(format!("{}/", host.url)).send().await.unwrap();
+    assert_eq!(page.url().path(), "/ui/", "/ redirects to the UI");
+    assert_eq!(page.status(), StatusCode::OK);
+    let headers = page.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        policy.starts_with("default-src 'self'") && policy.contains("frame-ancestors 'none'"),
+        "{policy}"
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("<script type=\"module\" src=\"app.js\"></script>"),
+        "{html}"
+    );
+    let script = http
+        .get(format!("{}/ui/pages/dlq.js", host.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+    // The API's answers carry the policy too.
+    let plugins = http.get(format!("{}/plugins", host.url)).send().await.unwrap();
+    assert!(plugins.headers().contains_key("content-security-policy"));
+    let missing = http.get(format!("{}/ui/nope.js", host.url)).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

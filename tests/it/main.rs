@@ -22,6 +22,7 @@ mod sdks;
 #[path = "../support/mod.rs"]
 #[allow(dead_code, reason = "each test binary uses some of the helpers")]
 mod support;
+mod ui;
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;

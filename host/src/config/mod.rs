@@ -407,7 +407,7 @@ fn default_nats_ack_wait() -> Duration {
 ///
 /// With no tokens the API serves only loopback addresses and answers only requests
 /// addressed to a loopback name; see the book's "Securing the API".
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// The tokens requests may carry (`Authorization: Bearer SECRET`).
@@ -417,6 +417,20 @@ pub struct AuthSettings {
     /// Serve every endpoint to anyone who reaches the port, whatever the listen address:
     /// no tokens, no `Host` check.
     pub insecure_no_auth: bool,
+    /// How long a web UI session opened with a token lasts (8 hours by default).
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            metrics_open: false,
+            insecure_no_auth: false,
+            session_ttl: crate::http::DEFAULT_SESSION_TTL,
+        }
+    }
 }
 
 /// One `[[auth.tokens]]` entry: a name, where its secret is, and what it may do. Exactly

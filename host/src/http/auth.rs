@@ -2,7 +2,8 @@
 //!
 //! Every request passes `authorize` after routing, so the route it matched decides what it
 //! needs ([`Need`]). A token's secret is kept only as its SHA-256; a presented token is
-//! hashed and compared with every known digest in constant time. Refusals and admin
+//! hashed and compared with every known digest in constant time. A browser may present a
+//! session cookie instead, opened with a token by `POST /ui/session` (see `session`). Refusals and admin
 //! actions are logged under the `evhost::audit` target with the token's name, never its
 //! secret.
 
@@ -20,6 +21,7 @@ use subtle::ConstantTimeEq as _;
 
 use super::AppState;
 use super::error::ApiError;
+use super::session::{self, Session, Sessions};
 use crate::config::{AuthSettings, MIN_SECRET_LEN, TokenSettings};
 
 /// The client's address, for the audit log: serve the router with
@@ -122,6 +124,8 @@ enum Mode {
 pub struct Auth {
     mode: Mode,
     metrics_open: bool,
+    sessions: Sessions,
+    secure_cookies: bool,
 }
 
 impl std::fmt::Debug for Auth {
@@ -171,18 +175,28 @@ impl Auth {
     /// No tokens: every endpoint is served, but only to requests addressed to `localhost`
     /// or a loopback address, so a web page cannot reach the API through DNS rebinding.
     pub fn loopback_only() -> Self {
+        Self::with_mode(Mode::LoopbackOnly, false)
+    }
+
+    fn with_mode(mode: Mode, metrics_open: bool) -> Self {
         Self {
-            mode: Mode::LoopbackOnly,
-            metrics_open: false,
+            mode,
+            metrics_open,
+            sessions: Sessions::new(session::DEFAULT_SESSION_TTL),
+            secure_cookies: false,
         }
     }
 
     /// Every endpoint to anyone, whatever the `Host`.
     pub fn open() -> Self {
-        Self {
-            mode: Mode::Open,
-            metrics_open: true,
-        }
+        Self::with_mode(Mode::Open, true)
+    }
+
+    /// Marks session cookies `Secure`, for a host served over HTTPS.
+    #[must_use]
+    pub fn with_secure_cookies(mut self, secure: bool) -> Self {
+        self.secure_cookies = secure;
+        self
     }
 
     /// The policy `[auth]` describes, reading secrets from their files and variables.
@@ -208,10 +222,9 @@ impl Auth {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Self {
-            mode: Mode::Tokens(tokens),
-            metrics_open: settings.metrics_open,
-        })
+        let mut auth = Self::with_mode(Mode::Tokens(tokens), settings.metrics_open);
+        auth.sessions = Sessions::new(settings.session_ttl);
+        Ok(auth)
     }
 
     /// `tokens`, `loopback-only` or `open`, for the log.
@@ -238,7 +251,10 @@ impl Auth {
     pub fn need(&self, method: &Method, path: Option<&str>) -> Need {
         let read = matches!(*method, Method::GET | Method::HEAD);
         match path {
-            Some("/healthz" | "/readyz") => Need::Nothing,
+            // The UI's files hold no data; its session endpoint checks what it is given.
+            Some("/healthz" | "/readyz" | "/" | "/ui" | "/ui/" | "/ui/{*file}" | "/ui/session") => {
+                Need::Nothing
+            }
             Some("/metrics") if self.metrics_open => Need::Nothing,
             Some(route) if read && READ_ROUTES.contains(&route) => Need::Scope(Scope::Read),
             Some("/events") if method == Method::POST => Need::Scope(Scope::Publish),
@@ -252,8 +268,15 @@ impl Auth {
         }
     }
 
-    /// Admits a request needing `need`, returning the name of the token it carried.
-    fn admit(&self, headers: &HeaderMap, uri: &Uri, need: Need) -> Result<Option<&str>, Refusal> {
+    /// Admits a request needing `need`, returning the name of the token it carried (or
+    /// whose session it belongs to).
+    fn admit(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        uri: &Uri,
+        need: Need,
+    ) -> Result<Option<String>, Refusal> {
         match &self.mode {
             Mode::Open => Ok(None),
             _ if need == Need::Nothing => Ok(None),
@@ -261,25 +284,99 @@ impl Auth {
                 Some(host) if !is_loopback_name(&host) => Err(Refusal::ForeignHost(host)),
                 _ => Ok(None),
             },
-            Mode::Tokens(tokens) => {
-                let presented = bearer(headers)?;
-                let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-                // Every digest is compared, whichever matches.
-                let mut found = None;
-                for token in tokens {
-                    if bool::from(token.digest.ct_eq(&digest)) {
-                        found = Some(token);
-                    }
-                }
-                let token = found.ok_or(Refusal::UnknownToken)?;
+            Mode::Tokens(_) => {
+                let (name, scopes) = match self.credentials(method, headers)? {
+                    Credentials::Token(token) => (token.name.clone(), token.scopes.clone()),
+                    Credentials::Session(session) => (session.token, session.scopes),
+                };
                 match need {
-                    Need::Scope(scope) if !token.scopes.contains(&scope) => Err(Refusal::LacksScope {
-                        token: token.name.clone(),
-                        scope,
-                    }),
-                    _ => Ok(Some(&token.name)),
+                    Need::Scope(scope) if !scopes.contains(&scope) => {
+                        Err(Refusal::LacksScope { token: name, scope })
+                    }
+                    _ => Ok(Some(name)),
                 }
             }
+        }
+    }
+
+    /// Who a request speaks for: its bearer token, or else its session cookie — which, on a
+    /// request that changes state, counts only with [`session::CSRF_HEADER`].
+    fn credentials(&self, method: &Method, headers: &HeaderMap) -> Result<Credentials<'_>, Refusal> {
+        if headers.contains_key(header::AUTHORIZATION) {
+            let presented = bearer(headers)?;
+            return self
+                .token(presented)
+                .map(Credentials::Token)
+                .ok_or(Refusal::UnknownToken);
+        }
+        let id = session::cookie_of(headers).ok_or(Refusal::MissingToken)?;
+        let session = self.sessions.get(id).ok_or(Refusal::SessionEnded)?;
+        if !matches!(*method, Method::GET | Method::HEAD) && !headers.contains_key(session::CSRF_HEADER) {
+            return Err(Refusal::MissingCsrfHeader);
+        }
+        Ok(Credentials::Session(session))
+    }
+
+    /// The token whose secret is `presented`. Every digest is compared, whichever matches.
+    fn token(&self, presented: &str) -> Option<&Token> {
+        let Mode::Tokens(tokens) = &self.mode else {
+            return None;
+        };
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for token in tokens {
+            if bool::from(token.digest.ct_eq(&digest)) {
+                found = Some(token);
+            }
+        }
+        found
+    }
+
+    /// The session a browser's request belongs to, or the token it carries, as a session;
+    /// `None` when it has neither, or with no tokens configured.
+    pub(crate) fn session_of(&self, headers: &HeaderMap) -> Option<Session> {
+        match self.credentials(&Method::GET, headers).ok()? {
+            Credentials::Session(session) => Some(session),
+            Credentials::Token(token) => Some(Session::of_token(&token.name, &token.scopes)),
+        }
+    }
+
+    /// Opens a session for the token whose secret is `presented`: its id (for the cookie)
+    /// and the session. `None` when no token has that secret (or none are configured).
+    pub(crate) fn sign_in(&self, presented: &str) -> Option<(String, Session)> {
+        let token = self.token(presented)?;
+        Some(self.sessions.open(&token.name, &token.scopes))
+    }
+
+    /// Ends the session of a request's cookie; whether there was one.
+    pub(crate) fn sign_out(&self, headers: &HeaderMap) -> bool {
+        session::cookie_of(headers).is_some_and(|id| self.sessions.close(id))
+    }
+
+    /// The `Set-Cookie` value for a session `id`.
+    pub(crate) fn session_cookie(&self, id: &str) -> String {
+        session::set_cookie(id, self.sessions.ttl(), self.secure_cookies)
+    }
+
+    /// The `Set-Cookie` value that clears the session cookie.
+    pub(crate) fn cleared_cookie(&self) -> String {
+        session::clear_cookie(self.secure_cookies)
+    }
+}
+
+/// What a request was authenticated by.
+enum Credentials<'a> {
+    Token(&'a Token),
+    Session(Session),
+}
+
+impl Session {
+    /// A bearer token presented directly, seen as a session (without an expiry).
+    fn of_token(name: &str, scopes: &[Scope]) -> Self {
+        Self {
+            token: name.to_owned(),
+            scopes: scopes.to_vec(),
+            expires_at: None,
         }
     }
 }
@@ -405,6 +502,12 @@ enum Refusal {
     ForeignHost(String),
     /// The header that showed a browser sent it from another origin.
     CrossSite(String),
+    /// A session cookie that names no open session (expired, signed out, or from before a
+    /// restart).
+    SessionEnded,
+    /// A state-changing request authenticated only by its session cookie, without the
+    /// header that proves a page of the host sent it.
+    MissingCsrfHeader,
 }
 
 impl Refusal {
@@ -430,6 +533,14 @@ impl Refusal {
             Self::UnknownToken => {
                 ApiError::Unauthorized("the bearer token is not one this host accepts".to_owned())
             }
+            Self::SessionEnded => ApiError::Unauthorized(
+                "the session has ended (expired, signed out, or the host restarted): sign in again"
+                    .to_owned(),
+            ),
+            Self::MissingCsrfHeader => ApiError::Forbidden(format!(
+                "`{method} {path}` changes the host's state: with a session cookie it needs the `{}` header",
+                session::CSRF_HEADER
+            )),
             Self::LacksScope { token, scope } => ApiError::Forbidden(format!(
                 "token `{token}` lacks the `{scope}` scope that `{method} {path}` needs"
             )),
@@ -465,9 +576,9 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
         .get::<ConnectInfo<Peer>>()
         .map(|ConnectInfo(Peer(addr))| addr.to_string());
     let admitted = cross_site(&method, request.headers(), request.uri())
-        .and_then(|()| state.auth.admit(request.headers(), request.uri(), need));
+        .and_then(|()| state.auth.admit(&method, request.headers(), request.uri(), need));
     let token = match admitted {
-        Ok(token) => token.map(str::to_owned),
+        Ok(token) => token,
         Err(refusal) => {
             let token = refusal.token().map(str::to_owned);
             let error = refusal.into_error(&method, &path, need);
@@ -621,28 +732,109 @@ mod tests {
         let publish = Need::Scope(Scope::Publish);
         let with = |value: &str| headers(&[("authorization", value)]);
         assert_eq!(
-            auth.admit(&with(&format!("Bearer {secret}")), &uri, publish)
-                .unwrap(),
+            auth.admit(&Method::POST, &with(&format!("Bearer {secret}")), &uri, publish)
+                .unwrap()
+                .as_deref(),
             Some("ci")
         );
         assert!(matches!(
-            auth.admit(&with("Bearer s3cret-s3cret-s3creT"), &uri, publish),
+            auth.admit(&Method::POST, &with("Bearer s3cret-s3cret-s3creT"), &uri, publish),
             Err(Refusal::UnknownToken)
         ));
         let read = Need::Scope(Scope::Read);
         assert_eq!(
-            auth.admit(&with("Bearer another-secret-of-length"), &uri, read)
-                .unwrap(),
+            auth.admit(
+                &Method::POST,
+                &with("Bearer another-secret-of-length"),
+                &uri,
+                read
+            )
+            .unwrap()
+            .as_deref(),
             Some("hashed")
         );
         assert!(matches!(
-            auth.admit(&with("Bearer another-secret-of-length"), &uri, publish),
+            auth.admit(
+                &Method::POST,
+                &with("Bearer another-secret-of-length"),
+                &uri,
+                publish
+            ),
             Err(Refusal::LacksScope {
                 scope: Scope::Publish,
                 ..
             })
         ));
-        assert_eq!(auth.admit(&HeaderMap::new(), &uri, Need::Nothing).unwrap(), None);
+        assert_eq!(
+            auth.admit(&Method::GET, &HeaderMap::new(), &uri, Need::Nothing)
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_session_cookie_speaks_for_its_token_and_changes_state_only_with_the_csrf_header() {
+        let auth = Auth::from_settings(&AuthSettings {
+            tokens: vec![
+                token("viewer", "viewer-secret-viewer", &[Scope::Read]),
+                token("ops", "ops-secret-ops-secret", &[Scope::Read, Scope::Admin]),
+            ],
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        assert!(auth.sign_in("not-a-known-secret-at-all").is_none());
+        let (viewer, session) = auth.sign_in("viewer-secret-viewer").unwrap();
+        assert_eq!(session.token, "viewer");
+        let (ops, _) = auth.sign_in("ops-secret-ops-secret").unwrap();
+        let uri = Uri::from_static("/dlq/replay");
+        let cookie = |id: &str| format!("evhost_session={id}");
+        let read = Need::Scope(Scope::Read);
+        let admin = Need::Scope(Scope::Admin);
+
+        let viewing = headers(&[("cookie", &cookie(&viewer))]);
+        assert_eq!(
+            auth.admit(&Method::GET, &viewing, &uri, read).unwrap().as_deref(),
+            Some("viewer")
+        );
+        let replaying = headers(&[("cookie", &cookie(&viewer)), ("x-evhost-csrf", "1")]);
+        assert!(
+            matches!(
+                auth.admit(&Method::POST, &replaying, &uri, admin),
+                Err(Refusal::LacksScope {
+                    scope: Scope::Admin,
+                    ..
+                })
+            ),
+            "a read-only session cannot act"
+        );
+
+        let without_header = headers(&[("cookie", &cookie(&ops))]);
+        assert!(matches!(
+            auth.admit(&Method::POST, &without_header, &uri, admin),
+            Err(Refusal::MissingCsrfHeader)
+        ));
+        let with_header = headers(&[("cookie", &cookie(&ops)), ("x-evhost-csrf", "1")]);
+        assert_eq!(
+            auth.admit(&Method::POST, &with_header, &uri, admin)
+                .unwrap()
+                .as_deref(),
+            Some("ops")
+        );
+
+        assert!(auth.sign_out(&with_header));
+        assert!(matches!(
+            auth.admit(&Method::POST, &with_header, &uri, admin),
+            Err(Refusal::SessionEnded)
+        ));
+        let forged = headers(&[("cookie", "evhost_session=00ff")]);
+        assert!(matches!(
+            auth.admit(&Method::GET, &forged, &uri, read),
+            Err(Refusal::SessionEnded)
+        ));
+        assert!(
+            Auth::loopback_only().sign_in("viewer-secret-viewer").is_none(),
+            "no tokens, no sessions"
+        );
     }
 
     #[test]

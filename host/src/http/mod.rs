@@ -74,9 +74,11 @@ mod live;
 mod lookup;
 mod prometheus;
 mod recent;
+mod session;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,9 +86,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -96,6 +99,7 @@ use crate::store::KeyValueStore;
 pub use dlq::{Purged, Replayed};
 pub use live::{DEFAULT_STREAM_CLIENTS, HISTORY_SECONDS, Live, PluginSample, Sample};
 pub use recent::RecentErrors;
+pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER, DEFAULT_SESSION_TTL};
 
 /// Largest request body `POST /events` accepts unless configured otherwise (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
@@ -321,6 +325,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/plugins/{name}/kv", get(inspect::kv_keys))
         .route("/plugins/{name}/history", get(inspect::plugin_history))
         .route("/plugins/{name}/kv/{*key}", get(inspect::kv_value))
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::root))
+        .route("/ui/", get(ui::index))
+        .route(
+            "/ui/session",
+            get(ui::show_session).post(ui::sign_in).delete(ui::sign_out),
+        )
+        .route("/ui/{*file}", get(ui::file))
         .fallback(inspect::not_found)
         .method_not_allowed_fallback(inspect::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -331,6 +343,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         // After routing, so the route decides what a request needs and labels its count.
         .layer(from_fn_with_state(Arc::clone(&state), auth::authorize))
         .layer(from_fn_with_state(Arc::clone(&state), prometheus::count_requests))
+        // What every response tells a browser: run no script and load nothing but the
+        // host's own files, never inside a frame, never guess a media type, never send the
+        // URL along.
+        .layer(header_layer(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ))
+        .layer(header_layer(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(header_layer(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(header_layer(header::REFERRER_POLICY, "no-referrer"))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Sets `name: value` on every response that has no such header.
+fn header_layer(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
 }
