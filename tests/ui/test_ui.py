@@ -375,7 +375,11 @@ def test_i_every_page_renders_offline_without_a_console_error(start_host, watche
     page.keyboard.press("Tab")
     page.keyboard.press("Enter")
     expect(page.get_by_test_id("page-plugins")).to_be_visible()
-    # A narrow window.
+    # A narrow window, in the system's scheme again.
+    page.evaluate("localStorage.removeItem('evhost-theme')")
+    page.reload()
+    expect(page.get_by_test_id("page-plugins")).to_be_visible()
+    assert page.evaluate("document.documentElement.dataset.theme") is None
     page.set_viewport_size({"width": 420, "height": 800})
     go(page, "#/dlq")
     expect(page.get_by_test_id("dlq-row")).to_have_count(5)

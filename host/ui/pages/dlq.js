@@ -155,7 +155,7 @@ export async function render(root, route, context) {
         h("td", {}, link(`/dlq/${letter.id}`, `#${letter.id}`)),
         h("td", {}, link(`/dlq?plugin=${seg(letter.subscription)}`, letter.subscription)),
         h("td", {}, link(`/events/${seg(letter.event.id)}`, letter.event.type, " ", h("code", {}, letter.event.id))),
-        h("td", { class: "hide-narrow" }, time(letter.dead_at)),
+        h("td", {}, time(letter.dead_at)),
         h("td", {}, last ? `${last.kind}: ` : "", h("span", { testid: "dlq-message" }, last ? last.message : "")),
         h("td", {}, hash(byId.get(letter.id)?.failed_version)),
         h("td", {}, hash(byId.get(letter.id)?.current_version)),
