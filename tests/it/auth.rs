@@ -128,23 +128,34 @@ async fn a_ui_session_stands_for_its_token_acts_only_with_the_csrf_header_and_en
     let dir = TempDir::new("auth-session");
     let host = start_with_tokens(&dir.0);
     let http = client();
-    let url = |path: &str| format!("{}{path}", host.url);
     let sign_in = async |token: &str| {
-        http.post(url("/ui/session"))
+        http.post(format!("{}/ui/session", host.url))
             .json(&json!({ "token": token }))
             .send()
             .await
             .unwrap()
     };
+    // A request as a browser holding `cookie` sends it (with the page's header or not).
+    let send = async |method: Method, path: &str, cookie: Option<&str>, csrf: bool| {
+        let mut request = http.request(method, format!("{}{path}", host.url));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        if csrf {
+            request = request.header("x-evhost-csrf", "1");
+        }
+        request.send().await.unwrap()
+    };
+    let error_of = async |response: reqwest::Response| {
+        let body: Value = response.json().await.unwrap();
+        body["error"].as_str().unwrap().to_owned()
+    };
 
     let refused = sign_in("not-a-token-of-this-host").await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert!(refused.headers().get("set-cookie").is_none());
-    let anonymous: Value = http
-        .get(url("/ui/session"))
-        .send()
+    let anonymous: Value = send(Method::GET, "/ui/session", None, false)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -159,48 +170,23 @@ async fn a_ui_session_stands_for_its_token_acts_only_with_the_csrf_header_and_en
     assert_eq!(view["token"], "reader");
     assert_eq!(view["scopes"], json!(["read"]));
     assert!(view["expires_at"].is_string(), "{view}");
-    let dlq = http
-        .get(url("/dlq"))
-        .header("cookie", &reader)
-        .send()
-        .await
-        .unwrap();
+    let dlq = send(Method::GET, "/dlq", Some(&reader), false).await;
     assert_eq!(dlq.status(), StatusCode::OK);
-    let replay = http
-        .post(url("/dlq/replay?all=true"))
-        .header("cookie", &reader)
-        .header("x-evhost-csrf", "1")
-        .send()
-        .await
-        .unwrap();
+    let replay = send(Method::POST, "/dlq/replay?all=true", Some(&reader), true).await;
     assert_eq!(replay.status(), StatusCode::FORBIDDEN);
 
     // An admin's session acts only with the header a foreign page cannot send.
     let root = session_cookie(&sign_in(EVERYTHING_SECRET).await);
-    let without = http
-        .post(url("/dlq/replay?all=true"))
-        .header("cookie", &root)
-        .send()
-        .await
-        .unwrap();
+    let without = send(Method::POST, "/dlq/replay?all=true", Some(&root), false).await;
     assert_eq!(without.status(), StatusCode::FORBIDDEN);
-    let body: Value = without.json().await.unwrap();
-    assert!(
-        body["error"].as_str().unwrap().contains("x-evhost-csrf"),
-        "{body}"
-    );
-    let with = http
-        .post(url("/dlq/replay?all=true"))
-        .header("cookie", &root)
-        .header("x-evhost-csrf", "1")
-        .send()
-        .await
-        .unwrap();
+    let message = error_of(without).await;
+    assert!(message.contains("x-evhost-csrf"), "{message}");
+    let with = send(Method::POST, "/dlq/replay?all=true", Some(&root), true).await;
     assert_eq!(with.status(), StatusCode::OK);
 
     // A bearer token is judged alone: a session cookie beside a bad token does not help.
     let mixed = http
-        .get(url("/dlq"))
+        .get(format!("{}/dlq", host.url))
         .header("cookie", &root)
         .bearer_auth("not-a-token-of-this-host")
         .send()
@@ -208,39 +194,16 @@ async fn a_ui_session_stands_for_its_token_acts_only_with_the_csrf_header_and_en
         .unwrap();
     assert_eq!(mixed.status(), StatusCode::UNAUTHORIZED);
 
-    // Signing out ends the session and clears the cookie.
-    let out = http
-        .delete(url("/ui/session"))
-        .header("cookie", &root)
-        .send()
-        .await
-        .unwrap();
+    // Signing out ends the session and clears the cookie; the other session lives on.
+    let out = send(Method::DELETE, "/ui/session", Some(&root), false).await;
     assert_eq!(out.status(), StatusCode::NO_CONTENT);
-    assert!(
-        out.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .contains("Max-Age=0")
-    );
-    let after = http
-        .get(url("/dlq"))
-        .header("cookie", &root)
-        .send()
-        .await
-        .unwrap();
+    let cleared = out.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let after = send(Method::GET, "/dlq", Some(&root), false).await;
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
-    let body: Value = after.json().await.unwrap();
-    assert!(
-        body["error"].as_str().unwrap().contains("sign in again"),
-        "{body}"
-    );
-    // The other session lives on.
-    let dlq = http
-        .get(url("/dlq"))
-        .header("cookie", &reader)
-        .send()
-        .await
-        .unwrap();
+    let message = error_of(after).await;
+    assert!(message.contains("sign in again"), "{message}");
+    let dlq = send(Method::GET, "/dlq", Some(&reader), false).await;
     assert_eq!(dlq.status(), StatusCode::OK);
 
     let opened = host
