@@ -3,9 +3,9 @@
 //! Every request passes `authorize` after routing, so the route it matched decides what it
 //! needs ([`Need`]). A token's secret is kept only as its SHA-256; a presented token is
 //! hashed and compared with every known digest in constant time. A browser may present a
-//! session cookie instead, opened with a token by `POST /ui/session` (see `session`). Refusals and admin
-//! actions are logged under the `evhost::audit` target with the token's name, never its
-//! secret.
+//! session cookie instead, opened with a token by `POST /ui/session` (see `session`).
+//! Refusals and admin actions are logged under the `evhost::audit` target with the token's
+//! name, never its secret.
 
 use std::net::IpAddr;
 use std::sync::Arc;

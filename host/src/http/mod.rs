@@ -46,6 +46,8 @@
 //! | `GET /dlq/preview?ids=1,2` or `?all=true[&plugin=P]` | what a replay would run: each letter's failed version next to the loaded one |
 //! | `POST /dlq/replay?id=N`, `?all=true[&plugin=P]` or body `{"ids": [..]}` | deliver dead letters again, to the plugin's current version |
 //! | `DELETE /dlq?id=N`, `?plugin=P` or `?all=true` | drop dead letters |
+//! | `GET /ui/` (`/` and `/ui` redirect there), `GET /ui/{file}` | the web UI, embedded in the binary |
+//! | `GET`, `POST`, `DELETE /ui/session` | who the page is; a token exchanged for a session cookie; signing out |
 //!
 //! Who may call what is [`auth::Auth`]'s to say ([`AppState::auth`]): with no tokens only
 //! requests addressed to a loopback name are served; with tokens each request carries one
@@ -62,6 +64,7 @@
 //! - `dlq`: the dead-letter queue's endpoints.
 //! - `prometheus`: the bus's and the catalog's collectors, the request counter, rendering.
 //! - `recent`: [`RecentErrors`], the ring buffer behind `/errors`.
+//! - `ui`: the web UI's files and its session endpoint; `session`: the sessions behind it.
 //! - `error`: the one error type every endpoint answers with.
 //! - [`auth`]: who may call what; [`tls`]: the HTTPS listener.
 
