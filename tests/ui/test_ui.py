@@ -318,7 +318,11 @@ def test_g_a_read_only_session_cannot_replay_and_signing_out_ends_it(start_host,
     page.get_by_test_id("dlq-replay-all").click()
     page.get_by_test_id("dlq-confirm-replay").click()
     expect(page.get_by_text("Replayed 1 dead letter(s).")).to_be_visible()
-    assert any('"UI session opened"' in line and '"ops"' in line for line in host.log)
+    # The audit log names the token behind the session, the action and how many letters.
+    audit = [json.loads(line) for line in host.log if line.startswith("{")]
+    assert any(line.get("message") == "UI session opened" and line.get("token") == "ops" for line in audit)
+    replays = [line for line in audit if line.get("message") == "admin action" and "/dlq/replay" in line.get("action", "")]
+    assert [(line["token"], line["status"], line.get("count")) for line in replays] == [("ops", 200, 1)], replays
 
 
 def test_h_a_stopped_host_shows_a_banner_until_it_is_back(start_host, watched):
