@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 BIN = os.environ["UI_EVHOST_BIN"]
 PLUGINS = json.loads(os.environ["UI_PLUGINS"])
@@ -29,6 +29,7 @@ CHROMIUM = os.environ.get("UI_CHROMIUM", "/usr/bin/chromium")
 # How long a wait for an element may take: generous, since the tests share two cores with
 # the rest of the suite; every wait ends as soon as its condition holds.
 WAIT_MS = 20_000
+expect.set_options(timeout=WAIT_MS)
 
 
 def free_port():

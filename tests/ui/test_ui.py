@@ -72,11 +72,19 @@ def test_b_the_overview_charts_what_was_handled(start_host, watched):
     expect(chart).to_have_attribute("data-plugins", "user-projection")
     # The plugin's load is on the chart as a marker.
     assert int(chart.get_attribute("data-markers")) >= 1
-    # What the chart plots is what the host sampled.
-    samples = host.get("/metrics/history")["samples"]
-    handled = sum(s["plugins"].get("user-projection", {}).get("handled", 0) for s in samples)
+    # The host's samples count every event once the last second is sampled, and the chart
+    # plots what they say.
+    deadline = time.monotonic() + 20
+    while True:
+        samples = host.get("/metrics/history")["samples"]
+        handled = sum(s["plugins"].get("user-projection", {}).get("handled", 0) for s in samples)
+        if handled == 500 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert handled == 500, handled
-    assert float(chart.get_attribute("data-max")) <= 500
+    peak = max(s["plugins"].get("user-projection", {}).get("handled", 0) for s in samples)
+    page.wait_for_function(
+        "peak => Number(document.querySelector('[data-testid=chart-handled]').dataset.max) === peak", arg=peak)
     watched.shoot("overview")
 
 

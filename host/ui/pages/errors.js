@@ -61,9 +61,26 @@ export async function render(root, route) {
         : h("p", { class: "muted" }, "No failures to show."),
     );
   }
+  // A reload (after a reconnection or a lag) races the stream: what arrived while it was
+  // under way stays, once.
+  let loading = null;
+  const key = (r) => `${r.subscription}\u0000${r.event_id}\u0000${r.attempt}\u0000${r.time}`;
   async function load() {
-    records = await api("/errors", { query: { limit: KEEP } });
+    loading = [];
+    const fetched = await api("/errors", { query: { limit: KEEP } });
+    const arrived = loading;
+    loading = null;
+    records = merge(arrived, fetched, records);
     draw();
+  }
+  /** Newest first, each record once. */
+  function merge(...lists) {
+    const seen = new Set();
+    return lists
+      .flat()
+      .filter((r) => !seen.has(key(r)) && seen.add(key(r)))
+      .sort((a, b) => Date.parse(b.time) - Date.parse(a.time))
+      .slice(0, KEEP);
   }
   plugin.addEventListener("input", draw);
   kind.addEventListener("change", draw);
@@ -72,7 +89,7 @@ export async function render(root, route) {
     pause.textContent = paused ? "Resume" : "Pause";
     pause.setAttribute("aria-pressed", String(paused));
     if (!paused) {
-      records = [...held.reverse(), ...records].slice(0, KEEP);
+      records = merge(held, records);
       held = [];
     }
     draw();
@@ -80,8 +97,12 @@ export async function render(root, route) {
   await load();
   const offs = [
     live.on("failure", (record) => {
-      if (paused) held.push(record);
-      else records = [record, ...records].slice(0, KEEP);
+      if (paused) {
+        held.push(record);
+      } else {
+        if (loading) loading.push(record);
+        records = [record, ...records].slice(0, KEEP);
+      }
       draw();
     }),
     live.on("lagged", (lag) => {
