@@ -14,15 +14,16 @@ function meanMs(plugin) {
   return n ? ((sum / n) * 1000).toFixed(2) : "—";
 }
 
-function limits(plugin) {
-  const l = plugin.limits || {};
+const MIB = 1024 * 1024;
+
+/** The plugin's budgets in words: fuel, memory and time, and with `all` every other one. */
+function limits(plugin, all = false) {
+  const { fuel, memory_bytes: memory, timeout_ms: timeout, ...rest } = plugin.limits || {};
   const parts = [];
-  if (l.fuel !== undefined) parts.push(`fuel ${count(l.fuel)}`);
-  if (l.memory_bytes !== undefined) parts.push(`memory ${count(l.memory_bytes)} B`);
-  if (l.timeout !== undefined) parts.push(`timeout ${typeof l.timeout === "object" ? JSON.stringify(l.timeout) : l.timeout}`);
-  for (const [name, value] of Object.entries(l)) {
-    if (!["fuel", "memory_bytes", "timeout"].includes(name)) parts.push(`${name} ${typeof value === "object" ? JSON.stringify(value) : value}`);
-  }
+  if (fuel !== undefined) parts.push(`fuel ${count(fuel)}`);
+  if (memory !== undefined) parts.push(memory % MIB === 0 ? `${count(memory / MIB)} MiB` : `${count(memory)} B`);
+  if (timeout !== undefined) parts.push(`${count(timeout)} ms`);
+  if (all) for (const [name, value] of Object.entries(rest)) parts.push(`${name} ${count(value)}`);
   return parts.join(", ");
 }
 
@@ -123,7 +124,7 @@ async function renderOne(root, name) {
             h("dt", {}, "File"), h("dd", {}, plugin.file),
             h("dt", {}, "Subscribed to"), h("dd", {}, plugin.subscriptions.join(", ")),
             h("dt", {}, "Imports"), h("dd", {}, plugin.imports.join(", ") || "—"),
-            h("dt", {}, "Limits"), h("dd", {}, limits(plugin)),
+            h("dt", {}, "Limits"), h("dd", {}, limits(plugin, true)),
             h("dt", {}, "Concurrency"), h("dd", {}, plugin.concurrency ?? "host-wide"),
             h("dt", {}, "Reuse"), h("dd", {}, `${plugin.reuse} event(s) per instance`),
             h("dt", {}, "Handled / failed"), h("dd", {}, `${count(plugin.counters.succeeded)} / ${count(failed(plugin))}`),
