@@ -241,7 +241,7 @@ pub(crate) async fn stream(State(state): State<Arc<AppState>>) -> Result<Respons
     let Ok(permit) = Arc::clone(&state.live.clients).try_acquire_owned() else {
         return Err(ApiError::Unavailable {
             message: format!(
-                "{} stream clients are connected, the most this host serves (`http.max_stream_clients`)",
+                "{} stream clients are connected, the most this host serves (`max_stream_clients`)",
                 state.live.max_clients
             ),
             retry_after: Some(5),
