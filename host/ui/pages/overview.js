@@ -115,8 +115,11 @@ export async function render(root, _route, _context) {
     live.on("open", refreshReady),
     live.on("closed", refreshReady),
   ];
+  // The canvas takes its colours when drawn: draw again when the scheme changes.
   const onTheme = () => draw();
   window.addEventListener("evhost:theme", onTheme);
+  const scheme = matchMedia("(prefers-color-scheme: dark)");
+  scheme.addEventListener("change", onTheme);
   const onResize = () => {
     for (const c of charts) c.resize();
   };
@@ -124,6 +127,7 @@ export async function render(root, _route, _context) {
   return () => {
     offs.forEach((off) => off());
     window.removeEventListener("evhost:theme", onTheme);
+    scheme.removeEventListener("change", onTheme);
     window.removeEventListener("resize", onResize);
     for (const c of charts) c.destroy();
   };
@@ -181,9 +185,15 @@ function chart(el, samples, markers, value, unit) {
           ctx.setLineDash([5, 4]);
           ctx.lineWidth = 1.5 * devicePixelRatio;
           ctx.font = `${11 * devicePixelRatio}px system-ui`;
-          for (const marker of markers) {
+          // Labels close together go one under the other.
+          const line = 13 * devicePixelRatio;
+          let previous = -Infinity;
+          let row = 0;
+          for (const marker of [...markers].sort((a, b) => a.time - b.time)) {
             if (marker.time < from || marker.time > to) continue;
             const x = u.valToPos(marker.time, "x", true);
+            row = x - previous < 160 * devicePixelRatio ? row + 1 : 0;
+            previous = x;
             ctx.beginPath();
             ctx.moveTo(x, u.bbox.top);
             ctx.lineTo(x, u.bbox.top + u.bbox.height);
@@ -191,7 +201,7 @@ function chart(el, samples, markers, value, unit) {
             const nearEnd = x > u.bbox.left + u.bbox.width * 0.7;
             ctx.textAlign = nearEnd ? "right" : "left";
             ctx.textBaseline = "top";
-            ctx.fillText(marker.label, nearEnd ? x - 4 : x + 4, u.bbox.top + 2 * devicePixelRatio);
+            ctx.fillText(marker.label, nearEnd ? x - 4 : x + 4, u.bbox.top + 2 * devicePixelRatio + row * line);
           }
           ctx.restore();
         },
