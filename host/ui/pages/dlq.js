@@ -226,6 +226,8 @@ export async function render(root, route, context) {
       pending = setTimeout(() => load().catch(() => {}), 300);
     }),
     live.on("open", () => load().catch(() => {})),
+    // A `dlq` change may be among what a lagging page missed.
+    live.on("lagged", () => load().catch(() => {})),
   ];
   return () => {
     clearTimeout(pending);
