@@ -34,16 +34,18 @@ function parseRoute() {
   const hash = location.hash.replace(/^#\/?/, "");
   const [path, search = ""] = hash.split("?");
   const [page, ...rest] = path.split("/");
-  return {
-    page: pages[page] ? page : "overview",
-    arg: rest.length ? decodeURIComponent(rest.join("/")) : null,
-    query: new URLSearchParams(search),
-  };
+  let arg = null;
+  try {
+    arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
+  } catch {
+    arg = rest.join("/"); // not percent-encoded as the page writes it: taken as it is
+  }
+  return { page: pages[page] ? page : "overview", arg, query: new URLSearchParams(search) };
 }
 
-async function render() {
-  const route = parseRoute();
-  const mine = ++rendering;
+/** Leaves the current page: its listeners and timers stop, its dialogs close. */
+function leave() {
+  rendering++;
   if (cleanup) {
     try {
       cleanup();
@@ -52,6 +54,13 @@ async function render() {
     }
     cleanup = null;
   }
+  for (const dialog of document.querySelectorAll("dialog")) dialog.remove();
+}
+
+async function render() {
+  const route = parseRoute();
+  leave();
+  const mine = rendering;
   for (const a of document.querySelectorAll(".top nav a")) {
     if (a.dataset.page === route.page) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
@@ -70,6 +79,7 @@ async function render() {
 }
 
 function showSignIn(message) {
+  leave();
   live.disconnect();
   banner.hidden = true;
   who.textContent = "";
@@ -154,8 +164,12 @@ document.getElementById("theme").addEventListener("click", () => {
 signOut.addEventListener("click", async () => {
   try {
     await api("/ui/session", { method: "DELETE" });
-  } catch {
-    // Signed out either way: the cookie is cleared or already useless.
+  } catch (error) {
+    // The session may still be alive: say so rather than pretend.
+    if (!(error instanceof ApiError && error.status === 401)) {
+      main.prepend(notice("error", `Signing out failed: ${error.message}. Try again.`));
+      return;
+    }
   }
   context.session = null;
   showSignIn();
@@ -163,6 +177,16 @@ signOut.addEventListener("click", async () => {
 
 live.on("closed", () => {
   banner.hidden = false;
+});
+// The host refused the stream: a session that ended shows the sign-in form.
+live.on("refused", async () => {
+  if (!context.session || context.session.mode !== "tokens") return;
+  try {
+    const session = await api("/ui/session");
+    if (!session.token) window.dispatchEvent(new CustomEvent("evhost:signed-out"));
+  } catch {
+    // The host is away: the banner says so.
+  }
 });
 live.on("open", () => {
   banner.hidden = true;

@@ -34,6 +34,7 @@ export function isConnected() {
 function setConnected(now) {
   if (now === connected) return;
   connected = now;
+  document.documentElement.dataset.stream = now ? "open" : "closed";
   emit(now ? "open" : "closed", null);
 }
 
@@ -45,8 +46,10 @@ export function connect() {
   source.addEventListener("open", () => setConnected(true));
   source.addEventListener("error", () => {
     setConnected(false);
+    // CLOSED: the host answered, but not with a stream (signed out, too many pages).
     if (source.readyState === EventSource.CLOSED) {
-      retry = setTimeout(connect, 2000);
+      emit("refused", null);
+      retry = setTimeout(connect, 5000);
     }
   });
   for (const name of ["metrics", "failure", "plugin", "dlq", "lagged"]) {
@@ -67,5 +70,6 @@ export function disconnect() {
   clearTimeout(retry);
   if (source) source.close();
   source = null;
-  setConnected(false);
+  connected = null;
+  delete document.documentElement.dataset.stream;
 }

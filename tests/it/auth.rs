@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -130,6 +131,7 @@ async fn a_ui_session_stands_for_its_token_acts_only_with_the_csrf_header_and_en
     let http = client();
     let sign_in = async |token: &str| {
         http.post(format!("{}/ui/session", host.url))
+            .header("x-evhost-csrf", "1")
             .json(&json!({ "token": token }))
             .send()
             .await
@@ -151,6 +153,15 @@ async fn a_ui_session_stands_for_its_token_acts_only_with_the_csrf_header_and_en
         body["error"].as_str().unwrap().to_owned()
     };
 
+    // Only the host's page signs a browser in: another page cannot send the header.
+    let foreign = http
+        .post(format!("{}/ui/session", host.url))
+        .json(&json!({ "token": READER_SECRET }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
+    assert!(foreign.headers().get("set-cookie").is_none());
     let refused = sign_in("not-a-token-of-this-host").await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert!(refused.headers().get("set-cookie").is_none());
@@ -171,6 +182,10 @@ async fn a_ui_session_stands_for_its_token_acts_only_with_the_csrf_header_and_en
     assert_eq!(view["scopes"], json!(["read"]));
     assert!(view["expires_at"].is_string(), "{view}");
     let dlq = send(Method::GET, "/dlq", Some(&reader), false).await;
+    assert_eq!(dlq.status(), StatusCode::OK);
+    // A cookie of the same name set by another service on this host does not hide it.
+    let planted = format!("evhost_session=planted-by-another-service; {reader}");
+    let dlq = send(Method::GET, "/dlq", Some(&planted), false).await;
     assert_eq!(dlq.status(), StatusCode::OK);
     let replay = send(Method::POST, "/dlq/replay?all=true", Some(&reader), true).await;
     assert_eq!(replay.status(), StatusCode::FORBIDDEN);
@@ -194,8 +209,18 @@ async fn a_ui_session_stands_for_its_token_acts_only_with_the_csrf_header_and_en
         .unwrap();
     assert_eq!(mixed.status(), StatusCode::UNAUTHORIZED);
 
-    // Signing out ends the session and clears the cookie; the other session lives on.
+    // Signing out ends the session, what it keeps open, and clears the cookie; the other
+    // session lives on.
+    let stream = send(Method::GET, "/stream", Some(&root), false).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut stream = stream.bytes_stream();
     let out = send(Method::DELETE, "/ui/session", Some(&root), false).await;
+    assert_eq!(
+        out.status(),
+        StatusCode::FORBIDDEN,
+        "not without the page's header"
+    );
+    let out = send(Method::DELETE, "/ui/session", Some(&root), true).await;
     assert_eq!(out.status(), StatusCode::NO_CONTENT);
     let cleared = out.headers()["set-cookie"].to_str().unwrap();
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
@@ -203,16 +228,27 @@ async fn a_ui_session_stands_for_its_token_acts_only_with_the_csrf_header_and_en
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
     let message = error_of(after).await;
     assert!(message.contains("sign in again"), "{message}");
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the signed-out session's stream did not end");
     let dlq = send(Method::GET, "/dlq", Some(&reader), false).await;
     assert_eq!(dlq.status(), StatusCode::OK);
 
-    let opened = host
-        .log_lines()
-        .into_iter()
-        .filter(|line| line["message"] == "UI session opened")
-        .map(|line| line["token"].as_str().unwrap_or_default().to_owned())
-        .collect::<Vec<_>>();
-    assert_eq!(opened, ["reader", "root"]);
+    // The audit log names each session's token (its lines arrive through a pipe).
+    let opened = || {
+        host.log_lines()
+            .into_iter()
+            .filter(|line| line["message"] == "UI session opened")
+            .map(|line| line["token"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while opened().len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(opened(), ["reader", "root"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,11 @@ def open_ui(watched, host, route="/overview"):
     return page
 
 
+def stream_open(page):
+    """Waits until the page's `GET /stream` is connected."""
+    expect(page.locator("html[data-stream=open]")).to_have_count(1)
+
+
 def go(page, route):
     page.evaluate("route => { location.hash = route }", route)
     name = route.strip("/#").split("/")[0].split("?")[0]
@@ -63,6 +68,7 @@ def test_b_the_overview_charts_what_was_handled(start_host, watched):
     page = open_ui(watched, host, "/overview")
     expect(page.get_by_test_id("health-ready")).to_have_text("ready")
     expect(page.get_by_test_id("health-store")).to_have_text("embedded SQLite")
+    stream_open(page)
     for start in range(0, 500, 100):
         host.publish(users(100, start))
     chart = page.get_by_test_id("chart-handled")
@@ -92,6 +98,7 @@ def test_c_a_failure_shows_in_errors_within_two_seconds_and_as_a_dead_letter(sta
     host = start_host({"returns-reject": "returns-reject"})
     page = open_ui(watched, host, "/errors")
     expect(page.get_by_test_id("errors-state")).to_have_text("live")
+    stream_open(page)
     host.publish([event("OrderPlaced", "o1", {"n": 1})], wait=False)
     published = time.monotonic()
     row = page.get_by_test_id("error-row")
@@ -148,6 +155,11 @@ def test_d_a_fixed_version_is_flagged_and_a_previewed_replay_drains_the_queue(st
     page.get_by_test_id("dlq-confirm-replay").click()
     expect(page.get_by_test_id("dlq-empty")).to_be_visible()
     assert host.get("/dlq") == []
+    # A replay queues the deliveries again; the read model shows them once handled.
+    deadline = time.monotonic() + 20
+    while len(host.get("/plugins/returns-retry/kv?prefix=handled:")["entries"]) < 2:
+        assert time.monotonic() < deadline, "the replayed letters were not handled"
+        time.sleep(0.05)
     go(page, "#/kv/returns-retry")
     expect(page.locator('[data-testid=kv-row][data-key="handled:d1"]')).to_be_visible()
     expect(page.locator('[data-testid=kv-row][data-key="handled:d2"]')).to_be_visible()
@@ -215,20 +227,53 @@ def test_f_the_payment_sagas_trace_shows_each_event_under_its_cause(start_host, 
 
 HOSTILE_DATA = "<img src=x onerror=alert(1)>"
 HOSTILE_REASON = "<img src=x onerror=alert(2)><b>bold</b>"
+HOSTILE_ID = "<b>id</b>\"'><img src=x onerror=alert(3)>"
+HOSTILE_USER = "<b>u</b><img src=x onerror=alert(4)>"
+
+
+def no_markup(page):
+    """Nothing the host sent became an element: the page itself has no img or b."""
+    assert page.locator("body img, body b").count() == 0, "untrusted text became HTML"
 
 
 def test_g_hostile_data_is_text_and_a_cross_site_post_is_refused(start_host, watched):
-    host = start_host({"returns-reject": "returns-reject"},
+    host = start_host({"returns-reject": "returns-reject", "user-projection": "user-projection"},
                       {"returns-reject": f"[config]\nreason = {json.dumps(HOSTILE_REASON)}\n"})
-    host.publish([event("OrderPlaced", "h1", {"note": HOSTILE_DATA})])
-    page = open_ui(watched, host, "/events/h1")
+    host.publish([event("OrderPlaced", HOSTILE_ID, {"note": HOSTILE_DATA}, subject=HOSTILE_ID),
+                  event("UserCreated", "h2", {"id": HOSTILE_USER, "name": HOSTILE_DATA, "email": "h@example.com"},
+                        subject=HOSTILE_USER)])
+    letters = host.get("/dlq")
+    page = open_ui(watched, host, "/events")
+    expect(page.get_by_test_id("event-row")).to_have_count(2)
+    expect(page.get_by_role("link", name=HOSTILE_ID)).to_be_visible()
+    no_markup(page)
+    # The inspector, reached by the link built from the hostile id.
+    page.get_by_role("link", name=HOSTILE_ID).click()
     expect(page.get_by_test_id("event-data")).to_contain_text(HOSTILE_DATA)
+    expect(page.get_by_test_id("event-attributes")).to_contain_text(HOSTILE_ID)
+    expect(page.get_by_test_id("trace-node")).to_have_count(1)
+    no_markup(page)
     go(page, "#/errors")
-    expect(page.get_by_test_id("error-message")).to_have_text(HOSTILE_REASON)
+    expect(page.get_by_test_id("error-message")).to_have_count(2)
+    expect(page.get_by_test_id("error-message").first).to_have_text(HOSTILE_REASON)
+    no_markup(page)
     go(page, "#/dlq")
-    expect(page.get_by_test_id("dlq-message")).to_have_text(HOSTILE_REASON)
-    assert page.locator("main img, main b").count() == 0, "untrusted text became HTML"
+    expect(page.get_by_test_id("dlq-message").first).to_have_text(HOSTILE_REASON)
+    no_markup(page)
+    go(page, f"#/dlq/{letters[0]['id']}")
+    expect(page.get_by_test_id("attempt-row")).to_contain_text(HOSTILE_REASON)
+    no_markup(page)
+    go(page, "#/kv/user-projection")
+    expect(page.locator("[data-testid=kv-row]")).to_have_attribute("data-key", f"user:{HOSTILE_USER}")
+    expect(page.get_by_test_id("kv-value")).to_contain_text(HOSTILE_DATA)
+    no_markup(page)
+    # The replay preview is a dialog outside `main`.
+    go(page, "#/dlq")
+    page.get_by_test_id("dlq-replay-all").click()
+    expect(page.get_by_test_id("preview-row")).to_have_count(2)
+    no_markup(page)
     watched.shoot("hostile")
+    page.get_by_test_id("dialog-cancel").click()
 
     # A page of another origin (another port on the same address) posts a replay.
     served = threading.Event()
@@ -261,7 +306,7 @@ def test_g_hostile_data_is_text_and_a_cross_site_post_is_refused(start_host, wat
     while not any("request refused" in line and "/dlq/replay" in line for line in host.log):
         assert time.monotonic() < deadline, "the cross-site replay was not refused"
         time.sleep(0.05)
-    assert len(host.get("/dlq")) == 1, "the letter was replayed by a foreign page"
+    assert len(host.get("/dlq")) == 2, "the letters were replayed by a foreign page"
 
 
 AUTH_CONFIG = f"""
@@ -306,10 +351,10 @@ def test_g_a_read_only_session_cannot_replay_and_signing_out_ends_it(start_host,
     assert cookies["evhost_session"]["httpOnly"] and cookies["evhost_session"]["sameSite"] == "Strict"
     assert "evhost_session" not in page.evaluate("document.cookie")
     # The server refuses what the page hides.
-    status = page.evaluate("""() => fetch('/dlq/replay', {method: 'POST',
+    status, body = page.evaluate("""() => fetch('/dlq/replay', {method: 'POST',
             headers: {'Content-Type': 'application/json', 'X-Evhost-CSRF': '1'},
-            body: JSON.stringify({ids: [1]})}).then(r => r.status)""")
-    assert status == 403
+            body: JSON.stringify({ids: [1]})}).then(async r => [r.status, await r.json()])""")
+    assert status == 403 and "lacks the `admin` scope" in body["error"], body
     assert len(host.get("/dlq", headers={"Authorization": f"Bearer {OPS}"})) == 1
 
     page.get_by_test_id("sign-out").click()
@@ -320,14 +365,21 @@ def test_g_a_read_only_session_cannot_replay_and_signing_out_ends_it(start_host,
     go(page, "#/dlq")
     expect(page.get_by_test_id("dlq-replay-all")).to_be_visible()
     # Without the page's header, the cookie alone cannot act.
-    status = page.evaluate("""() => fetch('/dlq/replay?all=true', {method: 'POST'}).then(r => r.status)""")
-    assert status == 403
+    status, body = page.evaluate(
+        "() => fetch('/dlq/replay?all=true', {method: 'POST'}).then(async r => [r.status, await r.json()])")
+    assert status == 403 and "x-evhost-csrf" in body["error"], body
     assert len(host.get("/dlq", headers={"Authorization": f"Bearer {OPS}"})) == 1
     page.get_by_test_id("dlq-replay-all").click()
     page.get_by_test_id("dlq-confirm-replay").click()
     expect(page.get_by_text("Replayed 1 dead letter(s).")).to_be_visible()
-    # The audit log names the token behind the session, the action and how many letters.
-    audit = [json.loads(line) for line in host.log if line.startswith("{")]
+    # The audit log names the token behind the session, the action and how many letters
+    # (its lines come through a pipe: wait for them).
+    def audit_lines():
+        return [json.loads(line) for line in list(host.log) if line.startswith("{")]
+    deadline = time.monotonic() + 10
+    while not any(line.get("message") == "admin action" for line in audit_lines()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    audit = audit_lines()
     assert any(line.get("message") == "UI session opened" and line.get("token") == "ops" for line in audit)
     replays = [line for line in audit if line.get("message") == "admin action" and "/dlq/replay" in line.get("action", "")]
     assert [(line["token"], line["status"], line.get("count")) for line in replays] == [("ops", 200, 1)], replays

@@ -268,15 +268,15 @@ impl Auth {
         }
     }
 
-    /// Admits a request needing `need`, returning the name of the token it carried (or
-    /// whose session it belongs to).
+    /// Admits a request needing `need`, returning who it speaks for: the token it carried
+    /// (as a session without an end), or the browser session of its cookie.
     fn admit(
         &self,
         method: &Method,
         headers: &HeaderMap,
         uri: &Uri,
         need: Need,
-    ) -> Result<Option<String>, Refusal> {
+    ) -> Result<Option<Session>, Refusal> {
         match &self.mode {
             Mode::Open => Ok(None),
             _ if need == Need::Nothing => Ok(None),
@@ -285,36 +285,43 @@ impl Auth {
                 _ => Ok(None),
             },
             Mode::Tokens(_) => {
-                let (name, scopes) = match self.credentials(method, headers)? {
-                    Credentials::Token(token) => (token.name.clone(), token.scopes.clone()),
-                    Credentials::Session(session) => (session.token, session.scopes),
-                };
+                let session = self.credentials(method, headers)?;
                 match need {
-                    Need::Scope(scope) if !scopes.contains(&scope) => {
-                        Err(Refusal::LacksScope { token: name, scope })
-                    }
-                    _ => Ok(Some(name)),
+                    Need::Scope(scope) if !session.scopes.contains(&scope) => Err(Refusal::LacksScope {
+                        token: session.token,
+                        scope,
+                    }),
+                    _ => Ok(Some(session)),
                 }
             }
         }
     }
 
-    /// Who a request speaks for: its bearer token, or else its session cookie — which, on a
-    /// request that changes state, counts only with [`session::CSRF_HEADER`].
-    fn credentials(&self, method: &Method, headers: &HeaderMap) -> Result<Credentials<'_>, Refusal> {
+    /// Who a request speaks for: its bearer token (as a session without an end), or else
+    /// the session of its cookie — which, on a request that changes state, counts only
+    /// with [`session::CSRF_HEADER`].
+    fn credentials(&self, method: &Method, headers: &HeaderMap) -> Result<Session, Refusal> {
         if headers.contains_key(header::AUTHORIZATION) {
             let presented = bearer(headers)?;
-            return self
-                .token(presented)
-                .map(Credentials::Token)
-                .ok_or(Refusal::UnknownToken);
+            let token = self.token(presented).ok_or(Refusal::UnknownToken)?;
+            return Ok(Session {
+                token: token.name.clone(),
+                scopes: token.scopes.clone(),
+                expires_at: None,
+                end: None,
+            });
         }
-        let id = session::cookie_of(headers).ok_or(Refusal::MissingToken)?;
-        let session = self.sessions.get(id).ok_or(Refusal::SessionEnded)?;
+        let mut ids = session::cookies_of(headers).peekable();
+        if ids.peek().is_none() {
+            return Err(Refusal::MissingToken);
+        }
+        let session = ids
+            .find_map(|id| self.sessions.get(id))
+            .ok_or(Refusal::SessionEnded)?;
         if !matches!(*method, Method::GET | Method::HEAD) && !headers.contains_key(session::CSRF_HEADER) {
             return Err(Refusal::MissingCsrfHeader);
         }
-        Ok(Credentials::Session(session))
+        Ok(session)
     }
 
     /// The token whose secret is `presented`. Every digest is compared, whichever matches.
@@ -335,10 +342,7 @@ impl Auth {
     /// The session a browser's request belongs to, or the token it carries, as a session;
     /// `None` when it has neither, or with no tokens configured.
     pub(crate) fn session_of(&self, headers: &HeaderMap) -> Option<Session> {
-        match self.credentials(&Method::GET, headers).ok()? {
-            Credentials::Session(session) => Some(session),
-            Credentials::Token(token) => Some(Session::of_token(&token.name, &token.scopes)),
-        }
+        self.credentials(&Method::GET, headers).ok()
     }
 
     /// Opens a session for the token whose secret is `presented`: its id (for the cookie)
@@ -348,9 +352,14 @@ impl Auth {
         Some(self.sessions.open(&token.name, &token.scopes))
     }
 
-    /// Ends the session of a request's cookie; whether there was one.
+    /// Ends the sessions of a request's cookies; whether there was one.
     pub(crate) fn sign_out(&self, headers: &HeaderMap) -> bool {
-        session::cookie_of(headers).is_some_and(|id| self.sessions.close(id))
+        // Every one, not only the first.
+        let mut closed = false;
+        for id in session::cookies_of(headers) {
+            closed |= self.sessions.close(id);
+        }
+        closed
     }
 
     /// The `Set-Cookie` value for a session `id`.
@@ -361,23 +370,6 @@ impl Auth {
     /// The `Set-Cookie` value that clears the session cookie.
     pub(crate) fn cleared_cookie(&self) -> String {
         session::clear_cookie(self.secure_cookies)
-    }
-}
-
-/// What a request was authenticated by.
-enum Credentials<'a> {
-    Token(&'a Token),
-    Session(Session),
-}
-
-impl Session {
-    /// A bearer token presented directly, seen as a session (without an expiry).
-    fn of_token(name: &str, scopes: &[Scope]) -> Self {
-        Self {
-            token: name.to_owned(),
-            scopes: scopes.to_vec(),
-            expires_at: None,
-        }
     }
 }
 
@@ -577,8 +569,8 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
         .map(|ConnectInfo(Peer(addr))| addr.to_string());
     let admitted = cross_site(&method, request.headers(), request.uri())
         .and_then(|()| state.auth.admit(&method, request.headers(), request.uri(), need));
-    let token = match admitted {
-        Ok(token) => token,
+    let session = match admitted {
+        Ok(session) => session,
         Err(refusal) => {
             let token = refusal.token().map(str::to_owned);
             let error = refusal.into_error(&method, &path, need);
@@ -594,6 +586,12 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
             return error.into_response();
         }
     };
+    let token = session.as_ref().map(|session| session.token.clone());
+    // What the request keeps open (a stream) ends with a browser session.
+    let mut request = request;
+    if let Some(session) = session.filter(|session| session.end.is_some()) {
+        request.extensions_mut().insert(session);
+    }
     if need != Need::Scope(Scope::Admin) {
         return next.run(request).await;
     }
@@ -734,6 +732,7 @@ mod tests {
         assert_eq!(
             auth.admit(&Method::POST, &with(&format!("Bearer {secret}")), &uri, publish)
                 .unwrap()
+                .map(|session| session.token)
                 .as_deref(),
             Some("ci")
         );
@@ -750,6 +749,7 @@ mod tests {
                 read
             )
             .unwrap()
+            .map(|session| session.token)
             .as_deref(),
             Some("hashed")
         );
@@ -765,10 +765,10 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(
+        assert!(
             auth.admit(&Method::GET, &HeaderMap::new(), &uri, Need::Nothing)
-                .unwrap(),
-            None
+                .unwrap()
+                .is_none()
         );
     }
 
@@ -793,7 +793,10 @@ mod tests {
 
         let viewing = headers(&[("cookie", &cookie(&viewer))]);
         assert_eq!(
-            auth.admit(&Method::GET, &viewing, &uri, read).unwrap().as_deref(),
+            auth.admit(&Method::GET, &viewing, &uri, read)
+                .unwrap()
+                .map(|session| session.token)
+                .as_deref(),
             Some("viewer")
         );
         let replaying = headers(&[("cookie", &cookie(&viewer)), ("x-evhost-csrf", "1")]);
@@ -817,6 +820,7 @@ mod tests {
         assert_eq!(
             auth.admit(&Method::POST, &with_header, &uri, admin)
                 .unwrap()
+                .map(|session| session.token)
                 .as_deref(),
             Some("ops")
         );

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::error::ApiError;
+use super::session::Session;
 use crate::bus::AsyncEventBus;
 use crate::metrics::{BusMetrics, HistogramSnapshot, LATENCY_BUCKETS};
 
@@ -231,7 +232,13 @@ pub(crate) async fn history(State(state): State<Arc<AppState>>) -> Json<History>
 /// (each failure record), `plugin` (each plugin change), `dlq` (the dead-letter count when
 /// it changes), and `lagged` (`{"feed", "missed"}`) when this client fell behind and
 /// should refetch. At most [`Live::new`]'s clients at once; the next gets `503`.
-pub(crate) async fn stream(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+///
+/// A stream opened by a browser session ends when the session does (signed out or
+/// expired): what it reads is the session's to read.
+pub(crate) async fn stream(
+    State(state): State<Arc<AppState>>,
+    session: Option<Extension<Session>>,
+) -> Result<Response, ApiError> {
     if state.live.closing.is_cancelled() {
         return Err(ApiError::Unavailable {
             message: "evhost is shutting down".to_owned(),
@@ -264,8 +271,15 @@ pub(crate) async fn stream(State(state): State<Arc<AppState>>) -> Result<Respons
         merged = futures::stream::select(merged, plugins).boxed();
     }
     // The permit lives as long as the response's stream: a disconnect frees the place.
+    let ended = async move {
+        match session {
+            Some(Extension(session)) => session.ended().await,
+            None => std::future::pending().await,
+        }
+    };
     let stream = merged
         .take_until(state.live.closing.clone().cancelled_owned())
+        .take_until(ended)
         .map(move |event| {
             let _held = &permit;
             event

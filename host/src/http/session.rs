@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, HeaderName, header};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use super::auth::Scope;
 
@@ -41,6 +42,24 @@ pub(crate) struct Session {
     pub(crate) scopes: Vec<Scope>,
     /// When it ends; `None` for a bearer token presented directly.
     pub(crate) expires_at: Option<DateTime<Utc>>,
+    /// When it ends, and cancelled when it is signed out: what it keeps open (a
+    /// `GET /stream`) ends with it. `None` for a bearer token presented directly.
+    pub(crate) end: Option<(Instant, CancellationToken)>,
+}
+
+impl Session {
+    /// Resolves when the session ends (expired or signed out); never for a bearer token.
+    pub(crate) async fn ended(self) {
+        match self.end {
+            Some((expires, signed_out)) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(expires.into()) => {}
+                    () = signed_out.cancelled_owned() => {}
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// The open sessions, by the SHA-256 of their id (the id itself is only in the cookie).
@@ -71,6 +90,7 @@ impl Sessions {
             token: token.to_owned(),
             scopes: scopes.to_vec(),
             expires_at: Some(Utc::now() + self.ttl),
+            end: Some((now + self.ttl, CancellationToken::new())),
         };
         let mut open = self.open.lock();
         open.retain(|_, (expires, _)| *expires > now);
@@ -100,9 +120,15 @@ impl Sessions {
         }
     }
 
-    /// Ends the session `id`; whether there was one.
+    /// Ends the session `id`, and what it keeps open; whether there was one.
     pub(crate) fn close(&self, id: &str) -> bool {
-        self.open.lock().remove(&digest(id)).is_some()
+        let closed = self.open.lock().remove(&digest(id));
+        if let Some((_, session)) = &closed
+            && let Some((_, signed_out)) = &session.end
+        {
+            signed_out.cancel();
+        }
+        closed.is_some()
     }
 }
 
@@ -110,15 +136,16 @@ fn digest(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
 }
 
-/// The session id in the request's `Cookie` headers, if any.
-pub(crate) fn cookie_of(headers: &HeaderMap) -> Option<&str> {
+/// Every session id in the request's `Cookie` headers. Usually one; several when another
+/// service on the same host (cookies do not tell ports apart) set one of that name too.
+pub(crate) fn cookies_of(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .filter(|(name, _)| *name == COOKIE)
         .map(|(_, value)| value.trim_matches('"'))
         .filter(|value| !value.is_empty())
 }
@@ -151,7 +178,13 @@ mod tests {
         assert!(sessions.get("0000").is_none());
         let (other, _) = sessions.open("ops", &[Scope::Read]);
         assert_ne!(id, other, "every session has its own id");
+        let (_, signed_out) = sessions.get(&id).unwrap().end.unwrap();
+        assert!(!signed_out.is_cancelled());
         assert!(sessions.close(&id));
+        assert!(
+            signed_out.is_cancelled(),
+            "what the session keeps open ends with it"
+        );
         assert!(sessions.get(&id).is_none());
         assert!(!sessions.close(&id));
 
@@ -165,12 +198,14 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(
             header::COOKIE,
-            "theme=dark; evhost_session=abc123".parse().unwrap(),
+            "theme=dark; evhost_session=abc123; evhost_session=def"
+                .parse()
+                .unwrap(),
         );
-        assert_eq!(cookie_of(&headers), Some("abc123"));
+        assert_eq!(cookies_of(&headers).collect::<Vec<_>>(), ["abc123", "def"]);
         headers.clear();
         headers.append(header::COOKIE, "evhost_session=".parse().unwrap());
-        assert_eq!(cookie_of(&headers), None);
+        assert_eq!(cookies_of(&headers).next(), None);
         let set = set_cookie("abc", Duration::from_secs(60), true);
         assert_eq!(
             set,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::{AUDIT_TARGET, Scope};
 use super::error::ApiError;
-use super::session::Session;
+use super::session::{CSRF_HEADER, Session};
 
 /// An embedded file: its path under `/ui/`, its media type and its bytes.
 struct Asset {
@@ -152,11 +152,28 @@ pub(crate) struct SignIn {
     token: String,
 }
 
-/// `POST /ui/session {"token": "..."}`: exchanges a token for a session cookie.
+/// Refuses a sign-in or sign-out without the header only the host's page sends, so that
+/// no other page can sign a browser in (to a session of its choosing) or out.
+fn from_the_page(headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.contains_key(CSRF_HEADER) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "signing in or out needs the `{CSRF_HEADER}` header the UI sends"
+        )))
+    }
+}
+
+/// `POST /ui/session {"token": "..."}`: exchanges a token for a session cookie, ending
+/// the session the request's cookie held, if any.
 pub(crate) async fn sign_in(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    if let Err(error) = from_the_page(&headers) {
+        return error.into_response();
+    }
     if !state.auth.uses_tokens() {
         // Nothing to exchange: the page works without a session.
         return Json(SessionView::of(&state, None)).into_response();
@@ -175,6 +192,7 @@ pub(crate) async fn sign_in(
         tracing::warn!(target: AUDIT_TARGET, "UI sign-in refused: unknown token");
         return ApiError::Unauthorized("the token is not one this host accepts".to_owned()).into_response();
     };
+    state.auth.sign_out(&headers);
     tracing::info!(target: AUDIT_TARGET, token = %session.token, "UI session opened");
     let cookie = state.auth.session_cookie(&id);
     (
@@ -186,6 +204,9 @@ pub(crate) async fn sign_in(
 
 /// `DELETE /ui/session`: ends the session and clears its cookie.
 pub(crate) async fn sign_out(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(error) = from_the_page(&headers) {
+        return error.into_response();
+    }
     if let Some(session) = state.auth.session_of(&headers)
         && state.auth.sign_out(&headers)
     {

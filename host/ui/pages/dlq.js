@@ -3,9 +3,9 @@
 // only after typing its name.
 
 import { api } from "../api.js";
-import { h, fill, time, hash, link, seg, notice, pretty, table } from "../dom.js";
+import { h, fill, time, hash, link, seg, notice, table } from "../dom.js";
 import * as live from "../live.js";
-import { eventAttributes } from "./events.js";
+import { dataOf, eventAttributes } from "./events.js";
 
 const PAGE = 100;
 
@@ -126,13 +126,25 @@ export async function render(root, route, context) {
   }
   root.append(h("h1", {}, plugin ? `Dead letters of ${plugin}` : "Dead letters"), toolbar, status, body);
 
+  // The page is the letters after `after`; `starts` holds the `after` of earlier pages.
   let after = null;
-  let pages = [];
-  async function load() {
-    const [letters, preview] = await Promise.all([
-      api("/dlq", { query: { plugin, limit: PAGE, after } }),
-      api("/dlq/preview", { query: { all: true, plugin } }),
-    ]);
+  let starts = [];
+  let generation = 0;
+  /** Shows the page after `from` (and makes it the current one once it loaded). */
+  async function load(from = after, earlier = starts) {
+    const mine = ++generation;
+    let letters;
+    try {
+      letters = await api("/dlq", { query: { plugin, limit: PAGE, after: from } });
+    } catch (error) {
+      // The letter the page started after was replayed or purged: start from the top.
+      if (error.status === 404 && from !== null) return load(null, []);
+      throw error;
+    }
+    const preview = letters.length ? await api("/dlq/preview", { query: { ids: letters.map((l) => l.id).join(",") } }) : [];
+    if (mine !== generation) return; // a newer load is under way
+    after = from;
+    starts = earlier;
     const byId = new Map(preview.map((entry) => [entry.id, entry]));
     for (const id of [...selected]) if (!letters.some((l) => l.id === id)) selected.delete(id);
     const sync = () => {
@@ -180,15 +192,20 @@ export async function render(root, route, context) {
       h(
         "div",
         { class: "toolbar" },
-        pages.length
-          ? h("button", { type: "button", onclick: () => { after = pages.pop(); load(); } }, "Previous page")
+        starts.length
+          ? h("button", { type: "button", onclick: () => page(starts[starts.length - 1], starts.slice(0, -1)) }, "Previous page")
           : null,
         letters.length === PAGE
-          ? h("button", { type: "button", testid: "dlq-next", onclick: () => { pages.push(after); after = letters[letters.length - 1].id; load(); } }, "Next page")
+          ? h("button", { type: "button", testid: "dlq-next", onclick: () => page(letters[letters.length - 1].id, [...starts, after]) }, "Next page")
           : null,
       ),
     );
   }
+
+  function page(from, earlier) {
+    load(from, earlier).catch((error) => fill(status, notice("error", error.message)));
+  }
+  const reload = () => load().catch((error) => fill(status, notice("error", error.message)));
 
   async function act(action) {
     try {
@@ -197,7 +214,7 @@ export async function render(root, route, context) {
     } catch (error) {
       fill(status, notice("error", error.message));
     }
-    await load().catch(() => {});
+    await reload();
   }
   replaySelected.addEventListener("click", () =>
     act(async () => {
@@ -219,15 +236,19 @@ export async function render(root, route, context) {
   );
 
   await load();
+  // Changes come in bursts: one reload for each.
   let pending = null;
+  const soon = () => {
+    clearTimeout(pending);
+    pending = setTimeout(reload, 300);
+  };
   const offs = [
-    live.on("dlq", () => {
-      clearTimeout(pending);
-      pending = setTimeout(() => load().catch(() => {}), 300);
+    live.on("dlq", soon),
+    live.on("open", soon),
+    // The dead-letter count travels with the metrics: a lag there may hide a change.
+    live.on("lagged", (lag) => {
+      if (lag.feed === "metrics") soon();
     }),
-    live.on("open", () => load().catch(() => {})),
-    // A `dlq` change may be among what a lagging page missed.
-    live.on("lagged", () => load().catch(() => {})),
   ];
   return () => {
     clearTimeout(pending);
@@ -299,6 +320,6 @@ async function renderOne(root, id, context) {
     h("h2", {}, "The event"),
     eventAttributes(letter.event),
     h("h2", {}, "Data"),
-    h("pre", { testid: "event-data" }, pretty(letter.event.data ?? null)),
+    h("pre", { testid: "event-data" }, dataOf(letter.event)),
   );
 }

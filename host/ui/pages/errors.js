@@ -61,16 +61,17 @@ export async function render(root, route) {
         : h("p", { class: "muted" }, "No failures to show."),
     );
   }
-  // A reload (after a reconnection or a lag) races the stream: what arrived while it was
-  // under way stays, once.
-  let loading = null;
   const key = (r) => `${r.subscription}\u0000${r.event_id}\u0000${r.attempt}\u0000${r.time}`;
+  // A reload (after a reconnection or a lag) adds to what is shown, never replaces it:
+  // what streamed in while it was under way stays. Paused, what it brings is held too.
   async function load() {
-    loading = [];
     const fetched = await api("/errors", { query: { limit: KEEP } });
-    const arrived = loading;
-    loading = null;
-    records = merge(arrived, fetched, records);
+    if (paused) {
+      const shown = new Set(records.map(key));
+      held = merge(held, fetched.filter((r) => !shown.has(key(r))));
+    } else {
+      records = merge(fetched, records);
+    }
     draw();
   }
   /** Newest first, each record once. */
@@ -97,12 +98,8 @@ export async function render(root, route) {
   await load();
   const offs = [
     live.on("failure", (record) => {
-      if (paused) {
-        held.push(record);
-      } else {
-        if (loading) loading.push(record);
-        records = [record, ...records].slice(0, KEEP);
-      }
+      if (paused) held = merge([record], held);
+      else records = merge([record], records);
       draw();
     }),
     live.on("lagged", (lag) => {

@@ -16,7 +16,8 @@ export function eventAttributes(event) {
   );
 }
 
-function dataOf(event) {
+/** The event's data as text: JSON indented, bytes as base64. */
+export function dataOf(event) {
   if ("data_base64" in event) return `base64: ${event.data_base64}`;
   if (!("data" in event)) return "(no data)";
   return pretty(event.data);

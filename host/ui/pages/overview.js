@@ -43,22 +43,38 @@ export async function render(root, _route, _context) {
     h("p", { class: "muted" }, "Dashed lines: a plugin loaded or swapped. The last 15 minutes; Prometheus (/metrics) keeps the long term."),
   );
 
-  const [history, settings, plugins] = await Promise.all([
-    api("/metrics/history"),
-    api("/config").then((c) => Object.fromEntries(c.settings.map((s) => [s.key, s.value])), () => ({})),
-    api("/plugins"),
-  ]);
-  const samples = history.samples.slice(-WINDOW);
+  // What streams in while the history loads is kept, so the charts have no gap.
+  const early = { samples: [], changes: [] };
+  const offEarly = [
+    live.on("metrics", (sample) => early.samples.push(sample)),
+    live.on("plugin", (change) => early.changes.push(change)),
+  ];
+  let history, settings, histories;
+  try {
+    let plugins;
+    [history, settings, plugins] = await Promise.all([
+      api("/metrics/history"),
+      api("/config").then((c) => Object.fromEntries(c.settings.map((s) => [s.key, s.value])), () => ({})),
+      api("/plugins"),
+    ]);
+    histories = await Promise.all(
+      plugins.map((p) => api(`/plugins/${encodeURIComponent(p.name)}/history`).catch(() => null)),
+    );
+  } finally {
+    offEarly.forEach((off) => off());
+  }
+  const last = history.samples.length ? Date.parse(history.samples[history.samples.length - 1].time) : 0;
+  const samples = [...history.samples, ...early.samples.filter((s) => Date.parse(s.time) > last)].slice(-WINDOW);
   const markers = [];
-  const histories = await Promise.all(
-    plugins.map((p) => api(`/plugins/${encodeURIComponent(p.name)}/history`).catch(() => null)),
-  );
   for (const entry of histories) {
     for (const change of entry ? entry.changes : []) addMarker(markers, change);
   }
+  for (const change of early.changes) addMarker(markers, change);
 
   const capacity = settings["bus.capacity"];
-  const store = settings.nats ? "NATS JetStream" : settings.durable === false ? "in memory" : settings.durable ? "embedded SQLite" : "—";
+  // `/config` flattens tables: a NATS log shows as `nats.url` and its siblings.
+  const nats = Object.keys(settings).some((key) => key.startsWith("nats."));
+  const store = nats ? "NATS JetStream" : settings.durable === false ? "in memory" : settings.durable ? "embedded SQLite" : "—";
   fill(tiles.store.value, store);
 
   async function refreshReady() {
