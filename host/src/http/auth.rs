@@ -555,7 +555,11 @@ impl Refusal {
 }
 
 /// The middleware: admits or refuses each request and audits refusals and admin actions.
-pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub(crate) async fn authorize(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let method = request.method().clone();
     let route = request
         .extensions()
@@ -588,7 +592,6 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
     };
     let token = session.as_ref().map(|session| session.token.clone());
     // What the request keeps open (a stream) ends with a browser session.
-    let mut request = request;
     if let Some(session) = session.filter(|session| session.end.is_some()) {
         request.extensions_mut().insert(session);
     }

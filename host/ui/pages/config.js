@@ -1,7 +1,7 @@
 // Config: every setting in effect with where its value came from.
 
 import { api } from "../api.js";
-import { h, fill } from "../dom.js";
+import { h, fill, table } from "../dom.js";
 
 export async function render(root) {
   const filter = h("input", { type: "search", placeholder: "filter keys", testid: "config-filter", "aria-label": "Filter keys" });
@@ -12,26 +12,21 @@ export async function render(root) {
     const text = filter.value.trim().toLowerCase();
     fill(
       body,
-      h(
-        "table",
-        { testid: "config-table" },
-        h("thead", {}, h("tr", {}, ["Key", "Value", "Source", "From"].map((c) => h("th", { scope: "col" }, c)))),
-        h(
-          "tbody",
-          {},
-          settings
-            .filter((s) => !text || s.key.toLowerCase().includes(text))
-            .map((s) =>
-              h(
-                "tr",
-                { testid: "config-row", dataset: { key: s.key, source: s.source } },
-                h("td", {}, h("code", {}, s.key)),
-                h("td", {}, typeof s.value === "string" ? s.value : JSON.stringify(s.value)),
-                h("td", {}, h("span", { class: `badge ${s.source === "default" ? "" : "ok"}` }, s.source)),
-                h("td", {}, s.from ?? ""),
-              ),
+      table(
+        ["Key", "Value", "Source", "From"],
+        settings
+          .filter((s) => !text || s.key.toLowerCase().includes(text))
+          .map((s) =>
+            h(
+              "tr",
+              { testid: "config-row", dataset: { key: s.key, source: s.source } },
+              h("td", {}, h("code", {}, s.key)),
+              h("td", {}, typeof s.value === "string" ? s.value : JSON.stringify(s.value)),
+              h("td", {}, h("span", { class: `badge ${s.source === "default" ? "" : "ok"}` }, s.source)),
+              h("td", {}, s.from ?? ""),
             ),
-        ),
+          ),
+        { testid: "config-table" },
       ),
     );
   };

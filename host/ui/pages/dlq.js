@@ -181,12 +181,7 @@ export async function render(root, route, context) {
         ? h(
             "div",
             { class: "scroll" },
-            h(
-              "table",
-              { testid: "dlq-table" },
-              h("thead", {}, h("tr", {}, admin ? h("th", {}, "") : null, headers.map((c) => h("th", { scope: "col" }, c)))),
-              h("tbody", {}, rows),
-            ),
+            table(admin ? ["", ...headers] : headers, rows, { testid: "dlq-table" }),
           )
         : h("p", { class: "muted", testid: "dlq-empty" }, "The dead-letter queue is empty."),
       h(

@@ -2,7 +2,7 @@
 // plugin and kind filters and a pause button.
 
 import { api } from "../api.js";
-import { h, fill, time, hash, link, seg, notice } from "../dom.js";
+import { h, fill, time, hash, link, seg, notice, table } from "../dom.js";
 import * as live from "../live.js";
 
 const KEEP = 500;
@@ -36,27 +36,22 @@ export async function render(root, route) {
     fill(
       list,
       rows.length
-        ? h(
-            "table",
-            { testid: "errors-table" },
-            h("thead", {}, h("tr", {}, ["When", "Plugin", "Kind", "Attempt", "Event", "Version", "Message"].map((c) => h("th", { scope: "col" }, c)))),
-            h(
-              "tbody",
-              {},
-              rows.map((r) =>
-                h(
-                  "tr",
-                  { testid: "error-row", dataset: { plugin: r.subscription, kind: r.kind } },
-                  h("td", {}, time(r.time)),
-                  h("td", {}, link(`/plugins/${seg(r.subscription)}`, r.subscription)),
-                  h("td", {}, h("span", { class: "badge bad" }, r.kind)),
-                  h("td", {}, String(r.attempt)),
-                  h("td", {}, link(`/events/${seg(r.event_id)}`, r.event_type, " ", h("code", {}, r.event_id))),
-                  h("td", {}, hash(r.handler_version)),
-                  h("td", { testid: "error-message" }, r.message),
-                ),
+        ? table(
+            ["When", "Plugin", "Kind", "Attempt", "Event", "Version", "Message"],
+            rows.map((r) =>
+              h(
+                "tr",
+                { testid: "error-row", dataset: { plugin: r.subscription, kind: r.kind } },
+                h("td", {}, time(r.time)),
+                h("td", {}, link(`/plugins/${seg(r.subscription)}`, r.subscription)),
+                h("td", {}, h("span", { class: "badge bad" }, r.kind)),
+                h("td", {}, String(r.attempt)),
+                h("td", {}, link(`/events/${seg(r.event_id)}`, r.event_type, " ", h("code", {}, r.event_id))),
+                h("td", {}, hash(r.handler_version)),
+                h("td", { testid: "error-message" }, r.message),
               ),
             ),
+            { testid: "errors-table" },
           )
         : h("p", { class: "muted" }, "No failures to show."),
     );

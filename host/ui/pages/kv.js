@@ -1,7 +1,7 @@
 // Read models: a plugin's keys, by prefix, a page at a time, with JSON values indented.
 
 import { api } from "../api.js";
-import { h, fill, link, seg, notice, pretty } from "../dom.js";
+import { h, fill, link, seg, notice, pretty, table } from "../dom.js";
 
 const PAGE = 50;
 
@@ -46,23 +46,18 @@ export async function render(root, route) {
         ? h(
             "div",
             { class: "scroll" },
-            h(
-              "table",
-              { testid: "kv-table" },
-              h("thead", {}, h("tr", {}, ["Key", "Revision", "Value"].map((c) => h("th", { scope: "col" }, c)))),
-              h(
-                "tbody",
-                {},
-                page.entries.map((entry) =>
-                  h(
-                    "tr",
-                    { testid: "kv-row", dataset: { key: entry.key } },
-                    h("td", {}, h("code", {}, entry.key)),
-                    h("td", {}, String(entry.revision)),
-                    h("td", {}, "json" in entry ? h("pre", { testid: "kv-value" }, pretty(entry.json)) : h("pre", { testid: "kv-value" }, `base64: ${entry.base64}`)),
-                  ),
+            table(
+              ["Key", "Revision", "Value"],
+              page.entries.map((entry) =>
+                h(
+                  "tr",
+                  { testid: "kv-row", dataset: { key: entry.key } },
+                  h("td", {}, h("code", {}, entry.key)),
+                  h("td", {}, String(entry.revision)),
+                  h("td", {}, "json" in entry ? h("pre", { testid: "kv-value" }, pretty(entry.json)) : h("pre", { testid: "kv-value" }, `base64: ${entry.base64}`)),
                 ),
               ),
+              { testid: "kv-table" },
             ),
           )
         : h("p", { class: "muted", testid: "kv-empty" }, "No keys."),

@@ -224,9 +224,9 @@ function chart(el, samples, markers, value, unit) {
       ],
     },
   };
-  const plot = new window.uPlot(options, data(), el);
-  const describe = () => {
-    const series = data().slice(1);
+  /** Tells through the container's attributes what `plotted` (the chart's data) holds. */
+  const describe = (plotted) => {
+    const series = plotted.slice(1);
     const last = series.map((s) => s[s.length - 1] ?? 0);
     const all = series.flat().filter((v) => v !== null);
     el.dataset.samples = String(samples.length);
@@ -235,12 +235,15 @@ function chart(el, samples, markers, value, unit) {
     el.dataset.markers = String(recent().length);
     el.dataset.plugins = names.join(",");
   };
-  describe();
+  const initial = data();
+  const plot = new window.uPlot(options, initial, el);
+  describe(initial);
   return {
     names,
     update() {
-      plot.setData(data());
-      describe();
+      const plotted = data();
+      plot.setData(plotted);
+      describe(plotted);
     },
     resize() {
       plot.setSize({ width: Math.max(280, el.clientWidth), height: 240 });
