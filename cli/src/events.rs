@@ -165,6 +165,9 @@ fn state_word(state: &DeliveryState) -> &'static str {
         DeliveryState::Handled { .. } => "handled",
         DeliveryState::DeadLettered { .. } => "dead-lettered",
         DeliveryState::Purged => "purged",
+        DeliveryState::Acknowledged => "acknowledged",
+        DeliveryState::InFlight => "in flight",
+        DeliveryState::Unknown { .. } => "unknown",
     }
 }
 
@@ -198,6 +201,12 @@ fn state_text(delivery: &DeliveryView) -> String {
             dead_at.to_rfc3339_opts(SecondsFormat::Millis, true)
         ),
         DeliveryState::Purged => "purged from the dead-letter queue".to_owned(),
+        DeliveryState::Acknowledged => {
+            "acknowledged (handled, or dead-lettered and since purged; the log does not record which)"
+                .to_owned()
+        }
+        DeliveryState::InFlight => "in flight (delivered, not known to be done yet)".to_owned(),
+        DeliveryState::Unknown { reason } => format!("unknown: {reason}"),
     };
     if let Some(failure) = &delivery.last_failure {
         let _ = write!(
@@ -205,6 +214,9 @@ fn state_text(delivery: &DeliveryView) -> String {
             "; {} failure(s), last: {}: {}",
             delivery.failures, failure.kind, failure.message
         );
+    }
+    if !delivery.unknown.is_empty() {
+        let _ = write!(text, "; not recorded: {}", delivery.unknown.join(", "));
     }
     text
 }

@@ -11,7 +11,11 @@
 //! Each mode publishes the same events from 16 publisher tasks in batches of 100 (a batch
 //! is one `POST /events` for the HTTP API) and counts until every event is handled:
 //!
-//! - `nats_1p`: one host; the plugin's deliveries come from its durable consumer.
+//! - `nats_1p`: one host; the plugin's deliveries come from its durable consumer. The
+//!   server keeps the event history (`[nats] history`, on by default), a mirror of the
+//!   stream the lookups read; after the run, lookups are timed against it (by id, a
+//!   trace, the newest page, and a type filter that matches nothing, which reads it all).
+//! - `nats_1p_no_history`: the same with `history = "0s"`: what keeping the history costs.
 //! - `nats_2p`: two hosts sharing the consumer, this process and a second one (this
 //!   example run with `--host`); the events are published through this process. Both
 //!   hosts share 2 cores here, so this measures the cost of sharing, not added capacity.
@@ -35,6 +39,7 @@ use std::time::{Duration, Instant};
 use common::{Fresh, median};
 use evhost::config::Config;
 use evhost::store::nats::{NatsOptions, NatsStore};
+use evhost::store::{EventLookup as _, EventQuery};
 use evhost::{AsyncEventBus, Event, EventBus, PluginOptions, Runtime, RuntimeConfig};
 use serde_json::json;
 
@@ -51,6 +56,7 @@ const RUNS: usize = 3;
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
     Nats1p,
+    Nats1pNoHistory,
     Nats2p,
     NatsOrdered,
     Embedded,
@@ -60,6 +66,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Self::Nats1p => "nats_1p",
+            Self::Nats1pNoHistory => "nats_1p_no_history",
             Self::Nats2p => "nats_2p",
             Self::NatsOrdered => "nats_ordered",
             Self::Embedded => "embedded",
@@ -123,9 +130,19 @@ struct Host {
 }
 
 impl Host {
-    async fn nats(runtime: &Arc<Runtime>, wasm: &[u8], url: &str, stream: &str, ordered: bool) -> Self {
+    async fn nats(
+        runtime: &Arc<Runtime>,
+        wasm: &[u8],
+        url: &str,
+        stream: &str,
+        ordered: bool,
+        history: bool,
+    ) -> Self {
         let mut options = NatsOptions::new(url);
         options.stream = stream.to_owned();
+        if !history {
+            options.history = Duration::ZERO;
+        }
         let store = Arc::new(NatsStore::open(options).await.expect("opening the NATS store"));
         let bus = AsyncEventBus::with_storage(Config::default().bus_config(), store.storage());
         Self::subscribe(runtime, wasm, bus, ordered, Some(store)).await
@@ -205,7 +222,7 @@ impl SecondHost {
 async fn second_host(url: &str, stream: &str) {
     let runtime = Runtime::new(RuntimeConfig::default()).expect("creating the runtime");
     let wasm = std::fs::read(plugin_path()).expect("reading the noop plugin");
-    let host = Host::nats(&runtime, &wasm, url, stream, false).await;
+    let host = Host::nats(&runtime, &wasm, url, stream, false, true).await;
     println!("ready");
     std::io::stdout().flush().expect("writing to the parent");
     tokio::task::spawn_blocking(|| std::io::stdin().lines().count())
@@ -221,9 +238,10 @@ fn plugin_path() -> PathBuf {
         .join("target/wasm-plugins/wasm32-wasip2/release/noop.wasm")
 }
 
-/// The `n`th event; keyed over [`KEYS`] keys for the ordered plugin.
+/// The `n`th event, `order-{n}`; keyed over [`KEYS`] keys for the ordered plugin.
 fn event(mode: Mode, n: usize) -> Event {
-    let event = Event::new("OrderPlaced", "bench", json!({ "order": n, "total": 42 }));
+    let event =
+        Event::new("OrderPlaced", "bench", json!({ "order": n, "total": 42 })).with_id(format!("order-{n}"));
     match mode {
         Mode::NatsOrdered => event.with_subject(format!("customer-{}", n % KEYS)),
         _ => event,
@@ -289,6 +307,80 @@ struct Run {
     accepted_per_s: f64,
     /// Events each host handled.
     handled: Vec<u64>,
+    /// The lookups' times, when timed.
+    lookups: Option<serde_json::Value>,
+}
+
+/// Milliseconds since `started`.
+fn ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Times the lookups against the history of `stream`, once it holds all `events`.
+async fn time_lookups(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    store: &NatsStore,
+    events: usize,
+) -> serde_json::Value {
+    let mut history = js
+        .get_stream(format!("{stream}_HISTORY"))
+        .await
+        .expect("the history");
+    while history.info().await.expect("the history's state").state.messages < events as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut find = Vec::new();
+    for i in 0..20 {
+        let id = format!("order-{}", i * (events / 20) + 7);
+        let started = Instant::now();
+        let found = store.find(&id, None).await.expect("a lookup");
+        find.push(ms(started));
+        assert_eq!(found.len(), 1, "{id} found once");
+    }
+    let mut trace = Vec::new();
+    for i in 0..5 {
+        let started = Instant::now();
+        let found = store
+            .correlated(&format!("order-{}", i * 1000 + 3), 10_000)
+            .await
+            .expect("a trace");
+        trace.push(ms(started));
+        assert_eq!(found.len(), 1, "a trace of one event");
+    }
+    let mut newest = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let page = store
+            .page(EventQuery {
+                limit: 50,
+                ..EventQuery::default()
+            })
+            .await
+            .expect("a page");
+        newest.push(ms(started));
+        assert_eq!(page.len(), 50);
+    }
+    let started = Instant::now();
+    let none = store
+        .page(EventQuery {
+            event_type: Some("Nothing".to_owned()),
+            limit: 50,
+            ..EventQuery::default()
+        })
+        .await
+        .expect("a page");
+    let miss = ms(started);
+    assert!(none.is_empty());
+    let max = |times: &[f64]| times.iter().copied().fold(0.0, f64::max);
+    json!({
+        "history_events": events,
+        "find_ms_median": (median(find.clone()) * 10.0).round() / 10.0,
+        "find_ms_max": (max(&find) * 10.0).round() / 10.0,
+        "trace_ms_median": (median(trace) * 10.0).round() / 10.0,
+        "newest_page_50_ms_median": (median(newest) * 10.0).round() / 10.0,
+        "type_filter_matching_nothing_ms": miss.round(),
+    })
 }
 
 async fn run(mode: Mode, run: usize, runtime: &Arc<Runtime>, wasm: &[u8], server: &NatsServer) -> Run {
@@ -308,10 +400,20 @@ async fn run(mode: Mode, run: usize, runtime: &Arc<Runtime>, wasm: &[u8], server
             per_s: events as f64 / elapsed.as_secs_f64(),
             accepted_per_s: events as f64 / accepted.as_secs_f64(),
             handled: vec![handled],
+            lookups: None,
         };
     }
     let stream = format!("BENCH_{}_{run}", mode.name().to_uppercase());
-    let host = Host::nats(runtime, wasm, &server.url, &stream, mode == Mode::NatsOrdered).await;
+    let history = mode != Mode::Nats1pNoHistory;
+    let host = Host::nats(
+        runtime,
+        wasm,
+        &server.url,
+        &stream,
+        mode == Mode::NatsOrdered,
+        history,
+    )
+    .await;
     let second = (mode == Mode::Nats2p).then(|| SecondHost::start(&server.url, &stream));
     let client = async_nats::connect(&server.url)
         .await
@@ -322,6 +424,10 @@ async fn run(mode: Mode, run: usize, runtime: &Arc<Runtime>, wasm: &[u8], server
     let accepted = started.elapsed();
     drained(&js, &stream).await;
     let elapsed = started.elapsed();
+    let lookups = match (mode, &host.nats) {
+        (Mode::Nats1p, Some(store)) => Some(time_lookups(&js, &stream, store, events).await),
+        _ => None,
+    };
     let mut handled = vec![host.stop().await];
     handled.extend(second.map(SecondHost::stop));
     for name in [stream.clone(), format!("{stream}_DLQ")] {
@@ -329,10 +435,16 @@ async fn run(mode: Mode, run: usize, runtime: &Arc<Runtime>, wasm: &[u8], server
             .await
             .expect("removing the bench's stream");
     }
+    if history {
+        js.delete_stream(format!("{stream}_HISTORY"))
+            .await
+            .expect("removing the bench's history");
+    }
     Run {
         per_s: events as f64 / elapsed.as_secs_f64(),
         accepted_per_s: events as f64 / accepted.as_secs_f64(),
         handled,
+        lookups,
     }
 }
 
@@ -356,13 +468,20 @@ async fn main() {
     let runtime = Runtime::new(RuntimeConfig::default()).expect("creating the runtime");
     let server = NatsServer::start();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let modes = [Mode::Nats1p, Mode::Nats2p, Mode::NatsOrdered, Mode::Embedded];
+    let modes = [
+        Mode::Nats1p,
+        Mode::Nats1pNoHistory,
+        Mode::Nats2p,
+        Mode::NatsOrdered,
+        Mode::Embedded,
+    ];
     eprintln!(
         "{EVENTS} events per run ({ORDERED_EVENTS} ordered) from {PUBLISHERS} publishers in batches of {BATCH}, \
          {RUNS} runs, {threads} threads, nats-server at {}",
         server.url
     );
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut lookups = Vec::new();
     // Interleaved so that a noisy moment hurts every mode alike.
     for n in 0..RUNS {
         for (mode, rates) in modes.iter().zip(&mut rates) {
@@ -381,9 +500,11 @@ async fn main() {
                     "events_per_s": result.per_s.round(),
                     "accepted_per_s": result.accepted_per_s.round(),
                     "handled_per_host": result.handled,
+                    "lookups": result.lookups,
                 })
             );
             rates.push(result.per_s);
+            lookups.extend(result.lookups);
         }
     }
     let mut out = json!({
@@ -397,6 +518,15 @@ async fn main() {
     });
     for (mode, rates) in modes.iter().zip(rates) {
         out[format!("{}_events_per_s", mode.name())] = json!(median(rates).round());
+    }
+    for figure in [
+        "find_ms_median",
+        "trace_ms_median",
+        "newest_page_50_ms_median",
+        "type_filter_matching_nothing_ms",
+    ] {
+        let values: Vec<f64> = lookups.iter().filter_map(|run| run[figure].as_f64()).collect();
+        out[format!("lookup_{figure}")] = json!((median(values) * 10.0).round() / 10.0);
     }
     println!("{out}");
 }

@@ -301,6 +301,18 @@ async fn retries_wait_the_policys_delays_then_dead_letter_and_a_replay_reaches_o
     let http = support::client();
     publish(&http, &a, "failing", 0..1).await;
 
+    // Between attempts the lookup shows a retry with its stored failures (NATS does not
+    // record when the next attempt comes, and says so).
+    let retrying = json_once(&http, format!("{}/events/failing-0", b.url), |shown| {
+        let retry = delivery_to(shown, "returns-retry");
+        retry["state"] == "pending" && retry["attempt"].as_u64().is_some_and(|n| n >= 1)
+    })
+    .await;
+    let retry = delivery_to(&retrying, "returns-retry");
+    assert_eq!(retry["failures"], retry["attempt"], "{retrying:#}");
+    assert_eq!(retry["last_failure"]["message"], "downstream unavailable");
+    assert_eq!(retry["unknown"], json!(["not_before"]), "{retrying:#}");
+
     // Three attempts, on either host, then the dead-letter queue.
     let mut attempts = Vec::new();
     let dead = support::eventually(Duration::from_secs(30), async || {
@@ -636,24 +648,252 @@ async fn the_server_killed_and_restarted_mid_stream_loses_nothing_accepted_and_d
     assert_eq!(ready.status(), 200, "ready again once the server is back");
 }
 
+/// `GET url` once it answers 200 with JSON for which `ready` holds (the history copies
+/// an event a moment after it is accepted, and deliveries end a moment later).
+async fn json_once(http: &reqwest::Client, url: String, ready: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let found = support::eventually(Duration::from_secs(20), async || {
+        let response = http.get(&url).send().await.unwrap();
+        if response.status() != 200 {
+            return false;
+        }
+        last = response.json().await.unwrap();
+        ready(&last)
+    })
+    .await;
+    assert!(found, "GET {url} never answered as expected; last: {last:#}");
+    last
+}
+
+/// The delivery of `stored` (an event as `GET /events/{id}` answers it) to `plugin`.
+fn delivery_to<'a>(stored: &'a Value, plugin: &str) -> &'a Value {
+    stored["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|delivery| delivery["subscription"] == plugin)
+        .unwrap_or_else(|| panic!("no delivery to {plugin}: {stored:#}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn on_nats_the_event_lookup_says_it_cannot_answer_and_the_other_reads_do() {
+async fn on_nats_events_are_looked_up_in_the_history_with_each_delivery_as_far_as_the_server_knows() {
     let nats = NatsServer::start();
     let dir = TempDir::new("nats-inspect");
-    support::install(&dir.0, &[("healthy", wasm::HEALTHY)], &[]);
+    support::install(
+        &dir.0,
+        &[
+            ("healthy", wasm::HEALTHY),
+            ("returns-reject", wasm::RETURNS_REJECT),
+            ("payment-saga", wasm::PAYMENT_SAGA),
+        ],
+        &[("returns-reject", "[config]\nreason = \"nope\"\n")],
+    );
     let host = start_host(&dir.0, &nats, &[]);
     let http = support::client();
-    publish(&http, &host, "look", 0..3).await;
-    for path in ["/events/look-1", "/events/look-1/trace", "/events?limit=5"] {
-        let response = http.get(format!("{}{path}", host.url)).send().await.unwrap();
+    let publish_one = async |event: Value| {
+        let response = support::post_events(
+            &http,
+            &host.url,
+            "/events",
+            "application/cloudevents+json",
+            event.to_string(),
+        )
+        .await;
+        assert_eq!(response.status(), 202);
+    };
+
+    // A saga: the plugin emits a request, the inventory answers, the plugin emits the next.
+    publish_one(
+        json!({"specversion": "1.0", "id": "pay-1", "source": "payments", "type": "PaymentCreated",
+        "subject": "p1", "data": {"payment_id": "p1", "order_id": "o1", "amount": 4200, "currency": "EUR",
+        "items": [{"sku": "book", "quantity": 2}]}}),
+    )
+    .await;
+    let requested = json_once(
+        &http,
+        format!("{}/events?type=InventoryReservationRequested", host.url),
+        |page| page["events"].as_array().is_some_and(|events| events.len() == 1),
+    )
+    .await;
+    let requested = &requested["events"][0];
+    assert_eq!(requested["emitted_by"], "payment-saga", "{requested:#}");
+    let requested_id = requested["event"]["id"].as_str().unwrap().to_owned();
+    publish_one(
+        json!({"specversion": "1.0", "id": "inv-1", "source": "payments", "type": "InventoryReserved",
+        "subject": "p1", "correlationid": "pay-1", "causationid": requested_id,
+        "data": {"payment_id": "p1", "reservation_id": "r1"}}),
+    )
+    .await;
+
+    // One event: what the server knows of each delivery, and what it cannot say.
+    // (`returns-reject`, subscribed to every type, dead-letters each event it gets.)
+    let shown = json_once(&http, format!("{}/events/pay-1", host.url), |shown| {
+        shown["deliveries"].as_array().is_some_and(|all| {
+            all.len() == 3
+                && all.iter().all(|d| {
+                    d["state"]
+                        == if d["subscription"] == "returns-reject" {
+                            "dead-lettered"
+                        } else {
+                            "acknowledged"
+                        }
+                })
+        })
+    })
+    .await;
+    assert_eq!(shown["event"]["type"], "PaymentCreated");
+    assert_eq!(shown["emitted_by"], Value::Null, "published, not emitted");
+    let saga = delivery_to(&shown, "payment-saga");
+    assert_eq!(saga["unknown"], json!(["at", "version"]), "{shown:#}");
+    assert!(
+        saga.get("version").is_none(),
+        "no blank where the log cannot answer: {shown:#}"
+    );
+
+    // The trace, asked from any event of the saga: each event under its cause.
+    let trace = json_once(&http, format!("{}/events/inv-1/trace", host.url), |trace| {
+        trace["events"].as_array().is_some_and(|events| events.len() == 4)
+    })
+    .await;
+    assert_eq!(trace["correlation"], "pay-1");
+    assert_eq!(trace["truncated"], false);
+    let events = trace["events"].as_array().unwrap();
+    let node = |ty: &str| {
+        events
+            .iter()
+            .find(|e| e["event"]["type"] == ty)
+            .unwrap_or_else(|| panic!("no {ty} in {trace:#}"))
+            .clone()
+    };
+    let (created, requested, reserved, shipment) = (
+        node("PaymentCreated"),
+        node("InventoryReservationRequested"),
+        node("InventoryReserved"),
+        node("ShipmentRequested"),
+    );
+    assert_eq!(created["parent"], Value::Null);
+    assert_eq!(requested["parent"], created["offset"]);
+    assert_eq!(reserved["parent"], requested["offset"]);
+    assert_eq!(shipment["parent"], reserved["offset"]);
+    assert_eq!(shipment["emitted_by"], "payment-saga");
+    assert_eq!(reserved["emitted_by"], Value::Null);
+
+    // A dead letter: the delivery names it, with its failure; the other plugin handled it.
+    // Only the plugins whose patterns take the type are listed: not the saga.
+    publish_one(json!({"specversion": "1.0", "id": "e-1", "source": "tests", "type": "Ping"})).await;
+    let shown = json_once(&http, format!("{}/events/e-1", host.url), |shown| {
+        shown["deliveries"].as_array().is_some_and(|all| {
+            all.iter().any(|d| d["state"] == "dead-lettered")
+                && all.iter().any(|d| d["state"] == "acknowledged")
+        })
+    })
+    .await;
+    let names: Vec<&str> = shown["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["subscription"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["healthy", "returns-reject"], "{shown:#}");
+    let rejected = delivery_to(&shown, "returns-reject");
+    assert_eq!(rejected["failures"], 1);
+    assert_eq!(rejected["last_failure"]["message"], "nope");
+    let letter_of_e1 = async || {
+        let letters = support::get_json(&http, format!("{}/dlq?plugin=returns-reject", host.url)).await;
+        let of_e1: Vec<Value> = letters
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|letter| letter["event"]["id"] == "e-1")
+            .cloned()
+            .collect();
+        assert_eq!(of_e1.len(), 1, "{letters:#}");
+        of_e1[0].clone()
+    };
+    let letter = letter_of_e1().await;
+    assert_eq!(rejected["dead_letter_id"], letter["id"], "{letter:#}");
+    assert_eq!(delivery_to(&shown, "healthy")["state"], "acknowledged");
+
+    // Replayed, it fails again: the delivery follows the replay to its new letter.
+    let replayed = http
+        .post(format!("{}/dlq/replay", host.url))
+        .header("content-type", "application/json")
+        .body(json!({ "ids": [letter["id"]] }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), 200);
+    let first_letter = letter["id"].clone();
+    let shown = json_once(&http, format!("{}/events/e-1", host.url), |shown| {
+        let rejected = delivery_to(shown, "returns-reject");
+        rejected["state"] == "dead-lettered" && rejected["dead_letter_id"] != first_letter
+    })
+    .await;
+    let letter = letter_of_e1().await;
+    assert_eq!(
+        delivery_to(&shown, "returns-reject")["dead_letter_id"],
+        letter["id"]
+    );
+    assert_eq!(delivery_to(&shown, "returns-reject")["failures"], 2, "{shown:#}");
+
+    // Pages, newest first; a type filter; the next page carries on.
+    publish(&http, &host, "look", 0..5).await;
+    let page = json_once(
+        &http,
+        format!("{}/events?type=OrderPlaced&limit=3", host.url),
+        |page| {
+            page["events"].as_array().is_some_and(|events| events.len() == 3)
+                && page["events"][0]["event"]["id"] == "look-4"
+        },
+    )
+    .await;
+    let ids = |page: &Value| -> Vec<String> {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&page), ["look-4", "look-3", "look-2"]);
+    let next = page["next"].as_str().unwrap();
+    let rest = support::get_json(&http, format!("{}/events?{next}", host.url)).await;
+    assert_eq!(ids(&rest), ["look-1", "look-0"]);
+    let oldest = support::get_json(&http, format!("{}/events?after=0&limit=1", host.url)).await;
+    assert_eq!(ids(&oldest), ["pay-1"]);
+
+    // Unknown ids are named; the CLI prints the same reads.
+    let response = http
+        .get(format!("{}/events/nope", host.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let (code, out, err) = support::evhost(&["events", "show", "e-1", "--url", &host.url], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("healthy: acknowledged"), "{out}");
+    assert!(out.contains("not recorded: at, version"), "{out}");
+
+    // A host that keeps no history says so, and how to keep one.
+    let plain = TempDir::new("nats-no-history");
+    std::fs::create_dir_all(plain.0.join("plugins")).unwrap();
+    let without = start_host(&plain.0, &nats, &["--set", "nats.history=\"0s\""]);
+    for path in ["/events/e-1", "/events/e-1/trace", "/events?limit=5"] {
+        let response = http.get(format!("{}{path}", without.url)).send().await.unwrap();
         assert_eq!(response.status(), 501, "{path}");
         let body: Value = response.json().await.unwrap();
         let message = body["error"].as_str().unwrap();
-        assert!(
-            message.contains("NATS") && message.contains("embedded log"),
-            "{message}"
-        );
+        assert!(message.contains("history"), "{message}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_nats_the_other_operator_reads_answer() {
+    let nats = NatsServer::start();
+    let dir = TempDir::new("nats-reads");
+    support::install(&dir.0, &[("healthy", wasm::HEALTHY)], &[]);
+    let host = start_host(&dir.0, &nats, &[]);
+    let http = support::client();
     let history = support::get_json(&http, format!("{}/plugins/healthy/history", host.url)).await;
     assert_eq!(history["changes"][0]["change"], "loaded");
     let config = support::get_json(&http, format!("{}/config", host.url)).await;

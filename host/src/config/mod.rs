@@ -275,6 +275,10 @@ pub struct NatsSettings {
     /// (nats-server 2.10 or newer; an older one is refused at start).
     #[serde(default)]
     pub compression: crate::store::nats::Compression,
+    /// How long the server keeps each event in the history stream that `GET /events`,
+    /// `/events/{id}` and `/trace` read, e.g. `"1h"`; `"0s"` keeps none (those answer 501).
+    #[serde(default = "default_nats_history", with = "humantime_serde")]
+    pub history: Duration,
 }
 
 impl NatsSettings {
@@ -290,6 +294,7 @@ impl NatsSettings {
             credentials: None,
             token: None,
             compression: crate::store::nats::Compression::None,
+            history: default_nats_history(),
         }
     }
 
@@ -305,6 +310,7 @@ impl NatsSettings {
             credentials: self.credentials.clone(),
             token: self.token.clone(),
             compression: self.compression,
+            history: self.history,
         }
     }
 }
@@ -321,6 +327,7 @@ impl std::fmt::Debug for NatsSettings {
             .field("ack_wait", &self.ack_wait)
             .field("credentials", &self.credentials)
             .field("compression", &self.compression)
+            .field("history", &self.history)
             .finish_non_exhaustive()
     }
 }
@@ -352,6 +359,12 @@ impl NatsSettings {
         }
         if self.duplicate_window < Duration::from_secs(1) {
             return Err(("nats.duplicate_window", "must be at least 1s".to_owned()));
+        }
+        if !self.history.is_zero() && self.history < Duration::from_secs(1) {
+            return Err((
+                "nats.history",
+                "must be \"0s\" (keep no history) or at least 1s".to_owned(),
+            ));
         }
         // A delivery can run again once `ack_wait` has passed (its host died before the
         // acknowledgement); its effects are applied once only while the server still
@@ -397,6 +410,10 @@ fn default_nats_partitions() -> NonZeroU32 {
 
 fn default_nats_duplicate_window() -> Duration {
     Duration::from_secs(120)
+}
+
+fn default_nats_history() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_nats_ack_wait() -> Duration {
@@ -1042,6 +1059,11 @@ mod tests {
         let options = config.nats.expect("[nats] read").options();
         assert_eq!(options.compression, crate::store::nats::Compression::S2);
         assert_eq!(options.ack_wait, Duration::from_secs(30));
+        assert_eq!(
+            options.history,
+            Duration::from_secs(3600),
+            "an hour of history by default"
+        );
         let error = parse("[nats]\ncompression = \"zstd\"\n").unwrap_err().to_string();
         assert!(error.contains("zstd") && error.contains("s2"), "{error}");
         // A host pulls up to 4 deliveries per concurrent invocation ahead: the ack wait must
@@ -1059,6 +1081,12 @@ mod tests {
             "{error}"
         );
         assert!(parse("[nats]\nack_wait = \"2m\"\nduplicate_window = \"5m\"\n").is_ok());
+        let error = parse("[nats]\nhistory = \"500ms\"\n").unwrap_err().to_string();
+        assert!(
+            error.contains("nats.history") && error.contains("at least 1s"),
+            "{error}"
+        );
+        assert!(parse("[nats]\nhistory = \"0s\"\n").is_ok());
     }
 
     #[test]

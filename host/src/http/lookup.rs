@@ -67,10 +67,12 @@ pub(crate) async fn list(
         before: params.before,
         limit,
     };
-    let events = lookup(&state)?
+    let lookup = lookup(&state)?;
+    let mut events = lookup
         .page(query.clone())
         .await
         .map_err(|error| ApiError::storage(error, "listing events"))?;
+    routed(&state, &*lookup, &mut events);
     let next = (events.len() == limit)
         .then(|| events.last())
         .flatten()
@@ -107,7 +109,9 @@ pub(crate) async fn show(
     params: Result<Query<SourceQuery>, QueryRejection>,
 ) -> Result<Json<StoredEvent>, ApiError> {
     let lookup = lookup(&state)?;
-    Ok(Json(find_one(&*lookup, id, params).await?))
+    let mut found = vec![find_one(&*lookup, id, params).await?];
+    routed(&state, &*lookup, &mut found);
+    Ok(Json(found.remove(0)))
 }
 
 /// One event of a trace, with the event of the trace that caused it.
@@ -148,6 +152,7 @@ pub(crate) async fn trace(
         .map_err(|error| ApiError::storage(error, "reading a trace"))?;
     let truncated = events.len() > MAX_TRACE;
     events.truncate(MAX_TRACE);
+    routed(&state, &*lookup, &mut events);
     Ok(Json(Trace {
         correlation,
         events: with_parents(events),
@@ -177,6 +182,20 @@ fn with_parents(events: Vec<StoredEvent>) -> Vec<TraceNode> {
         .zip(parents)
         .map(|(event, parent)| TraceNode { event, parent })
         .collect()
+}
+
+/// Keeps, of a log that does not store routes, the deliveries of the subscriptions each
+/// event's type goes to now.
+fn routed(state: &AppState, lookup: &dyn EventLookup, events: &mut [StoredEvent]) {
+    if lookup.routes_known() {
+        return;
+    }
+    for stored in events {
+        let subscribers = state.bus.subscribers_of(&stored.event.ty);
+        stored
+            .deliveries
+            .retain(|delivery| subscribers.iter().any(|name| **name == *delivery.subscription));
+    }
 }
 
 /// The one event `id` (and `?source=`) names: `404` if none, `409` listing the sources if
@@ -212,8 +231,9 @@ async fn find_one(
 fn lookup(state: &AppState) -> Result<Arc<dyn EventLookup>, ApiError> {
     state.bus.storage().lookup.clone().ok_or_else(|| {
         ApiError::NotImplemented(
-            "this host's event log keeps no index to look events up by (the NATS JetStream log and the in-memory \
-             log do not); the embedded log (`evhost run` without `--nats`) answers it"
+            "this host's event log keeps no events to look up: on NATS JetStream the history is off \
+             (`[nats] history = \"0s\"`; set a duration to keep one), and the in-memory log keeps none; \
+             the embedded log (`evhost run` without `--nats`) always answers"
                 .to_owned(),
         )
     })

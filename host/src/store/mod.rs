@@ -402,6 +402,18 @@ pub enum DeliveryState {
     },
     /// Removed from the dead-letter queue by a purge; never delivered again.
     Purged,
+    /// Acknowledged, on a log that does not record how (NATS): handled, or dead-lettered
+    /// and since purged. When, and by which version, it cannot say.
+    Acknowledged,
+    /// Given to a handler and not known to be done: NATS records a subscription's
+    /// acknowledgements only up to its ack floor, so a delivery above it may be running,
+    /// waiting for a retry whose failure is not stored yet, or handled already.
+    InFlight,
+    /// The log cannot tell where it stands; `reason` says why.
+    Unknown {
+        /// Why not.
+        reason: String,
+    },
 }
 
 /// One subscription's delivery of a stored event.
@@ -416,6 +428,10 @@ pub struct DeliveryView {
     pub failures: u32,
     /// The latest of them.
     pub last_failure: Option<FailureRecord>,
+    /// The fields of this delivery the log cannot answer (NATS keeps no record of when a
+    /// delivery was handled, for instance); empty when it answers all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
 }
 
 /// A stored event and where each of its deliveries stands.
@@ -470,6 +486,14 @@ pub trait EventLookup: Send + Sync + Debug + 'static {
         correlation: &'a str,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StorageError>>;
+
+    /// Whether each event's deliveries are those it was routed to. A log that does not
+    /// store routes (NATS: every subscription's consumer sees every event, and the bus
+    /// skips those its patterns do not match) answers a delivery per subscription, and
+    /// the caller keeps those of the subscriptions that take the event's type.
+    fn routes_known(&self) -> bool {
+        true
+    }
 }
 
 /// One backend's parts of the storage seam.

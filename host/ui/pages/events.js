@@ -35,6 +35,12 @@ function stateOf(delivery) {
       return ["bad", "dead-lettered"];
     case "purged":
       return ["bad", "purged"];
+    case "acknowledged":
+      return ["ok", "acknowledged"];
+    case "in-flight":
+      return ["warn", "in flight"];
+    case "unknown":
+      return ["", `unknown: ${delivery.reason}`];
     default:
       return ["", delivery.state];
   }
@@ -47,7 +53,8 @@ function stateBadge(delivery) {
 
 function deliveries(stored) {
   if (!stored.deliveries.length) return h("p", { class: "muted" }, "No plugin was subscribed to it.");
-  return h(
+  const unknown = [...new Set(stored.deliveries.flatMap((d) => d.unknown || []))];
+  const scroll = h(
     "div",
     { class: "scroll" },
     table(
@@ -63,13 +70,15 @@ function deliveries(stored) {
             stateBadge(d),
             d.state === "dead-lettered" ? [" ", link(`/dlq/${d.dead_letter_id}`, `letter #${d.dead_letter_id}`)] : null,
           ),
-          h("td", {}, hash(d.version)),
+          h("td", {}, d.unknown?.includes("version") ? h("span", { class: "muted" }, "not recorded") : hash(d.version)),
           h("td", {}, String(d.failures)),
           h("td", {}, d.last_failure ? `${d.last_failure.kind}: ${d.last_failure.message}` : "—"),
         ),
       ),
     ),
   );
+  if (!unknown.length) return scroll;
+  return h("div", {}, scroll, h("p", { class: "muted", testid: "delivery-unknown" }, `This host's log does not record: ${unknown.join(", ")}.`));
 }
 
 export async function render(root, route) {

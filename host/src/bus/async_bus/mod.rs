@@ -428,6 +428,17 @@ impl AsyncEventBus {
         &self.inner.storage
     }
 
+    /// The names of the subscriptions an event of type `ty` goes to now.
+    pub fn subscribers_of(&self, ty: &str) -> Vec<Arc<str>> {
+        self.inner
+            .routing
+            .snapshot()
+            .iter()
+            .filter(|lane| lane.subscription.matches(ty))
+            .map(|lane| Arc::clone(&lane.subscription.name))
+            .collect()
+    }
+
     /// Publishes `events` like [`EventBus::publish_batch`] and says, per event, where it
     /// is in the log and whether it was a duplicate: an event whose `source` + `id` a
     /// durable log already accepted is not published again.

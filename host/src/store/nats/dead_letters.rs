@@ -1,5 +1,6 @@
 //! The dead-letter queue as a stream, `<STREAM>_DLQ`: one message per dead letter, its id
-//! the message's sequence.
+//! the message's sequence, its subject `<prefix>.dlq.<subscription>.<offset>` (so the
+//! letter of one delivery is found by subject).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -43,11 +44,16 @@ impl NatsStore {
             commit.offset
         );
         headers.insert("Nats-Msg-Id", msg_id.as_str());
-        let subject = format!("{}.dlq.{}", self.prefix, names::encode(&commit.subscription));
+        let subject = self.dead_letter_subject(&commit.subscription, commit.offset);
         self.js
             .publish_with_headers(subject, headers, Bytes::from(payload))
             .await
             .map_err(|error| StorageError::transient(format!("publishing a dead letter to NATS: {error}")))
+    }
+
+    /// The subject of the dead letter of `subscription`'s delivery of the event at `offset`.
+    pub(super) fn dead_letter_subject(&self, subscription: &str, offset: u64) -> String {
+        format!("{}.dlq.{}.{offset}", self.prefix, names::encode(subscription))
     }
 
     /// The dead letters `filter` selects, read from the stream one by one.

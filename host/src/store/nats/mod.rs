@@ -12,6 +12,8 @@
 //!   failure history, then the delivery is terminated.
 //! - Plugin key-value data: one KV bucket per plugin (`<STREAM>_kv_<plugin>`); a failed
 //!   attempt's history and the relays' positions in two more.
+//! - History: `<STREAM>_HISTORY`, a mirror of the event stream the server keeps for
+//!   [`NatsOptions::history`], which the operator's lookups read (see `lookup`).
 //!
 //! What a delivery's commit guarantees here (unlike the embedded log, effects are not
 //! atomic with the acknowledgement): each key-value write and each emitted event is
@@ -24,6 +26,7 @@
 
 mod dead_letters;
 mod kv;
+mod lookup;
 mod names;
 mod setup;
 
@@ -54,6 +57,9 @@ use crate::monitor::FailureRecord;
 /// subscription's consumer sees every event of the stream.
 const REPLAY_TO: &str = "Evhost-Replay-To";
 
+/// The header naming the plugin whose handler emitted an event.
+const EMITTED_BY: &str = "Evhost-Emitted-By";
+
 /// How to reach the server and shape the streams (`[nats]` in `evhost.toml`).
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
@@ -79,6 +85,9 @@ pub struct NatsOptions {
     /// How the event stream's storage is compressed; anything but `None` needs
     /// nats-server 2.10 or newer (an older server is refused at start).
     pub compression: Compression,
+    /// How long the history stream keeps each event for lookups (`GET /events/{id}`);
+    /// zero keeps none, and the lookups answer that they cannot.
+    pub history: Duration,
 }
 
 /// How a stream's storage is compressed on the server (`[nats] compression`).
@@ -114,6 +123,7 @@ impl NatsOptions {
             credentials: None,
             token: None,
             compression: Compression::None,
+            history: Duration::from_secs(3600),
         }
     }
 }
@@ -129,6 +139,8 @@ pub struct NatsStore {
     prefix: String,
     events: jetstream::stream::Stream,
     dead_letters: jetstream::stream::Stream,
+    /// The event history lookups read, unless it is off.
+    history: Option<jetstream::stream::Stream>,
     /// Each failed attempt's record, by subscription and event, until the delivery ends.
     failures: jetstream::kv::Store,
     checkpoints: jetstream::kv::Store,
@@ -166,6 +178,11 @@ impl NatsStore {
         let events = setup::ensure_stream(&js, setup::events_config(&options, &prefix)).await?;
         let mut dead_letters =
             setup::ensure_stream(&js, setup::dead_letters_config(&options, &prefix)).await?;
+        let history = if options.history.is_zero() {
+            None
+        } else {
+            Some(setup::ensure_stream(&js, setup::history_config(&options, options.history)).await?)
+        };
         let failures = kv::open_bucket(&js, &options, &format!("{}_failures", options.stream)).await?;
         let checkpoints = kv::open_bucket(&js, &options, &format!("{}_checkpoints", options.stream)).await?;
         let dead = dead_letters.info().await.map(|info| info.state.messages)?;
@@ -183,6 +200,7 @@ impl NatsStore {
             prefix,
             events,
             dead_letters,
+            history,
             failures,
             checkpoints,
             buckets: Mutex::default(),
@@ -192,9 +210,15 @@ impl NatsStore {
         })
     }
 
-    /// Every part of the storage seam, on this server.
+    /// Every part of the storage seam, on this server; lookups too while the history is
+    /// kept.
     pub fn storage(self: &Arc<Self>) -> Storage {
-        Storage::of(Arc::clone(self))
+        let storage = Storage::of(Arc::clone(self));
+        if self.history.is_some() {
+            storage.with_lookup(Arc::clone(self) as Arc<dyn super::EventLookup>)
+        } else {
+            storage
+        }
     }
 
     /// Lets go of the deliveries this process pulled and did not finish and sends what the
@@ -355,8 +379,10 @@ impl NatsStore {
         let mut emitted = Vec::with_capacity(commit.emitted.len());
         for (event, _) in &commit.emitted {
             let msg_id = names::event_msg_id(&event.source, &event.id);
+            let mut headers = HeaderMap::new();
+            headers.insert(EMITTED_BY, &*commit.subscription);
             emitted.push(pending.len());
-            pending.push(self.publish_event(event, msg_id, HeaderMap::new()).await?);
+            pending.push(self.publish_event(event, msg_id, headers).await?);
         }
         Ok(emitted)
     }

@@ -119,6 +119,30 @@ pub(super) fn dead_letters_config(options: &NatsOptions, prefix: &str) -> Config
     }
 }
 
+/// The event history: a mirror of the event stream the server keeps for `history`
+/// (oldest dropped first) so events can be looked up after every subscription handled
+/// them (the event stream forgets them then). Its sequences are the event stream's, so
+/// an event's offset is the same in both.
+pub(super) fn history_config(options: &NatsOptions, history: Duration) -> Config {
+    Config {
+        name: format!("{}_HISTORY", options.stream),
+        description: Some(format!("evhost event history: a mirror of {}", options.stream)),
+        mirror: Some(stream::Source {
+            name: options.stream.clone(),
+            ..stream::Source::default()
+        }),
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        discard: DiscardPolicy::Old,
+        max_age: history,
+        max_bytes: -1,
+        // What the server sets when none is given: it keeps no more than the history.
+        duplicate_window: history.min(Duration::from_secs(120)),
+        num_replicas: 1,
+        ..Config::default()
+    }
+}
+
 /// A KV bucket's stream, made by hand: async-nats' `create_key_value` fails against
 /// 2.9 servers (it asks for account fields they do not send). One value per key; the
 /// duplicate window makes a write repeated with the same message id a no-op.
@@ -227,6 +251,12 @@ fn stream_differences(wanted: &Config, got: &Config) -> Vec<String> {
     let mut differences = Differences::default();
     differences.check("description", &wanted.description, &got.description);
     differences.check("subjects", &wanted.subjects, &got.subjects);
+    differences.check(
+        "mirror",
+        wanted.mirror.as_ref().map(|mirror| &mirror.name),
+        got.mirror.as_ref().map(|mirror| &mirror.name),
+    );
+    differences.check("max_age", wanted.max_age, got.max_age);
     differences.check("retention", wanted.retention, got.retention);
     differences.check("storage", wanted.storage, got.storage);
     differences.check("discard", wanted.discard, got.discard);
@@ -305,6 +335,32 @@ mod tests {
         assert_eq!(differences.len(), 2, "{differences:?}");
         assert!(differences[0].starts_with("description: wanted Some(\"evhost events in 16 partitions\")"));
         assert!(differences[1].starts_with("discard"));
+    }
+
+    #[test]
+    fn a_history_kept_for_another_time_or_of_another_stream_is_named() {
+        let options = NatsOptions::new("nats://127.0.0.1:4222");
+        let wanted = history_config(&options, Duration::from_secs(3600));
+        assert_eq!(wanted.name, "EVHOST_HISTORY");
+        assert_eq!(wanted.duplicate_window, Duration::from_secs(120));
+        let mut got = wanted.clone();
+        got.max_age = Duration::from_secs(60);
+        got.mirror = Some(stream::Source {
+            name: "OTHER".to_owned(),
+            ..stream::Source::default()
+        });
+        assert_eq!(
+            stream_differences(&wanted, &got),
+            [
+                "mirror: wanted Some(\"EVHOST\"), the server has Some(\"OTHER\")",
+                "max_age: wanted 3600s, the server has 60s"
+            ]
+        );
+        // A short history: the server allows no longer duplicate window than it.
+        assert_eq!(
+            history_config(&options, Duration::from_secs(30)).duplicate_window,
+            Duration::from_secs(30)
+        );
     }
 
     #[test]

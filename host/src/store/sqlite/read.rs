@@ -264,6 +264,7 @@ fn deliveries(conn: &Connection, path: &Path, pos: i64) -> Result<Vec<DeliveryVi
                 .map(|record| parse_failure(path, &name, pos, &record))
                 .transpose()?,
             subscription: name,
+            unknown: Vec::new(),
         });
     }
     Ok(views)
