@@ -135,12 +135,15 @@ export async function render(root, route, context) {
     const mine = ++generation;
     let letters;
     try {
-      letters = await api("/dlq", { query: { plugin, limit: PAGE, after: from } });
+      // One more than a page: whether a next page exists, without offering an empty one.
+      letters = await api("/dlq", { query: { plugin, limit: PAGE + 1, after: from } });
     } catch (error) {
       // The letter the page started after was replayed or purged: start from the top.
       if (error.status === 404 && from !== null) return load(null, []);
       throw error;
     }
+    const more = letters.length > PAGE;
+    letters = letters.slice(0, PAGE);
     const preview = letters.length ? await api("/dlq/preview", { query: { ids: letters.map((l) => l.id).join(",") } }) : [];
     if (mine !== generation) return; // a newer load is under way
     after = from;
@@ -190,7 +193,7 @@ export async function render(root, route, context) {
         starts.length
           ? h("button", { type: "button", onclick: () => page(starts[starts.length - 1], starts.slice(0, -1)) }, "Previous page")
           : null,
-        letters.length === PAGE
+        more
           ? h("button", { type: "button", testid: "dlq-next", onclick: () => page(letters[letters.length - 1].id, [...starts, after]) }, "Next page")
           : null,
       ),
