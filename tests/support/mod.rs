@@ -293,3 +293,36 @@ pub fn evhost(args: &[&str], stdin: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Checks the trace of the payment saga (`PaymentCreated` pay-1 → the plugin's
+/// `InventoryReservationRequested` → the published `InventoryReserved` → the plugin's
+/// `ShipmentRequested`), as `GET /events/{id}/trace` answers it: each event under its
+/// cause, the emitted ones naming the plugin. Returns the four nodes in that order.
+pub fn payment_saga_nodes(trace: &Value) -> [Value; 4] {
+    assert_eq!(trace["correlation"], "pay-1");
+    assert_eq!(trace["truncated"], false);
+    let events = trace["events"].as_array().unwrap();
+    assert_eq!(events.len(), 4, "{trace:#}");
+    let node = |ty: &str| {
+        events
+            .iter()
+            .find(|e| e["event"]["type"] == ty)
+            .unwrap_or_else(|| panic!("no {ty} in {trace:#}"))
+            .clone()
+    };
+    let nodes = [
+        node("PaymentCreated"),
+        node("InventoryReservationRequested"),
+        node("InventoryReserved"),
+        node("ShipmentRequested"),
+    ];
+    let [created, requested, reserved, shipment] = &nodes;
+    assert_eq!(created["parent"], Value::Null);
+    assert_eq!(requested["parent"], created["offset"]);
+    assert_eq!(reserved["parent"], requested["offset"]);
+    assert_eq!(shipment["parent"], reserved["offset"]);
+    assert_eq!(requested["emitted_by"], "payment-saga");
+    assert_eq!(shipment["emitted_by"], "payment-saga");
+    assert_eq!(reserved["emitted_by"], Value::Null);
+    nodes
+}

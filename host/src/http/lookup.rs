@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::store::{EventLookup, EventQuery, Offset, StoredEvent};
+use crate::store::{DeliveryState, DeliveryView, EventLookup, EventQuery, Offset, StoredEvent};
 
 /// Events `GET /events` returns when the client gives no `limit`.
 const DEFAULT_LIMIT: usize = 50;
@@ -185,7 +185,7 @@ fn with_parents(events: Vec<StoredEvent>) -> Vec<TraceNode> {
 }
 
 /// Keeps, of a log that does not store routes, the deliveries of the subscriptions each
-/// event's type goes to now.
+/// event's type goes to now; one the log knows nothing of is listed as unknown.
 fn routed(state: &AppState, lookup: &dyn EventLookup, events: &mut [StoredEvent]) {
     if lookup.routes_known() {
         return;
@@ -195,6 +195,26 @@ fn routed(state: &AppState, lookup: &dyn EventLookup, events: &mut [StoredEvent]
         stored
             .deliveries
             .retain(|delivery| subscribers.iter().any(|name| **name == *delivery.subscription));
+        for name in subscribers {
+            if !stored
+                .deliveries
+                .iter()
+                .any(|delivery| *delivery.subscription == *name)
+            {
+                stored.deliveries.push(DeliveryView {
+                    subscription: name.to_string(),
+                    state: DeliveryState::Unknown {
+                        reason: "the log holds nothing of this subscription's deliveries".to_owned(),
+                    },
+                    failures: 0,
+                    last_failure: None,
+                    unknown: Vec::new(),
+                });
+            }
+        }
+        stored
+            .deliveries
+            .sort_by(|a, b| a.subscription.cmp(&b.subscription));
     }
 }
 

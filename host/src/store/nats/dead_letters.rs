@@ -145,6 +145,13 @@ impl DeadLetters for NatsStore {
                     .map_err(|error| {
                         StorageError::transient(format!("NATS did not confirm a replay: {error}"))
                     })?;
+                // Where the copy is, for the lookups: the letter's delivery goes on there.
+                self.replays
+                    .put(&history, Bytes::from(ack.sequence.to_string()))
+                    .await
+                    .map_err(|error| {
+                        StorageError::transient(format!("storing where a replay went: {error}"))
+                    })?;
                 self.delete_dead_letter(letter.id).await?;
                 replayed.push(Replayed {
                     subscription: letter.subscription,

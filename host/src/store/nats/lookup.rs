@@ -6,29 +6,24 @@
 //! index by id or correlation — a subject per event would cost the server memory per
 //! event for as long as it keeps it — so a lookup reads it through, testing each payload
 //! for the id or correlation before parsing it: its time grows with the history's size.
+//! Lookups read on a connection of their own, at most [`SCANS`] at once and each for at
+//! most [`SCAN_TIMEOUT`], so they do not hold up the deliveries' acknowledgements.
 //!
-//! Where each delivery stands is worked out from what the server knows now:
-//!
-//! - a dead letter under `<prefix>.dlq.<subscription>.<offset>`: dead-lettered;
-//! - the event gone from the event stream, or at or below the subscription consumer's
-//!   ack floor: acknowledged (handled, or dead-lettered and since purged; when, and by
-//!   which version, NATS does not record);
-//! - above what the consumer delivered so far: pending, never attempted;
-//! - delivered and not yet below the ack floor: retrying when a failure history is
-//!   stored for it, else in flight (running, or handled and acknowledged out of order:
-//!   the server does not say which).
-//!
-//! A dead letter that was replayed is a new message of the stream for its subscription
-//! (`Evhost-Replay-To`); that subscription's state is read from the newest such copy.
+//! Where each delivery stands is worked out from what the server knows now (see
+//! [`Seen`]): the subscription consumer's ack floor and what it delivered, whether the
+//! event stream still holds the event, the failure history stored while a delivery is
+//! retried, the dead letter under `<prefix>.dlq.<subscription>.<offset>`, and, for a
+//! replayed dead letter, the offset of its copy (kept in `<STREAM>_replays`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, RawMessageError};
 use async_nats::jetstream::{self, Message};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, try_join_all};
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 
 use super::{EMITTED_BY, NatsStore, REPLAY_TO, names};
@@ -40,32 +35,30 @@ use crate::store::{
 /// The most messages one fetch of a scan asks for.
 const FETCH: usize = 1000;
 
+/// How many scans of the history may run at once; more wait.
+pub(super) const SCANS: usize = 2;
+
+/// The longest a scan may read the history.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The first window a newest-first page reads back from its end; each next one doubles,
 /// up to [`MAX_WINDOW`].
 const FIRST_WINDOW: u64 = 256;
 const MAX_WINDOW: u64 = 65_536;
 
-/// Which messages of the history a scan parses.
-#[derive(Debug, Clone, Copy)]
-enum Prefilter<'a> {
-    /// Every one.
-    All,
-    /// Those whose payload contains these bytes.
-    Containing(&'a [u8]),
-    /// Replayed copies only (they carry [`REPLAY_TO`]).
-    Replays,
-}
+/// The fields of a delivery NATS keeps no record of once it is acknowledged.
+const NOT_KEPT: [&str; 4] = ["at", "version", "failures", "last_failure"];
 
-/// One message of the history: an event as published, or a replayed copy of one.
+/// One event of the history, as published (replayed copies are not listed).
 #[derive(Debug, Clone)]
 struct Entry {
     offset: Offset,
     /// The partition its subject names.
     partition: Option<u32>,
+    /// When the server stored it.
+    published: async_nats::datetime::DateTime,
     event: Arc<Event>,
     emitted_by: Option<String>,
-    /// The one subscription a replayed copy is for.
-    replay_to: Option<String>,
 }
 
 /// A subscription's consumer as the server reports it.
@@ -75,6 +68,36 @@ struct Progress {
     ack_floor: u64,
     /// The newest event it delivered.
     delivered: u64,
+    /// When the consumer was made: it never received an event the stream had dropped
+    /// before.
+    created: async_nats::datetime::DateTime,
+}
+
+/// What the server's figures say of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Acknowledged (or terminated): gone from the event stream, or at or below the ack
+    /// floor.
+    Ended,
+    /// Not delivered yet.
+    Waiting,
+    /// Delivered, and not known to be done: acknowledgements above the ack floor are not
+    /// reported.
+    Delivered,
+}
+
+impl Seen {
+    /// The delivery of the event at `offset`, which the event stream `still_held` or not,
+    /// by a consumer at `progress`.
+    fn of(offset: Offset, still_held: bool, progress: Progress) -> Self {
+        if !still_held || offset <= progress.ack_floor {
+            Self::Ended
+        } else if offset > progress.delivered {
+            Self::Waiting
+        } else {
+            Self::Delivered
+        }
+    }
 }
 
 /// What the server knows of every subscription, read once per lookup.
@@ -117,46 +140,51 @@ impl NatsStore {
         Ok((state.first_sequence.max(1), state.last_sequence))
     }
 
-    /// The history's messages from `start` to `end` that `prefilter` lets through (a
-    /// cheap test before parsing), parsed, for which `accept` holds; stops after `max`.
+    /// The events of the history from `start` to `end` (not replayed copies) whose
+    /// payload contains `needle` (a cheap test before parsing), for which `accept` holds;
+    /// stops after `max`. Waits for a turn (at most [`SCANS`] run at once) and gives up
+    /// after [`SCAN_TIMEOUT`].
     async fn scan(
         &self,
         start: u64,
         end: u64,
-        prefilter: Prefilter<'_>,
+        needle: Option<&[u8]>,
         accept: &mut (dyn FnMut(&Entry) -> bool + Send),
         max: usize,
     ) -> Result<Vec<Entry>, StorageError> {
-        let mut entries = Vec::new();
         if start > end || max == 0 {
-            return Ok(entries);
+            return Ok(Vec::new());
         }
+        let _turn = self
+            .scans
+            .acquire()
+            .await
+            .map_err(|_| StorageError::permanent("the store is closed"))?;
+        let history = self.history()?;
         let failed = |error: &dyn std::fmt::Display| {
             StorageError::transient(format!("reading the event history: {error}"))
         };
-        let history = self.history()?;
         let consumer = history
             .create_consumer(pull::Config {
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: start,
                 },
                 ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
+                inactive_threshold: SCAN_TIMEOUT,
                 memory_storage: true,
                 ..pull::Config::default()
             })
             .await
             .map_err(|e| failed(&e))?;
-        let finder = match prefilter {
-            Prefilter::Containing(needle) => Some(memchr::memmem::Finder::new(needle)),
-            Prefilter::All | Prefilter::Replays => None,
-        };
-        let mut remaining = consumer.cached_info().num_pending;
+        let finder = needle.map(memchr::memmem::Finder::new);
+        let mut entries = Vec::new();
         let read = async {
+            let mut remaining = consumer.cached_info().num_pending;
             'fetching: while remaining > 0 {
                 let mut batch = consumer
                     .fetch()
                     .max_messages(FETCH)
+                    .expires(Duration::from_secs(5))
                     .messages()
                     .await
                     .map_err(|e| failed(&e))?;
@@ -165,23 +193,18 @@ impl NatsStore {
                     let message = message.map_err(|e| failed(&e))?;
                     fetched += 1;
                     let info = message.info().map_err(|e| failed(&e))?;
-                    let offset = info.stream_sequence;
+                    let (offset, published) = (info.stream_sequence, info.published);
                     remaining = info.pending;
                     if offset > end {
                         break 'fetching;
                     }
-                    let skip = match (&finder, prefilter) {
-                        (Some(finder), _) => finder.find(&message.payload).is_none(),
-                        (None, Prefilter::Replays) => message
-                            .headers
-                            .as_ref()
-                            .is_none_or(|headers| headers.get(REPLAY_TO).is_none()),
-                        (None, _) => false,
-                    };
-                    if skip {
+                    if finder
+                        .as_ref()
+                        .is_some_and(|finder| finder.find(&message.payload).is_none())
+                    {
                         continue;
                     }
-                    if let Some(entry) = Self::entry(offset, &message)
+                    if let Some(entry) = Self::entry(offset, published, &message)
                         && accept(&entry)
                     {
                         entries.push(entry);
@@ -195,8 +218,13 @@ impl NatsStore {
                 }
             }
             Ok::<_, StorageError>(())
-        }
-        .await;
+        };
+        let read = tokio::time::timeout(SCAN_TIMEOUT, read).await.unwrap_or_else(|_| {
+            Err(StorageError::transient(format!(
+                "reading the event history took longer than {}s; a shorter `[nats] history` keeps lookups quick",
+                SCAN_TIMEOUT.as_secs()
+            )))
+        });
         let name = consumer.cached_info().name.clone();
         if let Err(error) = history.delete_consumer(&name).await {
             tracing::debug!(%error, "removing a lookup's consumer failed; the server drops it once idle");
@@ -204,9 +232,9 @@ impl NatsStore {
         read.map(|()| entries)
     }
 
-    /// The event `message` holds, `None` if it holds none.
-    fn entry(offset: Offset, message: &Message) -> Option<Entry> {
-        let event = Event::from_json(&message.payload).ok()?;
+    /// The event `message` holds; `None` for a replayed copy or a message that is not an
+    /// event.
+    fn entry(offset: Offset, published: async_nats::datetime::DateTime, message: &Message) -> Option<Entry> {
         let header = |name: &str| {
             message
                 .headers
@@ -214,12 +242,16 @@ impl NatsStore {
                 .and_then(|headers| headers.get(name))
                 .map(|value| value.as_str().to_owned())
         };
+        if header(REPLAY_TO).is_some() {
+            return None;
+        }
+        let event = Event::from_json(&message.payload).ok()?;
         Some(Entry {
             offset,
             partition: message.subject.rsplit('.').next().and_then(|p| p.parse().ok()),
+            published,
             event: Arc::new(event),
             emitted_by: header(EMITTED_BY),
-            replay_to: header(REPLAY_TO),
         })
     }
 
@@ -247,6 +279,7 @@ impl NatsStore {
                 Progress {
                     ack_floor: info.ack_floor.stream_sequence,
                     delivered: info.delivered.stream_sequence,
+                    created: info.created,
                 },
             );
         }
@@ -256,14 +289,9 @@ impl NatsStore {
 
     /// Whether the event stream still holds the event at `offset` (some subscription has
     /// not acknowledged it).
-    async fn still_pending(&self, offset: Offset) -> Result<bool, StorageError> {
-        match self.events.get_raw_message(offset).await {
-            Ok(_) => Ok(true),
-            Err(error) if matches!(error.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(false),
-            Err(error) => Err(StorageError::transient(format!(
-                "reading the event stream: {error}"
-            ))),
-        }
+    async fn still_held(&self, offset: Offset) -> Result<bool, StorageError> {
+        let message = unless_missing(self.events.get_raw_message(offset).await, "the event stream")?;
+        Ok(message.is_some())
     }
 
     /// The dead letter of `subscription`'s delivery of the event at `offset`, with its id.
@@ -273,30 +301,28 @@ impl NatsStore {
         offset: Offset,
     ) -> Result<Option<DeadLetter>, StorageError> {
         let subject = self.dead_letter_subject(subscription, offset);
-        match self.dead_letters.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => {
-                let mut letter: DeadLetter = serde_json::from_slice(&message.payload).map_err(|error| {
-                    StorageError::permanent(format!(
-                        "dead letter {} cannot be read: {error}",
-                        message.sequence
-                    ))
-                })?;
-                letter.id = message.sequence;
-                Ok(Some(letter))
-            }
-            Err(error) if matches!(error.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-            Err(error) => Err(StorageError::transient(format!(
-                "reading the dead-letter stream: {error}"
-            ))),
-        }
+        let found = self.dead_letters.get_last_raw_message_by_subject(&subject).await;
+        let Some(message) = unless_missing(found, "the dead-letter stream")? else {
+            return Ok(None);
+        };
+        let mut letter: DeadLetter = serde_json::from_slice(&message.payload).map_err(|error| {
+            StorageError::permanent(format!(
+                "dead letter {} cannot be read: {error}",
+                message.sequence
+            ))
+        })?;
+        letter.id = message.sequence;
+        Ok(Some(letter))
     }
 
-    /// Where `subscription`'s delivery of `copy` (the event, or its replay for it) stands.
+    /// Where `subscription`'s delivery of `entry` stands: of its newest replayed copy
+    /// when the dead letter was replayed.
     async fn delivery(
         &self,
         subscription: &str,
-        copy: &Entry,
+        entry: &Entry,
         consumers: &Consumers,
+        held: &HashMap<Offset, bool>,
     ) -> Result<DeliveryView, StorageError> {
         let mut view = DeliveryView {
             subscription: subscription.to_owned(),
@@ -305,79 +331,101 @@ impl NatsStore {
             last_failure: None,
             unknown: Vec::new(),
         };
-        let Some(progress) = consumers.of(subscription, copy.partition) else {
+        let Some(progress) = consumers.of(subscription, entry.partition) else {
             view.state = DeliveryState::Unknown {
                 reason: "the subscription has no consumer on the server".to_owned(),
             };
             return Ok(view);
         };
-        let pending = self.still_pending(copy.offset).await?;
-        if !pending || copy.offset <= progress.ack_floor {
-            if let Some(letter) = self.dead_letter_of(subscription, copy.offset).await? {
-                view.state = DeliveryState::DeadLettered {
-                    dead_at: letter.dead_at,
-                    dead_letter_id: letter.id,
-                };
-                view.failures = u32::try_from(letter.failures.len()).unwrap_or(u32::MAX);
-                view.last_failure = letter.failures.last().cloned();
-            } else {
-                view.state = DeliveryState::Acknowledged;
-                view.unknown = vec!["at".to_owned(), "version".to_owned()];
+        let mut offset = entry.offset;
+        let mut still_held = held.get(&offset).copied().unwrap_or(false);
+        let mut seen = Seen::of(offset, still_held, progress);
+        if seen == Seen::Ended
+            && let Some(copy) = self.replayed_copy(subscription, &entry.event).await?
+            && copy > offset
+        {
+            offset = copy;
+            still_held = self.still_held(copy).await?;
+            seen = Seen::of(copy, still_held, progress);
+        }
+        match seen {
+            Seen::Ended => {
+                if let Some(letter) = self.dead_letter_of(subscription, offset).await? {
+                    view.state = DeliveryState::DeadLettered {
+                        dead_at: letter.dead_at,
+                        dead_letter_id: letter.id,
+                    };
+                    view.failures = u32::try_from(letter.failures.len()).unwrap_or(u32::MAX);
+                    view.last_failure = letter.failures.last().cloned();
+                } else if offset == entry.offset && progress.created > entry.published {
+                    view.state = DeliveryState::Unknown {
+                        reason: "the subscription was made after the event was published; the server does \
+                                 not record whether it received it"
+                            .to_owned(),
+                    };
+                } else {
+                    view.state = DeliveryState::Acknowledged;
+                    view.unknown = NOT_KEPT.map(str::to_owned).to_vec();
+                }
             }
-        } else if copy.offset > progress.delivered {
-            view.state = DeliveryState::Pending {
-                attempt: 0,
-                not_before: None,
-            };
-        } else {
-            let failures = self
-                .failure_history(&Self::history_key(subscription, &copy.event))
-                .await?;
-            if failures.is_empty() {
-                view.unknown = vec!["attempt".to_owned()];
-            } else {
-                let attempt = u32::try_from(failures.len()).unwrap_or(u32::MAX);
+            Seen::Waiting => {
                 view.state = DeliveryState::Pending {
-                    attempt,
+                    attempt: 0,
                     not_before: None,
                 };
-                view.failures = attempt;
-                view.last_failure = failures.last().cloned();
-                view.unknown = vec!["not_before".to_owned()];
+            }
+            Seen::Delivered => {
+                let failures = self
+                    .failure_history(&Self::history_key(subscription, &entry.event))
+                    .await?;
+                if failures.is_empty() {
+                    view.unknown = ["attempt", "failures", "last_failure"]
+                        .map(str::to_owned)
+                        .to_vec();
+                } else {
+                    let attempt = u32::try_from(failures.len()).unwrap_or(u32::MAX);
+                    view.state = DeliveryState::Pending {
+                        attempt,
+                        not_before: None,
+                    };
+                    view.failures = attempt;
+                    view.last_failure = failures.last().cloned();
+                    view.unknown = vec!["not_before".to_owned()];
+                }
             }
         }
         Ok(view)
     }
 
-    /// `entries` (events and replayed copies) as stored events: each event (not a copy)
-    /// with a delivery per subscription, read from its newest copy for that subscription.
+    /// `entries` as stored events, each with a delivery per subscription that has a
+    /// consumer (read concurrently).
     async fn stored(&self, entries: Vec<Entry>) -> Result<Vec<StoredEvent>, StorageError> {
         let consumers = self.consumer_progress().await?;
-        let (copies, events): (Vec<Entry>, Vec<Entry>) =
-            entries.into_iter().partition(|entry| entry.replay_to.is_some());
-        let mut stored = Vec::with_capacity(events.len());
-        for entry in events {
-            let mut deliveries = Vec::with_capacity(consumers.subscriptions.len());
-            for subscription in &consumers.subscriptions {
-                let copy = copies
-                    .iter()
-                    .filter(|copy| {
-                        copy.replay_to.as_deref() == Some(subscription.as_str())
-                            && copy.event.id == entry.event.id
-                            && copy.event.source == entry.event.source
-                    })
-                    .max_by_key(|copy| copy.offset)
-                    .unwrap_or(&entry);
-                deliveries.push(self.delivery(subscription, copy, &consumers).await?);
+        let held: HashMap<Offset, bool> = try_join_all(entries.iter().map(|entry| async move {
+            Ok::<_, StorageError>((entry.offset, self.still_held(entry.offset).await?))
+        }))
+        .await?
+        .into_iter()
+        .collect();
+        try_join_all(entries.into_iter().map(|entry| {
+            let (consumers, held) = (&consumers, &held);
+            async move {
+                let deliveries = try_join_all(
+                    consumers
+                        .subscriptions
+                        .iter()
+                        .map(|subscription| self.delivery(subscription, &entry, consumers, held)),
+                )
+                .await?;
+                Ok(StoredEvent {
+                    offset: entry.offset,
+                    event: entry.event,
+                    emitted_by: entry.emitted_by,
+                    deliveries,
+                })
             }
-            stored.push(StoredEvent {
-                offset: entry.offset,
-                event: entry.event,
-                emitted_by: entry.emitted_by,
-                deliveries,
-            });
-        }
-        Ok(stored)
+        }))
+        .await
     }
 
     /// A page of events newest first, ending before `before` (or at the end).
@@ -393,7 +441,7 @@ impl NatsStore {
         let mut page = Vec::new();
         while page.len() < limit && end >= first {
             let start = end.saturating_sub(window - 1).max(first);
-            let mut found = self.scan(start, end, Prefilter::All, accept, usize::MAX).await?;
+            let mut found = self.scan(start, end, None, accept, usize::MAX).await?;
             found.reverse();
             page.extend(found.into_iter().take(limit - page.len()));
             if start == first {
@@ -406,9 +454,31 @@ impl NatsStore {
     }
 }
 
+/// The message a stream answered, `None` if it holds no such message.
+fn unless_missing(
+    answer: Result<StreamMessage, RawMessageError>,
+    stream: &str,
+) -> Result<Option<StreamMessage>, StorageError> {
+    match answer {
+        Ok(message) => Ok(Some(message)),
+        Err(error) if matches!(error.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+        Err(error) => Err(StorageError::transient(format!("reading {stream}: {error}"))),
+    }
+}
+
 /// `text` as it appears inside the JSON of an event: quoted and escaped.
 fn json_needle(text: &str) -> Vec<u8> {
     serde_json::to_vec(text).unwrap_or_else(|_| text.as_bytes().to_vec())
+}
+
+/// `entries` without an event published again after the duplicate window (the server
+/// stored it twice): the first of each `source` + `id`.
+fn first_of_each(entries: Vec<Entry>) -> Vec<Entry> {
+    let mut seen = std::collections::HashSet::new();
+    entries
+        .into_iter()
+        .filter(|entry| seen.insert((entry.event.source.clone(), entry.event.id.clone())))
+        .collect()
 }
 
 impl EventLookup for NatsStore {
@@ -424,17 +494,9 @@ impl EventLookup for NatsStore {
                 entry.event.id == id && source.is_none_or(|source| entry.event.source == source)
             };
             let entries = self
-                .scan(
-                    first,
-                    last,
-                    Prefilter::Containing(&needle),
-                    &mut accept,
-                    usize::MAX,
-                )
+                .scan(first, last, Some(&needle), &mut accept, usize::MAX)
                 .await?;
-            let mut found = self.stored(first_of_each(entries)).await?;
-            found.sort_by_key(|stored| stored.offset);
-            Ok(found)
+            self.stored(first_of_each(entries)).await
         }
         .boxed()
     }
@@ -442,8 +504,7 @@ impl EventLookup for NatsStore {
     fn page(&self, query: EventQuery) -> BoxFuture<'_, Result<Vec<StoredEvent>, StorageError>> {
         async move {
             let mut accept = |entry: &Entry| {
-                entry.replay_to.is_none()
-                    && query.event_type.as_ref().is_none_or(|ty| *ty == entry.event.ty)
+                query.event_type.as_ref().is_none_or(|ty| *ty == entry.event.ty)
                     && query
                         .subject
                         .as_ref()
@@ -451,24 +512,16 @@ impl EventLookup for NatsStore {
             };
             let entries = match query.after {
                 Some(after) => {
+                    let Some(start) = after.checked_add(1) else {
+                        return Ok(Vec::new());
+                    };
                     let (first, last) = self.history_bounds().await?;
-                    self.scan(
-                        (after + 1).max(first),
-                        last,
-                        Prefilter::All,
-                        &mut accept,
-                        query.limit,
-                    )
-                    .await?
+                    self.scan(start.max(first), last, None, &mut accept, query.limit)
+                        .await?
                 }
                 None => self.newest_first(query.before, &mut accept, query.limit).await?,
             };
-            let copies = self.replays_of(&entries).await?;
-            let mut stored = self.stored(entries.into_iter().chain(copies).collect()).await?;
-            if query.after.is_none() {
-                stored.sort_by_key(|stored| std::cmp::Reverse(stored.offset));
-            }
-            Ok(stored)
+            self.stored(entries).await
         }
         .boxed()
     }
@@ -484,25 +537,11 @@ impl EventLookup for NatsStore {
             let mut accept = |entry: &Entry| {
                 entry.event.correlation_id() == Some(correlation) || entry.event.id == correlation
             };
-            let entries = self
-                .scan(
-                    first,
-                    last,
-                    Prefilter::Containing(&needle),
-                    &mut accept,
-                    usize::MAX,
-                )
+            let mut entries = self
+                .scan(first, last, Some(&needle), &mut accept, usize::MAX)
                 .await?;
-            let mut entries = first_of_each(entries);
-            // Keep the first `limit` events with their copies.
-            let mut events = 0;
-            entries.retain(|entry| {
-                if entry.replay_to.is_some() {
-                    return true;
-                }
-                events += 1;
-                events <= limit
-            });
+            entries = first_of_each(entries);
+            entries.truncate(limit);
             self.stored(entries).await
         }
         .boxed()
@@ -513,32 +552,40 @@ impl EventLookup for NatsStore {
     }
 }
 
-impl NatsStore {
-    /// The replayed copies of `events`, read from the history after the first of them.
-    async fn replays_of(&self, events: &[Entry]) -> Result<Vec<Entry>, StorageError> {
-        let Some(start) = events.iter().map(|entry| entry.offset + 1).min() else {
-            return Ok(Vec::new());
-        };
-        let (_, last) = self.history_bounds().await?;
-        let wanted: std::collections::HashSet<(&str, &str)> = events
-            .iter()
-            .map(|entry| (entry.event.source.as_str(), entry.event.id.as_str()))
-            .collect();
-        let mut accept =
-            |copy: &Entry| wanted.contains(&(copy.event.source.as_str(), copy.event.id.as_str()));
-        self.scan(start, last, Prefilter::Replays, &mut accept, usize::MAX)
-            .await
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// `entries` without an event published again after the duplicate window (the server
-/// stored it twice): the first of each `source` + `id`, and every replayed copy.
-fn first_of_each(entries: Vec<Entry>) -> Vec<Entry> {
-    let mut seen = std::collections::HashSet::new();
-    entries
-        .into_iter()
-        .filter(|entry| {
-            entry.replay_to.is_some() || seen.insert((entry.event.source.clone(), entry.event.id.clone()))
-        })
-        .collect()
+    #[test]
+    fn a_delivery_is_placed_by_the_consumers_ack_floor_and_what_it_delivered() {
+        let progress = Progress {
+            ack_floor: 10,
+            delivered: 15,
+            created: async_nats::datetime::DateTime::UNIX_EPOCH,
+        };
+        assert_eq!(Seen::of(9, true, progress), Seen::Ended);
+        assert_eq!(
+            Seen::of(10, true, progress),
+            Seen::Ended,
+            "the floor itself is acknowledged"
+        );
+        assert_eq!(Seen::of(11, true, progress), Seen::Delivered);
+        assert_eq!(
+            Seen::of(15, true, progress),
+            Seen::Delivered,
+            "the newest delivered"
+        );
+        assert_eq!(Seen::of(16, true, progress), Seen::Waiting);
+        assert_eq!(
+            Seen::of(12, false, progress),
+            Seen::Ended,
+            "gone from the stream: every subscription acknowledged it"
+        );
+    }
+
+    #[test]
+    fn a_needle_is_the_text_as_json_writes_it() {
+        assert_eq!(json_needle("pay-1"), b"\"pay-1\"");
+        assert_eq!(json_needle("a\"b"), b"\"a\\\"b\"");
+    }
 }

@@ -139,8 +139,13 @@ pub struct NatsStore {
     prefix: String,
     events: jetstream::stream::Stream,
     dead_letters: jetstream::stream::Stream,
-    /// The event history lookups read, unless it is off.
+    /// The event history lookups read, on a connection of their own, unless it is off.
     history: Option<jetstream::stream::Stream>,
+    /// Lets at most [`lookup::SCANS`] lookups read the history at once.
+    scans: tokio::sync::Semaphore,
+    /// Where each replayed dead letter's copy is, by subscription and event (see
+    /// [`NatsStore::replayed_copy`]).
+    replays: jetstream::kv::Store,
     /// Each failed attempt's record, by subscription and event, until the delivery ends.
     failures: jetstream::kv::Store,
     checkpoints: jetstream::kv::Store,
@@ -181,8 +186,12 @@ impl NatsStore {
         let history = if options.history.is_zero() {
             None
         } else {
-            Some(setup::ensure_stream(&js, setup::history_config(&options, options.history)).await?)
+            // Lookups read the whole history: on their own connection, so that they do not
+            // queue in front of the deliveries' acknowledgements.
+            let reader = jetstream::new(setup::connect(&options).await?);
+            Some(setup::ensure_history(&reader, &options).await?)
         };
+        let replays = kv::open_bucket(&js, &options, &format!("{}_replays", options.stream)).await?;
         let failures = kv::open_bucket(&js, &options, &format!("{}_failures", options.stream)).await?;
         let checkpoints = kv::open_bucket(&js, &options, &format!("{}_checkpoints", options.stream)).await?;
         let dead = dead_letters.info().await.map(|info| info.state.messages)?;
@@ -201,6 +210,8 @@ impl NatsStore {
             events,
             dead_letters,
             history,
+            scans: tokio::sync::Semaphore::new(lookup::SCANS),
+            replays,
             failures,
             checkpoints,
             buckets: Mutex::default(),
@@ -328,6 +339,18 @@ impl NatsStore {
     fn history_key(subscription: &str, event: &Event) -> String {
         let id = names::event_msg_id(&event.source, &event.id);
         format!("{}.{}", names::encode(subscription), names::encode(&id))
+    }
+
+    /// The offset of the newest copy of `event` replayed to `subscription`, if its dead
+    /// letter was replayed.
+    async fn replayed_copy(&self, subscription: &str, event: &Event) -> Result<Option<u64>, StorageError> {
+        let key = Self::history_key(subscription, event);
+        let value = self
+            .replays
+            .get(&key)
+            .await
+            .map_err(|error| StorageError::transient(format!("reading where a replay went: {error}")))?;
+        Ok(value.and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok()))
     }
 
     /// The failures recorded for `event` at `subscription` so far, then `failure`:

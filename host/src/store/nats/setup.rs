@@ -143,6 +143,33 @@ pub(super) fn history_config(options: &NatsOptions, history: Duration) -> Config
     }
 }
 
+/// The history stream on `js`, made if missing; a history kept for another time is
+/// changed to `options.history` (only how long it keeps events differs, which the server
+/// changes in place).
+pub(super) async fn ensure_history(
+    js: &jetstream::Context,
+    options: &NatsOptions,
+) -> anyhow::Result<stream::Stream> {
+    let wanted = history_config(options, options.history);
+    if let Ok(mut existing) = js.get_stream(&wanted.name).await {
+        let got = existing
+            .info()
+            .await
+            .with_context(|| format!("reading the JetStream stream {}", wanted.name))?
+            .config
+            .clone();
+        if got.max_age != wanted.max_age || got.duplicate_window != wanted.duplicate_window {
+            let mut changed = got;
+            changed.max_age = wanted.max_age;
+            changed.duplicate_window = wanted.duplicate_window;
+            js.update_stream(&changed)
+                .await
+                .with_context(|| format!("keeping the history {} for {:?}", wanted.name, options.history))?;
+        }
+    }
+    ensure_stream(js, wanted).await
+}
+
 /// A KV bucket's stream, made by hand: async-nats' `create_key_value` fails against
 /// 2.9 servers (it asks for account fields they do not send). One value per key; the
 /// duplicate window makes a write repeated with the same message id a no-op.
