@@ -418,7 +418,7 @@ async fn the_configuration_names_each_values_source_and_hides_secrets() {
 
 /// Reads SSE events from `response` until `found` holds for one (its event name and data),
 /// or `timeout` passes; returns the names seen.
-async fn read_events(
+pub(crate) async fn read_events(
     response: reqwest::Response,
     timeout: Duration,
     mut found: impl FnMut(&str, &Value) -> bool,

@@ -899,9 +899,103 @@ async fn on_nats_events_are_looked_up_in_the_history_with_each_delivery_as_far_a
 async fn on_nats_the_other_operator_reads_answer() {
     let nats = NatsServer::start();
     let dir = TempDir::new("nats-reads");
-    support::install(&dir.0, &[("healthy", wasm::HEALTHY)], &[]);
+    support::install(
+        &dir.0,
+        &[
+            ("healthy", wasm::HEALTHY),
+            ("recorder", wasm::RECORDER),
+            ("returns-reject", wasm::RETURNS_REJECT),
+        ],
+        &[],
+    );
     let host = start_host(&dir.0, &nats, &[]);
     let http = support::client();
+
+    // The live stream carries samples and failures while events are published.
+    let stream = http.get(format!("{}/stream", host.url)).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let publisher = {
+        let (http, url) = (http.clone(), host.url.clone());
+        tokio::spawn(async move {
+            for n in 0..3 {
+                let event = support::structured("OrderPlaced", &format!("r-{n}"), "order", json!({ "n": n }));
+                let response = support::post_events(
+                    &http,
+                    &url,
+                    "/events",
+                    "application/cloudevents+json",
+                    event.to_string(),
+                )
+                .await;
+                assert_eq!(response.status(), 202);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let (mut handled, mut failure) = (false, false);
+    let seen = crate::inspect::read_events(stream, Duration::from_secs(20), |name, data| {
+        handled |= name == "metrics" && data["plugins"]["recorder"]["handled"].as_u64() > Some(0);
+        failure |= name == "failure" && data["subscription"] == "returns-reject";
+        handled && failure
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "a sample with the recorder's work and a failure record"
+    );
+    publisher.await.unwrap();
+
+    // The read model, a page at a time.
+    let mut keys = Vec::new();
+    let all = support::eventually(Duration::from_secs(20), async || {
+        keys.clear();
+        let mut url = format!("{}/plugins/recorder/kv?prefix=seen:&limit=2", host.url);
+        loop {
+            let page = support::get_json(&http, url).await;
+            keys.extend(
+                page["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|entry| entry["key"].as_str().unwrap().to_owned()),
+            );
+            match page["next_after"].as_str() {
+                Some(after) => {
+                    url = format!(
+                        "{}/plugins/recorder/kv?prefix=seen:&limit=2&after={after}",
+                        host.url
+                    )
+                }
+                None => return keys.len() == 3,
+            }
+        }
+    })
+    .await;
+    assert!(all, "{keys:?}");
+    assert_eq!(keys, ["seen:r-0", "seen:r-1", "seen:r-2"]);
+
+    // The dead-letter queue, a page at a time, and a replay preview.
+    let letters = json_once(&http, format!("{}/dlq", host.url), |letters| {
+        letters.as_array().is_some_and(|letters| letters.len() == 3)
+    })
+    .await;
+    let first = support::get_json(&http, format!("{}/dlq?limit=2", host.url)).await;
+    assert_eq!(first.as_array().unwrap().len(), 2);
+    let rest = support::get_json(
+        &http,
+        format!("{}/dlq?limit=2&after={}", host.url, first[1]["id"]),
+    )
+    .await;
+    assert_eq!(rest.as_array().unwrap().len(), 1);
+    assert_eq!(rest[0]["id"], letters[2]["id"], "{letters:#}");
+    let preview = support::get_json(
+        &http,
+        format!("{}/dlq/preview?ids={}", host.url, letters[0]["id"]),
+    )
+    .await;
+    assert_eq!(preview[0]["fixed_version_loaded"], false, "{preview:#}");
+    assert_eq!(preview[0]["failed_version"], preview[0]["current_version"]);
+
     let history = support::get_json(&http, format!("{}/plugins/healthy/history", host.url)).await;
     assert_eq!(history["changes"][0]["change"], "loaded");
     let config = support::get_json(&http, format!("{}/config", host.url)).await;
