@@ -109,9 +109,9 @@ pub(crate) async fn show(
     params: Result<Query<SourceQuery>, QueryRejection>,
 ) -> Result<Json<StoredEvent>, ApiError> {
     let lookup = lookup(&state)?;
-    let mut found = vec![find_one(&*lookup, id, params).await?];
-    routed(&state, &*lookup, &mut found);
-    Ok(Json(found.remove(0)))
+    let mut found = find_one(&*lookup, id, params).await?;
+    routed(&state, &*lookup, std::slice::from_mut(&mut found));
+    Ok(Json(found))
 }
 
 /// One event of a trace, with the event of the trace that caused it.

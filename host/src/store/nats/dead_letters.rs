@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
+use async_nats::jetstream::{self, message::StreamMessage};
 use bytes::Bytes;
 use chrono::Utc;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
-use super::{NatsStore, REPLAY_TO, names};
+use super::{NatsStore, REPLAY_TO, names, unless_missing};
 use crate::monitor::FailureRecord;
 use crate::store::{
     DeadLetter, DeadLetterFilter, DeadLetters, DeliveryCommit, PendingDelivery, Replayed, StorageError,
@@ -72,15 +72,11 @@ impl NatsStore {
             if state.messages == 0 {
                 break;
             }
-            let message = match self.dead_letters.get_raw_message(sequence).await {
-                Ok(message) => message,
-                Err(error) if matches!(error.kind(), LastRawMessageErrorKind::NoMessageFound) => continue,
-                Err(error) => return Err(failed(&error)),
+            let found = self.dead_letters.get_raw_message(sequence).await;
+            let Some(message) = unless_missing(found, "the dead-letter stream")? else {
+                continue;
             };
-            let mut letter: DeadLetter = serde_json::from_slice(&message.payload).map_err(|error| {
-                StorageError::permanent(format!("dead letter {sequence} cannot be read: {error}"))
-            })?;
-            letter.id = sequence;
+            let letter = Self::dead_letter(message)?;
             if filter
                 .subscription
                 .as_ref()
@@ -91,6 +87,18 @@ impl NatsStore {
         }
         letters.sort_by(|a, b| (&a.subscription, a.offset).cmp(&(&b.subscription, b.offset)));
         Ok(letters)
+    }
+
+    /// The dead letter `message` holds, its id the message's sequence.
+    pub(super) fn dead_letter(message: StreamMessage) -> Result<DeadLetter, StorageError> {
+        let mut letter: DeadLetter = serde_json::from_slice(&message.payload).map_err(|error| {
+            StorageError::permanent(format!(
+                "dead letter {} cannot be read: {error}",
+                message.sequence
+            ))
+        })?;
+        letter.id = message.sequence;
+        Ok(letter)
     }
 
     async fn delete_dead_letter(&self, id: u64) -> Result<(), StorageError> {

@@ -20,13 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use async_nats::jetstream::message::StreamMessage;
-use async_nats::jetstream::stream::{LastRawMessageErrorKind, RawMessageError};
 use async_nats::jetstream::{self, Message};
 use futures::future::{BoxFuture, try_join_all};
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 
-use super::{EMITTED_BY, NatsStore, REPLAY_TO, names};
+use super::{EMITTED_BY, NatsStore, REPLAY_TO, names, unless_missing};
 use crate::event::Event;
 use crate::store::{
     DeadLetter, DeliveryState, DeliveryView, EventLookup, EventQuery, Offset, StorageError, StoredEvent,
@@ -130,13 +128,12 @@ impl NatsStore {
 
     /// The history's first and last sequence (`(1, 0)` when it is empty).
     async fn history_bounds(&self) -> Result<(u64, u64), StorageError> {
-        let mut history = self.history()?.clone();
-        let state = history
-            .info()
+        let state = self
+            .history()?
+            .get_info()
             .await
             .map_err(|error| StorageError::transient(format!("reading the event history: {error}")))?
-            .state
-            .clone();
+            .state;
         Ok((state.first_sequence.max(1), state.last_sequence))
     }
 
@@ -302,17 +299,9 @@ impl NatsStore {
     ) -> Result<Option<DeadLetter>, StorageError> {
         let subject = self.dead_letter_subject(subscription, offset);
         let found = self.dead_letters.get_last_raw_message_by_subject(&subject).await;
-        let Some(message) = unless_missing(found, "the dead-letter stream")? else {
-            return Ok(None);
-        };
-        let mut letter: DeadLetter = serde_json::from_slice(&message.payload).map_err(|error| {
-            StorageError::permanent(format!(
-                "dead letter {} cannot be read: {error}",
-                message.sequence
-            ))
-        })?;
-        letter.id = message.sequence;
-        Ok(Some(letter))
+        unless_missing(found, "the dead-letter stream")?
+            .map(Self::dead_letter)
+            .transpose()
     }
 
     /// Where `subscription`'s delivery of `entry` stands: of its newest replayed copy
@@ -338,15 +327,13 @@ impl NatsStore {
             return Ok(view);
         };
         let mut offset = entry.offset;
-        let mut still_held = held.get(&offset).copied().unwrap_or(false);
-        let mut seen = Seen::of(offset, still_held, progress);
+        let mut seen = Seen::of(offset, held.get(&offset).copied().unwrap_or(false), progress);
         if seen == Seen::Ended
             && let Some(copy) = self.replayed_copy(subscription, &entry.event).await?
             && copy > offset
         {
             offset = copy;
-            still_held = self.still_held(copy).await?;
-            seen = Seen::of(copy, still_held, progress);
+            seen = Seen::of(copy, self.still_held(copy).await?, progress);
         }
         match seen {
             Seen::Ended => {
@@ -451,18 +438,6 @@ impl NatsStore {
             window = (window * 2).min(MAX_WINDOW);
         }
         Ok(page)
-    }
-}
-
-/// The message a stream answered, `None` if it holds no such message.
-fn unless_missing(
-    answer: Result<StreamMessage, RawMessageError>,
-    stream: &str,
-) -> Result<Option<StreamMessage>, StorageError> {
-    match answer {
-        Ok(message) => Ok(Some(message)),
-        Err(error) if matches!(error.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-        Err(error) => Err(StorageError::transient(format!("reading {stream}: {error}"))),
     }
 }
 

@@ -673,6 +673,25 @@ impl DeliveryLedger for NatsStore {
     }
 }
 
+/// The message a stream answered, `None` if it holds no such message.
+fn unless_missing(
+    answer: Result<jetstream::message::StreamMessage, jetstream::stream::RawMessageError>,
+    stream: &str,
+) -> Result<Option<jetstream::message::StreamMessage>, StorageError> {
+    match answer {
+        Ok(message) => Ok(Some(message)),
+        Err(error)
+            if matches!(
+                error.kind(),
+                jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(StorageError::transient(format!("reading {stream}: {error}"))),
+    }
+}
+
 /// A publish the server did not confirm: it may or may not be stored, so the request
 /// is to be made again whole (message ids make that safe).
 fn publish_failed(error: impl std::fmt::Display) -> StorageError {
